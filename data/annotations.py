@@ -1,0 +1,141 @@
+"""Sparse annotations: label volumes where IGNORE (255) means "not annotated", slices of them, PNG masks.
+
+A slice is always `np.take(array, index, axis)` with no transpose or flip, so pixel (r, c) of a slice maps
+to a voxel without guessing.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from data.errors import InvalidInput
+from data.volume import IGNORE
+
+
+def empty_labels(shape) -> np.ndarray:
+    shape = tuple(int(n) for n in shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise InvalidInput(f"a label volume needs a 3D shape with positive sizes, got {shape}")
+    return np.full(shape, IGNORE, dtype=np.uint8)
+
+
+def _check_axis_index(array: np.ndarray, axis, index) -> tuple[int, int]:
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise InvalidInput(f"axis must be an integer, got {axis!r}")
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+        raise InvalidInput(f"slice index must be an integer, got {index!r}")
+    if array.ndim != 3:
+        raise InvalidInput(f"expected a 3D volume, got shape {array.shape}")
+    if not 0 <= axis < 3:
+        raise InvalidInput(f"axis must be 0, 1 or 2, got {axis}")
+    if not 0 <= index < array.shape[axis]:
+        raise InvalidInput(f"slice index {index} is outside 0..{array.shape[axis] - 1} along axis {axis}")
+    return int(axis), int(index)
+
+
+def take_slice(array: np.ndarray, axis: int, index: int) -> np.ndarray:
+    array = np.asarray(array)
+    axis, index = _check_axis_index(array, axis, index)
+    # == np.take(array, index, axis), but basic indexing reads only this slice of a memory-mapped
+    # volume (np.take reads the whole file: ~1 s per slice for 512x512x200)
+    where = [slice(None)] * 3
+    where[axis] = index
+    return np.array(array[tuple(where)])
+
+
+def _slice_shape(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
+    return tuple(n for a, n in enumerate(shape) if a != axis)
+
+
+def _check_label_values(array: np.ndarray, what: str) -> np.ndarray:
+    if array.dtype.kind not in "biu":
+        raise InvalidInput(f"{what} must hold integer label values, got {array.dtype}")
+    if array.size and (array.min() < 0 or array.max() > 255):
+        raise InvalidInput(f"{what} values must be between 0 and 255, got {array.min()}..{array.max()}")
+    return array.astype(np.uint8, copy=False)
+
+
+def merge_slice(labels: np.ndarray, axis: int, index: int, mask: np.ndarray) -> np.ndarray:
+    """A copy of `labels` with slice (axis, index) replaced by `mask`."""
+    labels = np.asarray(labels)
+    axis, index = _check_axis_index(labels, axis, index)
+    mask = np.asarray(mask)
+    expected = _slice_shape(labels.shape, axis)
+    if mask.shape != expected:
+        raise InvalidInput(f"mask shape {mask.shape} does not match slice shape {expected} along axis {axis}")
+    mask = _check_label_values(mask, "mask")
+    merged = _check_label_values(labels, "label volume").copy()
+    where = [slice(None)] * 3
+    where[axis] = index
+    merged[tuple(where)] = mask
+    return merged
+
+
+def painted_slices(labels: np.ndarray) -> list[tuple[int, int]]:
+    """(axis, index) of every slice holding no IGNORE; axes with more painted slices come first."""
+    labels = np.asarray(labels)
+    if labels.ndim != 3:
+        raise InvalidInput(f"expected a 3D label volume, got shape {labels.shape}")
+    labels = _check_label_values(labels, "label volume")
+    unpainted = labels == IGNORE
+    per_axis = []
+    for axis in range(3):
+        other_axes = tuple(a for a in range(3) if a != axis)
+        painted = np.flatnonzero(~unpainted.any(axis=other_axes))
+        per_axis.append((axis, [int(i) for i in painted]))
+    per_axis.sort(key=lambda item: (-len(item[1]), item[0]))
+    return [(axis, index) for axis, indices in per_axis for index in indices]
+
+
+def validate_mask(mask, expected_shape, allowed_values: set[int]) -> np.ndarray:
+    """The mask as uint8, or InvalidInput saying what is wrong (shape, dtype, values outside the label map)."""
+    mask = np.asarray(mask)
+    expected_shape = tuple(int(n) for n in expected_shape)
+    if mask.shape != expected_shape:
+        raise InvalidInput(f"mask shape {mask.shape} does not match the expected shape {expected_shape}")
+    mask = _check_label_values(mask, "mask")
+    present = {int(v) for v in np.unique(mask)}
+    unknown = sorted(present - {int(v) for v in allowed_values})
+    if unknown:
+        raise InvalidInput(
+            f"mask holds values {unknown} that are not in the label map (allowed: {sorted(allowed_values)})"
+        )
+    return mask
+
+
+def mask_from_png(data: bytes, expected_shape) -> np.ndarray:
+    """Decode a PNG mask whose pixel values are label values (mode L, or P where indices are the values)."""
+    expected_shape = tuple(int(n) for n in expected_shape)
+    try:
+        image = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise InvalidInput("mask is not a PNG image") from exc
+    with image:
+        if image.format != "PNG":
+            raise InvalidInput(f"mask must be a PNG image, got {image.format}")
+        if image.mode not in ("L", "P"):
+            raise InvalidInput(
+                f"mask PNG has mode {image.mode}; it must be 8-bit greyscale (L) or palette (P) so pixel values are labels"
+            )
+        shape = (image.height, image.width)  # rows, columns, known before decoding the pixels
+        if shape != expected_shape:
+            raise InvalidInput(f"mask PNG is {shape} (rows, columns) but the slice is {expected_shape}")
+        try:
+            array = np.array(image, dtype=np.uint8)
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise InvalidInput(f"mask PNG is corrupt or truncated ({exc})") from exc
+    return array
+
+
+def mask_to_png(mask: np.ndarray) -> bytes:
+    """Lossless mode-L PNG of a 2D label mask."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise InvalidInput(f"a PNG mask must be 2D, got shape {mask.shape}")
+    mask = _check_label_values(mask, "mask")
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(mask)).save(buffer, format="PNG")
+    return buffer.getvalue()
