@@ -1,0 +1,96 @@
+"""The FastAPI application: `create_app(settings)` wires the workspace, routes and error mapping."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import asynccontextmanager
+from importlib import metadata
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
+
+from app import demo
+from app.errors import install_error_handlers
+from app.rendering import SliceRenderer
+from app.routes import projects, volumes
+from app.routes import annotations, models, predictions, review, training
+from app.worker import Worker
+from app.schemas import HealthOut
+from app.settings import Settings
+from data.store import Workspace
+
+log = logging.getLogger("slicewise")
+
+UPLOAD_DIR = Path("tmp") / "uploads"  # inside the workspace: same disk as the store
+STALE_UPLOAD_S = 3600
+
+
+def version() -> str:
+    try:
+        return metadata.version("slicewise")
+    except metadata.PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
+def remove_stale_uploads(folder: Path) -> None:
+    """A server killed mid-upload leaves its temp file behind; uploads in flight are younger than this."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in folder.glob("upload-*.part"):
+        try:
+            if time.time() - path.stat().st_mtime > STALE_UPLOAD_S:
+                path.unlink()
+        except OSError:
+            pass
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        workspace = Workspace(settings.workspace)
+        app.state.workspace = workspace
+        remove_stale_uploads(app.state.upload_dir)
+        if settings.demo:
+            demo.seed_demo_project(workspace, settings)
+        if not workspace.list_projects():
+            log.info(demo.how_to_import(settings))
+        log.info("workspace %s; API docs at %s/docs", settings.workspace.resolve(), settings.base_url)
+        # the retrain worker: resumes or fails jobs a previous server left running, then runs the queue
+        app.state.worker = Worker(workspace, device=settings.device,
+                                  default_preset=getattr(settings, "default_preset", "cpu"))
+        app.state.worker.start()
+        try:
+            yield
+        finally:
+            app.state.worker.stop()
+            close = getattr(workspace, "close", None)
+            if callable(close):
+                close()
+
+    app = FastAPI(
+        title="slicewise",
+        version=version(),
+        description="Paint a few slices, press Retrain, get a 3D segmentation. The HTTP contract is in docs/API.md.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.renderer = SliceRenderer()
+    app.state.upload_dir = settings.workspace / UPLOAD_DIR
+    install_error_handlers(app)
+
+    @app.get("/api/health", response_model=HealthOut, tags=["server"], summary="Liveness check")
+    def health() -> dict:
+        return {"status": "ok", "version": app.version, "device": settings.device}
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    app.include_router(projects.router)
+    app.include_router(volumes.router)
+    for retrain_router in (annotations, training, models, predictions, review):
+        app.include_router(retrain_router.router)
+    return app

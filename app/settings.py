@@ -1,0 +1,110 @@
+"""Server settings. The only module that reads environment variables (DESIGN.md).
+
+Precedence: command-line flags > SLICEWISE_* environment variables > defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Mapping
+
+DEVICES = ("auto", "cpu", "cuda")
+MB = 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """A flag or SLICEWISE_* variable with a value the server cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    workspace: Path = Path("workspace")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    device: str = "auto"
+    # seed a demo project into an empty workspace when the shared data is found; off for code that builds
+    # Settings itself (tests), on for `slicewise serve` (from_env) unless SLICEWISE_DEMO=0 or --no-demo
+    demo: bool = False
+    data_dir: Path | None = None  # where to look for hippocampus/ (None: ../shared/data next to the CWD / the repo)
+    max_upload_mb: float = 1024.0  # the uploaded file itself
+    max_expanded_mb: float = 4096.0  # a zip's or gzip's content once unpacked (zip bomb guard)
+    demo_volumes: int = 5
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "workspace", Path(self.workspace))
+        if self.data_dir is not None:
+            object.__setattr__(self, "data_dir", Path(self.data_dir))
+        if self.device not in DEVICES:
+            raise SettingsError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if not (0 <= int(self.port) <= 65535):
+            raise SettingsError(f"port must be between 0 and 65535, got {self.port}")
+        for name in ("max_upload_mb", "max_expanded_mb"):
+            if not getattr(self, name) > 0:
+                raise SettingsError(f"{name} must be a positive number of megabytes, got {getattr(self, name)}")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * MB)
+
+    @property
+    def max_expanded_bytes(self) -> int:
+        return int(self.max_expanded_mb * MB)
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    def with_overrides(self, **overrides) -> "Settings":
+        """Apply the non-None values (command-line flags) on top of these settings."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        environ = os.environ if environ is None else environ
+        values: dict = {"demo": True}
+        for name, (env, parse) in _ENV.items():
+            raw = environ.get(env)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[name] = parse(raw)
+            except ValueError as exc:
+                raise SettingsError(f"environment variable {env}={raw!r} is invalid: {exc}") from None
+        settings = cls(**values)
+        return settings.with_overrides(**overrides)
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected 1/0, true/false, yes/no or on/off")
+
+
+def _parse_positive(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("expected a positive number")
+    return value
+
+
+_ENV = {
+    "workspace": ("SLICEWISE_WORKSPACE", Path),
+    "host": ("SLICEWISE_HOST", str),
+    "port": ("SLICEWISE_PORT", int),
+    "device": ("SLICEWISE_DEVICE", str),
+    "demo": ("SLICEWISE_DEMO", _parse_bool),
+    "data_dir": ("SLICEWISE_DATA_DIR", Path),
+    "max_upload_mb": ("SLICEWISE_MAX_UPLOAD_MB", _parse_positive),
+    "max_expanded_mb": ("SLICEWISE_MAX_EXPANDED_MB", _parse_positive),
+    "demo_volumes": ("SLICEWISE_DEMO_VOLUMES", int),
+    "log_level": ("SLICEWISE_LOG_LEVEL", str),
+}
+
+assert set(_ENV) <= {f.name for f in fields(Settings)}
