@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data import annotations as ann
 from data import io as volume_io
-from data.atomic import atomic_write_bytes
 from data.errors import Conflict, InvalidInput, NotFound
+from data.store_annotations import AnnotationsMixin
 from data.store_db import Database, now, to_json
 from data.store_files import IMAGE_CACHE, fsync_dir, remove_stale_staging, remove_tree, stage_volume
 from data.store_labels import validate_labels, validate_project_name
@@ -35,7 +34,6 @@ JOB_FIELDS = {
 }
 STALE_STAGING_S = 24 * 3600
 VOLUME_COLUMNS = "id, project_id, name, source, shape, spacing, orientation, affine, meta, created"
-ANNOTATION_COLUMNS = 'volume_id, axis, "index", version, author, reviewed, updated'
 SOURCE_SUFFIXES = (".nii.gz", ".nii", ".zip", ".dcm")
 
 
@@ -56,11 +54,10 @@ def _volume_name(filename: str) -> str:
     return name
 
 
-def _slice_words(volume_id: int, axis: int, index: int) -> str:
-    return f"slice {index} on axis {axis} of volume {volume_id}"
+class Workspace(AnnotationsMixin):
+    """The workspace API; the annotation methods (save/get/delete/list_annotations, annotation_history,
+    label_volume) come from data.store_annotations.AnnotationsMixin."""
 
-
-class Workspace:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         for folder in ("volumes", "annotations", "jobs", "models", "predictions", "tmp"):
@@ -167,190 +164,6 @@ class Workspace:
         if row is None:
             raise NotFound(f"no volume with id {volume_id}")
         return (self.root / row["path"]).resolve()
-
-    # ---------------------------------------------------------------- annotations
-
-    def save_annotation(
-        self, volume_id, axis, index, mask, author: str = "local", expected_version: int | None = None,
-        reviewed: bool = False,
-    ) -> dict:
-        """Store a new version of one painted slice -> the annotation dict (version, author, ...).
-
-        expected_version: the version the client's edit is based on (0 = "there is none yet");
-        None saves without checking. A mismatch raises Conflict and changes nothing.
-        """
-        volume = self.get_volume(volume_id)
-        volume_id = volume["id"]
-        axis, index, slice_shape = self._check_slice(volume, axis, index)
-        expected_version = self._check_expected(expected_version)
-        author = self._check_author(author)
-        mask = ann.validate_mask(mask, slice_shape, self.label_values(volume["project_id"]))
-        png = ann.mask_to_png(mask)
-        (self.root / "annotations" / str(volume_id)).mkdir(exist_ok=True)
-        with self.db.write() as con:
-            self._check_current(con, volume_id, axis, index, expected_version)
-            version = self._next_version(con, volume_id, axis, index)
-            rel = f"annotations/{volume_id}/{axis}_{index}_v{version}.png"
-            # Written under the write lock, so no one else can be writing this version's file; a crash
-            # before COMMIT leaves an unreferenced file and the previous version current.
-            atomic_write_bytes(self.root / rel, png)
-            stamp = now()
-            con.execute(
-                'INSERT INTO annotation_history (volume_id, axis, "index", version, action, path, author,'
-                " reviewed, created) VALUES (?, ?, ?, ?, 'save', ?, ?, ?, ?)",
-                (volume_id, axis, index, version, rel, author, int(bool(reviewed)), stamp),
-            )
-            con.execute(
-                'INSERT INTO annotations (volume_id, axis, "index", version, path, author, reviewed, updated)'
-                ' VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (volume_id, axis, "index") DO UPDATE SET'
-                " version = excluded.version, path = excluded.path, author = excluded.author,"
-                " reviewed = excluded.reviewed, updated = excluded.updated",
-                (volume_id, axis, index, version, rel, author, int(bool(reviewed)), stamp),
-            )
-            self._audit(con, author, "save_annotation",
-                        {"volume_id": volume_id, "axis": axis, "index": index, "version": version})
-        return self._annotation_row(volume_id, axis, index)
-
-    def get_annotation(self, volume_id, axis, index, version: int | None = None) -> tuple[np.ndarray, dict]:
-        """(mask, annotation dict) of the current version, or of an older saved `version`."""
-        volume = self.get_volume(volume_id)
-        axis, index, slice_shape = self._check_slice(volume, axis, index)
-        if version is None:
-            row = self.db.one(
-                f'SELECT {ANNOTATION_COLUMNS}, path FROM annotations WHERE volume_id = ? AND axis = ? AND "index" = ?',
-                (volume["id"], axis, index),
-            )
-        else:
-            row = self.db.one(
-                'SELECT volume_id, axis, "index", version, author, reviewed, created AS updated, path'
-                ' FROM annotation_history WHERE volume_id = ? AND axis = ? AND "index" = ? AND version = ?'
-                " AND action = 'save'",
-                (volume["id"], axis, index, self._check_expected(version)),
-            )
-        if row is None:
-            which = "" if version is None else f" version {version}"
-            raise NotFound(f"no annotation{which} for {_slice_words(volume['id'], axis, index)}")
-        mask = ann.mask_from_png((self.root / row.pop("path")).read_bytes(), slice_shape)
-        return mask, row
-
-    def delete_annotation(self, volume_id, axis, index, expected_version: int | None = None,
-                          author: str = "local") -> dict:
-        """Remove the slice's annotation (its versions stay in the history) -> the removed annotation dict."""
-        volume = self.get_volume(volume_id)
-        volume_id = volume["id"]
-        axis, index, _ = self._check_slice(volume, axis, index)
-        expected_version = self._check_expected(expected_version)
-        author = self._check_author(author)
-        with self.db.write() as con:
-            removed = self._annotation_row(volume_id, axis, index)
-            if removed is None:
-                raise NotFound(f"no annotation for {_slice_words(volume_id, axis, index)}")
-            self._check_current(con, volume_id, axis, index, expected_version)
-            version = self._next_version(con, volume_id, axis, index)
-            con.execute(
-                'INSERT INTO annotation_history (volume_id, axis, "index", version, action, path, author,'
-                " reviewed, created) VALUES (?, ?, ?, ?, 'delete', NULL, ?, 0, ?)",
-                (volume_id, axis, index, version, author, now()),
-            )
-            con.execute(
-                'DELETE FROM annotations WHERE volume_id = ? AND axis = ? AND "index" = ?', (volume_id, axis, index)
-            )
-            self._audit(con, author, "delete_annotation",
-                        {"volume_id": volume_id, "axis": axis, "index": index, "version": removed["version"]})
-        return removed
-
-    def list_annotations(self, volume_id) -> list[dict]:
-        volume_id = self.get_volume(volume_id)["id"]
-        return self.db.all(
-            f'SELECT {ANNOTATION_COLUMNS} FROM annotations WHERE volume_id = ? ORDER BY axis, "index"', (volume_id,)
-        )
-
-    def annotation_history(self, volume_id, axis=None, index=None) -> list[dict]:
-        """Every save and delete ever made on the volume (or one slice), oldest first."""
-        volume_id = self.get_volume(volume_id)["id"]
-        sql = ('SELECT volume_id, axis, "index", version, action, author, reviewed, created'
-               " FROM annotation_history WHERE volume_id = ?")
-        params: list = [volume_id]
-        if axis is not None:
-            sql, params = sql + " AND axis = ?", params + [int(axis)]
-        if index is not None:
-            sql, params = sql + ' AND "index" = ?', params + [int(index)]
-        return self.db.all(sql + " ORDER BY id", params)
-
-    def label_volume(self, volume_id) -> np.ndarray:
-        """Sparse label volume: IGNORE everywhere except the painted slices (newest wins where they cross)."""
-        volume = self.get_volume(volume_id)
-        labels = np.full(tuple(volume["shape"]), IGNORE, dtype=np.uint8)
-        rows = self.db.all(
-            'SELECT axis, "index", path FROM annotations WHERE volume_id = ? ORDER BY updated, version',
-            (volume["id"],),
-        )
-        for row in rows:
-            where: list = [slice(None)] * 3
-            where[row["axis"]] = row["index"]
-            labels[tuple(where)] = ann.mask_from_png(
-                (self.root / row["path"]).read_bytes(), labels[tuple(where)].shape
-            )
-        return labels
-
-    def _annotation_row(self, volume_id: int, axis: int, index: int) -> dict | None:
-        return self.db.one(
-            f'SELECT {ANNOTATION_COLUMNS} FROM annotations WHERE volume_id = ? AND axis = ? AND "index" = ?',
-            (volume_id, axis, index),
-        )
-
-    @staticmethod
-    def _check_slice(volume: dict, axis, index) -> tuple[int, int, tuple[int, ...]]:
-        shape = volume["shape"]
-        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not 0 <= axis <= 2:
-            raise InvalidInput(f"axis must be 0, 1 or 2, got {axis!r}")
-        axis = int(axis)
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < shape[axis]:
-            raise InvalidInput(
-                f"slice index must be between 0 and {shape[axis] - 1} on axis {axis} of volume {volume['id']}, "
-                f"got {index!r}"
-            )
-        return axis, int(index), tuple(n for a, n in enumerate(shape) if a != axis)
-
-    @staticmethod
-    def _check_expected(version) -> int | None:
-        if version is None:
-            return None
-        if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or version < 0:
-            raise InvalidInput(f"a version is a whole number 0 or more, got {version!r}")
-        return int(version)
-
-    @staticmethod
-    def _check_author(author) -> str:
-        if not isinstance(author, str) or not author.strip():
-            raise InvalidInput("an annotation needs an author name")
-        return author.strip()
-
-    @staticmethod
-    def _check_current(con, volume_id: int, axis: int, index: int, expected: int | None) -> None:
-        if expected is None:
-            return
-        row = con.execute(
-            'SELECT version FROM annotations WHERE volume_id = ? AND axis = ? AND "index" = ?',
-            (volume_id, axis, index),
-        ).fetchone()
-        current = row[0] if row else 0
-        if current == expected:
-            return
-        where = _slice_words(volume_id, axis, index)
-        if current == 0:
-            raise Conflict(f"{where} has no annotation now (your edit was based on version {expected}); "
-                           "reload it and save again")
-        raise Conflict(f"{where} was changed meanwhile: it is at version {current}, your edit was based on "
-                       f"version {expected}; reload it and save again")
-
-    @staticmethod
-    def _next_version(con, volume_id: int, axis: int, index: int) -> int:
-        last = con.execute(
-            'SELECT MAX(version) FROM annotation_history WHERE volume_id = ? AND axis = ? AND "index" = ?',
-            (volume_id, axis, index),
-        ).fetchone()[0]
-        return (last or 0) + 1
 
     # ---------------------------------------------------------------- models
 

@@ -16,7 +16,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-import data.io as dio
+import data.dicom_zip as dicom_zip
 from conftest import SHARED_DATA, SHARED_DATA_MISSING, oblique_affine
 from data.atomic import atomic_write, atomic_write_bytes
 from data.errors import InvalidInput, TooLarge
@@ -416,9 +416,9 @@ def test_two_series_error_names_both_series(shared_data, tmp_path):
 
 def test_zip_extraction_stops_when_actual_bytes_exceed_the_limit(tmp_path, monkeypatch):
     # declared sizes can lie; the byte count while extracting is the last line of defence
-    monkeypatch.setattr(dio, "_declared_uncompressed_size", lambda members: 0)
+    monkeypatch.setattr(dicom_zip, "_declared_uncompressed_size", lambda members: 0)
     (tmp_path / "z.zip").write_bytes(zip_bytes({"a.dcm": b"\x00" * 3000, "b.dcm": b"\x00" * 3000}))
-    with pytest.raises(TooLarge):
+    with pytest.raises(TooLarge, match="more than the limit"):  # raised while extracting, not from the declared sizes
         extract_dicom_zip(tmp_path / "z.zip", tmp_path / "dest", max_bytes_expanded=4000)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["z.zip"]
 
