@@ -20,6 +20,7 @@ from app.worker import Worker
 from app.schemas import HealthOut
 from app.settings import Settings
 from data.store import Workspace
+from frontend.mount import mount_ui
 
 log = logging.getLogger("slicewise")
 
@@ -60,8 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.info("workspace %s; API docs at %s/docs", settings.workspace.resolve(), settings.base_url)
         # the retrain worker: resumes or fails jobs a previous server left running, then runs the queue
         app.state.worker = Worker(workspace, device=settings.device,
-                                  default_preset=getattr(settings, "default_preset", "cpu"))
-        app.state.worker.start()
+                                  default_preset=settings.default_preset)
+        app.state.worker.start(handle_signals=True)
         try:
             yield
         finally:
@@ -87,10 +88,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:
-        return RedirectResponse("/docs")
+        return RedirectResponse("/ui")
 
     app.include_router(projects.router)
     app.include_router(volumes.router)
     for retrain_router in (annotations, training, models, predictions, review):
         app.include_router(retrain_router.router)
+    mount_ui(app, settings.base_url)  # Gradio at /ui, the viewer page at /static (frontend/ talks HTTP only)
     return app

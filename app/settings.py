@@ -10,6 +10,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Mapping
 
+from model.config import PRESETS
+
 DEVICES = ("auto", "cpu", "cuda")
 MB = 1024 * 1024
 
@@ -32,6 +34,7 @@ class Settings:
     max_expanded_mb: float = 4096.0  # a zip's or gzip's content once unpacked (zip bomb guard)
     demo_volumes: int = 5
     log_level: str = "info"
+    default_preset: str = "cpu"  # what Retrain uses when the request names no preset
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "workspace", Path(self.workspace))
@@ -41,6 +44,8 @@ class Settings:
             raise SettingsError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if not (0 <= int(self.port) <= 65535):
             raise SettingsError(f"port must be between 0 and 65535, got {self.port}")
+        if self.default_preset not in PRESETS:
+            raise SettingsError(f"default_preset must be one of {', '.join(PRESETS)}, got {self.default_preset!r}")
         for name in ("max_upload_mb", "max_expanded_mb"):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{name} must be a positive number of megabytes, got {getattr(self, name)}")
@@ -105,6 +110,7 @@ _ENV = {
     "max_expanded_mb": ("SLICEWISE_MAX_EXPANDED_MB", _parse_positive),
     "demo_volumes": ("SLICEWISE_DEMO_VOLUMES", int),
     "log_level": ("SLICEWISE_LOG_LEVEL", str),
+    "default_preset": ("SLICEWISE_DEFAULT_PRESET", str),
 }
 
 assert set(_ENV) <= {f.name for f in fields(Settings)}

@@ -1,0 +1,211 @@
+"""Predicted masks, cached per (volume, model version), and everything read from them.
+
+    <workspace>/predictions/<model_id>/<volume_id>/prediction.nii.gz   the mask in the upload's exact geometry
+                                                  /labels.npy          the same voxels, memory-mapped for slices
+                                                  /uncertainty.npz     mean entropy per slice, per axis
+                                                  /prediction.dcm      DICOM-SEG, written on first request
+
+Files are written atomically before the prediction row says "ready", so a crash leaves either no
+prediction or a complete one. Inference runs in the server process (model.inference only).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from app import suggest
+from data import io as volume_io
+from data.annotations import take_slice
+from data.atomic import atomic_write
+from data.errors import Conflict, NotFound
+from data.store import Workspace
+
+log = logging.getLogger("slicewise.predictions")
+
+MASK_NAME = "prediction.nii.gz"
+LABELS_NAME = "labels.npy"
+UNCERTAINTY_NAME = "uncertainty.npz"
+SEG_NAME = "prediction.dcm"
+READY = "ready"
+MAX_PROBS_BYTES = 1 << 30
+
+
+class Predictions:
+    def __init__(self, workspace: Workspace, device: str = "auto", keep_models: int = 2):
+        self.workspace = workspace
+        self.device = device
+        self.keep_models = keep_models
+        self._predictors: OrderedDict[int, object] = OrderedDict()
+        # one inference at a time: on a 2-core machine two would only slow each other (and the API) down
+        self._compute_lock = threading.Lock()
+        self._seg_lock = threading.Lock()
+
+    # ---------------------------------------------------------------- computing
+
+    def folder(self, model_id: int, volume_id: int) -> Path:
+        return self.workspace.root / "predictions" / str(int(model_id)) / str(int(volume_id))
+
+    def _predictor(self, model: dict):
+        from model.inference import load_predictor  # torch loads only when a prediction is first needed
+
+        predictor = self._predictors.get(model["id"])
+        if predictor is None:
+            predictor = load_predictor(model["path"], device=self.device)
+            self._predictors[model["id"]] = predictor
+            while len(self._predictors) > self.keep_models:
+                self._predictors.popitem(last=False)
+        self._predictors.move_to_end(model["id"])
+        return predictor
+
+    def is_ready(self, volume_id: int, model_id: int) -> bool:
+        row = self.workspace.get_prediction(volume_id, model_id)
+        return bool(row and row["status"] == READY and (Path(row["path"]) / LABELS_NAME).exists())
+
+    def predict_volume(self, volume_id: int, model: dict, force: bool = False) -> dict:
+        """Predict one volume with one model version and cache the result -> the prediction row."""
+        with self._compute_lock:
+            if not force and self.is_ready(volume_id, model["id"]):
+                return self.workspace.get_prediction(volume_id, model["id"])
+            folder = self.folder(model["id"], volume_id)
+            try:
+                volume = self.workspace.get_volume(volume_id)
+                predictor = self._predictor(model)
+                # probabilities (float16, K per voxel) feed the slice suggestions; skip them where they'd be huge
+                want_probs = int(np.prod(volume["shape"])) * predictor.num_classes * 2 <= MAX_PROBS_BYTES
+                labels, probs = predictor.predict(
+                    np.asarray(self.workspace.volume_array(volume_id)), tuple(volume["spacing"]),
+                    return_probs=want_probs,
+                )
+                labels = np.asarray(labels, dtype=np.uint8)
+                folder.mkdir(parents=True, exist_ok=True)
+                volume_io.write_mask(labels, like=self.workspace.load_volume(volume_id), path=folder / MASK_NAME)
+                save_npy(folder / LABELS_NAME, labels)
+                if probs is not None:
+                    entropy = suggest.entropy_map(probs, class_axis=class_axis(probs, labels.shape))
+                    per_axis = suggest.slice_means(entropy)
+                    with atomic_write(folder / UNCERTAINTY_NAME) as tmp, open(tmp, "wb") as f:
+                        np.savez(f, **{f"axis{a}": v for a, v in per_axis.items()})
+                (folder / SEG_NAME).unlink(missing_ok=True)  # a stale DICOM-SEG of an earlier run
+            except Exception as exc:
+                log.exception("prediction of volume %s with model %s failed", volume_id, model["id"])
+                self.workspace.set_prediction(volume_id, model["id"], None, f"failed: {exc}"[:500])
+                raise
+            return self.workspace.set_prediction(volume_id, model["id"], str(folder), READY)
+
+    def missing(self, project_id: int, model_id: int) -> list[int]:
+        return [v["id"] for v in self.workspace.list_volumes(project_id) if not self.is_ready(v["id"], model_id)]
+
+    # ---------------------------------------------------------------- reading
+
+    def status(self, volume_id: int) -> dict:
+        """What the client shows: the active model's prediction of this volume, if any."""
+        volume = self.workspace.get_volume(volume_id)
+        model = self.workspace.active_model(volume["project_id"])
+        out = {"volume_id": volume["id"], "model_id": None, "status": "none", "updated": None}
+        if model is None:
+            out["message"] = "no model yet: paint a few slices and press Retrain"
+            return out
+        out["model_id"] = model["id"]
+        row = self.workspace.get_prediction(volume["id"], model["id"])
+        if row is None:
+            out["status"] = "pending"
+            return out
+        ready = self.is_ready(volume["id"], model["id"])
+        out.update(status=READY if ready else row["status"], updated=row["updated"])
+        return out
+
+    def ready_folder(self, volume_id: int) -> tuple[Path, dict]:
+        """(folder, model) of the active model's ready prediction of this volume, or NotFound saying why."""
+        volume = self.workspace.get_volume(volume_id)
+        model = self.workspace.active_model(volume["project_id"])
+        if model is None:
+            raise NotFound(f"volume {volume['id']} has no prediction yet: its project has no trained model")
+        if not self.is_ready(volume["id"], model["id"]):
+            raise NotFound(
+                f"the prediction of volume {volume['id']} by model {model['id']} is not ready yet; "
+                "see GET /api/volumes/{id}/prediction for its status"
+            )
+        return Path(self.workspace.get_prediction(volume["id"], model["id"])["path"]), model
+
+    def labels(self, volume_id: int) -> tuple[np.ndarray, dict]:
+        folder, model = self.ready_folder(volume_id)
+        return np.load(folder / LABELS_NAME, mmap_mode="r"), model
+
+    def slice(self, volume_id: int, axis: int, index: int) -> tuple[np.ndarray, dict]:
+        labels, model = self.labels(volume_id)
+        return np.ascontiguousarray(take_slice(labels, axis, index)), model
+
+    def uncertainty(self, volume_id: int) -> dict[int, np.ndarray] | None:
+        try:
+            folder, _ = self.ready_folder(volume_id)
+        except NotFound:
+            return None
+        path = folder / UNCERTAINTY_NAME
+        if not path.exists():
+            return None
+        with np.load(path) as data:
+            return {a: data[f"axis{a}"] for a in range(3)}
+
+    def nifti_path(self, volume_id: int) -> Path:
+        folder, _ = self.ready_folder(volume_id)
+        return folder / MASK_NAME
+
+    def dicom_seg_path(self, volume_id: int) -> Path:
+        volume = self.workspace.get_volume(volume_id)
+        if volume["source"] != "dicom":
+            raise Conflict(
+                f"volume {volume['id']} was uploaded as NIfTI, so there is no DICOM series to attach a "
+                "DICOM-SEG to; download prediction.nii.gz instead"
+            )
+        folder, _ = self.ready_folder(volume_id)
+        path = folder / SEG_NAME
+        with self._seg_lock:
+            if not path.exists():
+                labels = np.load(folder / LABELS_NAME)
+                project = self.workspace.get_project(volume["project_id"])
+                volume_io.write_mask_dicom_seg(labels, self.workspace.load_volume(volume["id"]), path,
+                                               labels=project["labels"])
+        return path
+
+    def project_zip(self, project_id: int) -> tuple[bytes, str]:
+        """All ready masks of the project's active model as one zip (NIfTI, one per volume)."""
+        project = self.workspace.get_project(project_id)
+        model = self.workspace.active_model(project["id"])
+        if model is None:
+            raise NotFound(f"project {project['id']} has no trained model yet, so no predictions")
+        buffer = io.BytesIO()
+        written = 0
+        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:  # .nii.gz is compressed already
+            for volume in self.workspace.list_volumes(project["id"]):
+                if self.is_ready(volume["id"], model["id"]):
+                    folder = Path(self.workspace.get_prediction(volume["id"], model["id"])["path"])
+                    archive.write(folder / MASK_NAME, f"{volume['id']:04d}_{safe_name(volume['name'])}.nii.gz")
+                    written += 1
+        if written == 0:
+            raise NotFound(f"no prediction of project {project['id']} by model {model['id']} is ready yet")
+        return buffer.getvalue(), f"project{project['id']}_model{model['id']}_predictions.zip"
+
+
+def class_axis(probs: np.ndarray, shape: tuple[int, ...]) -> int:
+    """Probabilities come as (C, i, j, k) or (i, j, k, C)."""
+    if probs.ndim == 4 and tuple(probs.shape[1:]) == tuple(shape):
+        return 0
+    if probs.ndim == 4 and tuple(probs.shape[:3]) == tuple(shape):
+        return 3
+    raise ValueError(f"probabilities of shape {probs.shape} do not match a volume of shape {shape}")
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
+
+
+def safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:100] or "volume"

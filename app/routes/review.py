@@ -1,0 +1,78 @@
+"""Review of predicted slices: accept turns the prediction into a (reviewed) annotation, reject is recorded.
+
+A corrected slice is a plain PUT of the annotation. The next retrain uses all annotations.
+Also here: which slice to paint next.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Body, Depends, Header, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from app import suggest
+from app.deps import get_workspace
+from app.routes.annotations import parse_version
+from app.schemas import ErrorOut
+from app.worker import Worker, get_worker
+from data.store import Workspace
+
+router = APIRouter(prefix="/api", tags=["review"])
+
+
+class ReviewRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"decision": "accept"}]})
+
+    decision: Literal["accept", "reject"] = Field(description="accept: the predicted slice becomes an annotation "
+                                                          "(reviewed); reject: recorded, nothing saved")
+    author: str = Field("local", min_length=1, max_length=200)
+    comment: str | None = Field(None, max_length=2000)
+
+
+@router.post(
+    "/volumes/{volume_id}/review/{axis}/{index}",
+    responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}, 422: {"model": ErrorOut}},
+    summary="Accept or reject the predicted mask of one slice",
+)
+def review_slice(
+    volume_id: int,
+    axis: int,
+    index: int,
+    body: ReviewRequest = Body(...),
+    if_match: str | None = Header(None, description="For accept: the annotation version it replaces ('0' = none)."),
+    ws: Workspace = Depends(get_workspace),
+    worker: Worker = Depends(get_worker),
+) -> dict:
+    expected = parse_version(if_match)
+    mask, model = worker.predictions.slice(volume_id, axis, index)
+    details = {"volume_id": int(volume_id), "axis": axis, "index": index, "model_id": model["id"],
+               "decision": body.decision, "comment": body.comment}
+    annotation = None
+    if body.decision == "accept":
+        annotation = ws.save_annotation(volume_id, axis, index, mask, author=body.author,
+                                        expected_version=expected, reviewed=True)
+    ws.record_audit(body.author, f"review_{body.decision}", details)
+    return {**details, "annotation": annotation}
+
+
+@router.get(
+    "/volumes/{volume_id}/suggestions",
+    responses={404: {"model": ErrorOut}, 422: {"model": ErrorOut}},
+    summary="Slices to paint next, most helpful first (model uncertainty and distance from painted slices)",
+)
+def suggestions(
+    volume_id: int,
+    axis: int | None = Query(None, ge=0, le=2, description="Default: the axis already painted on, else the "
+                                                            "coarsest-spaced axis."),
+    limit: int = Query(10, ge=1, le=1000),
+    ws: Workspace = Depends(get_workspace),
+    worker: Worker = Depends(get_worker),
+) -> dict:
+    volume = ws.get_volume(volume_id)
+    painted = [(a["axis"], a["index"]) for a in ws.list_annotations(volume["id"])]
+    uncertainty = worker.predictions.uncertainty(volume["id"])
+    result = suggest.suggest(volume["shape"], volume["spacing"], painted, uncertainty, axis=axis, limit=limit)
+    model = ws.active_model(volume["project_id"])
+    return {"volume_id": volume["id"], "model_id": model["id"] if model and uncertainty is not None else None,
+            **result}

@@ -1,0 +1,154 @@
+"""Training jobs: Retrain, job status, a Server-Sent-Event stream of progress, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import time
+from typing import Any
+
+from fastapi import APIRouter, Body, Depends, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from app.deps import get_workspace
+from app.jobs import TERMINAL_STATES
+from app.schemas import ErrorOut
+from app.worker import Worker, get_worker, job_view
+from data.store import Workspace
+
+router = APIRouter(prefix="/api", tags=["training"])
+
+KEEPALIVE_S = 15.0
+RECHECK_S = 2.0
+
+
+class TrainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"preset": "cpu"},
+                                                                              {"preset": "quick", "stages": {"global": False}}]})
+
+    preset: str | None = Field(None, description="quick | cpu | paper; default: the server's (cpu).")
+    stages: dict[str, bool | dict[str, Any]] | None = Field(
+        None, description='Per stage (global, local, finetune): false to skip it, or {"enabled": true, "epochs": n, '
+                          '"steps": n} to change its schedule, e.g. {"global": false, "finetune": {"epochs": 4}}.')
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: int
+    project_id: int
+    kind: str
+    state: str = Field(description="queued | running | succeeded | failed | cancelled")
+    stage: str | None = Field(None, description="global | local | finetune | predict | done")
+    epoch: int | None = None
+    progress: float = Field(description="0..1 over training and predicting")
+    eta_s: float | None = Field(None, description="seconds left, as estimated by the trainer")
+    message: str | None = None
+    error: str | None = Field(None, description="why the job failed")
+
+
+@router.post(
+    "/projects/{project_id}/train",
+    status_code=202,
+    response_model=JobOut,
+    responses={200: {"model": JobOut, "description": "joined a retrain already queued for the project"},
+               404: {"model": ErrorOut}, 409: {"model": ErrorOut}, 422: {"model": ErrorOut}},
+    summary="Retrain: queue a training job (joins one already queued for the project)",
+)
+def train(
+    project_id: int,
+    response: Response,
+    body: TrainRequest | None = Body(None),
+    worker: Worker = Depends(get_worker),
+) -> dict:
+    body = body or TrainRequest()
+    job, coalesced = worker.submit(project_id, body.preset, body.stages)
+    response.status_code = 200 if coalesced else 202
+    response.headers["Location"] = f"/api/jobs/{job['id']}"
+    return {**job_view(job), "coalesced": coalesced}
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, responses={404: {"model": ErrorOut}}, summary="A job's state")
+def get_job(job_id: int, ws: Workspace = Depends(get_workspace)) -> dict:
+    return job_view(ws.get_job(job_id))
+
+
+@router.get("/projects/{project_id}/jobs", response_model=list[JobOut], responses={404: {"model": ErrorOut}},
+            summary="A project's jobs, oldest first")
+def list_jobs(project_id: int, ws: Workspace = Depends(get_workspace)) -> list[dict]:
+    ws.get_project(project_id)
+    return [job_view(job) for job in ws.list_jobs(project_id=project_id)]
+
+
+@router.post(
+    "/jobs/{job_id}/cancel",
+    response_model=JobOut,
+    responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}},
+    summary="Cancel a queued or running job; the previously active model stays active",
+)
+def cancel_job(job_id: int, worker: Worker = Depends(get_worker)) -> dict:
+    return job_view(worker.cancel(job_id))
+
+
+def sse(event: str, data: dict, event_id: int) -> str:
+    return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}},
+                     "description": "event: progress (job JSON) per update, retry on an out-of-memory retry, "
+                                    "end (job JSON) once finished; then the stream closes"},
+               404: {"model": ErrorOut}},
+    summary="Follow a job as Server-Sent Events",
+)
+async def job_events(job_id: int, request: Request, ws: Workspace = Depends(get_workspace),
+                     worker: Worker = Depends(get_worker)) -> StreamingResponse:
+    await run_in_threadpool(ws.get_job, job_id)  # 404 as JSON before the stream starts
+    subscription = worker.hub.subscribe(job_id)
+
+    async def stream():
+        n = 0
+        try:
+            job = job_view(await run_in_threadpool(ws.get_job, job_id))
+            n += 1
+            if job["state"] in TERMINAL_STATES:
+                yield sse("end", job, n)
+                return
+            yield sse("progress", job, n)
+            last_check = last_sent = time.monotonic()
+            while True:
+                try:
+                    event, data = subscription.get_nowait()
+                except queue.Empty:
+                    if worker.shutting_down.is_set():
+                        return  # the server is stopping; EventSource clients reconnect by themselves
+                    if await request.is_disconnected():
+                        return
+                    await asyncio.sleep(0.1)
+                    now = time.monotonic()
+                    if now - last_check > RECHECK_S:  # a finish this process did not publish (e.g. restart)
+                        last_check = now
+                        job = job_view(await run_in_threadpool(ws.get_job, job_id))
+                        if job["state"] in TERMINAL_STATES:
+                            n += 1
+                            yield sse("end", job, n)
+                            return
+                    if now - last_sent > KEEPALIVE_S:
+                        last_sent = now
+                        yield ": keep-alive\n\n"
+                    continue
+                n += 1
+                last_sent = time.monotonic()
+                yield sse(event, data, n)
+                if event == "end":
+                    return
+        finally:
+            worker.hub.unsubscribe(job_id, subscription)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
