@@ -1,0 +1,237 @@
+"""Handlers of the Gradio page: pure functions of (client, state, inputs) -> Screen, tested without a browser.
+
+`state` is a plain dict {"project_id": int | None, "volume_id": int | None}; handlers never mutate it,
+they return a new one. A `Screen` says what to show; fields left as None mean "leave that part as it is".
+The painting, retraining and review loop lives on the dedicated viewer page (frontend/static/viewer.*),
+which talks to the API from the browser.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from frontend import render
+from frontend.client import ApiClient, ApiError
+
+# distinct, readable on a grey image (Sasha Trubetskoy's palette, as the demo project uses)
+PALETTE = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6",
+           "#bfef45", "#fabed4", "#469990", "#dcbeff")
+UPLOAD_SUFFIXES = (".nii", ".nii.gz", ".zip")
+_HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
+
+
+def empty_state() -> dict:
+    return {"project_id": None, "volume_id": None}
+
+
+@dataclass
+class Screen:
+    state: dict
+    project_choices: list[tuple[str, int]] | None = None
+    project_value: int | None = None
+    project_message: str | None = None
+    labels_html: str | None = None
+    volume_choices: list[tuple[str, int]] | None = None
+    volume_value: int | None = None
+    volumes_html: str | None = None
+    upload_message: str | None = None
+    viewer_html: str | None = None
+    clear_upload: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- pure helpers
+
+
+def parse_labels(text: str) -> list[dict]:
+    """One label per line or comma-separated: `name`, `name #rrggbb`, `value name`, `value name #rrggbb`.
+
+    Values default to 1, 2, ...; colours to a readable palette. Raises ValueError saying what is wrong.
+    """
+    items = [part.strip() for line in (text or "").splitlines() for part in line.split(",")]
+    items = [item for item in items if item]
+    if not items:
+        raise ValueError("give at least one label name, e.g. 'tumour' (one per line)")
+    labels, used_values, used_names = [], set(), set()
+    for n, item in enumerate(items, start=1):
+        words = item.split()
+        color = None
+        if words and words[-1].startswith("#"):
+            color = words.pop()
+            if not _HEX.match(color):
+                raise ValueError(f"label {item!r}: colour {color!r} must look like #e6194b")
+        value = None
+        if words and words[0].isdigit():
+            value = int(words.pop(0))
+        name = " ".join(words)
+        if not name:
+            raise ValueError(f"label {item!r} has no name")
+        if value is None:
+            value = next(v for v in range(1, 255) if v not in used_values)
+        if not 1 <= value <= 254:
+            raise ValueError(f"label {name!r}: value {value} must be 1..254 (0 is background, 255 'not painted')")
+        if value in used_values:
+            raise ValueError(f"label value {value} is used twice")
+        if name.lower() in used_names:
+            raise ValueError(f"label name {name!r} is used twice")
+        used_values.add(value)
+        used_names.add(name.lower())
+        labels.append({"value": value, "name": name, "color": (color or PALETTE[(n - 1) % len(PALETTE)]).lower()})
+    return labels
+
+
+def project_choices(projects: Iterable[dict]) -> list[tuple[str, int]]:
+    return [(f'{p["name"]} (#{p["id"]})', int(p["id"])) for p in projects]
+
+
+def volume_choices(volumes: Iterable[dict]) -> list[tuple[str, int]]:
+    return [(f'{v["name"]} — {" × ".join(str(n) for n in v["shape"])} (#{v["id"]})', int(v["id"])) for v in volumes]
+
+
+def upload_name(path: str | Path) -> str:
+    return Path(path).name
+
+
+def is_supported_upload(name: str) -> bool:
+    return name.lower().endswith(UPLOAD_SUFFIXES)
+
+
+def _file_path(item) -> str:
+    """Gradio gives file paths (str) or objects with .name / .path, depending on the component settings."""
+    if isinstance(item, (str, Path)):
+        return str(item)
+    for attr in ("path", "name"):
+        value = getattr(item, attr, None)
+        if isinstance(value, str):
+            return value
+    if isinstance(item, dict) and "path" in item:
+        return str(item["path"])
+    raise ValueError(f"unexpected upload item {item!r}")
+
+
+# ---------------------------------------------------------------------------- handlers
+
+
+def load_projects(client: ApiClient, state: dict) -> Screen:
+    """Page load / refresh: list projects, keep the selected one if it still exists, else pick the first."""
+    try:
+        projects = client.list_projects()
+    except ApiError as exc:
+        return Screen(state=state, project_choices=[], project_message=render.message("error", exc.detail))
+    ids = [p["id"] for p in projects]
+    pid = state.get("project_id") if state.get("project_id") in ids else (ids[0] if ids else None)
+    if pid is None:
+        return Screen(state=empty_state(), project_choices=[], project_value=None,
+                      project_message=render.message("info", "No project yet: create one below with its labels."),
+                      labels_html="", volume_choices=[], volume_value=None,
+                      volumes_html=render.volumes_table([]), viewer_html=render.viewer_frame(None))
+    screen = select_project(client, {**state, "project_id": pid} if pid == state.get("project_id") else
+                            {"project_id": pid, "volume_id": None}, pid)
+    screen.project_choices = project_choices(projects)
+    screen.project_value = pid
+    return screen
+
+
+def select_project(client: ApiClient, state: dict, project_id) -> Screen:
+    if project_id in (None, ""):
+        return Screen(state=empty_state(), labels_html="", volume_choices=[], volume_value=None,
+                      volumes_html=render.volumes_table([]), viewer_html=render.viewer_frame(None))
+    try:
+        project = client.get_project(int(project_id))
+        volumes = client.list_volumes(project["id"])
+    except ApiError as exc:
+        return Screen(state=state, project_message=render.message("error", exc.detail))
+    keep = state.get("volume_id") if state.get("project_id") == project["id"] else None
+    ids = [v["id"] for v in volumes]
+    vid = keep if keep in ids else (ids[0] if ids else None)
+    volume = next((v for v in volumes if v["id"] == vid), None)
+    text = (f'Project "{project["name"]}": {len(volumes)} volume{"s" if len(volumes) != 1 else ""}.'
+            + ("" if volumes else " Upload a volume to start."))
+    return Screen(
+        state={"project_id": project["id"], "volume_id": vid},
+        project_message=render.message("info", text),
+        labels_html=render.labels_legend(project["labels"]),
+        volume_choices=volume_choices(volumes), volume_value=vid,
+        volumes_html=render.volumes_table(volumes, vid),
+        viewer_html=render.viewer_frame(volume),
+    )
+
+
+def create_project(client: ApiClient, state: dict, name: str, labels_text: str) -> Screen:
+    name = (name or "").strip()
+    if not name:
+        return Screen(state=state, project_message=render.message("error", "Give the new project a name."))
+    try:
+        labels = parse_labels(labels_text)
+    except ValueError as exc:
+        return Screen(state=state, project_message=render.message("error", f"Labels: {exc}"))
+    try:
+        project = client.create_project(name, labels)
+        projects = client.list_projects()
+    except ApiError as exc:
+        return Screen(state=state, project_message=render.message("error", f"Could not create the project: {exc.detail}"))
+    screen = select_project(client, {"project_id": None, "volume_id": None}, project["id"])
+    screen.project_choices = project_choices(projects)
+    screen.project_value = project["id"]
+    screen.project_message = render.message(
+        "ok", f'Created project "{project["name"]}" with {len(labels)} label{"s" if len(labels) != 1 else ""}. '
+              "Now upload volumes.")
+    return screen
+
+
+def upload_files(client: ApiClient, state: dict, files, progress: Callable[[float, str], None] | None = None) -> Screen:
+    """Upload each file to the selected project; report every success and every refusal by name."""
+    pid = state.get("project_id")
+    if pid is None:
+        return Screen(state=state, upload_message=render.message("error", "Create or pick a project first."))
+    items = [files] if isinstance(files, (str, Path)) else list(files or [])
+    if not items:
+        return Screen(state=state, upload_message=render.message(
+            "error", "Choose a file first: a .nii or .nii.gz volume, or a .zip of one DICOM series."))
+    added, errors = [], []
+    for n, item in enumerate(items):
+        path = _file_path(item)
+        name = upload_name(path)
+        if progress:
+            progress(n / len(items), f"uploading {name} ({n + 1} of {len(items)})")
+        if not is_supported_upload(name):
+            errors.append(f"{name}: not a .nii, .nii.gz or .zip file")
+            continue
+        try:
+            added.append(client.upload_volume(pid, path, filename=name))
+        except ApiError as exc:
+            errors.append(exc.detail if exc.detail.startswith(name) else f"{name}: {exc.detail}")
+        except OSError as exc:
+            errors.append(f"{name}: could not read the file ({exc.strerror or exc})")
+    if progress:
+        progress(1.0, "done")
+    screen = select_project(client, {"project_id": pid, "volume_id": added[-1]["id"] if added else
+                                     state.get("volume_id")}, pid)
+    parts = []
+    if added:
+        parts.append(render.message("ok", "Uploaded " + ", ".join(
+            f'{v["name"]} ({" × ".join(str(s) for s in v["shape"])})' for v in added) + "."))
+    for err in errors:
+        parts.append(render.message("error", f"Upload refused — {err}"))
+    screen.upload_message = '<div id="upload-result">' + "".join(parts) + "</div>"
+    screen.clear_upload = bool(added) and not errors
+    return screen
+
+
+def select_volume(client: ApiClient, state: dict, volume_id) -> Screen:
+    pid = state.get("project_id")
+    if pid is None or volume_id in (None, ""):
+        return Screen(state={**state, "volume_id": None}, viewer_html=render.viewer_frame(None))
+    try:
+        volumes = client.list_volumes(pid)
+    except ApiError as exc:
+        return Screen(state=state, project_message=render.message("error", exc.detail))
+    volume = next((v for v in volumes if v["id"] == int(volume_id)), None)
+    if volume is None:
+        return Screen(state={**state, "volume_id": None}, viewer_html=render.viewer_frame(None),
+                      project_message=render.message("error", f"volume {volume_id} is not in this project"))
+    return Screen(state={**state, "volume_id": volume["id"]}, volumes_html=render.volumes_table(volumes, volume["id"]),
+                  viewer_html=render.viewer_frame(volume))
