@@ -1,0 +1,201 @@
+"""The training configuration: one frozen dataclass, saved inside every checkpoint and model.
+
+`TrainConfig.from_dict` is the only way a config enters from outside (JSON file, app, CLI) and it
+refuses unknown keys by name, so a typo never silently falls back to a default.
+`preset("quick" | "cpu" | "paper", **overrides)` gives the three sizes the project ships.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+LOCAL_MODES = ("stride", "block", "exact")
+DEVICES = ("auto", "cpu", "cuda")
+TRISTATE = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # ---- data -------------------------------------------------------------------------------
+    images: tuple[str, ...] = ()  # image volumes (NIfTI file, DICOM folder or zip)
+    labels: tuple[str, ...] = ()  # sparse label volume per image (255 = not annotated); "" = none
+    unlabeled: tuple[str, ...] = ()  # extra volumes without any annotation
+    val_images: tuple[str, ...] = ()  # fully labeled validation volumes (Dice in metrics.json)
+    val_labels: tuple[str, ...] = ()
+    out_dir: str = ""
+    axis: str | int = "auto"  # "auto" = the axis with most painted slices, else 0/1/2
+    num_classes: int | None = None  # background + classes; None = max label value + 1
+    # ---- slices -----------------------------------------------------------------------------
+    max_size: int = 256  # in-plane extents above this are resized down, never up
+    # ---- model ------------------------------------------------------------------------------
+    widths: tuple[int, ...] = (64, 128, 256, 512)
+    bottleneck: int | None = None  # None = 2 * widths[-1]
+    global_proj_dim: int = 128
+    local_proj_dim: int = 128
+    init_from: str | None = None  # model.pt / global.pt / checkpoint.pt whose weights start this run
+    # ---- stages (epoch = steps_per_epoch steps; steps None = one pass over the samples) ------
+    global_stage: bool = True
+    global_epochs: int = 100
+    global_steps: int | None = None
+    global_batch: int = 32
+    global_lr: float = 3e-4
+    global_weight_decay: float = 1e-5
+    global_temperature: float = 0.5
+    local_stage: bool = True
+    local_epochs: int = 70
+    local_steps: int | None = None
+    local_batch: int = 4
+    local_lr: float = 1e-4
+    local_temperature: float = 0.1
+    local_mode: str = "block"
+    local_stride: int = 4
+    local_block: int = 16
+    local_chunk: int = 4096
+    finetune_stage: bool = True
+    finetune_epochs: int = 120
+    finetune_steps: int | None = None
+    finetune_batch: int = 8
+    finetune_lr: float = 1e-4
+    dice_weight: float = 1.0
+    weight_decay: float = 1e-5
+    # ---- augmentation -----------------------------------------------------------------------
+    augment: bool = True
+    flip: bool = True
+    rot90: bool = False  # anatomy has a canonical orientation; off unless asked
+    rotate_deg: float = 15.0
+    scale_range: tuple[float, float] = (0.85, 1.15)
+    intensity: bool = True
+    # ---- runtime ----------------------------------------------------------------------------
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None  # torch intra-op threads; None = torch's default
+    channels_last: str = "auto"  # "auto" = what docs/benchmarks/cpu_speedups.md found fastest
+    compile: str = "auto"
+    bf16: str = "auto"
+    predict_chunk_pixels: int = 4_000_000  # slices per inference batch = this // (H*W)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.local_mode not in LOCAL_MODES:
+            problems.append(f"local_mode must be one of {LOCAL_MODES}, got {self.local_mode!r}")
+        if self.device not in DEVICES:
+            problems.append(f"device must be one of {DEVICES}, got {self.device!r}")
+        for name in ("channels_last", "compile", "bf16"):
+            if getattr(self, name) not in TRISTATE:
+                problems.append(f"{name} must be one of {TRISTATE}, got {getattr(self, name)!r}")
+        if self.axis not in ("auto", 0, 1, 2):
+            problems.append(f"axis must be 'auto', 0, 1 or 2, got {self.axis!r}")
+        if not self.widths or any(int(w) < 1 for w in self.widths):
+            problems.append(f"widths must be positive channel counts, got {self.widths!r}")
+        if self.num_classes is not None and not 2 <= self.num_classes <= 255:
+            problems.append(f"num_classes must be 2..255 (background + 1..254 labels), got {self.num_classes}")
+        if self.labels and len(self.labels) != len(self.images):
+            problems.append(f"{len(self.images)} images but {len(self.labels)} label volumes")
+        if len(self.val_labels) != len(self.val_images):
+            problems.append(f"{len(self.val_images)} validation images but {len(self.val_labels)} labels")
+        if self.max_size < 2 ** (len(self.widths) + 1):
+            problems.append(f"max_size {self.max_size} is too small for {len(self.widths)} U-Net levels")
+        for stage in ("global", "local", "finetune"):
+            if getattr(self, f"{stage}_epochs") < 0:
+                problems.append(f"{stage}_epochs must be >= 0")
+            steps = getattr(self, f"{stage}_steps")
+            if steps is not None and steps < 1:
+                problems.append(f"{stage}_steps must be >= 1 or null")
+            if getattr(self, f"{stage}_batch") < 1:
+                problems.append(f"{stage}_batch must be >= 1")
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
+
+    @property
+    def depth(self) -> int:
+        return len(self.widths)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+        values = {}
+        for name, value in d.items():
+            if isinstance(value, list):
+                value = tuple(value)
+            values[name] = value
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        try:
+            d = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config {path} is not valid JSON: {e}") from e
+        if not isinstance(d, dict):
+            raise ValueError(f"config {path} must be a JSON object")
+        return cls.from_dict(d)
+
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    # Tiny: the whole pipeline in well under a minute on a 2-core CPU for a few hippocampus volumes.
+    "quick": dict(
+        widths=(8, 16, 32),
+        global_proj_dim=32,
+        local_proj_dim=32,
+        global_epochs=1, global_steps=4, global_batch=8,
+        local_epochs=1, local_steps=4, local_batch=4, local_lr=3e-4, local_mode="stride",
+        finetune_epochs=2, finetune_steps=10, finetune_batch=8, finetune_lr=1e-3,
+        max_size=128,
+    ),
+    # Narrow U-Net and short schedules sized for a clinician waiting on a 2-core CPU (20 hippocampus
+    # volumes: fine-tune refresh < 60 s, full pipeline < 10 min; see docs/benchmarks/).
+    "cpu": dict(
+        widths=(16, 32, 64, 128),
+        global_proj_dim=64,
+        local_proj_dim=64,
+        global_epochs=8, global_steps=50, global_batch=32, global_lr=1e-3,
+        local_epochs=6, local_steps=40, local_batch=8, local_lr=5e-4, local_mode="stride",
+        finetune_epochs=8, finetune_steps=40, finetune_batch=16, finetune_lr=1e-3,
+    ),
+    # METHOD.md: widths 64-512, Adam 3e-4/1e-5 100 epochs global, 1e-4 batch 4 ~70 epochs local,
+    # batch 8 120 epochs fine-tune. Meant for a GPU.
+    "paper": dict(),
+}
+
+
+def preset(name: str, **overrides: Any) -> TrainConfig:
+    if name not in _PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(_PRESETS)}")
+    return TrainConfig.from_dict({**TrainConfig().to_dict(), **_PRESETS[name], **overrides})
+
+
+PRESETS = tuple(_PRESETS)
+
+
+def retrain_config(cfg: TrainConfig, previous_model_dir: str | Path, refresh: bool = False) -> TrainConfig:
+    """Config for the next retrain of a project, starting from a previous run's folder.
+
+    refresh=False: share the label-free global stage (previous global.pt) and redo local + fine-tune.
+    refresh=True: start from the previous model.pt and only fine-tune, for half the epochs (the fast
+    path after new paint: the model already segments, it only has to take in the new slices).
+    Falls back to `cfg` unchanged when the previous run left no usable file.
+    """
+    previous = Path(previous_model_dir)
+    if refresh and (previous / "model.pt").is_file():
+        return cfg.replace(init_from=str(previous / "model.pt"), global_stage=False, local_stage=False, finetune_stage=True,
+                           finetune_epochs=max(1, cfg.finetune_epochs // 2))
+    if (previous / "global.pt").is_file():
+        return cfg.replace(init_from=str(previous / "global.pt"), global_stage=False)
+    return cfg

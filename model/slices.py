@@ -1,0 +1,213 @@
+"""Volumes to the 2D slices the network sees, and predictions back to the volume's exact grid.
+
+Each volume is intensity-normalised on its own (robust percentiles, then z-score), cut along one
+axis, resized down only when its in-plane extent exceeds `max_size`, and centre-padded to a square
+whose side adapts to the data (the largest extent rounded up to a multiple of 2^depth). The
+`Placement` of every volume keeps the resize and the pad offsets so outputs crop back exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from data.errors import InvalidInput
+
+IGNORE = 255
+_STATS_SAMPLE = 2_000_000  # voxels used for the percentiles; enough for stable statistics of any volume
+
+
+@dataclass(frozen=True)
+class IntensityStats:
+    lo: float
+    hi: float
+    mean: float
+    std: float
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        out = np.clip(np.asarray(array, dtype=np.float32), self.lo, self.hi)
+        out -= self.mean
+        out /= self.std
+        return out
+
+    @property
+    def background(self) -> float:
+        """The normalised value of the darkest voxel: what padding is filled with."""
+        return (self.lo - self.mean) / self.std
+
+
+def intensity_stats(array: np.ndarray) -> IntensityStats:
+    flat = np.asarray(array).reshape(-1)
+    sample = flat[:: max(1, flat.size // _STATS_SAMPLE)].astype(np.float64)
+    lo, hi = np.percentile(sample, [0.5, 99.5])
+    clipped = np.clip(sample, lo, hi)
+    std = float(clipped.std())
+    return IntensityStats(float(lo), float(hi), float(clipped.mean()), std if std > 1e-6 else 1.0)
+
+
+def slab(array: np.ndarray, axis: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Slices start..stop along `axis` as (n, h, w), the remaining axes in their original order."""
+    return np.moveaxis(np.asarray(array), axis, 0)[start:stop]
+
+
+def painted_mask(labels: np.ndarray, axis: int) -> np.ndarray:
+    """Bool per index along `axis`: the slice is fully annotated (no IGNORE pixel)."""
+    other = tuple(a for a in range(3) if a != axis)
+    return (np.asarray(labels) != IGNORE).all(axis=other)
+
+
+def choose_axis(label_volumes: list[np.ndarray], axis: str | int = "auto") -> int:
+    """The axis to slice along: the given one, or the one with most painted slices over all volumes."""
+    if axis != "auto":
+        return int(axis)
+    counts = [sum(int(painted_mask(lab, a).sum()) for lab in label_volumes) for a in range(3)]
+    return int(np.argmax(counts))
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-int(n) // multiple) * multiple
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one volume's slices sit inside the network input of side `size`."""
+
+    axis: int
+    plane: tuple[int, int]  # in-plane shape in the volume
+    resized: tuple[int, int]  # after the down-resize (== plane when none)
+    offset: tuple[int, int]  # top, left padding
+    size: tuple[int, int]  # network input (H, W)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resized_plane(plane: tuple[int, int], max_size: int) -> tuple[int, int]:
+    scale = min(1.0, max_size / max(plane))
+    return tuple(max(1, int(round(n * scale))) for n in plane)
+
+
+def training_size(shapes: list[tuple[int, int, int]], axis: int, max_size: int, multiple: int) -> int:
+    """Side of the square all training slices are padded to."""
+    extent = max(max(resized_plane(_plane(s, axis), max_size)) for s in shapes)
+    return max(round_up(extent, multiple), 2 * multiple)
+
+
+def placement(shape: tuple[int, int, int], axis: int, max_size: int, multiple: int, size: int | None = None) -> Placement:
+    """Placement of a volume; `size` (the training side) is used whenever the slices fit in it."""
+    plane = _plane(shape, axis)
+    resized = resized_plane(plane, max_size)
+    if size is not None and max(resized) <= size:
+        out = (size, size)
+    else:
+        out = tuple(max(round_up(n, multiple), 2 * multiple) for n in resized)
+    offset = tuple((o - r) // 2 for o, r in zip(out, resized))
+    return Placement(axis, plane, resized, offset, out)
+
+
+def _plane(shape, axis) -> tuple[int, int]:
+    return tuple(int(n) for i, n in enumerate(shape) if i != axis)
+
+
+def to_network(slices: np.ndarray | torch.Tensor, where: Placement, fill: float, labels: bool = False) -> torch.Tensor:
+    """(n, h, w) slices -> (n, 1, H, W) float images or (n, H, W) uint8 labels, resized and padded."""
+    x = torch.as_tensor(np.ascontiguousarray(slices) if isinstance(slices, np.ndarray) else slices)
+    x = x[:, None].float()
+    if where.resized != where.plane:
+        if labels:
+            x = F.interpolate(x, size=where.resized, mode="nearest-exact")
+        else:
+            x = F.interpolate(x, size=where.resized, mode="bilinear", align_corners=False, antialias=True)
+    (top, left), (rh, rw), (h, w) = where.offset, where.resized, where.size
+    x = F.pad(x, (left, w - rw - left, top, h - rh - top), value=float(fill))
+    return x[:, 0].to(torch.uint8) if labels else x
+
+
+def from_network(x: torch.Tensor, where: Placement) -> torch.Tensor:
+    """(n, C, H, W) network output -> (n, C, h, w) on the volume's in-plane grid (bilinear when resized)."""
+    (top, left), (rh, rw) = where.offset, where.resized
+    x = x[..., top : top + rh, left : left + rw]
+    if where.resized != where.plane:
+        x = F.interpolate(x.float(), size=where.plane, mode="bilinear", align_corners=False)
+    return x
+
+
+@dataclass
+class SliceSet:
+    """Every slice of every training volume, padded to one square size."""
+
+    images: torch.Tensor  # (N, 1, S, S) float16 (halves memory; cast per batch)
+    labels: torch.Tensor  # (N, S, S) uint8, IGNORE where not annotated and in padding
+    labeled: torch.Tensor  # indices of painted slices
+    unlabeled: torch.Tensor  # indices of every other slice
+    volume_index: torch.Tensor  # (N,) which input volume each slice came from
+    axis: int
+    size: int
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def build_slices(
+    images: list[np.ndarray],
+    labels: list[np.ndarray | None],
+    axis: int,
+    max_size: int,
+    multiple: int,
+) -> SliceSet:
+    size = training_size([im.shape for im in images], axis, max_size, multiple)
+    all_images, all_labels, painted, owner = [], [], [], []
+    for v, (image, label) in enumerate(zip(images, labels)):
+        stats = intensity_stats(image)
+        where = placement(image.shape, axis, max_size, multiple, size)
+        all_images.append(to_network(stats.apply(slab(image, axis)), where, stats.background).half())
+        n = image.shape[axis]
+        if label is None:
+            all_labels.append(torch.full((n, size, size), IGNORE, dtype=torch.uint8))
+            painted.append(torch.zeros(n, dtype=torch.bool))
+        else:
+            all_labels.append(to_network(slab(label, axis), where, IGNORE, labels=True))
+            painted.append(torch.from_numpy(painted_mask(label, axis)))
+        owner.append(torch.full((n,), v, dtype=torch.long))
+    painted_all = torch.cat(painted)
+    return SliceSet(
+        images=torch.cat(all_images),
+        labels=torch.cat(all_labels),
+        labeled=painted_all.nonzero(as_tuple=True)[0],
+        unlabeled=(~painted_all).nonzero(as_tuple=True)[0],
+        volume_index=torch.cat(owner),
+        axis=axis,
+        size=size,
+    )
+
+
+def check_labels(images: list[np.ndarray], labels: list[np.ndarray | None], names: list[str], num_classes: int | None) -> int:
+    """Validate sparse label volumes before any training; returns the number of classes (incl. background)."""
+    found_max, painted_any = 0, False
+    for image, label, name in zip(images, labels, names):
+        if label is None:
+            continue
+        if label.shape != image.shape:
+            raise InvalidInput(f"label volume for {name} has shape {tuple(label.shape)} but the image has {tuple(image.shape)}")
+        values = np.unique(label)
+        if np.issubdtype(values.dtype, np.floating) and not np.all(values == np.round(values)):
+            raise InvalidInput(f"label volume for {name} has non-integer values")
+        annotated = values[values != IGNORE]
+        if annotated.size and (annotated.min() < 0 or (num_classes is not None and annotated.max() >= num_classes)):
+            limit = f"0..{num_classes - 1}" if num_classes is not None else ">= 0"
+            bad = [int(x) for x in annotated if x < 0 or (num_classes is not None and x >= num_classes)]
+            raise InvalidInput(f"label volume for {name} has values {bad} outside the label map ({limit}, or 255 = not annotated)")
+        if annotated.size:
+            found_max = max(found_max, int(annotated.max()))
+            painted_any = painted_any or any(painted_mask(label, a).any() for a in range(3))
+    if not painted_any:
+        raise InvalidInput("nothing is painted: every label volume is all 255 (not annotated) or has no fully painted slice")
+    k = num_classes if num_classes is not None else found_max + 1
+    if k < 2:
+        raise InvalidInput("the painted slices contain only background (0): paint at least one structure")
+    if k > 255:
+        raise InvalidInput(f"label value {k - 1} is too large: label values are 0..254, 255 means not annotated")
+    return k

@@ -1,0 +1,396 @@
+"""The training loop: `python -m model.train CONFIG.json`.
+
+Stages run in order, each skippable by config: global (SimCLR on every slice) -> local (supervised
+pixel contrast on the painted slices) -> finetune (CE + Dice on the painted pixels). One epoch is
+`<stage>_steps` steps (or one pass over the stage's samples). After every epoch the whole state goes
+to <out_dir>/checkpoint.pt atomically; started again with the same config, a killed run resumes
+from there. Progress is one JSON object per line in <out_dir>/progress.jsonl, appended and flushed.
+Final artefacts: model.pt (weights + config + slice geometry), config.json, metrics.json,
+and global.pt (encoder after the label-free global stage, reusable via `init_from`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from data.atomic import atomic_write_bytes
+from data.errors import InvalidInput, SlicewiseError
+from data.io import read_volume
+from model import checkpoint, slices
+from model.augment import random_intensity, random_spatial
+from model.config import TrainConfig
+from model.device import Runtime, autocast, prepare_input, prepare_model, runtime_for
+from model.heads import GlobalHead, LocalHead
+from model.inference import predict_array
+from model.losses import ce_dice, local_contrastive, nt_xent
+from model.unet import UNet
+
+STAGES = ("global", "local", "finetune")
+# config keys that change how fast a run goes, not what it computes: a resume may change them
+RUNTIME_KEYS = {"device", "threads", "channels_last", "compile", "bf16", "predict_chunk_pixels"}
+
+
+# --------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------
+@dataclass
+class TrainData:
+    slices: slices.SliceSet
+    num_classes: int
+    info: dict[str, Any]  # what inference needs to cut a new volume the same way
+    val: list[tuple[str, np.ndarray, np.ndarray]] = field(default_factory=list)
+
+
+def _read(path: str, what: str) -> np.ndarray:
+    if not Path(path).exists():
+        raise InvalidInput(f"{what} {path} does not exist")
+    return np.asarray(read_volume(path).array)
+
+
+def load_data(cfg: TrainConfig) -> TrainData:
+    """Read and validate every input; all bad-input errors are raised here, before any training."""
+    if not cfg.images and not cfg.unlabeled:
+        raise InvalidInput("no training images given")
+    if not cfg.out_dir:
+        raise ValueError("out_dir is not set")
+    label_paths = list(cfg.labels) or [""] * len(cfg.images)
+    images = [_read(p, "image") for p in cfg.images]
+    labels = [(_read(p, "label volume") if p else None) for p in label_paths]
+    names = [Path(p).name for p in cfg.images]
+    num_classes = slices.check_labels(images, labels, names, cfg.num_classes)
+    labels = [None if lab is None else lab.astype(np.uint8) for lab in labels]
+    images += [_read(p, "unlabeled image") for p in cfg.unlabeled]
+    labels += [None] * len(cfg.unlabeled)
+    axis = slices.choose_axis([lab for lab in labels if lab is not None], cfg.axis)
+    multiple = 2 ** cfg.depth
+    data = slices.build_slices(images, labels, axis, cfg.max_size, multiple)
+    if len(data.labeled) == 0:
+        raise InvalidInput(f"no fully painted slice along axis {axis}: paint whole slices along one axis")
+    val = []
+    for image_path, label_path in zip(cfg.val_images, cfg.val_labels):
+        image, label = _read(image_path, "validation image"), _read(label_path, "validation label volume")
+        slices.check_labels([image], [label], [Path(image_path).name], num_classes)
+        val.append((Path(image_path).name, image, label))
+    info = {"axis": axis, "size": data.size, "max_size": cfg.max_size, "multiple": multiple,
+            "normalisation": "per volume: clip to percentiles 0.5-99.5, then z-score"}
+    return TrainData(data, num_classes, info, val)
+
+
+# --------------------------------------------------------------------------------------------
+# progress
+# --------------------------------------------------------------------------------------------
+class Progress:
+    """Appends one JSON object per line to progress.jsonl (flushed) and echoes a short line to stdout."""
+
+    def __init__(self, path: Path, total_steps: int, done_steps: int):
+        self.path, self.total, self.done = path, max(1, total_steps), done_steps
+        self.start_done, self.start_time, self.last_write = done_steps, time.monotonic(), 0.0
+        self.file = open(path, "a", buffering=1)
+
+    def eta(self) -> float | None:
+        ran = self.done - self.start_done
+        if ran <= 0:
+            return None
+        return (time.monotonic() - self.start_time) / ran * (self.total - self.done)
+
+    def event(self, event: str, **fields: Any) -> None:
+        eta = self.eta()
+        record = {"event": event, **fields, "progress": round(self.done / self.total, 4),
+                  "eta_s": None if eta is None else round(eta, 1), "time": round(time.time(), 3)}
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if event != "step":
+            print(_human(record), flush=True)
+
+    def step(self, stage: str, epoch: int, epochs: int, step: int, steps: int, loss: float, force: bool = False) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if force or now - self.last_write >= 0.5:
+            self.last_write = now
+            self.event("step", stage=stage, epoch=epoch, epochs=epochs, step=step, steps=steps, loss=round(loss, 5))
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _human(r: dict) -> str:
+    parts = [f"[{r.get('stage', 'train')}] {r['event']}"]
+    if "epoch" in r:
+        parts.append(f"epoch {r['epoch']}/{r.get('epochs', '?')}")
+    if r.get("loss") is not None:
+        parts.append(f"loss {r['loss']:.4f}")
+    if r.get("message"):
+        parts.append(str(r["message"]))
+    parts.append(f"{100 * r['progress']:.0f}%")
+    if r.get("eta_s") is not None:
+        parts.append(f"eta {r['eta_s']:.0f}s")
+    return " ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# the loop
+# --------------------------------------------------------------------------------------------
+def stage_plan(cfg: TrainConfig, data: slices.SliceSet) -> list[tuple[str, int, int]]:
+    """(stage, epochs, steps per epoch) of every enabled stage."""
+    pools = {"global": len(data), "local": len(data.labeled), "finetune": len(data.labeled)}
+    plan = []
+    for stage in STAGES:
+        if getattr(cfg, f"{stage}_stage") and getattr(cfg, f"{stage}_epochs") > 0:
+            steps = getattr(cfg, f"{stage}_steps") or math.ceil(pools[stage] / getattr(cfg, f"{stage}_batch"))
+            plan.append((stage, getattr(cfg, f"{stage}_epochs"), steps))
+    return plan
+
+
+def _batch(pool: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+    return pool[torch.randint(0, len(pool), (n,), generator=g)]
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, data: TrainData, runtime: Runtime):
+        self.cfg, self.data, self.runtime = cfg, data, runtime
+        torch.manual_seed(cfg.seed)
+        self.g = torch.Generator().manual_seed(cfg.seed)
+        self.unet = UNet(1, data.num_classes, cfg.widths, cfg.bottleneck)
+        self.global_head = GlobalHead(self.unet.bottleneck_channels, cfg.global_proj_dim)
+        self.local_head = LocalHead(self.unet.feature_channels, cfg.local_proj_dim)
+        for m in (self.global_head, self.local_head):
+            m.to(runtime.device)
+        self.net = prepare_model(self.unet, runtime)
+        unet = self.unet
+
+        def encode(x):
+            return unet.encode(unet.pad_input(x)[0])[1]
+
+        self.encode = torch.compile(encode) if runtime.compile else encode
+        self.spatial = dict(flip=cfg.flip, rot90=cfg.rot90, rotate_deg=cfg.rotate_deg, scale_range=cfg.scale_range)
+
+    def optimizer(self, stage: str) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        if stage == "global":
+            params = [p for n, p in self.unet.named_parameters() if n.startswith(("encoder.", "bottleneck."))]
+            params += list(self.global_head.parameters())
+            return torch.optim.Adam(params, lr=cfg.global_lr, weight_decay=cfg.global_weight_decay)
+        if stage == "local":
+            params = [p for n, p in self.unet.named_parameters() if not n.startswith("seg_head.")]
+            return torch.optim.Adam(params + list(self.local_head.parameters()), lr=cfg.local_lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(self.unet.parameters(), lr=cfg.finetune_lr, weight_decay=cfg.weight_decay)
+
+    def _images(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.data.slices.images[idx].float()
+
+    def _intensity(self, x: torch.Tensor) -> torch.Tensor:
+        return random_intensity(x, g=self.g) if self.cfg.intensity else x
+
+    def loss(self, stage: str) -> torch.Tensor:
+        cfg, s, rt = self.cfg, self.data.slices, self.runtime
+        if stage == "global":
+            idx = _batch(torch.arange(len(s)), cfg.global_batch, self.g)
+            x = self._images(idx)
+            views = []
+            for _ in range(2):
+                v, _ = random_spatial(x, g=self.g, **self.spatial)
+                views.append(prepare_input(random_intensity(v, g=self.g), rt))
+            with autocast(rt):
+                z1 = self.global_head(self.encode(views[0]))
+                z2 = self.global_head(self.encode(views[1]))
+            return nt_xent(z1.float(), z2.float(), cfg.global_temperature)
+        idx = _batch(s.labeled, cfg.local_batch if stage == "local" else cfg.finetune_batch, self.g)
+        x, y = self._images(idx), s.labels[idx].long()
+        if cfg.augment:
+            x, y = random_spatial(x, y, g=self.g, **self.spatial)
+        y = y.to(rt.device)
+        if stage == "local":
+            v1, v2 = prepare_input(self._intensity(x), rt), prepare_input(self._intensity(x), rt)
+            with autocast(rt):
+                _, f1 = self.net(v1, return_features=True)
+                _, f2 = self.net(v2, return_features=True)
+                e1, e2 = self.local_head(f1["decoder"]), self.local_head(f2["decoder"])
+            return local_contrastive(e1.float(), e2.float(), y, cfg.local_temperature, cfg.local_mode,
+                                     cfg.local_stride, cfg.local_block, cfg.local_chunk)
+        with autocast(rt):
+            logits = self.net(prepare_input(self._intensity(x) if cfg.augment else x, rt))
+        return ce_dice(logits.float(), y, num_classes=self.data.num_classes, dice_weight=cfg.dice_weight)
+
+    # ---- state ------------------------------------------------------------------------------
+    def state(self, stage_index: int, epoch: int, opt, metrics: dict) -> dict:
+        return {
+            "format": checkpoint.CHECKPOINT_FORMAT,
+            "config": self.cfg.to_dict(),
+            "stage_index": stage_index,
+            "epoch": epoch,
+            "model": checkpoint.cpu_state(self.unet),
+            "global_head": checkpoint.cpu_state(self.global_head),
+            "local_head": checkpoint.cpu_state(self.local_head),
+            "optimizer": opt.state_dict() if opt is not None else {},
+            "rng": {"generator": self.g.get_state(), "torch": torch.get_rng_state()},
+            "metrics": metrics,
+            "slices": self.data.info,
+            "num_classes": self.data.num_classes,
+        }
+
+    def restore(self, saved: dict) -> None:
+        self.unet.load_state_dict(saved["model"])
+        self.global_head.load_state_dict(saved["global_head"])
+        self.local_head.load_state_dict(saved["local_head"])
+        self.g.set_state(saved["rng"]["generator"])
+        torch.set_rng_state(saved["rng"]["torch"])
+
+
+def _same_run(saved: dict, cfg: TrainConfig) -> list[str]:
+    now = cfg.to_dict()
+    return sorted(k for k in set(now) | set(saved) if k not in RUNTIME_KEYS and saved.get(k) != now.get(k))
+
+
+def dice_per_class(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> list[float]:
+    out = []
+    for c in range(1, num_classes):
+        p, t = pred == c, truth == c
+        denom = int(p.sum()) + int(t.sum())
+        out.append(1.0 if denom == 0 else 2.0 * int((p & t).sum()) / denom)
+    return out
+
+
+def train(cfg: TrainConfig) -> dict:
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    runtime = runtime_for(cfg.device, cfg.channels_last, cfg.compile, cfg.bf16)
+    data = load_data(cfg)
+    trainer = Trainer(cfg, data, runtime)
+    plan = stage_plan(cfg, data.slices)
+    if not plan:
+        raise ValueError("every training stage is switched off (global_stage, local_stage, finetune_stage)")
+
+    ckpt_path = out / "checkpoint.pt"
+    stage_index, epoch, metrics, opt_state = 0, 0, {"stages": {}}, None
+    resumed = False
+    if ckpt_path.exists():
+        saved = checkpoint.load(ckpt_path)
+        differs = _same_run(saved["config"], cfg)
+        if differs:
+            raise ValueError(f"{ckpt_path} belongs to a run with another config (differs in: {', '.join(differs)}); "
+                             "use a new out_dir or delete the checkpoint")
+        trainer.restore(saved)
+        stage_index, epoch, metrics, opt_state = saved["stage_index"], saved["epoch"], saved["metrics"], saved["optimizer"]
+        resumed = True
+    elif cfg.init_from:
+        loaded = checkpoint.load_matching(trainer.unet, checkpoint.weights_of(checkpoint.load(cfg.init_from)))
+        if loaded == 0:
+            raise ValueError(f"init_from {cfg.init_from} shares no weights with this U-Net (widths {list(cfg.widths)})")
+        metrics["init_from"] = {"path": cfg.init_from, "tensors": loaded}
+
+    total = sum(e * s for _, e, s in plan)
+    done = sum(e * s for _, e, s in plan[:stage_index]) + (epoch * plan[stage_index][2] if stage_index < len(plan) else 0)
+    progress = Progress(out / "progress.jsonl", total, done)
+    info = {"slices": len(data.slices), "painted_slices": len(data.slices.labeled), "axis": data.info["axis"],
+            "size": data.slices.size, "num_classes": data.num_classes, "runtime": runtime.describe(),
+            "stages": [p[0] for p in plan]}
+    metrics["data"] = info
+    if resumed:
+        resumed_stage = plan[stage_index][0] if stage_index < len(plan) else "done"
+        progress.event("resume", stage=resumed_stage, epoch=epoch, message=f"from {ckpt_path.name}")
+    else:
+        progress.event("start", message=json.dumps(info))
+
+    try:
+        for si in range(stage_index, len(plan)):
+            stage, epochs, steps = plan[si]
+            opt = trainer.optimizer(stage)
+            first_epoch = epoch if si == stage_index else 0
+            if si == stage_index and opt_state:
+                opt.load_state_dict(opt_state)
+            stage_metrics = metrics["stages"].setdefault(stage, {"wall_s": 0.0, "epochs": epochs, "steps_per_epoch": steps})
+            trainer.unet.train()
+            if first_epoch < epochs:
+                progress.event("stage", stage=stage, epoch=first_epoch, epochs=epochs)
+            for ep in range(first_epoch, epochs):
+                t0, losses = time.monotonic(), []
+                for st in range(steps):
+                    opt.zero_grad(set_to_none=True)
+                    loss = trainer.loss(stage)
+                    loss.backward()
+                    opt.step()
+                    losses.append(float(loss.detach()))
+                    progress.step(stage, ep + 1, epochs, st + 1, steps, losses[-1], force=st + 1 == steps)
+                stage_metrics["wall_s"] = round(stage_metrics["wall_s"] + time.monotonic() - t0, 3)
+                stage_metrics["final_loss"] = float(np.mean(losses))
+                last = ep + 1 == epochs
+                if last and stage == "global":  # before the checkpoint that marks the stage done
+                    checkpoint.save({"format": checkpoint.GLOBAL_FORMAT, "state_dict": trainer.unet.encoder_state_dict(),
+                                     "config": cfg.to_dict()}, out / "global.pt")
+                checkpoint.save(trainer.state(si + 1 if last else si, 0 if last else ep + 1, None if last else opt, metrics), ckpt_path)
+                progress.event("epoch", stage=stage, epoch=ep + 1, epochs=epochs, loss=round(stage_metrics["final_loss"], 5))
+            epoch = 0
+        trainer.unet.eval()
+        if data.val:
+            metrics["validation"] = validate(trainer, data, cfg)
+        model = {"format": checkpoint.MODEL_FORMAT, "state_dict": checkpoint.cpu_state(trainer.unet),
+                 "config": cfg.to_dict(), "num_classes": data.num_classes, "slices": data.info}
+        checkpoint.save(model, out / "model.pt")
+        atomic_write_bytes(out / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
+        atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2).encode())
+        progress.done = progress.total
+        progress.event("done", message=f"model written to {out / 'model.pt'}")
+    finally:
+        progress.close()
+    return metrics
+
+
+@torch.no_grad()
+def validate(trainer: Trainer, data: TrainData, cfg: TrainConfig) -> dict:
+    per_volume = {}
+    for name, image, label in data.val:
+        pred, _ = predict_array(trainer.net, image, data.info, trainer.runtime, data.num_classes, cfg.predict_chunk_pixels)
+        per_volume[name] = dice_per_class(pred, label, data.num_classes)
+    per_class = np.mean(list(per_volume.values()), axis=0).tolist()
+    return {"dice_per_volume": per_volume, "dice_per_class": per_class, "dice_mean": float(np.mean(per_class))}
+
+
+def _fail(out_dir: str, message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    if out_dir:
+        try:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            with open(Path(out_dir) / "progress.jsonl", "a") as f:
+                f.write(json.dumps({"event": "error", "message": message, "time": round(time.time(), 3)}) + "\n")
+        except OSError:
+            pass
+
+
+def _out_dir_of(config_path: str) -> str:
+    """out_dir of a config that may be invalid, so even a config error is reported in progress.jsonl."""
+    try:
+        value = json.loads(Path(config_path).read_text()).get("out_dir", "")
+        return value if isinstance(value, str) else ""
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m model.train CONFIG.json", file=sys.stderr)
+        return 2
+    out_dir = _out_dir_of(argv[0])
+    try:
+        cfg = TrainConfig.load(argv[0])
+        out_dir = cfg.out_dir
+        train(cfg)
+    except (SlicewiseError, ValueError, FileNotFoundError) as e:
+        _fail(out_dir, str(e))
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

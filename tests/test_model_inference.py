@@ -1,0 +1,66 @@
+"""Inference: chunked over slices with bounded batches, exact output geometry, resize path for big planes."""
+
+import numpy as np
+import pytest
+import torch
+
+from model import checkpoint
+from model.config import preset
+from model.device import runtime_for
+from model.inference import load_predictor, predict_array
+from model.unet import UNet
+
+
+class Spy(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.shapes = net, []
+
+    def forward(self, x):
+        self.shapes.append(tuple(x.shape))
+        return self.net(x)
+
+
+def info(axis, size, max_size=64, multiple=8):
+    return {"axis": axis, "size": size, "max_size": max_size, "multiple": multiple}
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_chunks_are_bounded_and_the_result_does_not_depend_on_them(axis):
+    torch.manual_seed(0)
+    net = Spy(UNet(1, 4, (4, 8, 16)).eval())
+    volume = np.random.default_rng(0).normal(size=(21, 30, 17)).astype(np.float32)
+    rt = runtime_for("cpu", "off", "off", "off")
+    whole, probs = predict_array(net, volume, info(axis, 32), rt, 4, chunk_pixels=10**9, return_probs=True)
+    assert len(net.shapes) == 1
+    net.shapes.clear()
+    chunked, probs2 = predict_array(net, volume, info(axis, 32), rt, 4, chunk_pixels=3 * 32 * 32, return_probs=True)
+    assert max(s[0] for s in net.shapes) <= 3 and sum(s[0] for s in net.shapes) == volume.shape[axis]
+    assert whole.shape == volume.shape and whole.dtype == np.uint8
+    np.testing.assert_array_equal(chunked, whole)
+    np.testing.assert_array_equal(probs2, probs)
+    assert probs.shape == (4, *volume.shape)
+
+
+def test_big_planes_are_resized_for_the_network_and_masks_come_back_full_size():
+    net = Spy(UNet(1, 2, (4, 8)).eval())
+    volume = np.zeros((150, 130, 3), np.float32)
+    volume[40:110, 30:100] = 100.0
+    rt = runtime_for("cpu", "off", "off", "off")
+    labels, _ = predict_array(net, volume, info(2, 64), rt, 2, chunk_pixels=64 * 64)
+    assert labels.shape == volume.shape
+    assert all(s[-2:] == (64, 64) for s in net.shapes)  # 150x130 -> at most 64 wide, padded to the training size
+
+
+def test_load_predictor_from_a_model_file(tmp_path):
+    cfg = preset("quick")
+    net = UNet(1, 3, cfg.widths)
+    checkpoint.save({"format": checkpoint.MODEL_FORMAT, "state_dict": checkpoint.cpu_state(net), "config": cfg.to_dict(),
+                     "num_classes": 3, "slices": info(0, 24, 128, 8)}, tmp_path / "model.pt")
+    predictor = load_predictor(tmp_path, device="cpu")
+    labels, probs = predictor.predict(np.random.rand(5, 20, 22).astype(np.float32), spacing=(1, 1, 1))
+    assert labels.shape == (5, 20, 22) and probs is None
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "model.pt").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="not a readable slicewise model"):
+        load_predictor(tmp_path / "junk")
