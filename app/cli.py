@@ -17,7 +17,7 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="slicewise",
         description="Paint a few slices, press Retrain, get a 3D segmentation.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{serve,import,train,predict}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,import,users,tokens,members,train,predict}")
 
     serve = sub.add_parser("serve", help="run the web app (API at /api, docs at /docs)")
     serve.add_argument("--workspace", type=Path, help="workspace folder (SQLite + files); default ./workspace or $SLICEWISE_WORKSPACE")
@@ -34,6 +34,8 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="a label of a new project, e.g. 1:anterior:#e6194b (repeat for each label)")
     imp.add_argument("files", nargs="+", type=Path, help=".nii/.nii.gz files or .zip files of one DICOM series")
     imp.set_defaults(handler=_import)
+
+    _add_access_commands(sub)
 
     # train/predict live in model/cli.py, imported only when used (main() hands them their arguments
     # untouched); listed here so that `slicewise --help` shows them
@@ -55,9 +57,182 @@ def _serve(args: argparse.Namespace) -> int:
     if args.no_demo:
         settings = settings.with_overrides(demo=False)
     _configure_logging(settings.log_level)
+    if not _may_serve(settings):
+        return 2
     logging.getLogger("slicewise").info("serving on %s (workspace %s)", settings.base_url, settings.workspace)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower())
     return 0
+
+
+def _may_serve(settings: Settings) -> bool:
+    """Loopback without users: no login (local use). Any other address needs users (auth on)."""
+    from app.auth import HOW_TO_CONFIGURE, is_loopback
+
+    if is_loopback(settings.host):
+        return True
+    if (settings.workspace / "slicewise.db").exists():
+        from data.store import Workspace
+
+        ws = Workspace(settings.workspace)
+        try:
+            if ws.has_users():
+                return True
+        finally:
+            ws.close()
+    print(f"slicewise serve: refusing to listen on {settings.host}: this workspace has no users, so anyone who "
+          f"can reach the port could read and change everything.\nTo serve beyond this machine, "
+          f"{HOW_TO_CONFIGURE.replace('WORKSPACE', str(settings.workspace))}\n"
+          "Or serve on 127.0.0.1 (the default) for local use without login.", file=sys.stderr)
+    return False
+
+
+# ------------------------------------------------------------------ users, tokens, members
+
+def _add_access_commands(sub) -> None:
+    def workspace_arg(p):
+        p.add_argument("--workspace", type=Path, help="workspace folder; default ./workspace or $SLICEWISE_WORKSPACE")
+
+    users = sub.add_parser("users", help="manage users (adding the first one turns login on)")
+    users_sub = users.add_subparsers(dest="action", metavar="{add,list,set,remove}", required=True)
+    add = users_sub.add_parser("add", help="add a user")
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=("viewer", "annotator", "admin"))
+    add.add_argument("--password-stdin", action="store_true",
+                     help="read the password (for the /login page) from the first line of stdin; "
+                          "without it the user logs in with API tokens only")
+    workspace_arg(add)
+    lst = users_sub.add_parser("list", help="list users")
+    workspace_arg(lst)
+    st = users_sub.add_parser("set", help="change a user's role and/or password")
+    st.add_argument("name")
+    st.add_argument("--role", choices=("viewer", "annotator", "admin"))
+    st.add_argument("--password-stdin", action="store_true")
+    workspace_arg(st)
+    rm = users_sub.add_parser("remove", help="remove a user with their tokens and memberships")
+    rm.add_argument("name")
+    workspace_arg(rm)
+    users.set_defaults(handler=_users)
+
+    tokens = sub.add_parser("tokens", help="manage API tokens (hashed at rest; shown once)")
+    tokens_sub = tokens.add_subparsers(dest="action", metavar="{create,list,revoke}", required=True)
+    create = tokens_sub.add_parser("create", help="create a token for a user and print it once")
+    create.add_argument("name")
+    create.add_argument("--label", default="", help="what the token is for, e.g. 'laptop script'")
+    workspace_arg(create)
+    tl = tokens_sub.add_parser("list", help="list tokens (never their secrets)")
+    tl.add_argument("name", nargs="?")
+    workspace_arg(tl)
+    rv = tokens_sub.add_parser("revoke", help="revoke a token by id (see tokens list), or all of --user's")
+    rv.add_argument("token_id", nargs="?", type=int)
+    rv.add_argument("--user", help="revoke every token of this user")
+    workspace_arg(rv)
+    tokens.set_defaults(handler=_tokens)
+
+    members = sub.add_parser("members", help="manage project membership (who sees a project; admins see all)")
+    members_sub = members.add_subparsers(dest="action", metavar="{add,list,remove}", required=True)
+    for action, help_text in (("add", "make a user a member of a project"),
+                              ("remove", "remove a user from a project")):
+        p = members_sub.add_parser(action, help=help_text)
+        p.add_argument("project_id", type=int)
+        p.add_argument("name")
+        workspace_arg(p)
+    ml = members_sub.add_parser("list", help="list a project's members")
+    ml.add_argument("project_id", type=int)
+    workspace_arg(ml)
+    members.set_defaults(handler=_members)
+
+
+def _open_workspace(args):
+    from data.store import Workspace
+
+    return Workspace(Settings.from_env(workspace=args.workspace).workspace)
+
+
+def _read_password() -> str:
+    line = sys.stdin.readline().rstrip("\r\n")
+    if not line:
+        raise SystemExit("slicewise: --password-stdin: no password on stdin")
+    return line
+
+
+def _run_access(fn) -> int:
+    from data.errors import SlicewiseError
+
+    try:
+        fn()
+    except SlicewiseError as exc:
+        print(f"slicewise: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _users(args) -> int:
+    ws = _open_workspace(args)
+
+    def run():
+        if args.action == "add":
+            first = not ws.has_users()
+            password = _read_password() if args.password_stdin else None
+            user = ws.add_user(args.name, args.role, password, who="cli")
+            print(f"user {user['name']} ({user['role']}) added" + ("" if password else
+                  f"; no password: create an API token with `slicewise tokens create {user['name']}`"))
+            if first:
+                print("this is the first user: login is now required on every address", file=sys.stderr)
+        elif args.action == "list":
+            for user in ws.list_users():
+                print(f"{user['name']}\t{user['role']}\t{'password' if user['has_password'] else 'tokens only'}"
+                      f"\t{user['created']}")
+        elif args.action == "set":
+            password = _read_password() if args.password_stdin else None
+            user = ws.set_user(args.name, role=args.role, password=password, who="cli")
+            print(f"user {user['name']} ({user['role']}) updated")
+        elif args.action == "remove":
+            ws.remove_user(args.name, who="cli")
+            print(f"user {args.name} removed")
+
+    return _run_access(run)
+
+
+def _tokens(args) -> int:
+    ws = _open_workspace(args)
+
+    def run():
+        if args.action == "create":
+            secret, row = ws.create_token(args.name, label=args.label, who="cli")
+            print(secret)
+            print(f"token {row['id']} for {row['user']}: shown once, store it now (only its hash is kept). "
+                  "Send it as 'Authorization: Bearer <token>'.", file=sys.stderr)
+        elif args.action == "list":
+            for row in ws.list_tokens(args.name):
+                state = f"revoked {row['revoked']}" if row["revoked"] else "active"
+                print(f"{row['id']}\t{row['user']}\t{state}\t{row['created']}\t{row['label']}")
+        elif args.action == "revoke":
+            if args.user:
+                print(f"revoked {ws.revoke_user_tokens(args.user, who='cli')} token(s) of {args.user}")
+            elif args.token_id is not None:
+                row = ws.revoke_token(args.token_id, who="cli")
+                print(f"token {row['id']} of {row['user']} revoked")
+            else:
+                raise SystemExit("slicewise tokens revoke: give a token id or --user NAME")
+
+    return _run_access(run)
+
+
+def _members(args) -> int:
+    ws = _open_workspace(args)
+
+    def run():
+        if args.action == "add":
+            ws.add_member(args.project_id, args.name, who="cli")
+            print(f"{args.name} is a member of project {args.project_id}")
+        elif args.action == "remove":
+            ws.remove_member(args.project_id, args.name, who="cli")
+            print(f"{args.name} removed from project {args.project_id}")
+        else:
+            for member in ws.list_members(args.project_id):
+                print(f"{member['user']}\t{member['role']}\t{member['created']}")
+
+    return _run_access(run)
 
 
 def _parse_label(text: str) -> dict:

@@ -12,9 +12,11 @@ from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
 from app import demo
+from app.auth import HOW_TO_CONFIGURE, UIGuard, is_loopback
 from app.errors import install_error_handlers
+from app.limits import BodyLimitMiddleware
 from app.rendering import SliceRenderer
-from app.routes import projects, volumes
+from app.routes import access, projects, volumes
 from app.routes import annotations, models, predictions, review, training
 from app.worker import Worker
 from app.schemas import HealthOut
@@ -53,6 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         workspace = Workspace(settings.workspace)
         app.state.workspace = workspace
+        if not is_loopback(settings.host) and not workspace.has_users():
+            raise RuntimeError(f"refusing to serve on {settings.host} without users: {HOW_TO_CONFIGURE}")
         remove_stale_uploads(app.state.upload_dir)
         if settings.demo:
             demo.seed_demo_project(workspace, settings)
@@ -81,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.renderer = SliceRenderer()
     app.state.upload_dir = settings.workspace / UPLOAD_DIR
     install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware)  # JSON bodies <= 1 MiB, masks <= 64 MiB, before they are read
 
     @app.get("/api/health", response_model=HealthOut, tags=["server"], summary="Liveness check")
     def health() -> dict:
@@ -90,6 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def root() -> RedirectResponse:
         return RedirectResponse("/ui")
 
+    app.add_middleware(UIGuard)  # with users configured, /ui needs a login too (app/auth.py)
+    app.include_router(access.router)
     app.include_router(projects.router)
     app.include_router(volumes.router)
     for retrain_router in (annotations, training, models, predictions, review):

@@ -24,6 +24,7 @@ from data.store_annotations import AnnotationsMixin
 from data.store_db import Database, now, to_json
 from data.store_files import IMAGE_CACHE, fsync_dir, remove_stale_staging, remove_tree, stage_volume
 from data.store_labels import validate_labels, validate_project_name
+from data.store_users import UsersMixin
 from data.volume import IGNORE, Volume
 
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -41,9 +42,12 @@ def _id(value, what: str) -> int:
     if isinstance(value, bool):
         raise NotFound(f"no {what} with id {value!r}")
     try:
-        return int(value)
+        number = int(value)
     except (TypeError, ValueError):
         raise NotFound(f"no {what} with id {value!r}") from None
+    if not -(2**63) <= number < 2**63:  # beyond SQLite's integers: no row can have it
+        raise NotFound(f"no {what} with id {value!r}")
+    return number
 
 
 def _volume_name(filename: str) -> str:
@@ -54,7 +58,7 @@ def _volume_name(filename: str) -> str:
     return name
 
 
-class Workspace(AnnotationsMixin):
+class Workspace(AnnotationsMixin, UsersMixin):
     """The workspace API; the annotation methods (save/get/delete/list_annotations, annotation_history,
     label_volume) come from data.store_annotations.AnnotationsMixin."""
 
@@ -63,6 +67,7 @@ class Workspace(AnnotationsMixin):
         for folder in ("volumes", "annotations", "jobs", "models", "predictions", "tmp"):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
         self.db = Database(self.root / "slicewise.db")
+        self._create_users_schema()  # users, tokens, members (data.store_users)
         remove_stale_staging(self.root / "tmp", STALE_STAGING_S)
 
     def close(self) -> None:

@@ -43,6 +43,22 @@ class ApiClient:
                  transport: httpx.BaseTransport | None = None):
         self.base_url = base_url.rstrip("/")
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+        self._headers: dict[str, str] = {}
+
+    def as_caller(self, cookie: str | None = None, token: str | None = None) -> "ApiClient":
+        """A client sharing this one's connection pool that acts for one browser user: it forwards their
+        session cookie (the Cookie header of their request) or sends an API token. With no users
+        configured on the server neither is needed and this client is returned unchanged."""
+        if not cookie and not token:
+            return self
+        clone = object.__new__(ApiClient)
+        clone.base_url, clone._http = self.base_url, self._http
+        clone._headers = {**self._headers}
+        if cookie:
+            clone._headers["Cookie"] = cookie
+        if token:
+            clone._headers["Authorization"] = f"Bearer {token}"
+        return clone
 
     def close(self) -> None:
         self._http.close()
@@ -57,6 +73,8 @@ class ApiClient:
 
     def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
         try:
+            if self._headers:
+                kwargs["headers"] = {**self._headers, **(kwargs.get("headers") or {})}
             response = self._http.request(method, path, **kwargs)
         except httpx.TimeoutException as exc:
             raise ApiError(0, f"the server did not answer in time ({method} {path})") from exc

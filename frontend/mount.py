@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -24,6 +25,10 @@ def mount_ui(app: FastAPI, api_url: str) -> FastAPI:
     from frontend.ui import CSS, build_ui, theme
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/login", include_in_schema=False)
+    def login_page() -> FileResponse:  # posts to /api/login, then goes back to ?next= (default /ui)
+        return FileResponse(STATIC_DIR / "login.html", media_type="text/html")
     client = ApiClient(api_url)
     return gr.mount_gradio_app(app, build_ui(client), path=UI_PATH, theme=theme(), css=CSS, ssr_mode=False,
                                footer_links=[], pwa=False, mcp_server=False)

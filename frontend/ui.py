@@ -93,24 +93,30 @@ def build_ui(client: ApiClient) -> gr.Blocks:
                     volume_update, upd(screen.volumes_html), upd(screen.upload_message), upd(screen.viewer_html),
                     gr.update(value=None) if screen.clear_upload else gr.update()]
 
-        def on_load(st):
-            return show(handlers.load_projects(client, st))
+        def caller(request: gr.Request | None):
+            # the API call acts for the browser's user: forward their login cookie (no-op without users)
+            headers = getattr(request, "headers", None) or {}
+            return client.as_caller(cookie=headers.get("cookie"))
 
-        def on_project(st, pid):
+        def on_load(st, request: gr.Request):
+            return show(handlers.load_projects(caller(request), st))
+
+        def on_project(st, pid, request: gr.Request):
             if pid == st.get("project_id"):
                 return [gr.update() for _ in outputs]  # programmatic change echoes back: nothing to do
-            return show(handlers.select_project(client, st, pid))
+            return show(handlers.select_project(caller(request), st, pid))
 
-        def on_create(st, name, labels):
-            return show(handlers.create_project(client, st, name, labels))
+        def on_create(st, name, labels, request: gr.Request):
+            return show(handlers.create_project(caller(request), st, name, labels))
 
-        def on_upload(st, paths, progress=gr.Progress()):
-            return show(handlers.upload_files(client, st, paths, progress=lambda f, d: progress(f, desc=d)))
+        def on_upload(st, paths, request: gr.Request, progress=gr.Progress()):
+            return show(handlers.upload_files(caller(request), st, paths,
+                                              progress=lambda f, d: progress(f, desc=d)))
 
-        def on_volume(st, vid):
+        def on_volume(st, vid, request: gr.Request):
             if vid == st.get("volume_id"):
                 return [gr.update() for _ in outputs]
-            return show(handlers.select_volume(client, st, vid))
+            return show(handlers.select_volume(caller(request), st, vid))
 
         demo.load(on_load, [state], outputs)
         refresh.click(on_load, [state], outputs)

@@ -14,7 +14,8 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.schemas import ErrorOut
-from app.deps import get_workspace
+from app.auth import Principal
+from app.deps import allow, get_workspace
 from data.annotations import mask_from_png, mask_to_png
 from data.errors import InvalidInput, TooLarge
 from data.store import Workspace
@@ -98,8 +99,10 @@ async def put_annotation(
     request: Request,
     if_match: str | None = Header(None, description='Version the edit is based on, e.g. "3"; "0" = none yet. '
                                                     "A different current version -> 409."),
-    author: str = Query("local", max_length=200, description="Who painted it (recorded with the version)."),
+    author: str = Query("local", max_length=200, description="Who painted it (recorded with the version); "
+                                                             "with authentication on, always the logged-in user."),
     ws: Workspace = Depends(get_workspace),
+    user: Principal = Depends(allow("annotator", "saving an annotation")),
 ) -> JSONResponse:
     volume = await run_in_threadpool(ws.get_volume, volume_id)  # 404 before reading the body
     shape = slice_shape(volume, axis, index)
@@ -107,7 +110,7 @@ async def put_annotation(
     body = await request.body()
     mask = decode_mask(body, request.headers.get("content-type", ""), shape)
     saved = await run_in_threadpool(
-        ws.save_annotation, volume["id"], axis, index, mask, author=author, expected_version=expected
+        ws.save_annotation, volume["id"], axis, index, mask, author=user.actor(author), expected_version=expected
     )
     return JSONResponse(saved, headers=annotation_headers(saved))
 
@@ -126,6 +129,7 @@ def get_annotation(
     index: int,
     format: str = Query("png", pattern="^(png|raw)$"),
     ws: Workspace = Depends(get_workspace),
+    user: Principal = Depends(allow("viewer", "reading an annotation")),
 ) -> Response:
     mask, row = ws.get_annotation(volume_id, axis, index)
     headers = {**annotation_headers(row), "X-Slice-Shape": f"{mask.shape[0]},{mask.shape[1]}"}
@@ -147,8 +151,10 @@ def delete_annotation(
     if_match: str | None = Header(None),
     author: str = Query("local", max_length=200),
     ws: Workspace = Depends(get_workspace),
+    user: Principal = Depends(allow("annotator", "deleting an annotation")),
 ) -> dict:
-    removed = ws.delete_annotation(volume_id, axis, index, expected_version=parse_version(if_match), author=author)
+    removed = ws.delete_annotation(volume_id, axis, index, expected_version=parse_version(if_match),
+                                   author=user.actor(author))
     return {"deleted": True, **removed}
 
 
@@ -157,5 +163,6 @@ def delete_annotation(
     responses={404: {"model": ErrorOut}},
     summary="Painted slices of a volume with their versions, authors and review flags",
 )
-def list_annotations(volume_id: int, ws: Workspace = Depends(get_workspace)) -> list[dict]:
+def list_annotations(volume_id: int, ws: Workspace = Depends(get_workspace),
+                     user: Principal = Depends(allow("viewer", "listing annotations"))) -> list[dict]:
     return ws.list_annotations(volume_id)

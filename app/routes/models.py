@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from app.deps import get_workspace
+from app.auth import Principal
+from app.deps import allow, get_workspace
 from app.schemas import ErrorOut
 from app.worker import Worker, get_worker
 from data.store import Workspace
@@ -35,12 +36,14 @@ def model_view(model: dict) -> dict:
 
 @router.get("/projects/{project_id}/models", responses={404: {"model": ErrorOut}},
             summary="Model versions of a project (created, job, annotations seen, validation metrics, active)")
-def list_models(project_id: int, ws: Workspace = Depends(get_workspace)) -> list[dict]:
+def list_models(project_id: int, ws: Workspace = Depends(get_workspace),
+                user: Principal = Depends(allow("viewer", "listing models"))) -> list[dict]:
     return [model_view(m) for m in ws.list_models(project_id)]
 
 
 @router.get("/models/{model_id}", responses={404: {"model": ErrorOut}}, summary="One model version")
-def get_model(model_id: int, ws: Workspace = Depends(get_workspace)) -> dict:
+def get_model(model_id: int, ws: Workspace = Depends(get_workspace),
+              user: Principal = Depends(allow("viewer", "reading a model"))) -> dict:
     return model_view(ws.get_model(model_id))
 
 
@@ -50,7 +53,8 @@ def get_model(model_id: int, ws: Workspace = Depends(get_workspace)) -> dict:
     summary="Make a model version active (also to roll back); its cached masks are served, missing ones computed",
 )
 def activate_model(project_id: int, model_id: int, ws: Workspace = Depends(get_workspace),
-                   worker: Worker = Depends(get_worker)) -> dict:
-    model = ws.activate_model(project_id, model_id)
+                   worker: Worker = Depends(get_worker),
+                   user: Principal = Depends(allow("admin", "activating (rolling back) a model version"))) -> dict:
+    model = ws.activate_model(project_id, model_id, who=user.actor())
     worker.request_predictions(model["project_id"])
     return model_view(model)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import FileResponse
 
-from app.deps import get_workspace
+from app.auth import Principal
+from app.deps import allow, get_workspace
 from app.predictions import safe_name
 from app.schemas import ErrorOut
 from app.worker import Worker, get_worker
@@ -17,7 +18,8 @@ router = APIRouter(prefix="/api", tags=["predictions"])
 
 @router.get("/volumes/{volume_id}/prediction", responses={404: {"model": ErrorOut}},
             summary="Prediction status of a volume (none | pending | ready | failed: ...) and its model version")
-def prediction_status(volume_id: int, worker: Worker = Depends(get_worker)) -> dict:
+def prediction_status(volume_id: int, worker: Worker = Depends(get_worker),
+                      user: Principal = Depends(allow("viewer", "reading predictions"))) -> dict:
     status = worker.predictions.status(volume_id)
     if status["status"] == "pending":  # e.g. a volume uploaded after the last retrain
         worker.request_predictions(worker.workspace.get_volume(volume_id)["project_id"])
@@ -33,7 +35,8 @@ def prediction_status(volume_id: int, worker: Worker = Depends(get_worker)) -> d
     summary="One slice of the predicted mask",
 )
 def prediction_slice(volume_id: int, axis: int, index: int, format: str = Query("png", pattern="^(png|raw)$"),
-                     worker: Worker = Depends(get_worker)) -> Response:
+                     worker: Worker = Depends(get_worker),
+                     user: Principal = Depends(allow("viewer", "reading predictions"))) -> Response:
     mask, model = worker.predictions.slice(volume_id, axis, index)
     headers = {"X-Model-Id": str(model["id"]), "X-Slice-Shape": f"{mask.shape[0]},{mask.shape[1]}"}
     if format == "raw":
@@ -48,7 +51,8 @@ def prediction_slice(volume_id: int, axis: int, index: int, format: str = Query(
     summary="The predicted mask as NIfTI in the exact geometry of the uploaded volume",
 )
 def prediction_nifti(volume_id: int, ws: Workspace = Depends(get_workspace),
-                     worker: Worker = Depends(get_worker)) -> FileResponse:
+                     worker: Worker = Depends(get_worker),
+                     user: Principal = Depends(allow("viewer", "downloading predictions"))) -> FileResponse:
     path = worker.predictions.nifti_path(volume_id)
     name = safe_name(ws.get_volume(volume_id)["name"])
     return FileResponse(path, media_type="application/gzip", filename=f"{name}_prediction.nii.gz")
@@ -62,7 +66,8 @@ def prediction_nifti(volume_id: int, ws: Workspace = Depends(get_workspace),
     summary="The predicted mask as DICOM-SEG referencing the uploaded series (DICOM sources only)",
 )
 def prediction_dicom_seg(volume_id: int, ws: Workspace = Depends(get_workspace),
-                         worker: Worker = Depends(get_worker)) -> FileResponse:
+                         worker: Worker = Depends(get_worker),
+                         user: Principal = Depends(allow("viewer", "downloading predictions"))) -> FileResponse:
     path = worker.predictions.dicom_seg_path(volume_id)
     name = safe_name(ws.get_volume(volume_id)["name"])
     return FileResponse(path, media_type="application/dicom", filename=f"{name}_prediction_seg.dcm")
@@ -74,7 +79,8 @@ def prediction_dicom_seg(volume_id: int, ws: Workspace = Depends(get_workspace),
     responses={200: {"content": {"application/zip": {}}}, 404: {"model": ErrorOut}},
     summary="All ready masks of the project's active model, one NIfTI per volume",
 )
-def project_predictions_zip(project_id: int, worker: Worker = Depends(get_worker)) -> Response:
+def project_predictions_zip(project_id: int, worker: Worker = Depends(get_worker),
+                            user: Principal = Depends(allow("viewer", "downloading predictions"))) -> Response:
     data, filename = worker.predictions.project_zip(project_id)
     return Response(data, media_type="application/zip",
                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})

@@ -12,7 +12,8 @@ from fastapi import APIRouter, Body, Depends, Header, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from app import suggest
-from app.deps import get_workspace
+from app.auth import Principal
+from app.deps import allow, get_workspace
 from app.routes.annotations import parse_version
 from app.schemas import ErrorOut
 from app.worker import Worker, get_worker
@@ -43,16 +44,18 @@ def review_slice(
     if_match: str | None = Header(None, description="For accept: the annotation version it replaces ('0' = none)."),
     ws: Workspace = Depends(get_workspace),
     worker: Worker = Depends(get_worker),
+    user: Principal = Depends(allow("annotator", "reviewing a prediction")),
 ) -> dict:
     expected = parse_version(if_match)
+    who = user.actor(body.author)
     mask, model = worker.predictions.slice(volume_id, axis, index)
     details = {"volume_id": int(volume_id), "axis": axis, "index": index, "model_id": model["id"],
                "decision": body.decision, "comment": body.comment}
     annotation = None
     if body.decision == "accept":
-        annotation = ws.save_annotation(volume_id, axis, index, mask, author=body.author,
+        annotation = ws.save_annotation(volume_id, axis, index, mask, author=who,
                                         expected_version=expected, reviewed=True)
-    ws.record_audit(body.author, f"review_{body.decision}", details)
+    ws.record_audit(who, f"review_{body.decision}", details)
     return {**details, "annotation": annotation}
 
 
@@ -68,6 +71,7 @@ def suggestions(
     limit: int = Query(10, ge=1, le=1000),
     ws: Workspace = Depends(get_workspace),
     worker: Worker = Depends(get_worker),
+    user: Principal = Depends(allow("viewer", "reading suggestions")),
 ) -> dict:
     volume = ws.get_volume(volume_id)
     painted = [(a["axis"], a["index"]) for a in ws.list_annotations(volume["id"])]

@@ -13,7 +13,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import get_workspace
+from app.auth import Principal
+from app.deps import allow, get_workspace
 from app.jobs import TERMINAL_STATES
 from app.schemas import ErrorOut
 from app.worker import Worker, get_worker, job_view
@@ -63,22 +64,25 @@ def train(
     response: Response,
     body: TrainRequest | None = Body(None),
     worker: Worker = Depends(get_worker),
+    user: Principal = Depends(allow("annotator", "retraining")),
 ) -> dict:
     body = body or TrainRequest()
-    job, coalesced = worker.submit(project_id, body.preset, body.stages)
+    job, coalesced = worker.submit(project_id, body.preset, body.stages, who=user.actor())
     response.status_code = 200 if coalesced else 202
     response.headers["Location"] = f"/api/jobs/{job['id']}"
     return {**job_view(job), "coalesced": coalesced}
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses={404: {"model": ErrorOut}}, summary="A job's state")
-def get_job(job_id: int, ws: Workspace = Depends(get_workspace)) -> dict:
+def get_job(job_id: int, ws: Workspace = Depends(get_workspace),
+            user: Principal = Depends(allow("viewer", "reading a job"))) -> dict:
     return job_view(ws.get_job(job_id))
 
 
 @router.get("/projects/{project_id}/jobs", response_model=list[JobOut], responses={404: {"model": ErrorOut}},
             summary="A project's jobs, oldest first")
-def list_jobs(project_id: int, ws: Workspace = Depends(get_workspace)) -> list[dict]:
+def list_jobs(project_id: int, ws: Workspace = Depends(get_workspace),
+              user: Principal = Depends(allow("viewer", "listing jobs"))) -> list[dict]:
     ws.get_project(project_id)
     return [job_view(job) for job in ws.list_jobs(project_id=project_id)]
 
@@ -89,8 +93,9 @@ def list_jobs(project_id: int, ws: Workspace = Depends(get_workspace)) -> list[d
     responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}},
     summary="Cancel a queued or running job; the previously active model stays active",
 )
-def cancel_job(job_id: int, worker: Worker = Depends(get_worker)) -> dict:
-    return job_view(worker.cancel(job_id))
+def cancel_job(job_id: int, worker: Worker = Depends(get_worker),
+               user: Principal = Depends(allow("annotator", "cancelling a job"))) -> dict:
+    return job_view(worker.cancel(job_id, who=user.actor()))
 
 
 def sse(event: str, data: dict, event_id: int) -> str:
@@ -107,7 +112,8 @@ def sse(event: str, data: dict, event_id: int) -> str:
     summary="Follow a job as Server-Sent Events",
 )
 async def job_events(job_id: int, request: Request, ws: Workspace = Depends(get_workspace),
-                     worker: Worker = Depends(get_worker)) -> StreamingResponse:
+                     worker: Worker = Depends(get_worker),
+                     user: Principal = Depends(allow("viewer", "following a job"))) -> StreamingResponse:
     await run_in_threadpool(ws.get_job, job_id)  # 404 as JSON before the stream starts
     subscription = worker.hub.subscribe(job_id)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import get_renderer, get_settings, get_workspace
+from app.auth import Principal
+from app.deps import allow, get_renderer, get_settings, get_workspace
 from app.rendering import SliceRenderer
 from app.schemas import ErrorOut, VolumeDetailOut, VolumeOut
 from app.settings import Settings
@@ -51,11 +52,12 @@ async def upload_volume(
     response: Response,
     ws: Workspace = Depends(get_workspace),
     settings: Settings = Depends(get_settings),
+    user: Principal = Depends(allow("annotator", "uploading a volume")),
 ) -> dict:
     await run_in_threadpool(ws.get_project, project_id)  # 404 before reading a byte of the body
     async with received_file(request, request.app.state.upload_dir, settings.max_upload_bytes) as upload:
         volume = await run_in_threadpool(
-            ws.import_volume, project_id, upload.path, upload.filename, settings.max_expanded_bytes
+            ws.import_volume, project_id, upload.path, upload.filename, settings.max_expanded_bytes, user.actor()
         )
     response.headers["Location"] = f"/api/volumes/{volume['id']}"
     return volume
@@ -67,7 +69,8 @@ async def upload_volume(
     responses={404: {"model": ErrorOut}},
     summary="List a project's volumes with shape, spacing and orientation",
 )
-def list_volumes(project_id: int, ws: Workspace = Depends(get_workspace)) -> list[dict]:
+def list_volumes(project_id: int, ws: Workspace = Depends(get_workspace),
+                 user: Principal = Depends(allow("viewer", "listing volumes"))) -> list[dict]:
     return ws.list_volumes(project_id)
 
 
@@ -77,7 +80,8 @@ def list_volumes(project_id: int, ws: Workspace = Depends(get_workspace)) -> lis
     responses={404: {"model": ErrorOut}},
     summary="A volume's metadata: geometry (affine), source, DICOM UIDs",
 )
-def get_volume(volume_id: int, ws: Workspace = Depends(get_workspace)) -> dict:
+def get_volume(volume_id: int, ws: Workspace = Depends(get_workspace),
+               user: Principal = Depends(allow("viewer", "reading a volume"))) -> dict:
     volume = dict(ws.get_volume(volume_id))
     if "affine" not in volume or "meta" not in volume:
         summary = ws.load_volume(volume_id).summary()
@@ -104,6 +108,7 @@ def get_slice(
     level: float | None = Query(None, description="Centre of the intensity window. Default: mid-point of the 1st and 99th percentiles."),
     ws: Workspace = Depends(get_workspace),
     renderer: SliceRenderer = Depends(get_renderer),
+    user: Principal = Depends(allow("viewer", "reading a slice")),
 ) -> Response:
     array = ws.volume_array(volume_id)
     slice_2d = take_slice(array, axis, index)

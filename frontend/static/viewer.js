@@ -47,6 +47,10 @@ async function api(path, options = {}) {
   } catch (err) {
     throw Object.assign(new Error('cannot reach the slicewise server (' + err.message + ')'), { status: 0 });
   }
+  if (response.status === 401 && !path.startsWith('/login')) {
+    // authentication is on and the login cookie is missing or expired: log in, then come back here
+    location.href = '/login?next=' + encodeURIComponent(location.pathname + location.search);
+  }
   if (!response.ok) {
     let detail = response.statusText;
     try { detail = (await response.json()).detail || detail; } catch (e) { /* not JSON */ }
