@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
-if [ ! -x .venv/bin/python ]; then
+if [ ! -x .venv/bin/python ] || [ ! -x .venv/bin/pip ]; then
+    rm -rf .venv
     python3.11 -m venv .venv 2>/dev/null || python3 -m venv .venv
 fi
 if [ -n "${TORCH_INDEX_URL:-}" ]; then
