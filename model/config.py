@@ -16,6 +16,7 @@ from typing import Any
 LOCAL_MODES = ("stride", "block", "exact")
 DEVICES = ("auto", "cpu", "cuda")
 TRISTATE = ("auto", "on", "off")
+BRANCHES = ("none", "cpc", "recon")  # model/regularizer.py
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,13 @@ class TrainConfig:
     finetune_lr: float = 1e-4
     dice_weight: float = 1.0
     weight_decay: float = 1e-5
+    # ---- regularization branch (model/regularizer.py; fine-tune stage only; off by default) --
+    branch: str = "none"  # "none" | "cpc" | "recon"
+    branch_weight: float = 0.1  # total loss = CE + Dice on painted slices + branch_weight * branch loss
+    branch_unlabeled_batch: int | None = None  # unpainted slices per fine-tune step; None = finetune_batch
+    branch_dim: int = 64
+    branch_steps_ahead: int = 2  # cpc: predict latents 1..k rows ahead
+    branch_temperature: float = 0.1  # cpc: InfoNCE temperature
     # ---- augmentation -----------------------------------------------------------------------
     augment: bool = True
     flip: bool = True
@@ -87,6 +95,14 @@ class TrainConfig:
         for name in ("channels_last", "compile", "bf16"):
             if getattr(self, name) not in TRISTATE:
                 problems.append(f"{name} must be one of {TRISTATE}, got {getattr(self, name)!r}")
+        if self.branch not in BRANCHES:
+            problems.append(f"branch must be one of {BRANCHES}, got {self.branch!r}")
+        if not self.branch_weight >= 0:
+            problems.append(f"branch_weight must be >= 0, got {self.branch_weight}")
+        if self.branch_unlabeled_batch is not None and self.branch_unlabeled_batch < 0:
+            problems.append("branch_unlabeled_batch must be >= 0 or null")
+        if self.branch_dim < 1 or self.branch_steps_ahead < 1 or not self.branch_temperature > 0:
+            problems.append("branch_dim and branch_steps_ahead must be >= 1 and branch_temperature > 0")
         if self.axis not in ("auto", 0, 1, 2):
             problems.append(f"axis must be 'auto', 0, 1 or 2, got {self.axis!r}")
         if not self.widths or any(int(w) < 1 for w in self.widths):

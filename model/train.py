@@ -1,7 +1,8 @@
 """The training loop: `python -m model.train CONFIG.json`.
 
 Stages run in order, each skippable by config: global (SimCLR on every slice) -> local (supervised
-pixel contrast on the painted slices) -> finetune (CE + Dice on the painted pixels). One epoch is
+pixel contrast on the painted slices) -> finetune (CE + Dice on the painted pixels; with config `branch`
+"cpc"/"recon" also the regularization branch of model/regularizer.py on painted and unpainted slices). One epoch is
 `<stage>_steps` steps (or one pass over the stage's samples). After every epoch the whole state goes
 to <out_dir>/checkpoint.pt atomically; started again with the same config, a killed run resumes
 from there. Progress is one JSON object per line in <out_dir>/progress.jsonl, appended and flushed.
@@ -32,6 +33,7 @@ from model.device import Runtime, autocast, prepare_input, prepare_model, runtim
 from model.heads import GlobalHead, LocalHead
 from model.inference import predict_array
 from model.losses import ce_dice, local_contrastive, nt_xent
+from model.regularizer import make_branch
 from model.unet import UNet
 
 STAGES = ("global", "local", "finetune")
@@ -162,8 +164,12 @@ class Trainer:
         self.unet = UNet(1, data.num_classes, cfg.widths, cfg.bottleneck)
         self.global_head = GlobalHead(self.unet.bottleneck_channels, cfg.global_proj_dim)
         self.local_head = LocalHead(self.unet.feature_channels, cfg.local_proj_dim)
-        for m in (self.global_head, self.local_head):
-            m.to(runtime.device)
+        # optional regularization branch of the fine-tune stage (config `branch`; None when "none")
+        self.branch = make_branch(cfg.branch, self.unet.bottleneck_channels, cfg.depth, cfg.branch_dim,
+                                  cfg.branch_steps_ahead, cfg.branch_temperature)
+        for m in (self.global_head, self.local_head, self.branch):
+            if m is not None:
+                m.to(runtime.device)
         self.net = prepare_model(self.unet, runtime)
         unet = self.unet
 
@@ -182,7 +188,8 @@ class Trainer:
         if stage == "local":
             params = [p for n, p in self.unet.named_parameters() if not n.startswith("seg_head.")]
             return torch.optim.Adam(params + list(self.local_head.parameters()), lr=cfg.local_lr, weight_decay=cfg.weight_decay)
-        return torch.optim.Adam(self.unet.parameters(), lr=cfg.finetune_lr, weight_decay=cfg.weight_decay)
+        params = list(self.unet.parameters()) + (list(self.branch.parameters()) if self.branch is not None else [])
+        return torch.optim.Adam(params, lr=cfg.finetune_lr, weight_decay=cfg.weight_decay)
 
     def _images(self, idx: torch.Tensor) -> torch.Tensor:
         return self.data.slices.images[idx].float()
@@ -216,9 +223,35 @@ class Trainer:
                 e1, e2 = self.local_head(f1["decoder"]), self.local_head(f2["decoder"])
             return local_contrastive(e1.float(), e2.float(), y, cfg.local_temperature, cfg.local_mode,
                                      cfg.local_stride, cfg.local_block, cfg.local_chunk)
+        if self.branch is not None:
+            return self.finetune_with_branch(x, y)
         with autocast(rt):
             logits = self.net(prepare_input(self._intensity(x) if cfg.augment else x, rt))
         return ce_dice(logits.float(), y, num_classes=self.data.num_classes, dice_weight=cfg.dice_weight)
+
+    # ---- regularization branch (fine-tune stage only; model/regularizer.py) -----------------------
+    def finetune_with_branch(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """CE + Dice on the painted batch + branch_weight * branch loss on the painted batch and a
+        batch of unpainted slices (every slice of the training volumes that nobody painted)."""
+        cfg, s, rt = self.cfg, self.data.slices, self.runtime
+        x_lab = prepare_input(self._intensity(x) if cfg.augment else x, rt)
+        with autocast(rt):
+            logits, feats = self.net(x_lab, return_features=True)
+        seg = ce_dice(logits.float(), y, num_classes=self.data.num_classes, dice_weight=cfg.dice_weight)
+        bottlenecks, images = [feats["bottleneck"]], [self.unet.pad_input(x_lab)[0]]
+        n_unl = cfg.finetune_batch if cfg.branch_unlabeled_batch is None else cfg.branch_unlabeled_batch
+        if n_unl > 0 and len(s.unlabeled) > 0:
+            xu = self._images(_batch(s.unlabeled, n_unl, self.g))
+            if cfg.augment:
+                xu, _ = random_spatial(xu, g=self.g, **self.spatial)
+            xu = prepare_input(self._intensity(xu) if cfg.augment else xu, rt)
+            with autocast(rt):
+                bottlenecks.append(self.encode(xu))
+            images.append(self.unet.pad_input(xu)[0])
+        with autocast(rt):
+            aux = self.branch(torch.cat([b.float() for b in bottlenecks]), torch.cat(images).float())
+        self.last_branch_loss = float(aux.detach())
+        return seg + cfg.branch_weight * aux.float()
 
     # ---- state ------------------------------------------------------------------------------
     def state(self, stage_index: int, epoch: int, opt, metrics: dict) -> dict:
@@ -230,6 +263,7 @@ class Trainer:
             "model": checkpoint.cpu_state(self.unet),
             "global_head": checkpoint.cpu_state(self.global_head),
             "local_head": checkpoint.cpu_state(self.local_head),
+            "branch": checkpoint.cpu_state(self.branch) if self.branch is not None else None,
             "optimizer": opt.state_dict() if opt is not None else {},
             "rng": {"generator": self.g.get_state(), "torch": torch.get_rng_state()},
             "metrics": metrics,
@@ -241,13 +275,17 @@ class Trainer:
         self.unet.load_state_dict(saved["model"])
         self.global_head.load_state_dict(saved["global_head"])
         self.local_head.load_state_dict(saved["local_head"])
+        if self.branch is not None and saved.get("branch"):
+            self.branch.load_state_dict(saved["branch"])
         self.g.set_state(saved["rng"]["generator"])
         torch.set_rng_state(saved["rng"]["torch"])
 
 
 def _same_run(saved: dict, cfg: TrainConfig) -> list[str]:
     now = cfg.to_dict()
-    return sorted(k for k in set(now) | set(saved) if k not in RUNTIME_KEYS and saved.get(k) != now.get(k))
+    defaults = TrainConfig().to_dict()  # a key a checkpoint predates counts as its default value
+    return sorted(k for k in set(now) | set(saved)
+                  if k not in RUNTIME_KEYS and saved.get(k, defaults.get(k)) != now.get(k))
 
 
 def dice_per_class(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> list[float]:
