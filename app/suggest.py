@@ -1,16 +1,30 @@
-"""Which slice to paint next: the model's uncertainty and the distance from slices already painted.
+"""Which slice to paint next: pure functions over numpy arrays, one score per slice (higher = paint first).
 
-Score of an unpainted slice = UNCERTAINTY_WEIGHT * its mean predictive entropy (scaled to 0-1 over the
-volume) + (1 - UNCERTAINTY_WEIGHT) * its distance to the nearest painted slice (scaled to 0-1). Without a
-model it is the distance alone; with nothing painted the distance counts from the volume's ends, so the
-middle comes first. The label-efficiency benchmark (issue "beyond") is meant to settle the method.
+Strategies (`STRATEGIES`; each one ranks the slices of one axis of one volume):
+- "even": the distance to the nearest painted slice, i.e. fill the largest gap (what a person does);
+  with nothing painted the middle comes first. An optional extent (first, last slice of the structure,
+  e.g. from the current prediction) keeps the picks inside the structure.
+- "entropy" / "margin": the model's uncertainty, the slice mean of the per-voxel predictive entropy or
+  of 1 - (p_top1 - p_top2).
+- "disagreement": the fraction of a slice's voxels where the current and the previous model version's
+  predicted labels differ (needs both predictions).
+- "coverage": the embedding-space distance of a slice to the nearest painted slice (needs one
+  embedding per slice; not cached by the app today, so only the benchmark and tests use it).
+- "mix": MIX_WEIGHTS-weighted sum of the available signals, each scaled to 0-1 over the volume.
+
+`suggest()` (used by GET /api/volumes/{id}/suggestions) ranks with DEFAULT_STRATEGY. The choice is
+measured by bench/simulated_annotator.py (docs/benchmarks/simulated_annotator.md).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-UNCERTAINTY_WEIGHT = 0.6
+UNCERTAINTY_WEIGHT = 0.6  # the mix without a disagreement signal: 0.6 uncertainty + 0.4 distance
+STRATEGIES = ("even", "entropy", "margin", "disagreement", "coverage", "mix")
+DEFAULT_STRATEGY = "mix"
+# weights of the mix (before renormalising over the signals that are available for a volume)
+MIX_WEIGHTS = {"uncertainty": UNCERTAINTY_WEIGHT, "distance": 1 - UNCERTAINTY_WEIGHT, "disagreement": 0.3}
 
 
 def choose_axis(shape, spacing, painted: list[tuple[int, int]]) -> int:
@@ -43,29 +57,142 @@ def slice_means(volume: np.ndarray) -> dict[int, np.ndarray]:
     return {axis: v.mean(axis=tuple(a for a in range(3) if a != axis)) for axis in range(3)}
 
 
+def margin_map(probs: np.ndarray, class_axis: int = 0) -> np.ndarray:
+    """Per-voxel 1 - (p_top1 - p_top2): 0 where the model is sure, 1 where two classes tie."""
+    p = np.asarray(probs, dtype=np.float32)
+    if p.shape[class_axis] < 2:
+        return np.zeros(np.delete(p.shape, class_axis), dtype=np.float32)
+    top2 = -np.partition(-p, 1, axis=class_axis)
+    first = np.take(top2, 0, axis=class_axis)
+    second = np.take(top2, 1, axis=class_axis)
+    return 1.0 - (first - second)
+
+
+def slice_scores(volume_map: np.ndarray, axis: int) -> np.ndarray:
+    """Mean of a 3D per-voxel map over each slice along `axis`."""
+    v = np.asarray(volume_map, dtype=np.float64)
+    return v.mean(axis=tuple(a for a in range(v.ndim) if a != axis))
+
+
+def disagreement(current: np.ndarray, previous: np.ndarray, axis: int) -> np.ndarray:
+    """Per slice along `axis`: the fraction of voxels whose predicted label differs between the current
+    and the previous model version."""
+    cur, prev = np.asarray(current), np.asarray(previous)
+    if cur.shape != prev.shape:
+        raise ValueError(f"predictions of different shapes {cur.shape} and {prev.shape}")
+    return slice_scores(cur != prev, axis)
+
+
+def even_scores(n_slices: int, painted_indices: list[int], extent: tuple[int, int] | None = None) -> np.ndarray:
+    """Distance to the nearest painted slice (the middle first when nothing is painted). With an extent
+    (first, last) the distances count inside it and every slice outside it scores below every slice in it."""
+    if extent is None:
+        return distances(n_slices, painted_indices)
+    lo, hi = max(0, int(extent[0])), min(n_slices - 1, int(extent[1]))
+    if lo > hi:
+        return distances(n_slices, painted_indices)
+    idx = np.arange(n_slices)
+    inside = [i for i in painted_indices if lo <= i <= hi]
+    if inside:
+        d = np.abs(idx[:, None] - np.asarray(inside)[None, :]).min(axis=1).astype(np.float64)
+    else:
+        d = np.minimum(idx - lo + 1, hi - idx + 1).astype(np.float64)
+    out = d.copy()
+    outside = (idx < lo) | (idx > hi)
+    out[outside] = -np.minimum(np.abs(idx - lo), np.abs(idx - hi))[outside].astype(np.float64)
+    return out
+
+
+def coverage_scores(embeddings: np.ndarray, painted_indices: list[int]) -> np.ndarray:
+    """Euclidean distance in embedding space ((n_slices, D)) to the nearest painted slice; with nothing
+    painted, the distance to the mean embedding (the most atypical slice first)."""
+    e = np.asarray(embeddings, dtype=np.float64)
+    if painted_indices:
+        ref = e[sorted(set(painted_indices))]
+    else:
+        ref = e.mean(axis=0, keepdims=True)
+    d2 = ((e[:, None, :] - ref[None, :, :]) ** 2).sum(axis=-1)
+    return np.sqrt(d2.min(axis=1))
+
+
+def _scaled(x: np.ndarray) -> np.ndarray:
+    """0-1 scaling over the volume: x / max for a non-negative signal, min-max otherwise."""
+    x = np.asarray(x, dtype=np.float64)
+    lo, hi = float(x.min()), float(x.max())
+    if lo >= 0:
+        return x / hi if hi > 0 else np.zeros_like(x)
+    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+
+
+def mix_scores(n_slices: int, painted_indices: list[int], uncertainty: np.ndarray | None = None,
+               disagree: np.ndarray | None = None, extent: tuple[int, int] | None = None,
+               weights: dict[str, float] | None = None) -> np.ndarray:
+    """Weighted sum of the available signals, each scaled to 0-1 over the volume."""
+    w = {**MIX_WEIGHTS, **(weights or {})}
+    parts = [(w["distance"], _scaled(even_scores(n_slices, painted_indices, extent)))]
+    if uncertainty is not None:
+        parts.append((w["uncertainty"], _scaled(uncertainty)))
+    if disagree is not None:
+        parts.append((w["disagreement"], _scaled(disagree)))
+    total = sum(weight for weight, _ in parts) or 1.0
+    return sum(weight * part for weight, part in parts) / total
+
+
+def strategy_scores(strategy: str, n_slices: int, painted_indices: list[int], *, entropy: np.ndarray | None = None,
+                    margin: np.ndarray | None = None, disagree: np.ndarray | None = None,
+                    embeddings: np.ndarray | None = None, extent: tuple[int, int] | None = None) -> np.ndarray:
+    """One score per slice for `strategy`; a strategy whose signal is missing falls back to "even"."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    signal = {"entropy": entropy, "margin": margin, "disagreement": disagree, "coverage": None}.get(strategy)
+    if strategy == "coverage" and embeddings is not None:
+        return coverage_scores(embeddings, painted_indices)
+    if strategy in ("entropy", "margin", "disagreement") and signal is not None:
+        return np.asarray(signal, dtype=np.float64)
+    if strategy == "mix":
+        unc = entropy if entropy is not None else margin
+        return mix_scores(n_slices, painted_indices, unc, disagree, extent)
+    return even_scores(n_slices, painted_indices, extent)
+
+
+def rank(scores: np.ndarray, painted_indices: list[int], limit: int | None = None) -> list[int]:
+    """Unpainted slice indices by descending score; ties go to the lower index (deterministic)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    painted = set(int(i) for i in painted_indices)
+    order = [int(i) for i in np.lexsort((np.arange(len(scores)), -scores)) if int(i) not in painted]
+    return order if limit is None else order[: max(0, limit)]
+
+
+def method_name(strategy: str, uncertainty: bool, disagree: bool = False, embeddings: bool = False) -> str:
+    """What actually ranked the slices (a strategy without its signal falls back to distance)."""
+    if strategy == "mix":
+        parts = (["uncertainty"] if uncertainty else []) + (["disagreement"] if disagree else []) + ["distance"]
+        return "+".join(parts)
+    have = {"entropy": uncertainty, "margin": uncertainty, "disagreement": disagree, "coverage": embeddings}
+    return strategy if have.get(strategy) else "distance"
+
+
 def rank_slices(
     n_slices: int,
     painted_indices: list[int],
     uncertainty: np.ndarray | None = None,
     limit: int = 10,
+    strategy: str | None = None,
+    disagree: np.ndarray | None = None,
 ) -> list[dict]:
+    """The top `limit` unpainted slices for `strategy` (default DEFAULT_STRATEGY); `uncertainty` is the
+    per-slice mean entropy the app caches with every prediction."""
+    strategy = strategy or DEFAULT_STRATEGY
     dist = distances(n_slices, painted_indices)
-    dist_scaled = dist / dist.max() if dist.max() > 0 else dist
-    if uncertainty is not None:
-        u = np.asarray(uncertainty, dtype=np.float64)
-        u_scaled = u / u.max() if u.max() > 0 else np.zeros_like(u)
-        score = UNCERTAINTY_WEIGHT * u_scaled + (1 - UNCERTAINTY_WEIGHT) * dist_scaled
-    else:
-        score = dist_scaled
-    painted = set(painted_indices)
-    candidates = [i for i in range(n_slices) if i not in painted]
-    # ties (e.g. symmetric distances) go to the lower index, so the order is deterministic
-    candidates.sort(key=lambda i: (-score[i], i))
+    score = strategy_scores(strategy, n_slices, painted_indices, entropy=uncertainty, margin=uncertainty,
+                            disagree=disagree)
     out = []
-    for i in candidates[: max(0, limit)]:
+    for i in rank(score, painted_indices, limit):
         item = {"index": int(i), "score": round(float(score[i]), 6), "distance": int(dist[i])}
         if uncertainty is not None:
             item["uncertainty"] = round(float(uncertainty[i]), 6)
+        if disagree is not None:
+            item["disagreement"] = round(float(disagree[i]), 6)
         out.append(item)
     return out
 
@@ -77,16 +204,21 @@ def suggest(
     uncertainty_by_axis: dict[int, np.ndarray] | None,
     axis: int | None = None,
     limit: int = 10,
+    strategy: str | None = None,
+    disagreement_by_axis: dict[int, np.ndarray] | None = None,
 ) -> dict:
+    strategy = strategy or DEFAULT_STRATEGY
     axis = choose_axis(shape, spacing, painted) if axis is None else axis
     painted_here = [index for a, index in painted if a == axis]
     uncertainty = None if uncertainty_by_axis is None else uncertainty_by_axis.get(axis)
-    slices = rank_slices(int(shape[axis]), painted_here, uncertainty, limit)
+    disagree = None if disagreement_by_axis is None else disagreement_by_axis.get(axis)
+    slices = rank_slices(int(shape[axis]), painted_here, uncertainty, limit, strategy, disagree)
     for item in slices:
         item["axis"] = axis
     return {
         "axis": axis,
-        "method": "uncertainty+distance" if uncertainty is not None else "distance",
+        "method": method_name(strategy, uncertainty is not None, disagree is not None),
+        "strategy": strategy,
         "painted": sorted(painted_here),
         "slices": slices,
     }
