@@ -6,6 +6,7 @@ FastAPI/Starlette; anything else is a bug: logged with its traceback and answere
 
 from __future__ import annotations
 
+import errno
 import logging
 
 from fastapi import FastAPI, Request
@@ -54,6 +55,19 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return error_response(exc.status_code, message, getattr(exc, "headers", None))
 
 
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+async def _os_error(request: Request, exc: OSError) -> JSONResponse:
+    """A full disk (or quota) is the operator's to fix, not a bug: 507 saying so. Writes are atomic, so
+    the previous version of whatever was being saved is intact."""
+    if exc.errno in DISK_FULL_ERRNOS:
+        log.error("disk full on %s %s: %s", request.method, request.url.path, exc)
+        return error_response(507, "the server's disk is full (or over its quota), so nothing was saved; the "
+                                   "previous version is intact. Free some space on the server and try again")
+    return await _unexpected_error(request, exc)
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return error_response(500, "internal server error; the server log has the details")
@@ -63,4 +77,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SlicewiseError, _slicewise_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(OSError, _os_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -37,12 +37,13 @@ def version() -> str:
         return "0.0.0+unknown"
 
 
-def remove_stale_uploads(folder: Path) -> None:
-    """A server killed mid-upload leaves its temp file behind; uploads in flight are younger than this."""
+def remove_stale_uploads(folder: Path, older_than_s: float = STALE_UPLOAD_S) -> None:
+    """A server killed mid-upload leaves its temp file behind; uploads in flight are younger than this.
+    At start-up (older_than_s=0) every one is a leftover: only this server writes into the folder."""
     folder.mkdir(parents=True, exist_ok=True)
     for path in folder.glob("upload-*.part"):
         try:
-            if time.time() - path.stat().st_mtime > STALE_UPLOAD_S:
+            if time.time() - path.stat().st_mtime >= older_than_s:
                 path.unlink()
         except OSError:
             pass
@@ -57,7 +58,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.workspace = workspace
         if not is_loopback(settings.host) and not workspace.has_users():
             raise RuntimeError(f"refusing to serve on {settings.host} without users: {HOW_TO_CONFIGURE}")
-        remove_stale_uploads(app.state.upload_dir)
+        remove_stale_uploads(app.state.upload_dir, older_than_s=0)
+        swept = workspace.sweep_uncommitted()  # what writes killed before their commit left on disk
+        if any(swept.values()):
+            log.warning("removed leftovers of writes interrupted by a crash: %s", swept)
         if settings.demo:
             demo.seed_demo_project(workspace, settings)
         if not workspace.list_projects():

@@ -17,6 +17,7 @@ checkpoint.pt), and failed with the reason if they were resumed before.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import threading
@@ -284,7 +285,11 @@ class Worker:
                 self._finish(job["id"], "failed", error=str(exc))
             except Exception as exc:  # a bug or a broken workspace: the job must not stay running
                 log.exception("job %s failed unexpectedly", job["id"])
-                self._finish(job["id"], "failed", error=f"internal error: {exc}")
+                if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    error = f"the server's disk is full, so the job cannot write its files ({exc}); free some space and retrain"
+                else:
+                    error = f"internal error: {exc}"
+                self._finish(job["id"], "failed", error=error)
             finally:
                 self._cancel.discard(job["id"])
                 self._current = None
@@ -477,6 +482,11 @@ class Worker:
             job = self.workspace.update_job(job["id"], progress=TRAIN_SHARE + (1 - TRAIN_SHARE) * n / len(volumes),
                                             message=f"predicted {n} of {len(volumes)} volumes")
             self._emit(job)
+        if volumes and len(failures) == len(volumes):  # e.g. a full disk: keep serving the previous model's masks
+            self._finish(job["id"], "failed", error=(
+                f"model {model['id']} was trained but no mask could be written, so the previously active model "
+                "stays active: " + "; ".join(failures)[:500]))
+            return
         self.workspace.activate_model(job["project_id"], model["id"], who=(job["params"] or {}).get("who", "local"))
         params = {**(self.workspace.get_job(job["id"])["params"] or {}), "model_id": model["id"]}
         message = f"model {model['id']} is active; masks ready for {len(volumes) - len(failures)} of {len(volumes)} volumes"

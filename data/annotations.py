@@ -111,6 +111,8 @@ def mask_from_png(data: bytes, expected_shape) -> np.ndarray:
     expected_shape = tuple(int(n) for n in expected_shape)
     try:
         image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:  # the header claims far more pixels than any slice has
+        raise InvalidInput(f"mask PNG is far larger than the slice {expected_shape} ({exc})") from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise InvalidInput("mask is not a PNG image") from exc
     with image:

@@ -88,8 +88,38 @@ def _check_no_file_left_out(folder: Path, series: dict[str, list[str]], name: st
             raise InvalidInput(f"{name}: {Path(path).name} belongs to the series but cannot be read as an image")
 
 
+def _is_dicomdir(path: str) -> bool:
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        sop_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
+        return sop_class == "1.2.840.10008.1.3.10" or "DirectoryRecordSequence" in ds
+    except Exception:
+        return False
+
+
+def _check_before_gdcm(folder: Path, name: str) -> None:
+    """GDCM trusts the lengths in a file's header: a corrupt DICOM file (found by fuzzing: a truncated one
+    with a mangled meta header) made it allocate gigabytes while scanning for series. Every file pydicom
+    recognises as DICOM must therefore hold pixel data that matches its Rows x Columns before GDCM sees it."""
+    for path, series_uid, has_pixels in _scan_dicom_headers(folder):
+        short = Path(path).name
+        if not series_uid:
+            if _is_dicomdir(path):
+                continue  # the index of an exported disc: not an image, GDCM leaves it out too
+            raise InvalidInput(f"{name}: {short} is a DICOM file without a series (SeriesInstanceUID); "
+                               "it is corrupt or not an image")
+        if not has_pixels:
+            raise InvalidInput(f"{name}: {short} has no pixel data")
+        try:
+            ds = pydicom.dcmread(path, defer_size=256)
+        except Exception as exc:
+            raise InvalidInput(f"{name}: {short} is not a readable DICOM file ({exc})") from exc
+        _check_pixel_size(ds, short, name)
+
+
 def read_dicom_dir(folder: Path, name: str | None = None, relative_to: Path | None = None) -> Volume:
     name = name or folder.name
+    _check_before_gdcm(folder, name)
     series = _find_series(folder)
     _check_no_file_left_out(folder, series, name)
     if not series:
@@ -145,6 +175,7 @@ def _read_slice_header(file: str, name: str) -> dict:
         raise InvalidInput(f"{name}: {short} has no pixel data")
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         raise InvalidInput(f"{name}: {short} is a multi-frame (enhanced) DICOM; export the series as single-frame images")
+    _check_pixel_size(ds, short, name)
     position = ds.get("ImagePositionPatient")
     if position is None or len(position) != 3 or "ImageOrientationPatient" not in ds:
         raise InvalidInput(f"{name}: {short} has no image position/orientation, so its geometry is unknown")
@@ -153,6 +184,39 @@ def _read_slice_header(file: str, name: str) -> dict:
         "position": [float(v) for v in position],
         "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
     }
+
+
+MAX_COMPRESSED_FRAME_BYTES = 256 * 1024 * 1024
+
+
+def _check_pixel_size(ds, short: str, name: str) -> None:
+    """Rows x Columns x bytes per pixel must match the pixel data present, before SimpleITK allocates the
+    series from the header: a header claiming 65535 x 65535 pixels would otherwise take gigabytes of memory."""
+    try:
+        rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+        bits, samples = int(ds.get("BitsAllocated") or 0), int(ds.get("SamplesPerPixel") or 1)
+    except Exception as exc:  # also pydicom's errors for a corrupt element
+        raise InvalidInput(f"{name}: {short} has an unreadable image size ({exc})") from exc
+    if rows < 1 or cols < 1 or bits not in (1, 8, 16, 32, 64) or samples < 1:
+        raise InvalidInput(f"{name}: {short} has an invalid image size: {rows} x {cols} pixels, "
+                           f"{bits} bits allocated, {samples} samples per pixel")
+    expected = (rows * cols * samples * bits + 7) // 8
+    try:
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        compressed = bool(syntax is not None and syntax.is_compressed)
+    except Exception as exc:  # pydicom: "UID is not a transfer syntax", unknown VRs, ...
+        raise InvalidInput(f"{name}: {short} has an unreadable transfer syntax ({exc})") from exc
+    if compressed:
+        if expected > MAX_COMPRESSED_FRAME_BYTES:
+            raise InvalidInput(f"{name}: {short} claims {rows} x {cols} pixels, far more than a slice can have")
+        return
+    try:
+        actual = len(ds.PixelData)
+    except Exception as exc:
+        raise InvalidInput(f"{name}: {short} has unreadable pixel data ({exc})") from exc
+    if actual < expected:
+        raise InvalidInput(f"{name}: {short} holds {actual} bytes of pixel data but its header says {rows} x {cols} "
+                           f"pixels of {bits} bits ({expected} bytes); the file is truncated or its header is wrong")
 
 
 def _check_regular_slices(affine: np.ndarray, positions_lps: list[list[float]], slice_spacing: float, name: str) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import struct
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from data.dicom import read_dicom_dir
@@ -34,7 +36,7 @@ def extract_dicom_zip(zip_path: str | Path, dest_dir: str | Path, max_bytes_expa
             with zipfile.ZipFile(zip_path) as archive:
                 members = _checked_members(archive, max_bytes_expanded)
                 _extract_members(archive, members, staging, max_bytes_expanded)
-        except zipfile.BadZipFile as exc:
+        except (zipfile.BadZipFile, zlib.error, EOFError, struct.error, ValueError, OverflowError) as exc:  # broken data
             raise InvalidInput(f"{NOT_SUPPORTED}: the zip is corrupt ({exc})") from exc
         except (NotImplementedError, RuntimeError) as exc:
             raise InvalidInput(f"cannot extract the zip ({exc})") from exc

@@ -7,6 +7,7 @@ else the pixdim-only fallback); the header is kept in Volume.meta so masks are w
 from __future__ import annotations
 
 import gzip
+import io
 import zlib
 from pathlib import Path
 
@@ -31,11 +32,16 @@ def read_nifti(path: Path, name: str, max_bytes_expanded: int | None) -> Volume:
     n_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if max_bytes_expanded is not None and n_bytes > max_bytes_expanded:
         raise TooLarge(f"{name}: image of shape {shape} needs {n_bytes} bytes, over the limit of {max_bytes_expanded}")
-    offset = int(header.get_data_offset())
+    offset = _data_offset(raw, image, name)
     if len(raw) < offset + n_bytes:
         raise InvalidInput(
             f"{name}: the header declares shape {shape} ({n_bytes} bytes of voxels) but the file holds only "
             f"{max(len(raw) - offset, 0)}; the file is truncated or the header is wrong"
+        )
+    if len(raw) > offset + n_bytes:  # the dimensions do not describe the data: it would read scrambled
+        raise InvalidInput(
+            f"{name}: the header declares shape {shape} ({n_bytes} bytes of voxels) but the file holds "
+            f"{len(raw) - offset - n_bytes} bytes more; the header's dimensions or voxel type are wrong"
         )
     try:
         array = np.asanyarray(image.dataobj)
@@ -96,6 +102,20 @@ def _parse_nifti(raw: bytes, name: str):
         return image_class.from_bytes(raw)
     except Exception as exc:  # nibabel raises HeaderDataError, ValueError, ... for bad headers
         raise InvalidInput(f"{name}: bad NIfTI header ({exc})") from exc
+
+
+def _data_offset(raw: bytes, image, name: str) -> int:
+    """Where the voxels start, as the file's own header says (an image parsed from bytes forgets it)."""
+    try:
+        offset = int(type(image.header).from_fileobj(io.BytesIO(raw)).get_data_offset())
+    except Exception as exc:  # NaN or absurd vox_offset
+        raise InvalidInput(f"{name}: bad NIfTI header: the data offset (vox_offset) is invalid ({exc})") from exc
+    minimum = image.header.sizeof_hdr + 4  # the header and its extension flag
+    if offset == 0:  # "unset": the voxels follow the header, as nibabel reads them
+        return minimum
+    if offset < minimum:
+        raise InvalidInput(f"{name}: bad NIfTI header: the data offset (vox_offset) {offset} lies inside the header")
+    return offset
 
 
 def _volume_shape(shape: tuple[int, ...], name: str) -> tuple[int, int, int]:

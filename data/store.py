@@ -23,6 +23,7 @@ from data.errors import Conflict, InvalidInput, NotFound
 from data.store_annotations import AnnotationsMixin
 from data.store_db import Database, now, to_json
 from data.store_files import IMAGE_CACHE, fsync_dir, remove_stale_staging, remove_tree, stage_volume
+from data.store_recovery import sweep_uncommitted
 from data.store_labels import validate_labels, validate_project_name
 from data.store_users import UsersMixin
 from data.volume import IGNORE, Volume
@@ -69,6 +70,11 @@ class Workspace(AnnotationsMixin, UsersMixin):
         self.db = Database(self.root / "slicewise.db")
         self._create_users_schema()  # users, tokens, members (data.store_users)
         remove_stale_staging(self.root / "tmp", STALE_STAGING_S)
+
+    def sweep_uncommitted(self) -> dict:
+        """Remove files that writes killed before their commit left behind (data.store_recovery); the server
+        calls this at start-up, before its worker runs -> counts of what was removed."""
+        return sweep_uncommitted(self.root, self.db)
 
     def close(self) -> None:
         """Close this thread's database connection (others close when their thread ends)."""
