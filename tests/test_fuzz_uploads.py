@@ -33,10 +33,20 @@ FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
                                        HealthCheck.data_too_large])
 
 MAX_GROWTH_MB = 500
-# a safety net so a regression fails the test instead of making the kernel's OOM killer end the CI run
-_soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
-if _soft == resource.RLIM_INFINITY:
-    resource.setrlimit(resource.RLIMIT_AS, (16 * 1024**3, _hard))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def address_space_cap():
+    """A safety net so a regression fails the test instead of making the OOM killer end the CI run.
+
+    Only while this module runs: processes started later in the session (Chromium reserves far
+    more address space than 16 GiB) would inherit the cap and crash.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        resource.setrlimit(resource.RLIMIT_AS, (16 * 1024**3, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 RNG = np.random.default_rng(7)
 NIFTI = nib.Nifti1Image(RNG.integers(-1000, 3000, size=(9, 8, 6)).astype(np.int16),
