@@ -1,0 +1,120 @@
+"""bench/label_efficiency.py: the split, the painted slices and the job plan (no training here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("bench_label_efficiency", ROOT / "bench" / "label_efficiency.py")
+le = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = le  # dataclasses look their module up here
+_spec.loader.exec_module(le)
+
+NAMES = [f"hippocampus_{i:03d}.nii.gz" for i in range(201)]
+
+
+def test_split_is_deterministic_and_disjoint():
+    a = le.split_volumes(NAMES, seed=0, n_val=20, n_test=40)
+    b = le.split_volumes(list(reversed(NAMES)), seed=0, n_val=20, n_test=40)  # input order does not matter
+    assert a == b
+    assert (len(a["train"]), len(a["val"]), len(a["test"])) == (141, 20, 40)
+    assert set(a["train"]) | set(a["val"]) | set(a["test"]) == set(NAMES)
+    assert not set(a["test"]) & (set(a["train"]) | set(a["val"]))
+    assert not set(a["val"]) & set(a["train"])
+    assert le.split_volumes(NAMES, seed=1, n_val=20, n_test=40)["test"] != a["test"]
+
+
+def test_labelled_volumes_come_from_train_and_nest():
+    split = le.split_volumes(NAMES, seed=0, n_val=20, n_test=40)
+    order = le.labeled_order(split["train"], seed=2)
+    assert order == le.labeled_order(split["train"], seed=2)
+    assert sorted(order) == split["train"]
+    assert [le.paper_count(f, 141) for f in (0.05, 0.10, 0.20)] == [7, 14, 28]
+
+
+def _structure(extent: tuple[int, int], shape=(30, 12, 10), axis=0) -> np.ndarray:
+    label = np.zeros(shape, dtype=np.uint8)
+    view = np.moveaxis(label, axis, 0)
+    view[extent[0] : extent[1] + 1, 3:8, 2:6] = 1
+    view[extent[0] : extent[1] + 1, 5:8, 2:6] = 2
+    return label
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+@pytest.mark.parametrize("extent", [(8, 27), (0, 29), (11, 15)])
+@pytest.mark.parametrize("axis", [0, 2])
+def test_even_slices_are_evenly_spaced_through_the_structure(k, extent, axis):
+    shape = (30, 12, 30)
+    label = _structure(extent, shape, axis)
+    idx = le.even_slices(label, axis, k)
+    lo, hi = extent
+    assert len(idx) == k and idx == sorted(set(idx))
+    assert all(lo <= i <= hi for i in idx)
+    steps = np.diff(idx)
+    if k > 1:
+        assert steps.max() - steps.min() <= 1  # equal spacing up to rounding
+    assert abs((idx[0] - lo) - (hi - idx[-1])) <= 1  # as far from the first slice as from the last
+    if k == 1:
+        assert abs(idx[0] - (lo + hi) / 2) <= 0.5
+
+
+def test_even_slices_ignore_255_and_need_foreground():
+    label = _structure((8, 27))
+    label[29] = 255  # not annotated: not structure
+    assert le.even_slices(label, 0, 3) == le.even_slices(_structure((8, 27)), 0, 3)
+    with pytest.raises(ValueError):
+        le.even_slices(np.zeros((5, 5, 5), np.uint8), 0, 2)
+
+
+def test_sparse_label_paints_only_the_chosen_slices():
+    label = _structure((8, 27))
+    sparse = le.sparse_label(label, 0, [10, 20])
+    assert (sparse[10] == label[10]).all() and (sparse[20] == label[20]).all()
+    others = np.ones(30, bool)
+    others[[10, 20]] = False
+    assert (sparse[others] == 255).all()
+
+
+def test_plan_puts_every_global_before_the_rows_that_need_it():
+    for which in ("cpu", "full", "quick"):
+        grid = le.make_grid(which, None, None)
+        jobs = le.plan_jobs(grid)
+        names = [j.name for j in jobs]
+        assert len(names) == len(set(names))
+        seen_global = set()
+        for job in jobs:
+            if job.kind == "global":
+                seen_global.add(job.seed)
+            elif le.ROW_STAGES[job.row][0]:
+                assert job.seed in seen_global, job.name
+        assert le.job_from_json(le.job_to_json(jobs[-1])) == jobs[-1]
+    cpu = le.plan_jobs(le.make_grid("cpu", None, None))
+    head = [j.name for j in cpu[:6]]
+    assert head == ["seed0/global", "seed0/sparse-10x3/supervised", "seed0/sparse-10x3/full",
+                    "seed1/global", "seed1/sparse-10x3/supervised", "seed1/sparse-10x3/full"]
+
+
+def test_no_stage_sees_a_test_volume(shared_data, tmp_path):
+    data = shared_data / "hippocampus"
+    if not (data / "imagesTr").is_dir():
+        pytest.skip("no hippocampus data")
+    args = le.parse_args(["--data", str(data), "--out", str(tmp_path), "--md", str(tmp_path / "t.md")])
+    bench = le.Bench(args, le.make_grid("cpu", None, None))
+    test = {str(data / "imagesTr" / n) for n in bench.split["test"]} | {str(data / "labelsTr" / n) for n in bench.split["test"]}
+    val = {str(data / "imagesTr" / n) for n in bench.split["val"]}
+    for budget in (le.Budget("sparse", volumes=5, slices=2), le.Budget("paper", fraction=0.05)):
+        images, labels, unlabeled, painted = bench.labels_for(0, budget)
+        used = set(images) | set(unlabeled) | {p for p in labels}
+        assert not used & test and not used & val
+        assert len(images) + len(unlabeled) == 141
+    # a painted sparse label volume really is 255 outside its evenly spaced slices
+    images, labels, _, painted = bench.labels_for(0, le.Budget("sparse", volumes=5, slices=2))
+    name = Path(images[0]).name
+    sparse = np.asarray(bench.read_volume(labels[0]).array)
+    painted_slices = [i for i in range(sparse.shape[0]) if (sparse[i] != 255).all()]
+    assert painted_slices == painted[name] and len(painted_slices) == 2
