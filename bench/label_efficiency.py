@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hippocampus"
 OUT_ROOT = ROOT / "bench" / "out" / "label_efficiency"
 IGNORE = 255
+NOTES_MARKER = "<!-- notes: written by hand, kept when the script rewrites the tables above -->"
 NUM_CLASSES = 3
 CLASS_NAMES = ("anterior", "posterior")
 
@@ -297,6 +298,7 @@ class Bench:
         self.workers = args.workers or (2 if grid.name == "cpu" else 1)
         self.threads = args.threads or (1 if self.workers > 1 else None)
         self.validate = args.validate or grid.name == "full"
+        self.commit_at_start = _git("rev-parse", "--short", "HEAD")
         self.start = time.monotonic()
         self.started_at = _dt.datetime.now(_dt.timezone.utc)
         self.load_start = os.getloadavg()
@@ -554,6 +556,7 @@ class Bench:
     def meta(self) -> dict:
         return {
             "commit": _git("rev-parse", "--short", "HEAD"),
+            "commit_at_start": self.commit_at_start,
             "dirty": bool(_git("status", "--porcelain")),
             "machine": _machine(),
             "torch": _torch_version(),
@@ -574,8 +577,13 @@ class Bench:
         tmp.write_text(json.dumps(blob, indent=1))
         tmp.replace(self.results_path)
         self.md_path.parent.mkdir(parents=True, exist_ok=True)
+        text = render_markdown(meta, self.results, self.skipped, self.grid, self, self.failed)
+        if self.md_path.is_file():  # hand-written notes below the marker survive a re-run
+            old = self.md_path.read_text()
+            if NOTES_MARKER in old:
+                text += "\n" + old[old.index(NOTES_MARKER):]
         tmp = self.md_path.with_suffix(".tmp")
-        tmp.write_text(render_markdown(meta, self.results, self.skipped, self.grid, self, self.failed))
+        tmp.write_text(text)
         tmp.replace(self.md_path)
 
 
@@ -651,7 +659,8 @@ def render_markdown(meta: dict, runs: list[dict], skipped: list[str], grid: Grid
     lines = [
         "# Label efficiency on the MSD hippocampus",
         "",
-        f"- commit: {meta['commit']}{' (+ uncommitted changes)' if meta['dirty'] else ''}",
+        f"- commit: {meta['commit']}{' (+ uncommitted changes)' if meta['dirty'] else ''}"
+        + (f" (HEAD was {meta['commit_at_start']} when the run started)" if meta.get("commit_at_start", meta["commit"]) != meta["commit"] else ""),
         f"- machine: {meta['machine']}, torch {meta['torch']}",
         f"- date: {meta['started_utc']}; elapsed {meta['elapsed_s'] / 60:.1f} min"
         f"; load average (1/5/15 min) at start {meta['load_avg_start']}, at last write {meta['load_avg_now']}"
