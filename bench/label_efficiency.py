@@ -27,6 +27,15 @@ that needs it starts from its global.pt via `init_from`, as the product does acr
 Local-loss modes (stride / block / exact) are compared at one budget with an equal (shortened)
 local schedule, because `exact` costs 10-30x a `stride` step on a CPU.
 
+Regularisation branch (issue 8): rows `ft+cpc` (supervised + the CPC branch of model/regularizer.py during
+fine-tune) and `full+cpc` (the full pipeline + the branch) run last in the default order.
+
+Options for a partial or added run: `--budgets sparse-10x3,paper-5pct` and `--rows supervised,full+cpc`
+choose jobs (the global stages those rows need come along); `--set finetune_epochs=32` overrides a preset
+value for every run; `--append` keeps the runs already in <out>/results.json and runs only the missing
+jobs (a global stage counts as done while its global.pt is still there), so seeds or rows can be added to a
+table without redoing it.
+
 The default grid is ordered by priority (supervised and full for every budget and seed first) and
 stops starting jobs that would not end before `--deadline-min`; the markdown table lists what ran
 and what was left out. The table is rewritten after every job, and the raw per-volume Dice of every
@@ -36,6 +45,7 @@ run goes to bench/out/label_efficiency/<grid>/results.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -61,8 +71,12 @@ NUM_CLASSES = 3
 CLASS_NAMES = ("anterior", "posterior")
 
 ROWS = ("supervised", "+global", "+local", "full")
+BRANCH_ROWS = ("ft+cpc", "full+cpc")  # issue 8: the regularisation branch (model/regularizer.py) during fine-tune
+ALL_ROWS = ROWS + BRANCH_ROWS
 # row -> (starts from the global encoder, runs the local stage)
-ROW_STAGES = {"supervised": (False, False), "+global": (True, False), "+local": (False, True), "full": (True, True)}
+ROW_STAGES = {"supervised": (False, False), "+global": (True, False), "+local": (False, True), "full": (True, True),
+              "ft+cpc": (False, False), "full+cpc": (True, True)}
+ROW_BRANCH = {"ft+cpc": "cpc", "full+cpc": "cpc"}  # every other row: no branch
 
 PAPER_REFERENCE = {0.05: 0.824, 0.10: 0.849, 0.20: 0.866}  # Hu et al. 2021, global + local (block)
 ISSUE_BASELINE = {0.05: 0.841, 0.10: 0.850, 0.20: 0.853, (10, 3): 0.671}  # issue 4: supervised, 1000 x 32
@@ -71,6 +85,10 @@ ISSUE_BASELINE = {0.05: 0.841, 0.10: 0.850, 0.20: 0.853, (10, 3): 0.671}  # issu
 # (measured 2026-11-25 with load average 3-6). The estimates only decide what still fits the deadline.
 PRIOR_RATE = {"global": 0.6, "local:stride": 2.0, "local:block": 10.0, "local:exact": 10.0, "finetune": 0.6}
 PRIOR_OVERHEAD_S = 15.0
+# A guess for the paper preset on one H100 shared by several workers, replaced by measured rates after the
+# first jobs; without it the CPU numbers above would make the deadline drop every paper-preset job.
+PRIOR_RATE_CUDA = {"global": 0.04, "local:stride": 0.04, "local:block": 0.06, "local:exact": 0.1, "finetune": 0.03}
+PRIOR_OVERHEAD_CUDA_S = 60.0  # process start, data loading, torch.compile
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,6 +248,9 @@ def plan_jobs(grid: Grid) -> list[Job]:
             return []
         return [Job("row", seed, b, row) for row in ("+global", "+local") for b in budgets]
 
+    def branch(seed, budgets):
+        return [Job("row", seed, b, row) for b in budgets for row in BRANCH_ROWS]
+
     def modes(seed):
         if seed not in grid.mode_seeds:
             return []
@@ -252,6 +273,8 @@ def plan_jobs(grid: Grid) -> list[Job]:
         order += ablation(s, grid.budgets)
     for s in seeds[1:]:
         order += modes(s)
+    for s in seeds:
+        order += branch(s, heads + sparse)
     unique, seen = [], set()
     for job in order:
         if job.name not in seen:
@@ -298,7 +321,17 @@ class Bench:
         self.workers = args.workers or (2 if grid.name == "cpu" else 1)
         self.threads = args.threads or (1 if self.workers > 1 else None)
         self.validate = args.validate or grid.name == "full"
+        self.on_cuda = args.device == "cuda" or (args.device == "auto" and _cuda_available())
         self.commit_at_start = _git("rev-parse", "--short", "HEAD")
+        self.history: list[dict] = []  # earlier invocations whose runs --append kept
+        if getattr(args, "append", False) and self.results_path.is_file() and not args.run_job:
+            old = json.loads(self.results_path.read_text())
+            self.results = old["runs"]
+            self.skipped, self.failed = [], []  # recomputed for what this invocation leaves out
+            m = old["meta"]
+            self.history = m.get("history", []) + [{k: m[k] for k in ("command", "commit", "started_utc", "elapsed_s", "machine")}]
+            for record in self.results:  # per-step rates for the deadline's estimates
+                self.learn(record)
         self.start = time.monotonic()
         self.started_at = _dt.datetime.now(_dt.timezone.utc)
         self.load_start = os.getloadavg()
@@ -354,18 +387,26 @@ class Bench:
             return float(np.median(self.rates[key]))
         if key in ("local:exact", "local:block") and self.rates.get("local:stride"):
             return 6 * float(np.median(self.rates["local:stride"]))
-        return PRIOR_RATE[key]
+        return (PRIOR_RATE_CUDA if self.on_cuda else PRIOR_RATE)[key]
 
     def estimate(self, job: Job) -> float:
         cfg = self.config(job, Path("/nonexistent"))
-        overhead = float(np.median(self.overheads)) if self.overheads else PRIOR_OVERHEAD_S
+        overhead = float(np.median(self.overheads)) if self.overheads else (PRIOR_OVERHEAD_CUDA_S if self.on_cuda else PRIOR_OVERHEAD_S)
+        # A stage without a fixed step count makes one pass over its pool per epoch (model.train.stage_plan);
+        # hippocampus volumes have about 36 slices along axis 0.
+        painted = (job.budget.volumes * job.budget.slices if job.budget.protocol == "sparse"
+                   else 36 * paper_count(job.budget.fraction, len(self.split["train"]))) if job.budget else 0
+
+        def steps(stage: str, pool: int) -> int:
+            return getattr(cfg, f"{stage}_steps") or -(-pool // getattr(cfg, f"{stage}_batch"))
+
         if job.kind == "global":
-            return overhead + cfg.global_epochs * cfg.global_steps * self.rate("global")
-        t = overhead + cfg.finetune_epochs * cfg.finetune_steps * self.rate("finetune")
+            return overhead + cfg.global_epochs * steps("global", 36 * len(self.split["train"])) * self.rate("global")
+        t = overhead + cfg.finetune_epochs * steps("finetune", painted) * self.rate("finetune")
         if ROW_STAGES[job.row][1]:
             epochs = job.local_epochs if job.local_epochs is not None else cfg.local_epochs
-            steps = job.local_steps if job.local_steps is not None else cfg.local_steps
-            t += epochs * steps * self.rate(f"local:{job.mode or cfg.local_mode}")
+            n = job.local_steps if job.local_steps is not None else steps("local", painted)
+            t += epochs * n * self.rate(f"local:{job.mode or cfg.local_mode}")
         return t
 
     def elapsed(self) -> float:
@@ -391,7 +432,7 @@ class Bench:
                 return None
             images, label_paths, unlabeled, painted = self.labels_for(job.seed, job.budget)
             changes = dict(images=images, labels=label_paths, unlabeled=unlabeled, global_stage=False,
-                           local_stage=local, finetune_stage=True,
+                           local_stage=local, finetune_stage=True, branch=ROW_BRANCH.get(job.row, "none"),
                            init_from=str(self.global_path(job.seed)) if init else None)
             if job.mode:
                 changes["local_mode"] = job.mode
@@ -420,6 +461,7 @@ class Bench:
             "mode": cfg.local_mode if ROW_STAGES[job.row][1] else None,
             "local_schedule": [cfg.local_epochs, cfg.local_steps] if ROW_STAGES[job.row][1] else None,
             "finetune_schedule": [cfg.finetune_epochs, cfg.finetune_steps, cfg.finetune_batch],
+            "branch": cfg.branch, "branch_weight": cfg.branch_weight if cfg.branch != "none" else None,
             "labeled_volumes": painted, "painted_slices": metrics["data"]["painted_slices"],
             "eval_wall_s": round(eval_s, 2), "row_wall_s": round(train_s + eval_s, 2),
             "test_dice_per_volume": per_volume,
@@ -473,13 +515,16 @@ class Bench:
             cmd.append("--validate")
         if a.keep_models:
             cmd.append("--keep-models")
+        for item in a.set:
+            cmd += ["--set", item]
         return cmd
 
     def go(self, jobs: list[Job]) -> None:
         deadline = self.grid.deadline_min * 60 if self.grid.deadline_min else None
         hard = deadline + self.args.grace_min * 60 if deadline else None
-        pending, running = list(jobs), {}
-        globals_done, globals_lost = set(), set()
+        done = self.done_jobs()
+        pending, running = [j for j in jobs if j.name not in done], {}
+        globals_done, globals_lost = {j.seed for j in jobs if j.kind == "global" and j.name in done}, set()
         self.write()
         while pending or running:
             for name, (job, proc, t0, est) in list(running.items()):
@@ -553,8 +598,14 @@ class Bench:
         return None
 
     # ---- reporting ----------------------------------------------------------------------------
+    def done_jobs(self) -> set[str]:
+        """Jobs with a result already (--append); a global counts only while its global.pt is still there."""
+        return {r["job"] for r in self.results
+                if r["kind"] != "global" or self.global_path(r["seed"]).is_file()}
+
     def meta(self) -> dict:
         return {
+            "history": self.history,
             "commit": _git("rev-parse", "--short", "HEAD"),
             "commit_at_start": self.commit_at_start,
             "dirty": bool(_git("status", "--porcelain")),
@@ -585,6 +636,12 @@ class Bench:
         tmp = self.md_path.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.replace(self.md_path)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _command() -> str:
@@ -666,6 +723,8 @@ def render_markdown(meta: dict, runs: list[dict], skipped: list[str], grid: Grid
         f"; load average (1/5/15 min) at start {meta['load_avg_start']}, at last write {meta['load_avg_now']}"
         " (the machine is shared: wall times are indicative)",
         f"- command: `{meta['command']}` (grid `{meta['grid']}`, preset `{meta['preset']}`)",
+        *[f"- runs kept from an earlier invocation (`--append`): `{h['command']}` at {h['commit']}, {h['started_utc']}, "
+          f"{h['elapsed_s'] / 60:.1f} min, {h['machine']}" for h in meta.get("history", [])],
         f"- data: `../shared/data/hippocampus` imagesTr/labelsTr, {sum(len(v) for v in split.values())} volumes, "
         f"split with seed {meta['split_seed']} into {len(split['train'])} train / {len(split['val'])} validation / "
         f"{len(split['test'])} test (lists below and in results.json). Test volumes are seen by no stage of any run.",
@@ -686,17 +745,18 @@ def render_markdown(meta: dict, runs: list[dict], skipped: list[str], grid: Grid
         return [r for k, rs in by.items() if k[0] == "main" and k[1] == budget.key and k[2] == row for r in rs]
 
     # ---- summary
+    shown = ROWS + tuple(row for row in BRANCH_ROWS if any(k[2] == row for k in by))
     lines += ["## Mean Dice on the test volumes", "",
-              "| budget | painted slices | supervised | +global | +local | full | full − supervised | paper | issue's supervised baseline |",
-              "|---|---:|---|---|---|---|---:|---:|---:|"]
+              "| budget | painted slices | " + " | ".join(shown) + " | full − supervised | paper | issue's supervised baseline |",
+              "|---|---:|" + "---|" * len(shown) + "---:|---:|---:|"]
     for b in grid.budgets:
-        cells = {row: cell(b, row) for row in ROWS}
+        cells = {row: cell(b, row) for row in shown}
         painted = next((r["painted_slices"] for rs in cells.values() for r in rs), None)
         sup, full = ({r["seed"]: r["test_dice_mean"] for r in cells[x]} for x in ("supervised", "full"))
         both = sorted(set(sup) & set(full))
         diff = _pm([full[s] - sup[s] for s in both]) if both else "–"
         lines.append(f"| {b.label} | {painted if painted is not None else '–'} | "
-                     + " | ".join(_pm([r["test_dice_mean"] for r in cells[row]]) for row in ROWS)
+                     + " | ".join(_pm([r["test_dice_mean"] for r in cells[row]]) for row in shown)
                      + f" | {diff} | {PAPER_REFERENCE.get(b.reference_key, '–')} | {ISSUE_BASELINE.get(b.reference_key, '–')} |")
     lines += ["",
               "`full − supervised`: the per-seed difference (same labelled volumes, same seed), mean ± std. "
@@ -709,7 +769,7 @@ def render_markdown(meta: dict, runs: list[dict], skipped: list[str], grid: Grid
               "| budget | row | seeds | anterior | posterior | mean | val mean | local s | fine-tune s | row wall s |",
               "|---|---|---:|---|---|---|---|---:|---:|---:|"]
     for b in grid.budgets:
-        for row in ROWS:
+        for row in shown:
             rs = cell(b, row)
             if not rs:
                 continue
@@ -800,13 +860,58 @@ def parse_args(argv=None):
     p.add_argument("--grace-min", type=float, default=3.0,
                    help="a job still running this long after the deadline is killed (default 3)")
     p.add_argument("--validate", action="store_true", help="also report Dice on the validation volumes (on for --full)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset value for every run (JSON value), e.g. --set finetune_epochs=32; repeatable")
+    p.add_argument("--budgets", default=None, help="only these budgets, comma-separated keys (e.g. sparse-10x3,paper-5pct)")
+    p.add_argument("--rows", default=None, help=f"only these rows, comma-separated (of {', '.join(ALL_ROWS)}; 'modes' = the mode table)")
+    p.add_argument("--append", action="store_true",
+                   help="keep the runs already in <out>/results.json and run only the jobs not in it (adds rows or seeds to a table)")
     p.add_argument("--run-job", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`KEY=VALUE` strings to a dict; VALUE is read as JSON when it parses, else kept as a string."""
+    from model.config import TrainConfig
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set wants KEY=VALUE, got {item!r}")
+        if key not in known:
+            raise SystemExit(f"--set: {key!r} is not a training config key")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def select_jobs(jobs: list[Job], budgets: str | None, rows: str | None) -> list[Job]:
+    """The jobs of the chosen budgets and rows, plus the global stages those rows start from."""
+    want_b = set(budgets.split(",")) if budgets else None
+    want_r = set(rows.split(",")) if rows else None
+    if want_r and not want_r <= set(ALL_ROWS) | {"modes"}:
+        raise SystemExit(f"--rows: unknown {sorted(want_r - set(ALL_ROWS) - {'modes'})}; choose from {', '.join(ALL_ROWS)}, modes")
+    keep = []
+    for job in jobs:
+        if job.kind == "global":
+            continue
+        if want_b and job.budget.key not in want_b:
+            continue
+        if want_r and (("modes" if job.table == "modes" else job.row) not in want_r):
+            continue
+        keep.append(job)
+    seeds_needing_global = {j.seed for j in keep if ROW_STAGES[j.row][0]}
+    return [j for j in jobs if (j.kind == "global" and j.seed in seeds_needing_global) or j in keep]
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     grid = make_grid("full" if args.full else "quick" if args.quick else "cpu", args.seeds, args.deadline_min)
+    grid.overrides.update(parse_overrides(args.set))
     bench = Bench(args, grid)
     if args.run_job:  # worker: one job, its record next to its run
         job = job_from_json(args.run_job)
@@ -817,6 +922,8 @@ def main(argv=None) -> int:
         path.write_text(json.dumps(record))
         return 0
     jobs = plan_jobs(grid)
+    if args.budgets or args.rows:
+        jobs = select_jobs(jobs, args.budgets, args.rows)
     if args.plan:
         total = 0.0
         for job in jobs:

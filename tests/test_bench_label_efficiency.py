@@ -118,3 +118,53 @@ def test_no_stage_sees_a_test_volume(shared_data, tmp_path):
     sparse = np.asarray(bench.read_volume(labels[0]).array)
     painted_slices = [i for i in range(sparse.shape[0]) if (sparse[i] != 255).all()]
     assert painted_slices == painted[name] and len(painted_slices) == 2
+
+
+def test_select_jobs_keeps_the_global_stages_its_rows_need():
+    jobs = le.plan_jobs(le.make_grid("cpu", None, None))
+    chosen = le.select_jobs(jobs, "sparse-10x3", "supervised,full+cpc")
+    rows = [j for j in chosen if j.kind == "row"]
+    assert {j.row for j in rows} == {"supervised", "full+cpc"}
+    assert {j.budget.key for j in rows} == {"sparse-10x3"}
+    assert {j.seed for j in chosen if j.kind == "global"} == {0, 1, 2}  # full+cpc starts from each seed's global
+    only_sup = le.select_jobs(jobs, "sparse-10x3", "supervised")
+    assert not [j for j in only_sup if j.kind == "global"]
+    assert [j for j in chosen if j.kind == "global"][0] == next(j for j in jobs if j.kind == "global")
+    with pytest.raises(SystemExit, match="unknown"):
+        le.select_jobs(jobs, None, "supervised,typo")
+
+
+def test_branch_rows_run_the_cpc_branch_and_only_they_do():
+    assert set(le.ROW_BRANCH) == set(le.BRANCH_ROWS)
+    assert le.ROW_STAGES["ft+cpc"] == le.ROW_STAGES["supervised"]
+    assert le.ROW_STAGES["full+cpc"] == le.ROW_STAGES["full"]
+    planned = {j.row for j in le.plan_jobs(le.make_grid("cpu", None, None)) if j.kind == "row"}
+    assert set(le.BRANCH_ROWS) <= planned
+
+
+def test_set_overrides_parse_json_and_refuse_unknown_keys():
+    assert le.parse_overrides(["finetune_epochs=32", "local_mode=block", "widths=[8,16]"]) == {
+        "finetune_epochs": 32, "local_mode": "block", "widths": [8, 16]}
+    with pytest.raises(SystemExit, match="not a training config key"):
+        le.parse_overrides(["finetune_epoch=3"])
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        le.parse_overrides(["finetune_epochs"])
+
+
+def test_append_keeps_earlier_runs_and_skips_their_jobs(tmp_path, shared_data):
+    out = tmp_path / "out"
+    out.mkdir()
+    args = le.parse_args(["--quick", "--data", str(shared_data / "hippocampus"), "--out", str(out), "--md", str(out / "t.md")])
+    grid = le.make_grid("quick", None, None)
+    first = le.Bench(args, grid)
+    first.results = [{"job": "seed0/sparse-10x3/supervised", "kind": "row", "seed": 0, "stages": {"finetune": {
+        "wall_s": 10.0, "epochs": 2, "steps_per_epoch": 10}}, "train_wall_s": 12.0, "eval_wall_s": 1.0},
+        {"job": "seed0/global", "kind": "global", "seed": 0, "stages": {}, "train_wall_s": 1.0, "eval_wall_s": 0.0}]
+    (out / "results.json").write_text(le.json.dumps({"meta": first.meta(), "runs": first.results}))
+    again = le.Bench(le.parse_args(["--quick", "--append", "--data", str(shared_data / "hippocampus"), "--out", str(out)]), grid)
+    assert [r["job"] for r in again.results] == ["seed0/sparse-10x3/supervised", "seed0/global"]
+    assert again.done_jobs() == {"seed0/sparse-10x3/supervised"}  # the global's global.pt is gone
+    assert again.rates["finetune"] == [0.5]
+    assert again.history and again.history[0]["command"] == first.meta()["command"]
+    fresh = le.Bench(le.parse_args(["--quick", "--data", str(shared_data / "hippocampus"), "--out", str(out)]), grid)
+    assert fresh.results == []
