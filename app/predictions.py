@@ -2,7 +2,9 @@
 
     <workspace>/predictions/<model_id>/<volume_id>/prediction.nii.gz   the mask in the upload's exact geometry
                                                   /labels.npy          the same voxels, memory-mapped for slices
-                                                  /uncertainty.npz     mean entropy per slice, per axis
+                                                  /uncertainty.npz     mean entropy per slice, per axis, and
+                                                                       the fraction of each slice's voxels whose
+                                                                       label changed since the model before
                                                   /prediction.dcm      DICOM-SEG, written on first request
 
 Files are written atomically before the prediction row says "ready", so a crash leaves either no
@@ -87,17 +89,31 @@ class Predictions:
                 folder.mkdir(parents=True, exist_ok=True)
                 volume_io.write_mask(labels, like=self.workspace.load_volume(volume_id), path=folder / MASK_NAME)
                 save_npy(folder / LABELS_NAME, labels)
+                signals = {}
                 if probs is not None:
                     entropy = suggest.entropy_map(probs, class_axis=class_axis(probs, labels.shape))
-                    per_axis = suggest.slice_means(entropy)
+                    signals.update({f"axis{a}": v for a, v in suggest.slice_means(entropy).items()})
+                previous = self._previous_labels(volume, model)
+                if previous is not None:  # "mix" weighs in where the new model changed its mind
+                    signals.update({f"disagree{a}": suggest.disagreement(labels, previous, a) for a in range(3)})
+                if signals:
                     with atomic_write(folder / UNCERTAINTY_NAME) as tmp, open(tmp, "wb") as f:
-                        np.savez(f, **{f"axis{a}": v for a, v in per_axis.items()})
+                        np.savez(f, **signals)
                 (folder / SEG_NAME).unlink(missing_ok=True)  # a stale DICOM-SEG of an earlier run
             except Exception as exc:
                 log.exception("prediction of volume %s with model %s failed", volume_id, model["id"])
                 self.workspace.set_prediction(volume_id, model["id"], None, f"failed: {exc}"[:500])
                 raise
             return self.workspace.set_prediction(volume_id, model["id"], str(folder), READY)
+
+    def _previous_labels(self, volume: dict, model: dict) -> np.ndarray | None:
+        """The labels of this volume by the project's active model, when that is another model (a new
+        model is predicted before it becomes active) and its prediction is ready; else None."""
+        active = self.workspace.active_model(volume["project_id"])
+        if active is None or active["id"] == model["id"] or not self.is_ready(volume["id"], active["id"]):
+            return None
+        labels = np.load(Path(self.workspace.get_prediction(volume["id"], active["id"])["path"]) / LABELS_NAME)
+        return labels if labels.shape == tuple(volume["shape"]) else None
 
     def missing(self, project_id: int, model_id: int) -> list[int]:
         return [v["id"] for v in self.workspace.list_volumes(project_id) if not self.is_ready(v["id"], model_id)]
@@ -143,6 +159,15 @@ class Predictions:
         return np.ascontiguousarray(take_slice(labels, axis, index)), model
 
     def uncertainty(self, volume_id: int) -> dict[int, np.ndarray] | None:
+        """Mean predictive entropy per slice, per axis, of the active model's prediction (None if unknown)."""
+        return self._slice_signal(volume_id, "axis")
+
+    def disagreement(self, volume_id: int) -> dict[int, np.ndarray] | None:
+        """Per slice, per axis: the fraction of voxels the active model labels differently from the model
+        that was active when it was trained (None for a project's first model)."""
+        return self._slice_signal(volume_id, "disagree")
+
+    def _slice_signal(self, volume_id: int, prefix: str) -> dict[int, np.ndarray] | None:
         try:
             folder, _ = self.ready_folder(volume_id)
         except NotFound:
@@ -151,7 +176,9 @@ class Predictions:
         if not path.exists():
             return None
         with np.load(path) as data:
-            return {a: data[f"axis{a}"] for a in range(3)}
+            if f"{prefix}0" not in data.files:
+                return None
+            return {a: data[f"{prefix}{a}"] for a in range(3)}
 
     def nifti_path(self, volume_id: int) -> Path:
         folder, _ = self.ready_folder(volume_id)

@@ -21,6 +21,8 @@ Strategies: random (uniform over unpainted slices), even (largest gap over the w
 app does without a model: app/suggest.even_scores), even_extent (largest gap inside the structure's
 first..last slice from the ground truth: a person who can see where the hippocampus is),
 entropy (slice-mean predictive entropy), margin, disagreement (current vs previous round's labels),
+coverage (distance in the model's bottleneck-embedding space to the nearest painted slice,
+model/inference.Predictor.embed + app/suggest.coverage_scores),
 mix (app/suggest.mix_scores: entropy + distance, the app's default before this benchmark).
 
 Outputs: docs/benchmarks/simulated_annotator.{md,png} and bench/out/simulated_annotator/results.json.
@@ -50,7 +52,7 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hippocampus"
 OUT = ROOT / "bench" / "out" / "simulated_annotator"
 DOCS = ROOT / "docs" / "benchmarks"
 IGNORE, NUM_CLASSES, AXIS = 255, 3, 0
-STRATEGIES = ("random", "even", "even_extent", "entropy", "margin", "disagreement", "mix")
+STRATEGIES = ("random", "even", "even_extent", "entropy", "margin", "disagreement", "coverage", "mix")
 THRESHOLDS = (0.75, 0.80, 0.85)
 
 
@@ -79,7 +81,7 @@ def structure_extent(truth: np.ndarray) -> tuple[int, int]:
     return (int(present[0]), int(present[-1])) if present.size else (0, truth.shape[0] - 1)
 
 
-def pick(strategy: str, n: int, painted: list[int], probs, labels, prev_labels, rng, truth=None) -> int:
+def pick(strategy: str, n: int, painted: list[int], probs, labels, prev_labels, rng, truth=None, embeddings=None) -> int:
     """The slice (axis 0) a strategy asks the clinician to paint next."""
     if strategy == "random":
         free = [i for i in range(n) if i not in set(painted)]
@@ -92,7 +94,8 @@ def pick(strategy: str, n: int, painted: list[int], probs, labels, prev_labels, 
         margin = sg.slice_scores(sg.margin_map(probs, class_axis=0), AXIS)
     if labels is not None and prev_labels is not None:
         disagree = sg.disagreement(labels, prev_labels, AXIS)
-    scores = sg.strategy_scores(strategy, n, painted, entropy=entropy, margin=margin, disagree=disagree)
+    scores = sg.strategy_scores(strategy, n, painted, entropy=entropy, margin=margin, disagree=disagree,
+                                embeddings=embeddings)
     return sg.rank(scores, painted, 1)[0]
 
 
@@ -136,14 +139,15 @@ class Bench:
         if folder.exists():
             shutil.rmtree(folder)
         painted = {n: [] for n in self.work_names}
-        probs, labels, prev_labels = {}, {}, {}
+        probs, labels, prev_labels, embeddings = {}, {}, {}, {}
         model_dir, rows = None, []
         for r in range(1, self.args.rounds + 1):
             t0 = time.monotonic()
             for name in self.work_names:
                 n = self.vols[name][1].shape[AXIS]
                 painted[name].append(pick(strategy, n, painted[name], probs.get(name), labels.get(name),
-                                          prev_labels.get(name), rng, truth=self.vols[name][2]))
+                                          prev_labels.get(name), rng, truth=self.vols[name][2],
+                                          embeddings=embeddings.get(name)))
             label_paths = []
             for name in self.work_names:
                 _, _, truth, lab_vol = self.vols[name]
@@ -168,6 +172,8 @@ class Bench:
                 (work_dice if name in self.work_names else eval_dice).append(dice_mean(pred, truth))
                 if name in self.work_names:
                     probs[name], labels[name] = np.asarray(p, dtype=np.float32), pred
+                    if strategy == "coverage":
+                        embeddings[name] = predictor.embed(image)
             if model_dir is not None:
                 (model_dir / "checkpoint.pt").unlink(missing_ok=True)
                 if r > 2:

@@ -75,6 +75,30 @@ class Predictor:
             chunk_pixels=self.config.predict_chunk_pixels, return_probs=return_probs,
         )
 
+    def embed(self, volume_array: np.ndarray) -> np.ndarray:
+        """Per-slice bottleneck embeddings (n_slices, C) along the model's axis."""
+        return embed_array(self.net, volume_array, self.info, self.runtime, self.config.predict_chunk_pixels)
+
+
+@torch.no_grad()
+def embed_array(net: torch.nn.Module, array: np.ndarray, info: dict[str, Any], runtime: Runtime,
+                chunk_pixels: int = 2_000_000) -> np.ndarray:
+    """One embedding per slice along the model's axis: the bottleneck features averaged over the slice,
+    float32 (n_slices, C). Feature-space coverage (app/suggest.coverage_scores) ranks slices with it."""
+    array = np.asarray(array)
+    axis = int(info["axis"])
+    where = slices.placement(array.shape, axis, int(info["max_size"]), int(info["multiple"]), int(info["size"]))
+    stats = slices.intensity_stats(array)
+    n = array.shape[axis]
+    per_chunk = max(1, chunk_pixels // (where.size[0] * where.size[1]))
+    out = []
+    for start in range(0, n, per_chunk):
+        x = slices.to_network(stats.apply(slices.slab(array, axis, start, min(n, start + per_chunk))), where, stats.background)
+        with autocast(runtime):
+            _, feats = net(prepare_input(x, runtime), return_features=True)
+        out.append(feats["bottleneck"].float().mean(dim=(2, 3)).cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
+
 
 def model_from_file(saved: dict[str, Any]) -> tuple[UNet, TrainConfig, dict[str, Any], int]:
     if saved.get("format") != checkpoint.MODEL_FORMAT:

@@ -64,3 +64,20 @@ def test_load_predictor_from_a_model_file(tmp_path):
     (tmp_path / "junk" / "model.pt").write_bytes(b"not a model")
     with pytest.raises(ValueError, match="not a readable slicewise model"):
         load_predictor(tmp_path / "junk")
+
+
+@pytest.mark.parametrize("axis", [0, 2])
+def test_slice_embeddings_are_one_per_slice_and_do_not_depend_on_chunks(axis):
+    from model.inference import embed_array
+
+    torch.manual_seed(0)
+    net = UNet(1, 3, (4, 8, 16)).eval()
+    volume = np.random.default_rng(1).normal(size=(9, 20, 13)).astype(np.float32)
+    np.moveaxis(volume, axis, 0)[6] = np.moveaxis(volume, axis, 0)[2]  # two equal slices
+    rt = runtime_for("cpu", "off", "off", "off")
+    whole = embed_array(net, volume, info(axis, 24), rt, chunk_pixels=10**9)
+    chunked = embed_array(net, volume, info(axis, 24), rt, chunk_pixels=2 * 24 * 24)
+    assert whole.shape == (volume.shape[axis], net.bottleneck_channels) and whole.dtype == np.float32
+    np.testing.assert_allclose(chunked, whole, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(whole[6], whole[2], rtol=1e-5, atol=1e-6)  # a slice's embedding is its own
+    assert not np.allclose(whole[6], whole[3])

@@ -62,7 +62,8 @@ def review_slice(
 @router.get(
     "/volumes/{volume_id}/suggestions",
     responses={404: {"model": ErrorOut}, 422: {"model": ErrorOut}},
-    summary="Slices to paint next, most helpful first (model uncertainty and distance from painted slices)",
+    summary="Slices to paint next, most helpful first (model uncertainty, where the latest retrain changed the "
+            "mask, and distance from painted slices)",
 )
 def suggestions(
     volume_id: int,
@@ -76,7 +77,8 @@ def suggestions(
     volume = ws.get_volume(volume_id)
     painted = [(a["axis"], a["index"]) for a in ws.list_annotations(volume["id"])]
     uncertainty = worker.predictions.uncertainty(volume["id"])
-    result = suggest.suggest(volume["shape"], volume["spacing"], painted, uncertainty, axis=axis, limit=limit)
+    result = suggest.suggest(volume["shape"], volume["spacing"], painted, uncertainty, axis=axis, limit=limit,
+                             disagreement_by_axis=worker.predictions.disagreement(volume["id"]))
     model = ws.active_model(volume["project_id"])
     return {"volume_id": volume["id"], "model_id": model["id"] if model and uncertainty is not None else None,
             **result}
