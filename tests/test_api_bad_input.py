@@ -4,85 +4,18 @@ same files (name, size, content hash) and same database rows before and after.""
 from __future__ import annotations
 
 import gzip
-import hashlib
-import io
-import sqlite3
-import zipfile
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
-from app.main import create_app
-from app.settings import Settings
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-DICOM = SHARED_DATA / "dicom"
-LABELS = [{"value": 1, "name": "anterior", "color": "#e6194b"}, {"value": 2, "name": "posterior", "color": "#3cb44b"}]
-SHAPE = (12, 14, 10)
-
-
-def nifti_bytes(array: np.ndarray, affine=None) -> bytes:
-    image = nib.Nifti1Image(array, np.eye(4) if affine is None else affine)
-    return gzip.compress(image.to_bytes())
-
-
-GOOD_NIFTI = nifti_bytes(np.arange(np.prod(SHAPE), dtype=np.int16).reshape(SHAPE))
-
-
-def zip_bytes(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
+from helpers_bad_input import (
+    DICOM, GOOD_NIFTI, LABELS, SHAPE, assert_refused, make_api, needs_dicom, nifti_bytes, zip_bytes,
+)
 
 
 def dicom_members(folder: Path, prefix: str) -> dict[str, bytes]:
     return {f"{prefix}/{f.name}": f.read_bytes() for f in sorted(folder.iterdir())}
-
-
-def needs_dicom():
-    if not DICOM.is_dir():
-        pytest.skip(f"shared DICOM data not found at {DICOM} (../shared/data is absent)")
-
-
-def snapshot(root: Path) -> tuple[dict, dict]:
-    """(files outside the database with their content hash, every row of every table)."""
-    files = {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and not p.name.startswith("slicewise.db")
-    }
-    folders = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_dir())
-    con = sqlite3.connect(root / "slicewise.db")
-    try:
-        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        rows = {t: con.execute(f'SELECT * FROM "{t}" ORDER BY rowid').fetchall() for t in tables}
-    finally:
-        con.close()
-    return {"files": files, "folders": folders}, rows
-
-
-class Api:
-    def __init__(self, client: TestClient, root: Path, project_id: int, volume_id: int):
-        self.client, self.root, self.project_id, self.volume_id = client, root, project_id, volume_id
-
-    def upload(self, name: str, data: bytes, project_id: int | None = None):
-        project_id = self.project_id if project_id is None else project_id
-        return self.client.post(f"/api/projects/{project_id}/volumes", files={"file": (name, data)})
-
-
-def make_api(tmp_path: Path, **settings) -> Api:
-    root = tmp_path / "ws"
-    client = TestClient(create_app(Settings(workspace=root, demo=False, **settings)))
-    client.__enter__()
-    project = client.post("/api/projects", json={"name": "P", "labels": LABELS}).json()
-    volume = client.post(f"/api/projects/{project['id']}/volumes", files={"file": ("good.nii.gz", GOOD_NIFTI)})
-    assert volume.status_code == 201, volume.text
-    return Api(client, root, project["id"], volume.json()["id"])
 
 
 @pytest.fixture
@@ -90,19 +23,6 @@ def api(tmp_path):
     api = make_api(tmp_path)
     yield api
     api.client.__exit__(None, None, None)
-
-
-def assert_refused(api: Api, request, status: int, *words: str) -> str:
-    """Run request(), check status and that the message names the problem, and that nothing changed."""
-    before = snapshot(api.root)
-    response = request()
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"detail"} and isinstance(body["detail"], str) and body["detail"]
-    for word in words:
-        assert word.lower() in body["detail"].lower(), body["detail"]
-    assert snapshot(api.root) == before
-    return body["detail"]
 
 
 # ------------------------------------------------------------------ uploads: bad files

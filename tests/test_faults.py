@@ -36,22 +36,15 @@ import httpx
 import nibabel as nib
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.main import create_app
-from app.settings import Settings
 from data.store import Workspace
-from helpers_retrain import LABELS, SHAPE, fake_runner, make_untrained_model, synthetic_nifti
+from helpers_fake_trainer import fake_trainer_app, model_file, upload_synthetic  # noqa: F401 (model_file: a fixture)
+from helpers_retrain import LABELS, SHAPE, synthetic_nifti
 from helpers_server import running_server
 
 RAW = {"Content-Type": "application/octet-stream"}
 TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    return make_untrained_model(tmp_path_factory.mktemp("model") / "model.pt")
 
 
 def wait_for(predicate, timeout: float = 60, what: str = "condition", interval: float = 0.05):
@@ -302,14 +295,8 @@ def test_sigkill_during_real_training_then_resumed_or_failed(tmp_path):
 
 @pytest.fixture
 def api(tmp_path, model_file):
-    app = create_app(Settings(workspace=tmp_path / "ws", demo=False, device="cpu"))
-    with TestClient(app) as client:
-        worker = app.state.worker
-        worker.runner = fake_runner(tmp_path, model_file)
-        worker.default_preset = "quick"
-        project = client.post("/api/projects", json={"name": "p", "labels": LABELS}).json()
-        path, label = synthetic_nifti(tmp_path / "v.nii.gz")
-        volume = client.post(f"/api/projects/{project['id']}/volumes", files={"file": (path.name, path.read_bytes())}).json()
+    with fake_trainer_app(tmp_path, model_file) as (client, app, project):
+        volume, label = upload_synthetic(client, project, tmp_path / "v.nii.gz")
         r = client.put(f"/api/volumes/{volume['id']}/annotations/0/5", content=label[5].tobytes(), headers=RAW)
         assert r.status_code == 200
         yield client, app, project, volume, label

@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import resource
 import io
-import sqlite3
 import zipfile
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from hypothesis import strategies as st
 
 from app.main import create_app
 from app.settings import Settings
+from helpers_bad_input import size_and_mtime, workspace_snapshot
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SERIES = SHARED_DATA / "dicom" / "study1_hippocampus_crop"
@@ -54,27 +54,13 @@ NIFTI = nib.Nifti1Image(RNG.integers(-1000, 3000, size=(9, 8, 6)).astype(np.int1
 NIFTI_GZ = gzip.compress(NIFTI, mtime=0)
 
 
-def snapshot(root: Path) -> tuple:
-    """Files (path, size, mtime) outside the database, and every row of every table."""
-    files = sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
-                   for p in root.rglob("*") if p.is_file() and not p.name.startswith("slicewise.db"))
-    folders = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_dir())
-    con = sqlite3.connect(root / "slicewise.db")
-    try:
-        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        rows = {t: con.execute(f'SELECT * FROM "{t}" ORDER BY rowid').fetchall() for t in tables}
-    finally:
-        con.close()
-    return files, folders, rows
-
-
 class Target:
     def __init__(self, client: TestClient, root: Path, project_id: int):
         self.client, self.root, self.project_id = client, root, project_id
         self.accepted = self.refused = 0
 
     def check(self, name: str, data: bytes) -> None:
-        before = snapshot(self.root)
+        before = workspace_snapshot(self.root, size_and_mtime)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         r = self.client.post(f"/api/projects/{self.project_id}/volumes", files={"file": (name, data)})
         grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
@@ -94,7 +80,8 @@ class Target:
         assert 400 <= r.status_code < 500, r.text
         detail = r.json()["detail"]
         assert isinstance(detail, str) and detail
-        assert snapshot(self.root) == before, f"a refused upload ({r.status_code}: {detail}) changed the workspace"
+        assert workspace_snapshot(self.root, size_and_mtime) == before, \
+            f"a refused upload ({r.status_code}: {detail}) changed the workspace"
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from data.atomic import atomic_write, atomic_write_bytes
 from data.errors import InvalidInput, TooLarge
 from data.io import extract_dicom_zip, lps_to_ras_affine, read_upload, read_volume, write_mask
 from data.volume import Volume
+from helpers_bad_input import dicom_without_pixels, zip_bytes
 
 LIMIT = 50 * 2**20
 DICOM_DIR = SHARED_DATA / "dicom"
@@ -283,14 +284,6 @@ def nifti_header_only(shape) -> bytes:
     return header.binaryblock + b"\x00" * 4 + b"\x00" * 64  # vox_offset 352 and a few voxels
 
 
-def zip_bytes(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, content in members.items():
-            archive.writestr(name, content)
-    return buffer.getvalue()
-
-
 def zip_with_link() -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
@@ -302,14 +295,6 @@ def zip_with_link() -> bytes:
 
 def series_members(folder: Path, prefix: str = "") -> dict[str, bytes]:
     return {prefix + f.name: f.read_bytes() for f in sorted(folder.iterdir())}
-
-
-def without_pixel_data(file: Path) -> bytes:
-    ds = pydicom.dcmread(file)
-    del ds.PixelData
-    buffer = io.BytesIO()
-    ds.save_as(buffer)
-    return buffer.getvalue()
 
 
 def bad_uploads():
@@ -362,7 +347,7 @@ def bad_uploads():
         (
             "zip-missing-pixels",
             "x.zip",
-            lambda d: zip_bytes(series_members(crop(d)) | {"5.dcm": without_pixel_data(crop(d) / "5.dcm")}),
+            lambda d: zip_bytes(series_members(crop(d)) | {"5.dcm": dicom_without_pixels(crop(d) / "5.dcm")}),
             InvalidInput,
             "no pixel data",
             True,
