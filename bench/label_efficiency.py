@@ -71,12 +71,14 @@ NUM_CLASSES = 3
 CLASS_NAMES = ("anterior", "posterior")
 
 ROWS = ("supervised", "+global", "+local", "full")
-BRANCH_ROWS = ("ft+cpc", "full+cpc")  # issue 8: the regularisation branch (model/regularizer.py) during fine-tune
+# issue 8: the regularisation branch (model/regularizer.py) during fine-tune; self-training (the pseudo stage)
+BRANCH_ROWS = ("ft+cpc", "full+cpc", "ft+pseudo", "full+pseudo")
 ALL_ROWS = ROWS + BRANCH_ROWS
 # row -> (starts from the global encoder, runs the local stage)
 ROW_STAGES = {"supervised": (False, False), "+global": (True, False), "+local": (False, True), "full": (True, True),
-              "ft+cpc": (False, False), "full+cpc": (True, True)}
+              "ft+cpc": (False, False), "full+cpc": (True, True), "ft+pseudo": (False, False), "full+pseudo": (True, True)}
 ROW_BRANCH = {"ft+cpc": "cpc", "full+cpc": "cpc"}  # every other row: no branch
+ROW_PSEUDO = {"ft+pseudo", "full+pseudo"}  # every other row: no pseudo stage
 
 PAPER_REFERENCE = {0.05: 0.824, 0.10: 0.849, 0.20: 0.866}  # Hu et al. 2021, global + local (block)
 ISSUE_BASELINE = {0.05: 0.841, 0.10: 0.850, 0.20: 0.853, (10, 3): 0.671}  # issue 4: supervised, 1000 x 32
@@ -330,6 +332,9 @@ class Bench:
             self.skipped, self.failed = [], []  # recomputed for what this invocation leaves out
             m = old["meta"]
             self.history = m.get("history", []) + [{k: m[k] for k in ("command", "commit", "started_utc", "elapsed_s", "machine")}]
+            for extra in args.merge:  # runs of the same split made elsewhere (another --out)
+                known = {r["job"] for r in self.results}
+                self.results += [r for r in json.loads(Path(extra).read_text())["runs"] if r["job"] not in known]
             for record in self.results:  # per-step rates for the deadline's estimates
                 self.learn(record)
         self.start = time.monotonic()
@@ -403,6 +408,8 @@ class Bench:
         if job.kind == "global":
             return overhead + cfg.global_epochs * steps("global", 36 * len(self.split["train"])) * self.rate("global")
         t = overhead + cfg.finetune_epochs * steps("finetune", painted) * self.rate("finetune")
+        if job.row in ROW_PSEUDO:
+            t += cfg.pseudo_epochs * steps("pseudo", painted) * self.rate("finetune")
         if ROW_STAGES[job.row][1]:
             epochs = job.local_epochs if job.local_epochs is not None else cfg.local_epochs
             n = job.local_steps if job.local_steps is not None else steps("local", painted)
@@ -418,12 +425,12 @@ class Bench:
 
         out_dir = self.out / "runs" / job.name
         if job.kind == "global":
-            # The global stage reads no label, but load_data insists on one painted slice: give it the
-            # seed's 10x3 paint of one volume. Every train volume is an image here; nothing else.
-            images, label_paths, _, _ = self.labels_for(job.seed, TEN_BY_THREE)
-            all_images = images[:1] + [self.image(n) for n in self.split["train"] if self.image(n) != images[0]]
-            cfg = self.config(job, out_dir, images=all_images, labels=label_paths[:1] + [""] * (len(all_images) - 1),
-                              global_stage=True, local_stage=False, finetune_stage=False, val_images=[], val_labels=[])
+            # The global stage reads no label: every train volume, none painted. (The seed's first labelled
+            # volume goes first, the order runs before 2026-11-25 16:40 used, so their slices are drawn alike.)
+            first = self.image(labeled_order(self.split["train"], job.seed)[0])
+            all_images = [first] + [self.image(n) for n in self.split["train"] if self.image(n) != first]
+            cfg = self.config(job, out_dir, images=all_images, labels=[], global_stage=True, local_stage=False,
+                              finetune_stage=False, val_images=[], val_labels=[])
             painted = {}
         else:
             init, local = ROW_STAGES[job.row]
@@ -433,6 +440,7 @@ class Bench:
             images, label_paths, unlabeled, painted = self.labels_for(job.seed, job.budget)
             changes = dict(images=images, labels=label_paths, unlabeled=unlabeled, global_stage=False,
                            local_stage=local, finetune_stage=True, branch=ROW_BRANCH.get(job.row, "none"),
+                           pseudo_stage=job.row in ROW_PSEUDO,
                            init_from=str(self.global_path(job.seed)) if init else None)
             if job.mode:
                 changes["local_mode"] = job.mode
@@ -864,6 +872,8 @@ def parse_args(argv=None):
                    help="override a preset value for every run (JSON value), e.g. --set finetune_epochs=32; repeatable")
     p.add_argument("--budgets", default=None, help="only these budgets, comma-separated keys (e.g. sparse-10x3,paper-5pct)")
     p.add_argument("--rows", default=None, help=f"only these rows, comma-separated (of {', '.join(ALL_ROWS)}; 'modes' = the mode table)")
+    p.add_argument("--merge", nargs="*", default=[], metavar="RESULTS_JSON",
+                   help="with --append: also keep the runs of these results.json files (same split, another --out)")
     p.add_argument("--append", action="store_true",
                    help="keep the runs already in <out>/results.json and run only the jobs not in it (adds rows or seeds to a table)")
     p.add_argument("--run-job", default=None, help=argparse.SUPPRESS)

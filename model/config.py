@@ -17,6 +17,7 @@ LOCAL_MODES = ("stride", "block", "exact")
 DEVICES = ("auto", "cpu", "cuda")
 TRISTATE = ("auto", "on", "off")
 BRANCHES = ("none", "cpc", "recon")  # model/regularizer.py
+PSEUDO_SCOPES = ("painted", "all")
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,17 @@ class TrainConfig:
     finetune_lr: float = 1e-4
     dice_weight: float = 1.0
     weight_decay: float = 1e-5
+    # ---- self-training (after fine-tune; off by default) --------------------------------------
+    # The fine-tuned model labels the unpainted slices; pixels it is at least pseudo_threshold sure of
+    # become labels, the rest stay IGNORE, and training goes on with painted + pseudo-labelled slices.
+    pseudo_stage: bool = False
+    pseudo_epochs: int = 4
+    pseudo_steps: int | None = None
+    pseudo_batch: int = 16
+    pseudo_lr: float = 5e-4
+    pseudo_threshold: float = 0.9
+    pseudo_fraction: float = 0.5  # share of each batch drawn from pseudo-labelled slices
+    pseudo_scope: str = "painted"  # "painted": the volumes with paint; "all": every training volume
     # ---- regularization branch (model/regularizer.py; fine-tune stage only; off by default) --
     branch: str = "none"  # "none" | "cpc" | "recon"
     branch_weight: float = 0.1  # total loss = CE + Dice on painted slices + branch_weight * branch loss
@@ -103,6 +115,10 @@ class TrainConfig:
             problems.append("branch_unlabeled_batch must be >= 0 or null")
         if self.branch_dim < 1 or self.branch_steps_ahead < 1 or not self.branch_temperature > 0:
             problems.append("branch_dim and branch_steps_ahead must be >= 1 and branch_temperature > 0")
+        if not 0 < self.pseudo_threshold <= 1 or not 0 <= self.pseudo_fraction <= 1:
+            problems.append("pseudo_threshold must be in (0, 1] and pseudo_fraction in [0, 1]")
+        if self.pseudo_scope not in PSEUDO_SCOPES:
+            problems.append(f"pseudo_scope must be one of {PSEUDO_SCOPES}, got {self.pseudo_scope!r}")
         if self.axis not in ("auto", 0, 1, 2):
             problems.append(f"axis must be 'auto', 0, 1 or 2, got {self.axis!r}")
         if not self.widths or any(int(w) < 1 for w in self.widths):
@@ -115,7 +131,7 @@ class TrainConfig:
             problems.append(f"{len(self.val_images)} validation images but {len(self.val_labels)} labels")
         if self.max_size < 2 ** (len(self.widths) + 1):
             problems.append(f"max_size {self.max_size} is too small for {len(self.widths)} U-Net levels")
-        for stage in ("global", "local", "finetune"):
+        for stage in ("global", "local", "finetune", "pseudo"):
             if getattr(self, f"{stage}_epochs") < 0:
                 problems.append(f"{stage}_epochs must be >= 0")
             steps = getattr(self, f"{stage}_steps")
@@ -173,6 +189,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         global_epochs=1, global_steps=4, global_batch=8,
         local_epochs=1, local_steps=4, local_batch=4, local_lr=3e-4, local_mode="stride",
         finetune_epochs=2, finetune_steps=10, finetune_batch=8, finetune_lr=1e-3,
+        pseudo_epochs=1, pseudo_steps=4, pseudo_batch=8,
         max_size=128,
     ),
     # Narrow U-Net and short schedules sized for a clinician waiting on a 2-core CPU (20 hippocampus
@@ -184,6 +201,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         global_epochs=8, global_steps=50, global_batch=32, global_lr=1e-3,
         local_epochs=6, local_steps=40, local_batch=8, local_lr=5e-4, local_mode="stride",
         finetune_epochs=8, finetune_steps=40, finetune_batch=16, finetune_lr=1e-3,
+        pseudo_epochs=4, pseudo_steps=40, pseudo_batch=16, pseudo_lr=5e-4,
     ),
     # METHOD.md: widths 64-512, Adam 3e-4/1e-5 100 epochs global, 1e-4 batch 4 ~70 epochs local,
     # batch 8 120 epochs fine-tune. Meant for a GPU.

@@ -184,8 +184,12 @@ def build_slices(
     )
 
 
-def check_labels(images: list[np.ndarray], labels: list[np.ndarray | None], names: list[str], num_classes: int | None) -> int:
-    """Validate sparse label volumes before any training; returns the number of classes (incl. background)."""
+def check_labels(images: list[np.ndarray], labels: list[np.ndarray | None], names: list[str], num_classes: int | None,
+                 require_painted: bool = True) -> int:
+    """Validate sparse label volumes before any training; returns the number of classes (incl. background).
+
+    require_painted=False (a run that learns from no label): nothing painted, or only background, is fine;
+    the number of classes is then `num_classes` or at least 2."""
     found_max, painted_any = 0, False
     for image, label, name in zip(images, labels, names):
         if label is None:
@@ -203,11 +207,12 @@ def check_labels(images: list[np.ndarray], labels: list[np.ndarray | None], name
         if annotated.size:
             found_max = max(found_max, int(annotated.max()))
             painted_any = painted_any or any(painted_mask(label, a).any() for a in range(3))
-    if not painted_any:
+    if not painted_any and require_painted:
         raise InvalidInput("nothing is painted: every label volume is all 255 (not annotated) or has no fully painted slice")
     k = num_classes if num_classes is not None else found_max + 1
-    if k < 2:
+    if k < 2 and require_painted:
         raise InvalidInput("the painted slices contain only background (0): paint at least one structure")
+    k = max(k, 2)
     if k > 255:
         raise InvalidInput(f"label value {k - 1} is too large: label values are 0..254, 255 means not annotated")
     return k

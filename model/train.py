@@ -36,7 +36,8 @@ from model.losses import ce_dice, local_contrastive, nt_xent
 from model.regularizer import make_branch
 from model.unet import UNet
 
-STAGES = ("global", "local", "finetune")
+STAGES = ("global", "local", "finetune", "pseudo")
+IGNORE = slices.IGNORE
 # config keys that change how fast a run goes, not what it computes: a resume may change them
 RUNTIME_KEYS = {"device", "threads", "channels_last", "compile", "bf16", "predict_chunk_pixels"}
 
@@ -59,23 +60,29 @@ def _read(path: str, what: str) -> np.ndarray:
 
 
 def load_data(cfg: TrainConfig) -> TrainData:
-    """Read and validate every input; all bad-input errors are raised here, before any training."""
+    """Read and validate every input; all bad-input errors are raised here, before any training.
+
+    A run of the global stage alone may come with no labels at all (labels () or every one ""), or with
+    nothing painted; label volumes that are given are still checked (shape, values in the label map)."""
     if not cfg.images and not cfg.unlabeled:
         raise InvalidInput("no training images given")
     if not cfg.out_dir:
         raise ValueError("out_dir is not set")
+    # the global stage reads no label; every other stage (local, finetune, pseudo) learns from painted slices
+    painted_needed = any(getattr(cfg, f"{s}_stage") and getattr(cfg, f"{s}_epochs") > 0
+                         for s in STAGES if s != "global")
     label_paths = list(cfg.labels) or [""] * len(cfg.images)
     images = [_read(p, "image") for p in cfg.images]
     labels = [(_read(p, "label volume") if p else None) for p in label_paths]
     names = [Path(p).name for p in cfg.images]
-    num_classes = slices.check_labels(images, labels, names, cfg.num_classes)
+    num_classes = slices.check_labels(images, labels, names, cfg.num_classes, require_painted=painted_needed)
     labels = [None if lab is None else lab.astype(np.uint8) for lab in labels]
     images += [_read(p, "unlabeled image") for p in cfg.unlabeled]
     labels += [None] * len(cfg.unlabeled)
     axis = slices.choose_axis([lab for lab in labels if lab is not None], cfg.axis)
     multiple = 2 ** cfg.depth
     data = slices.build_slices(images, labels, axis, cfg.max_size, multiple)
-    if len(data.labeled) == 0:
+    if painted_needed and len(data.labeled) == 0:
         raise InvalidInput(f"no fully painted slice along axis {axis}: paint whole slices along one axis")
     val = []
     for image_path, label_path in zip(cfg.val_images, cfg.val_labels):
@@ -143,7 +150,7 @@ def _human(r: dict) -> str:
 # --------------------------------------------------------------------------------------------
 def stage_plan(cfg: TrainConfig, data: slices.SliceSet) -> list[tuple[str, int, int]]:
     """(stage, epochs, steps per epoch) of every enabled stage."""
-    pools = {"global": len(data), "local": len(data.labeled), "finetune": len(data.labeled)}
+    pools = {"global": len(data), "local": len(data.labeled), "finetune": len(data.labeled), "pseudo": len(data.labeled)}
     plan = []
     for stage in STAGES:
         if getattr(cfg, f"{stage}_stage") and getattr(cfg, f"{stage}_epochs") > 0:
@@ -177,6 +184,7 @@ class Trainer:
             return unet.encode(unet.pad_input(x)[0])[1]
 
         self.encode = torch.compile(encode) if runtime.compile else encode
+        self.pseudo: tuple[torch.Tensor, torch.Tensor] | None = None  # (slice indices, labels) of the pseudo stage
         self.spatial = dict(flip=cfg.flip, rot90=cfg.rot90, rotate_deg=cfg.rotate_deg, scale_range=cfg.scale_range)
 
     def optimizer(self, stage: str) -> torch.optim.Optimizer:
@@ -189,10 +197,13 @@ class Trainer:
             params = [p for n, p in self.unet.named_parameters() if not n.startswith("seg_head.")]
             return torch.optim.Adam(params + list(self.local_head.parameters()), lr=cfg.local_lr, weight_decay=cfg.weight_decay)
         params = list(self.unet.parameters()) + (list(self.branch.parameters()) if self.branch is not None else [])
-        return torch.optim.Adam(params, lr=cfg.finetune_lr, weight_decay=cfg.weight_decay)
+        lr = cfg.pseudo_lr if stage == "pseudo" else cfg.finetune_lr
+        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
 
     def _images(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.data.slices.images[idx].float()
+        # Augment where the network runs: on a GPU, warping and blurring a batch on one CPU thread
+        # starved the H100 (docs/benchmarks/label_efficiency_full.md). Random draws stay on self.g (CPU).
+        return self.data.slices.images[idx].to(self.runtime.device, non_blocking=True).float()
 
     def _intensity(self, x: torch.Tensor) -> torch.Tensor:
         return random_intensity(x, g=self.g) if self.cfg.intensity else x
@@ -210,8 +221,11 @@ class Trainer:
                 z1 = self.global_head(self.encode(views[0]))
                 z2 = self.global_head(self.encode(views[1]))
             return nt_xent(z1.float(), z2.float(), cfg.global_temperature)
-        idx = _batch(s.labeled, cfg.local_batch if stage == "local" else cfg.finetune_batch, self.g)
-        x, y = self._images(idx), s.labels[idx].long()
+        if stage == "pseudo":
+            x, y = self._pseudo_batch()
+        else:
+            idx = _batch(s.labeled, cfg.local_batch if stage == "local" else cfg.finetune_batch, self.g)
+            x, y = self._images(idx), s.labels[idx].to(rt.device).long()
         if cfg.augment:
             x, y = random_spatial(x, y, g=self.g, **self.spatial)
         y = y.to(rt.device)
@@ -228,6 +242,39 @@ class Trainer:
         with autocast(rt):
             logits = self.net(prepare_input(self._intensity(x) if cfg.augment else x, rt))
         return ce_dice(logits.float(), y, num_classes=self.data.num_classes, dice_weight=cfg.dice_weight)
+
+    # ---- self-training -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def make_pseudo_labels(self) -> dict:
+        """Label the unpainted slices with the current network; keep only confident pixels."""
+        cfg, s, rt = self.cfg, self.data.slices, self.runtime
+        pool = s.unlabeled
+        if cfg.pseudo_scope == "painted":
+            pool = pool[torch.isin(s.volume_index[pool], s.volume_index[s.labeled].unique())]
+        was_training = self.unet.training
+        self.unet.eval()
+        out = []
+        for chunk in pool.split(64):
+            with autocast(rt):
+                logits = self.net(prepare_input(self._images(chunk), rt))
+            conf, label = torch.softmax(logits.float(), dim=1).max(dim=1)
+            out.append(torch.where(conf >= cfg.pseudo_threshold, label, IGNORE).to(torch.uint8).cpu())
+        self.unet.train(was_training)
+        labels = torch.cat(out) if out else torch.empty((0, s.size, s.size), dtype=torch.uint8)
+        keep = (labels != IGNORE).flatten(1).any(dim=1)
+        self.pseudo = (pool[keep], labels[keep])
+        confident = float((labels != IGNORE).float().mean()) if len(labels) else 0.0
+        return {"pool_slices": len(pool), "slices": int(keep.sum()), "confident_fraction": round(confident, 4)}
+
+    def _pseudo_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg, s, rt = self.cfg, self.data.slices, self.runtime
+        pool, labels = self.pseudo
+        n_pseudo = round(cfg.pseudo_batch * cfg.pseudo_fraction) if len(pool) else 0
+        idx = _batch(s.labeled, cfg.pseudo_batch - n_pseudo, self.g)
+        pick = torch.randint(0, max(1, len(pool)), (n_pseudo,), generator=self.g)
+        x = torch.cat([self._images(idx), self._images(pool[pick])])
+        y = torch.cat([s.labels[idx], labels[pick]]).to(rt.device).long()
+        return x, y
 
     # ---- regularization branch (fine-tune stage only; model/regularizer.py) -----------------------
     def finetune_with_branch(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -349,6 +396,8 @@ def train(cfg: TrainConfig) -> dict:
                 opt.load_state_dict(opt_state)
             stage_metrics = metrics["stages"].setdefault(stage, {"wall_s": 0.0, "epochs": epochs, "steps_per_epoch": steps})
             trainer.unet.train()
+            if stage == "pseudo" and first_epoch < epochs:  # also on a resume: the labels are not checkpointed
+                metrics["pseudo"] = trainer.make_pseudo_labels()
             if first_epoch < epochs:
                 progress.event("stage", stage=stage, epoch=first_epoch, epochs=epochs)
             for ep in range(first_epoch, epochs):

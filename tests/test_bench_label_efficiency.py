@@ -134,10 +134,11 @@ def test_select_jobs_keeps_the_global_stages_its_rows_need():
         le.select_jobs(jobs, None, "supervised,typo")
 
 
-def test_branch_rows_run_the_cpc_branch_and_only_they_do():
-    assert set(le.ROW_BRANCH) == set(le.BRANCH_ROWS)
-    assert le.ROW_STAGES["ft+cpc"] == le.ROW_STAGES["supervised"]
-    assert le.ROW_STAGES["full+cpc"] == le.ROW_STAGES["full"]
+def test_extra_rows_add_the_cpc_branch_or_the_pseudo_stage_to_a_base_row():
+    assert set(le.ROW_BRANCH) | le.ROW_PSEUDO == set(le.BRANCH_ROWS) and not set(le.ROW_BRANCH) & le.ROW_PSEUDO
+    for extra in ("cpc", "pseudo"):
+        assert le.ROW_STAGES[f"ft+{extra}"] == le.ROW_STAGES["supervised"]
+        assert le.ROW_STAGES[f"full+{extra}"] == le.ROW_STAGES["full"]
     planned = {j.row for j in le.plan_jobs(le.make_grid("cpu", None, None)) if j.kind == "row"}
     assert set(le.BRANCH_ROWS) <= planned
 
@@ -168,3 +169,8 @@ def test_append_keeps_earlier_runs_and_skips_their_jobs(tmp_path, shared_data):
     assert again.history and again.history[0]["command"] == first.meta()["command"]
     fresh = le.Bench(le.parse_args(["--quick", "--data", str(shared_data / "hippocampus"), "--out", str(out)]), grid)
     assert fresh.results == []
+    other = tmp_path / "other.json"
+    other.write_text(le.json.dumps({"runs": [dict(first.results[0]), {**first.results[0], "job": "seed1/sparse-10x3/supervised"}]}))
+    merged = le.Bench(le.parse_args(["--quick", "--append", "--merge", str(other), "--data", str(shared_data / "hippocampus"),
+                                     "--out", str(out)]), grid)
+    assert [r["job"] for r in merged.results] == ["seed0/sparse-10x3/supervised", "seed0/global", "seed1/sparse-10x3/supervised"]

@@ -102,3 +102,17 @@ def test_check_labels_errors_are_clear():
         slices.check_labels([img], [ok[:, :6]], ["a"], None)
     with pytest.raises(InvalidInput, match="only background"):
         slices.check_labels([img], [sparse((6, 7, 8), [1], value=0)], ["a"], None)
+
+
+def test_check_labels_without_a_stage_that_needs_paint():
+    """require_painted=False (a global-only run): nothing painted is fine, bad label volumes are still refused."""
+    img = np.zeros((6, 7, 8), np.float32)
+    empty = np.full((6, 7, 8), IGNORE, np.uint8)
+    assert slices.check_labels([img], [None], ["a"], None, require_painted=False) == 2
+    assert slices.check_labels([img], [empty], ["a"], None, require_painted=False) == 2
+    assert slices.check_labels([img], [empty], ["a"], 4, require_painted=False) == 4
+    assert slices.check_labels([img], [sparse((6, 7, 8), [1], value=0)], ["a"], None, require_painted=False) == 2
+    with pytest.raises(InvalidInput, match="shape"):
+        slices.check_labels([img], [empty[:, :6]], ["a"], None, require_painted=False)
+    with pytest.raises(InvalidInput, match=r"values \[2\] outside the label map"):
+        slices.check_labels([img], [sparse((6, 7, 8), [1], value=2)], ["a"], 2, require_painted=False)

@@ -109,19 +109,74 @@ def write_label(tmp_path, like_path, array):
     return str(path)
 
 
+def all_ignore_labels(data, tmp_path) -> list[str]:
+    """One label volume per image, every voxel 255 (not annotated)."""
+    images, _ = data
+    return [write_label(tmp_path, image, np.full(nib.load(image).shape, 255)) for image in images]
+
+
+def assert_nothing_trained(out: Path) -> None:
+    """The run stopped before any training: no checkpoint, no model, no progress line."""
+    for name in ("checkpoint.pt", "global.pt", "model.pt", "progress.jsonl"):
+        assert not (out / name).exists(), name
+
+
 def test_label_value_outside_the_label_map(data, tmp_path):
     with pytest.raises(InvalidInput, match=r"values \[2\] outside the label map \(0\.\.1"):
         train(base(data, tmp_path, num_classes=2))
-    assert not (tmp_path / "m" / "checkpoint.pt").exists()
+    assert_nothing_trained(tmp_path / "m")
 
 
 def test_nothing_painted(data, tmp_path):
-    images, labels = data
-    shape = nib.load(images[0]).shape
-    empty = [write_label(tmp_path, images[i], np.full(nib.load(images[i]).shape, 255)) for i in range(3)]
-    assert shape
     with pytest.raises(InvalidInput, match="nothing is painted"):
-        train(base(data, tmp_path).replace(labels=empty))
+        train(base(data, tmp_path).replace(labels=all_ignore_labels(data, tmp_path)))
+    assert_nothing_trained(tmp_path / "m")
+
+
+GLOBAL_ONLY = dict(global_stage=True, local_stage=False, finetune_stage=False)
+
+
+@pytest.mark.parametrize("labels", ["none", "empty strings", "all 255"])
+def test_global_stage_alone_needs_no_labels(data, tmp_path, labels):
+    """The global (SimCLR) stage reads no label: it runs with no label volumes, or with nothing painted."""
+    images, _ = data
+    given = {"none": (), "empty strings": [""] * len(images), "all 255": all_ignore_labels(data, tmp_path)}[labels]
+    out = tmp_path / "m"
+    metrics = train(base(data, tmp_path, **GLOBAL_ONLY).replace(labels=given))
+
+    for name in ("global.pt", "model.pt", "config.json", "metrics.json"):
+        assert (out / name).is_file(), name
+    assert set(metrics["stages"]) == {"global"} and np.isfinite(metrics["stages"]["global"]["final_loss"])
+    assert metrics["data"]["painted_slices"] == 0 and metrics["data"]["num_classes"] == 2
+    assert read_progress(out)[-1]["event"] == "done"
+    volume = np.asarray(nib.load(images[0]).dataobj)
+    assert load_predictor(out, device="cpu").predict(volume)[0].shape == volume.shape
+
+
+@pytest.mark.parametrize("stages", [
+    dict(global_stage=False, local_stage=False, finetune_stage=True),
+    dict(global_stage=True, local_stage=False, finetune_stage=True),
+    dict(global_stage=False, local_stage=True, finetune_stage=False),
+], ids=["finetune", "global+finetune", "local"])
+@pytest.mark.parametrize("labels", ["none", "all 255"])
+def test_a_stage_that_needs_labels_with_nothing_painted_fails_before_training(data, tmp_path, stages, labels):
+    given = () if labels == "none" else all_ignore_labels(data, tmp_path)
+    with pytest.raises(InvalidInput, match="nothing is painted"):
+        train(base(data, tmp_path, **stages).replace(labels=given))
+    assert_nothing_trained(tmp_path / "m")
+
+
+def test_painted_only_along_another_axis_fails_before_training(data, tmp_path):
+    """sparse_dataset paints slices along axis 0; asked to cut along axis 1 there is nothing to learn from."""
+    with pytest.raises(InvalidInput, match="no fully painted slice along axis 1"):
+        train(base(data, tmp_path, axis=1))
+    assert_nothing_trained(tmp_path / "m")
+
+
+def test_global_stage_alone_still_checks_the_labels_it_is_given(data, tmp_path):
+    with pytest.raises(InvalidInput, match=r"values \[2\] outside the label map"):
+        train(base(data, tmp_path, num_classes=2, **GLOBAL_ONLY))
+    assert_nothing_trained(tmp_path / "m")
 
 
 def test_label_shape_differs_from_image(data, tmp_path):
@@ -130,6 +185,7 @@ def test_label_shape_differs_from_image(data, tmp_path):
     bad = [write_label(tmp_path, labels[0], lab)] + list(labels[1:])
     with pytest.raises(InvalidInput, match="has shape .* but the image has"):
         train(base(data, tmp_path).replace(labels=bad))
+    assert_nothing_trained(tmp_path / "m")
 
 
 def test_unknown_config_key_fails_before_training(data, tmp_path):
