@@ -12,37 +12,19 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.main import create_app
-from app.settings import Settings
-from helpers_retrain import LABELS, SHAPE, fake_runner, make_untrained_model, synthetic_nifti
+from helpers_fake_trainer import fake_trainer_app, model_file, upload_synthetic  # noqa: F401 (model_file: a fixture)
+from helpers_retrain import LABELS, SHAPE
 
 RAW = {"Content-Type": "application/octet-stream"}
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    return make_untrained_model(tmp_path_factory.mktemp("model") / "model.pt")
-
-
 @pytest.fixture
 def api(tmp_path, model_file):
-    app = create_app(Settings(workspace=tmp_path / "ws", demo=False, device="cpu"))
-    with TestClient(app) as client:
-        worker = app.state.worker
-        worker.runner = fake_runner(tmp_path, model_file)
-        worker.default_preset = "quick"
-        project = client.post("/api/projects", json={"name": "p", "labels": LABELS}).json()
-        volumes, labels = [], []
-        for n in range(2):
-            path, label = synthetic_nifti(tmp_path / f"v{n}.nii.gz", seed=n)
-            r = client.post(f"/api/projects/{project['id']}/volumes", files={"file": (path.name, path.read_bytes())})
-            assert r.status_code == 201, r.text
-            volumes.append(r.json())
-            labels.append(label)
-        yield client, app, project, volumes, labels
+    with fake_trainer_app(tmp_path, model_file) as (client, app, project):
+        uploads = [upload_synthetic(client, project, tmp_path / f"v{n}.nii.gz", seed=n) for n in range(2)]
+        yield client, app, project, [volume for volume, _ in uploads], [label for _, label in uploads]
 
 
 def png(mask: np.ndarray, mode: str = "L") -> bytes:
