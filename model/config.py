@@ -201,7 +201,9 @@ _PRESETS: dict[str, dict[str, Any]] = {
         global_epochs=8, global_steps=50, global_batch=32, global_lr=1e-3,
         local_epochs=6, local_steps=40, local_batch=8, local_lr=5e-4, local_mode="stride",
         finetune_epochs=8, finetune_steps=40, finetune_batch=16, finetune_lr=1e-3,
-        pseudo_epochs=4, pseudo_steps=40, pseudo_batch=16, pseudo_lr=5e-4,
+        # self-training on: it beat fine-tune alone at 5x2, 10x3 and 20x5 painted slices
+        # (docs/benchmarks/label_efficiency.md, rows ft+pseudo / full+pseudo)
+        pseudo_stage=True, pseudo_epochs=4, pseudo_steps=40, pseudo_batch=16, pseudo_lr=5e-4,
     ),
     # METHOD.md: widths 64-512, Adam 3e-4/1e-5 100 epochs global, 1e-4 batch 4 ~70 epochs local,
     # batch 8 120 epochs fine-tune. Meant for a GPU.
@@ -223,13 +225,14 @@ def retrain_config(cfg: TrainConfig, previous_model_dir: str | Path, refresh: bo
 
     refresh=False: share the label-free global stage (previous global.pt) and redo local + fine-tune.
     refresh=True: start from the previous model.pt and only fine-tune, for half the epochs (the fast
-    path after new paint: the model already segments, it only has to take in the new slices).
+    path after new paint: the model already segments, it only has to take in the new slices); no
+    self-training stage, which would add a prediction pass and as many steps again.
     Falls back to `cfg` unchanged when the previous run left no usable file.
     """
     previous = Path(previous_model_dir)
     if refresh and (previous / "model.pt").is_file():
         return cfg.replace(init_from=str(previous / "model.pt"), global_stage=False, local_stage=False, finetune_stage=True,
-                           finetune_epochs=max(1, cfg.finetune_epochs // 2))
+                           finetune_epochs=max(1, cfg.finetune_epochs // 2), pseudo_stage=False)
     if (previous / "global.pt").is_file():
         return cfg.replace(init_from=str(previous / "global.pt"), global_stage=False)
     return cfg

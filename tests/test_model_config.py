@@ -71,3 +71,4 @@ def test_retrain_config_reuses_the_previous_run(tmp_path):
     (tmp_path / "v1" / "model.pt").touch()
     refresh = retrain_config(cfg, tmp_path / "v1", refresh=True)
     assert refresh.init_from.endswith("model.pt") and (refresh.global_stage, refresh.local_stage) == (False, False)
+    assert cfg.pseudo_stage and shared.pseudo_stage and not refresh.pseudo_stage  # the refresh stays short
