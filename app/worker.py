@@ -13,6 +13,20 @@ volume with it and then makes it active (so the previous masks stay visible unti
 States: queued -> running -> succeeded | failed | cancelled. After a crash of the server, jobs still
 marked running are resumed once from their checkpoint (same config, model.train picks up
 checkpoint.pt), and failed with the reason if they were resumed before.
+
+Retrain modes (the request's `mode`, decided when the job starts, not when it is queued):
+
+    full     the whole pipeline. The label-free global stage is reused from an earlier job of the
+             project (its global.pt, hard-linked into this job's model dir and given as `init_from`)
+             when that stage saw exactly the project's current volumes, with the same global settings
+             and slicing axis; otherwise it runs again. `stages.global` given explicitly wins.
+    refresh  start from the ACTIVE model's model.pt and run the fine-tune stage only, for half the
+             preset's epochs (model.config.retrain_config; no self-training stage). Volumes with nothing
+             painted are left out of its config when nothing in it reads them. Needs a compatible active
+             model (same preset and network, same label map); without one the job runs full and says why.
+    auto     refresh when a compatible active model exists and the painted slices differ from those the
+             last full retrain behind it saw by at most max(5, 50 %) of them (added, repainted and
+             erased slices count; see `refresh_limit`), else full.
 """
 
 from __future__ import annotations
@@ -20,6 +34,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -42,6 +57,17 @@ log = logging.getLogger("slicewise.worker")
 
 PRESETS = ("quick", "cpu", "paper")
 STAGES = ("global", "local", "finetune")
+MODES = ("auto", "refresh", "full")
+MODE_STRENGTH = {"refresh": 0, "auto": 1, "full": 2}  # coalescing keeps the strongest request
+REFRESH_MIN_CHANGES = 5  # auto refreshes while at most max(this, REFRESH_SHARE x slices) changed
+REFRESH_SHARE = 0.5
+# TrainConfig keys that shape what the label-free global stage learns: a global.pt is reused only when
+# they are unchanged (and the volumes and slicing axis are the same)
+GLOBAL_KEYS = ("widths", "bottleneck", "max_size", "global_proj_dim", "global_epochs", "global_steps",
+               "global_batch", "global_lr", "global_weight_decay", "global_temperature", "flip", "rot90",
+               "rotate_deg", "scale_range", "intensity", "seed")
+# keys a refresh must share with the model it starts from
+ARCHITECTURE_KEYS = ("widths", "bottleneck", "num_classes")
 TRAIN_SHARE = 0.9  # overall progress 0..0.9 is training, 0.9..1 predicting the project's volumes
 MAX_RESUMES = 1
 ROW_UPDATE_S = 0.5  # at most this often a progress line is also written to the job row
@@ -50,6 +76,7 @@ ROW_UPDATE_S = 0.5  # at most this often a progress line is also written to the 
 def job_view(job: dict) -> dict:
     """A job as the API shows it (no server paths)."""
     params = job.get("params") or {}
+    global_stage = params.get("global") or {}
     return {
         "id": job["id"],
         "project_id": job["project_id"],
@@ -65,6 +92,13 @@ def job_view(job: dict) -> dict:
         "started": job.get("started"),
         "finished": job.get("finished"),
         "preset": params.get("preset"),
+        # what the job does: "refresh" | "full" once it started, until then the request ("auto" too)
+        "mode": params.get("mode") or params.get("mode_requested"),
+        "mode_requested": params.get("mode_requested"),
+        "mode_reason": params.get("mode_reason"),  # why auto or a fallback chose the mode
+        "from_model_id": params.get("from_model_id"),  # refresh: the model it fine-tunes
+        "global_stage": global_stage.get("use"),  # "trained" | "reused" | "off"
+        "global_from_job": global_stage.get("job_id") if global_stage.get("use") == "reused" else None,
         "stages": params.get("stages"),
         "requests": params.get("requests", 1),
         "resumes": params.get("resumes", 0),
@@ -105,6 +139,83 @@ def check_train_request(preset: str | None, stages: dict | None, default_preset:
     if not stage_enabled(stages, "finetune"):
         raise InvalidInput("the fine-tune stage makes the segmentation model; it cannot be switched off here")
     return preset, stages
+
+
+def check_train_mode(mode: str | None, stages: dict | None = None) -> str:
+    """Validate the Retrain body's mode -> "auto" | "refresh" | "full" (None = "auto")."""
+    mode = "auto" if mode is None else mode
+    if mode not in MODES:
+        raise InvalidInput(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "refresh":
+        asked = [name for name in ("global", "local") if explicitly_enabled(stages or {}, name)]
+        if asked:
+            raise InvalidInput(f"mode 'refresh' runs the fine-tune stage only, but stages enables {' and '.join(asked)}; "
+                               "use mode 'full' or 'auto' to run it")
+    return mode
+
+
+def stronger_mode(a: str | None, b: str | None) -> str:
+    """The mode of two coalesced requests: full > auto > refresh."""
+    a, b = a or "auto", b or "auto"
+    return a if MODE_STRENGTH[a] >= MODE_STRENGTH[b] else b
+
+
+def explicitly_enabled(stages: dict, name: str) -> bool:
+    return name in stages and stage_enabled(stages, name)
+
+
+def slice_keys(annotations: list[dict]) -> dict:
+    return {(int(a["volume_id"]), int(a["axis"]), int(a["index"])): int(a["version"]) for a in annotations}
+
+
+def painted_changes(seen: list[dict], current: list[dict]) -> int:
+    """Painted slices added, repainted (another version) or erased between `seen` and `current`."""
+    before, now = slice_keys(seen), slice_keys(current)
+    return sum(1 for k, v in now.items() if before.get(k) != v) + sum(1 for k in before if k not in now)
+
+
+def refresh_limit(slices_seen: int) -> int:
+    """Auto refreshes while at most this many painted slices changed since the last full retrain."""
+    return max(REFRESH_MIN_CHANGES, int(REFRESH_SHARE * slices_seen))
+
+
+def painted_axis(annotations: list[dict]) -> int | None:
+    """The axis model.train will slice along (config axis "auto"): the one with most painted slices."""
+    counts = [0, 0, 0]
+    for a in annotations:
+        counts[int(a["axis"])] += 1
+    return None if not any(counts) else int(np.argmax(counts))
+
+
+def global_signature(config: dict) -> dict:
+    return json.loads(json.dumps({k: config.get(k) for k in GLOBAL_KEYS}))
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link `source` to `target` (same file system: no space used), else copy it atomically."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        atomic_write_bytes(target, source.read_bytes())
+
+
+def reads_unpainted(config) -> bool:
+    """Whether a run learns from volumes with nothing painted: a stage or branch that uses unpainted slices."""
+    return bool(config.global_stage or config.branch != "none"
+                or (getattr(config, "pseudo_stage", False) and getattr(config, "pseudo_scope", "painted") == "all"))
+
+
+def mode_message(params: dict) -> str:
+    """The job message once the mode is decided, e.g. "refresh: fine-tuning model 3 (auto: ...)"."""
+    if params.get("mode") == "refresh":
+        text = f"refresh: fine-tuning model {params.get('from_model_id')}"
+    else:
+        use = (params.get("global") or {}).get("use")
+        text = "full retrain" + {"reused": f", reusing the global stage of job {(params.get('global') or {}).get('job_id')}",
+                                 "off": ", without the global stage"}.get(use, "")
+    return f"{text} ({params['mode_reason']})" if params.get("mode_reason") else text
 
 
 def stage_enabled(stages: dict, name: str) -> bool:
@@ -220,9 +331,11 @@ class Worker:
     # ------------------------------------------------------------------ requests from routes
 
     def submit(self, project_id: int, preset: str | None = None, stages: dict | None = None,
-               who: str = "local") -> tuple[dict, bool]:
-        """Queue a retrain -> (job, coalesced). A request while one is queued for the project joins it."""
+               who: str = "local", mode: str | None = None) -> tuple[dict, bool]:
+        """Queue a retrain -> (job, coalesced). A request while one is queued for the project joins it
+        (the later request's preset and stages, the stronger mode: full > auto > refresh)."""
         preset, stages = check_train_request(preset, stages, self.default_preset)
+        mode = check_train_mode(mode, stages)
         with self._lock:
             project = self.workspace.get_project(project_id)
             if not any(self.workspace.list_annotations(v["id"]) for v in self.workspace.list_volumes(project["id"])):
@@ -232,15 +345,17 @@ class Worker:
             if waiting:
                 job = waiting[0]
                 params = {**job["params"], "preset": preset, "stages": stages,
+                          "mode_requested": stronger_mode(job["params"].get("mode_requested"), mode),
                           "requests": int(job["params"].get("requests", 1)) + 1}
                 job = self.workspace.update_job(job["id"], params=params)
                 coalesced = True
             else:
-                job = self.workspace.create_job(project["id"], "train",
-                                                {"preset": preset, "stages": stages, "requests": 1, "who": who})
+                job = self.workspace.create_job(project["id"], "train", {"preset": preset, "stages": stages,
+                                                                         "mode_requested": mode, "requests": 1,
+                                                                         "who": who})
                 coalesced = False
             self.workspace.record_audit(who, "retrain", {"project_id": project["id"], "job_id": job["id"],
-                                                         "preset": preset, "coalesced": coalesced})
+                                                         "preset": preset, "mode": mode, "coalesced": coalesced})
         self._wake.set()
         return job, coalesced
 
@@ -316,10 +431,11 @@ class Worker:
         model = self._model_of(job)
         if model is None:
             if not (params.get("resume") and config_path.exists()):
-                config, seen = self._build_config(job, job_dir, model_dir, params)
+                config, seen = self._build_config(job, job_dir, model_dir, params)  # also decides params["mode"]
                 atomic_write_bytes(config_path, json.dumps(config, indent=1).encode())
                 params["annotations_seen"] = seen
-                self.workspace.update_job(job["id"], params=params)
+                job = self.workspace.update_job(job["id"], params=params, message=mode_message(params))
+                self._emit(job)
             if not self._train(job, config_path, model_dir):
                 return
             model = self._register(job, model_dir)
@@ -332,14 +448,28 @@ class Worker:
         return None
 
     def _build_config(self, job: dict, job_dir: Path, model_dir: Path, params: dict) -> tuple[dict, list]:
-        """Export the sparse label volumes and write what model.train needs -> (config dict, annotations seen)."""
+        """Export the sparse label volumes and write what model.train needs -> (config dict, annotations seen).
+
+        Decides the retrain mode and records the decision in `params` (mode, mode_reason,
+        from_model_id / base_model_id for a refresh, global: how the global stage is obtained)."""
         ws = self.workspace
         project = ws.get_project(job["project_id"])
+        volumes = ws.list_volumes(project["id"])
+        painted = {volume["id"]: ws.list_annotations(volume["id"]) for volume in volumes}
+        current = [a for v in volumes for a in painted[v["id"]]]
+        if not current:
+            raise Conflict("nothing is painted in this project any more: paint at least one slice, then retrain")
+        preset_name = params.get("preset") or self.default_preset
+        stages = params.get("stages") or {}
+        num_classes = max(label["value"] for label in project["labels"]) + 1
+        label_map = sorted(int(label["value"]) for label in project["labels"])
+        template = train_config.preset(preset_name, device=self.device, num_classes=num_classes,
+                                       **stage_overrides(stages)).to_dict()
+        mode, reason, active, base = self._choose_mode(project, params, preset_name, template, label_map, current)
         images, labels, unlabeled, seen = [], [], [], []
-        for volume in ws.list_volumes(project["id"]):
+        for volume in volumes:
             source = str(ws.volume_source_path(volume["id"]))
-            painted = ws.list_annotations(volume["id"])
-            if not painted:
+            if not painted[volume["id"]]:
                 unlabeled.append(source)
                 continue
             label_path = job_dir / "labels" / f"{volume['id']}.nii.gz"
@@ -348,17 +478,126 @@ class Worker:
             images.append(source)
             labels.append(str(label_path))
             seen += [{"volume_id": a["volume_id"], "axis": a["axis"], "index": a["index"], "version": a["version"],
-                      "reviewed": a["reviewed"]} for a in painted]
-        if not images:
-            raise Conflict("nothing is painted in this project any more: paint at least one slice, then retrain")
-        stages = params.get("stages") or {}
-        overrides = stage_overrides(stages)
-        config = train_config.preset(
-            params.get("preset") or self.default_preset,
-            images=images, labels=labels, unlabeled=unlabeled, out_dir=str(model_dir), device=self.device,
-            num_classes=max(label["value"] for label in project["labels"]) + 1, **overrides,
-        )
+                      "reviewed": a["reviewed"]} for a in painted[volume["id"]]]
+        data = dict(images=images, labels=labels, unlabeled=unlabeled, out_dir=str(model_dir))
+        params.update(mode=mode, mode_reason=reason, label_map=label_map, from_model_id=None, base_model_id=None)
+        if mode == "refresh":
+            config = train_config.retrain_config(train_config.TrainConfig.from_dict({**template, **data}),
+                                                 Path(active["path"]), refresh=True)
+            finetune = stages.get("finetune")
+            if isinstance(finetune, dict):  # an explicit fine-tune schedule wins over the halved one
+                config = config.replace(**{f"finetune_{k}": finetune[k] for k in ("epochs", "steps") if k in finetune})
+            if not reads_unpainted(config):  # reading and slicing them would only cost time
+                config = config.replace(unlabeled=())
+            params.update(from_model_id=active["id"], base_model_id=base["id"],
+                          **{"global": {"use": "off", "why": "a refresh runs the fine-tune stage only"}})
+        else:
+            config = train_config.TrainConfig.from_dict({**template, **data})
+            params["global"] = self._global_plan(job, project, volumes, config, stages, current, model_dir)
+            if params["global"]["use"] == "reused":
+                config = train_config.retrain_config(config, model_dir, refresh=False)
         return config.to_dict(), seen
+
+    def _choose_mode(self, project: dict, params: dict, preset_name: str, template: dict, label_map: list,
+                     current: list) -> tuple[str, str, dict | None, dict | None]:
+        """-> (mode, why, active model, base model: the last full retrain behind the active model)."""
+        requested = params.get("mode_requested") or "auto"
+        if requested == "full":
+            return "full", "full retrain requested", None, None
+        active = self.workspace.active_model(project["id"])
+        problem = self._refresh_problem(active, preset_name, template, label_map)
+        if problem:
+            if requested == "refresh":
+                return "full", f"refresh requested, but {problem}: running the full pipeline instead", None, None
+            return "full", f"auto: {problem}", None, None
+        base = self._base_model(active)
+        changed = painted_changes(base.get("annotations_seen") or [], current)
+        limit = refresh_limit(len(base.get("annotations_seen") or []))
+        since = f"{changed} painted slice{'s' if changed != 1 else ''} new, changed or erased since model {base['id']}"
+        since += "" if base["id"] == active["id"] else f" (the last full retrain behind model {active['id']})"
+        if requested == "refresh":
+            return "refresh", f"refresh requested: fine-tuning model {active['id']}; {since}", active, base
+        stages = params.get("stages") or {}
+        asked = [name for name in ("global", "local") if explicitly_enabled(stages, name)]
+        if asked:
+            return "full", f"auto: the request enables the {' and '.join(asked)} stage", active, base
+        if changed <= limit:
+            return "refresh", f"auto: {since}, at most {limit} refresh the active model", active, base
+        return "full", f"auto: {since}, more than the {limit} a refresh takes in", active, base
+
+    def _refresh_problem(self, active: dict | None, preset_name: str, template: dict, label_map: list) -> str | None:
+        """Why the active model cannot be refreshed by this request, or None."""
+        if active is None:
+            return "the project has no active model yet"
+        if not (Path(active["path"]) / "model.pt").is_file():
+            return f"model {active['id']}'s model.pt is missing"
+        job_params = self._job_params(active.get("job_id"))
+        trained_preset = job_params.get("preset")
+        if trained_preset and trained_preset != preset_name:
+            return f"model {active['id']} was trained with the {trained_preset} preset and this retrain uses {preset_name}"
+        config = active.get("config") or {}
+        differs = [k for k in ARCHITECTURE_KEYS if json.dumps(config.get(k)) != json.dumps(template.get(k))]
+        if "num_classes" in differs:
+            return (f"model {active['id']} has {config.get('num_classes')} classes and the project's label map now "
+                    f"has {template.get('num_classes')}")
+        if differs:
+            return f"model {active['id']} has another network ({', '.join(differs)} differ)"
+        if job_params.get("label_map") is not None and job_params["label_map"] != label_map:
+            return f"the project's label map changed since model {active['id']} was trained"
+        return None
+
+    def _base_model(self, active: dict) -> dict:
+        """The last full retrain behind `active` (itself unless it is a refresh)."""
+        params = self._job_params(active.get("job_id"))
+        if params.get("mode") == "refresh" and params.get("base_model_id"):
+            try:
+                return self.workspace.get_model(params["base_model_id"])
+            except NotFound:
+                pass
+        return active
+
+    def _job_params(self, job_id) -> dict:
+        if job_id is None:
+            return {}
+        try:
+            return self.workspace.get_job(job_id)["params"] or {}
+        except NotFound:
+            return {}
+
+    def _global_plan(self, job: dict, project: dict, volumes: list, config, stages: dict, current: list,
+                     model_dir: Path) -> dict:
+        """How a full run gets its global encoder -> the `global` job param:
+        {"use": "trained" | "reused" | "off", "job_id", "path", "volume_ids", "axis", "signature", "why"}.
+        "reused" links the matching global.pt into model_dir (the config then starts from it)."""
+        record = {"volume_ids": sorted(v["id"] for v in volumes), "axis": painted_axis(current),
+                  "signature": global_signature(config.to_dict())}
+        if "global" in stages:
+            if not stage_enabled(stages, "global"):
+                return {"use": "off", "why": "the request switched the global stage off"}
+            return {"use": "trained", "job_id": job["id"], "path": str(model_dir / "global.pt"), **record,
+                    "why": "the request asked for the global stage"}
+        why = None
+        for earlier in reversed(self.workspace.list_jobs(state=list(TERMINAL_STATES), project_id=project["id"])):
+            found = (earlier["params"] or {}).get("global") or {}
+            if earlier["id"] == job["id"] or found.get("use") not in ("trained", "reused"):
+                continue
+            path = Path(found.get("path") or "")
+            if not path.is_file():
+                continue  # that job stopped before its global stage ended
+            trained_by = found.get("job_id")
+            if found.get("volume_ids") != record["volume_ids"]:
+                mismatch = f"the project's volumes changed since the global stage of job {trained_by}"
+            elif found.get("signature") != record["signature"]:
+                mismatch = f"the global settings differ from those of job {trained_by}"
+            elif found.get("axis") != record["axis"]:
+                mismatch = f"the slices are painted along another axis than for job {trained_by}"
+            else:
+                link_or_copy(path, model_dir / "global.pt")
+                return {**found, "use": "reused", "path": str(model_dir / "global.pt"),
+                        "why": f"same volumes and settings as the global stage of job {trained_by}"}
+            why = why or mismatch  # the newest global stage's reason; an older one may still match (preset switched back)
+        why = why or "no earlier global stage of this project"
+        return {"use": "trained", "job_id": job["id"], "path": str(model_dir / "global.pt"), **record, "why": why}
 
     # ------------------------------------------------------------------ training subprocess
 
@@ -490,6 +729,8 @@ class Worker:
         self.workspace.activate_model(job["project_id"], model["id"], who=(job["params"] or {}).get("who", "local"))
         params = {**(self.workspace.get_job(job["id"])["params"] or {}), "model_id": model["id"]}
         message = f"model {model['id']} is active; masks ready for {len(volumes) - len(failures)} of {len(volumes)} volumes"
+        if params.get("mode"):
+            message += "; " + mode_message(params)
         if failures:
             message += "; failed: " + "; ".join(failures)[:500]
         self._finish(job["id"], "succeeded", progress=1.0, stage="done", eta_s=0.0, params=params, message=message)

@@ -122,8 +122,9 @@ class ApiClient:
     def list_annotations(self, volume_id: int) -> list[dict]:
         return self._json("GET", f"/api/volumes/{int(volume_id)}/annotations")
 
-    def train(self, project_id: int, preset: str | None = None) -> dict:
-        body = {"preset": preset} if preset else None
+    def train(self, project_id: int, preset: str | None = None, mode: str | None = None) -> dict:
+        """mode: "auto" (the server's default) | "refresh" | "full"."""
+        body = {k: v for k, v in (("preset", preset), ("mode", mode)) if v} or None
         return self._json("POST", f"/api/projects/{int(project_id)}/train", json=body)
 
     def get_job(self, job_id: int) -> dict:

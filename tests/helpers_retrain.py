@@ -1,7 +1,7 @@
 """Shared by the retrain-service tests: a fake `model.train` and a small workspace with painted slices.
 
 The fake trainer follows model.train's contract (progress.jsonl lines, checkpoint.pt, then model.pt +
-config.json + metrics.json in out_dir) in well under a second: it copies a real, untrained model file
+config.json + metrics.json, and global.pt when the config runs the global stage, in out_dir) in well under a second: it copies a real, untrained model file
 made once per test session, so predictions after it run the real inference code.
 """
 
@@ -55,6 +55,8 @@ for i in range(steps):
     event(event="step", stage="finetune", epoch=1, epochs=1, step=i + 1, steps=steps, loss=1.0 / (i + 1),
           progress=(i + 1) / steps, eta_s=(steps - i - 1) * step_s)
     (out / "checkpoint.pt").write_text(str(i))
+if cfg.get("global_stage") and cfg.get("global_epochs", 1) > 0:  # the label-free stage's encoder, as model.train keeps it
+    shutil.copyfile(os.environ["FAKE_MODEL"], out / "global.pt")
 shutil.copyfile(os.environ["FAKE_MODEL"], out / "model.pt")
 (out / "config.json").write_text(json.dumps(cfg))
 (out / "metrics.json").write_text(json.dumps({"fake": True, "dice_mean": float("nan")}))

@@ -27,8 +27,16 @@ RECHECK_S = 2.0
 
 
 class TrainRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"preset": "cpu"},
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"preset": "cpu"}, {"mode": "refresh"},
                                                                               {"preset": "quick", "stages": {"global": False}}]})
+
+    mode: str | None = Field(
+        None, description="auto (default) | refresh | full. refresh: fine-tune the active model on the current "
+                          "paint (fine-tune stage only, half the epochs); full: the whole pipeline, reusing the "
+                          "label-free global stage when the project's volumes have not changed since it ran; "
+                          "auto: refresh when at most max(5, half the slices the last full retrain saw) painted "
+                          "slices changed since it, else full. The chosen mode and why are in the job's mode, "
+                          "mode_reason.")
 
     preset: str | None = Field(None, description="quick | cpu | paper; default: the server's (cpu).")
     stages: dict[str, bool | dict[str, Any]] | None = Field(
@@ -49,6 +57,9 @@ class JobOut(BaseModel):
     eta_s: float | None = Field(None, description="seconds left, as estimated by the trainer")
     message: str | None = None
     error: str | None = Field(None, description="why the job failed")
+    mode: str | None = Field(None, description="refresh | full once the job started; until then the request "
+                                               "(auto | refresh | full)")
+    mode_reason: str | None = Field(None, description="why this mode (auto's rule, or a refresh that fell back to full)")
 
 
 @router.post(
@@ -67,7 +78,7 @@ def train(
     user: Principal = Depends(allow("annotator", "retraining")),
 ) -> dict:
     body = body or TrainRequest()
-    job, coalesced = worker.submit(project_id, body.preset, body.stages, who=user.actor())
+    job, coalesced = worker.submit(project_id, body.preset, body.stages, who=user.actor(), mode=body.mode)
     response.status_code = 200 if coalesced else 202
     response.headers["Location"] = f"/api/jobs/{job['id']}"
     return {**job_view(job), "coalesced": coalesced}

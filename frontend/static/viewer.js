@@ -609,7 +609,8 @@ function showJob(job) {
   } else if (job.state === 'succeeded') parts.push('Finished');
   else if (job.state === 'cancelled') parts.push('Cancelled: the previous model stays active');
   else if (job.state === 'failed') parts.push('Retrain failed');
-  let text = `Job ${job.id}: ` + parts.join(' · ');
+  const mode = modeLabel(job);
+  let text = `Job ${job.id}` + (mode ? ` (${mode})` : '') + ': ' + parts.join(' · ');
   const redundant = job.state === 'running' && /^training:/.test(job.message || '');  // stage + epoch say it
   if (job.message && job.state !== 'failed' && !redundant) text += (job.state === 'running' ? ' — ' : ': ') + job.message;
   $('progress-text').textContent = text;
@@ -622,6 +623,14 @@ function showJob(job) {
       '. Your annotations are kept; the previous model stays active.';
     errorBox.hidden = false;
   } else { errorBox.hidden = true; }
+}
+
+// what the job does: the worker decides "refresh" or "full" when it starts ("auto" until then)
+function modeLabel(job) {
+  if (job.mode === 'refresh') return job.from_model_id != null ? `Refresh: fine-tune from model ${job.from_model_id}` : 'Refresh';
+  if (job.mode === 'full') return job.global_stage === 'reused' ? 'Full retrain, global stage reused' : 'Full retrain';
+  if (job.mode === 'auto') return 'Auto';
+  return '';
 }
 
 function stopFollowing() {
@@ -666,10 +675,13 @@ async function finished(job) {
 async function retrain() {
   if (!(await leaveSlice())) return;   // train on what is on screen, never lose the last strokes
   const preset = $('preset').value;
+  const mode = $('retrain-mode').value;
+  const body = { mode };
+  if (preset) body.preset = preset;
   try {
     const response = await api(`/projects/${S.project.id}/train`, {
       method: 'POST', headers: { 'Content-Type': 'application/json' },
-      body: JSON.stringify(preset ? { preset } : {}),
+      body: JSON.stringify(body),
     });
     const job = await response.json();
     showJob(job);
