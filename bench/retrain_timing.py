@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # helpers_server: how the tests start a real server
 
-from bench.label_efficiency import _git, _machine, even_slices, labeled_order, split_volumes, volume_names  # noqa: E402
+from bench.label_efficiency import _git, _machine, _torch_version, even_slices, labeled_order, split_volumes, volume_names  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hippocampus"
 LABELS = [{"value": 1, "name": "anterior", "color": "#e6194b"}, {"value": 2, "name": "posterior", "color": "#3cb44b"}]
@@ -77,12 +77,9 @@ def extra_slice(label: np.ndarray, axis: int, painted: list[int]) -> int:
 
 def dice_3d(pred: np.ndarray, truth: np.ndarray, num_classes: int = NUM_CLASSES) -> float:
     """Mean over the classes 1..K-1 of the 3D Dice (1 for a class absent from both)."""
-    scores = []
-    for c in range(1, num_classes):
-        p, t = pred == c, truth == c
-        denom = int(p.sum()) + int(t.sum())
-        scores.append(1.0 if denom == 0 else 2.0 * int((p & t).sum()) / denom)
-    return float(np.mean(scores))
+    from model.train import dice_per_class
+
+    return float(np.mean(dice_per_class(pred, truth, num_classes)))
 
 
 def stage_seconds(metrics: dict) -> dict[str, float]:
@@ -309,15 +306,6 @@ def main(argv=None) -> int:
 
 
 NOTES_MARKER = "<!-- notes: written by hand, kept when the script rewrites the table above -->"
-
-
-def _torch_version() -> str:
-    try:
-        import torch
-
-        return torch.__version__
-    except Exception:
-        return "?"
 
 
 if __name__ == "__main__":

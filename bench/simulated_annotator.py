@@ -67,12 +67,9 @@ def split_volumes(names: list[str], seed: int, n_val: int, n_test: int) -> dict[
 
 
 def dice_mean(pred: np.ndarray, truth: np.ndarray) -> float:
-    out = []
-    for c in range(1, NUM_CLASSES):
-        p, t = pred == c, truth == c
-        denom = int(p.sum()) + int(t.sum())
-        out.append(1.0 if denom == 0 else 2.0 * int((p & t).sum()) / denom)
-    return float(np.mean(out))
+    from model.train import dice_per_class
+
+    return float(np.mean(dice_per_class(pred, truth, NUM_CLASSES)))
 
 
 def structure_extent(truth: np.ndarray) -> tuple[int, int]:
