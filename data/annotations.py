@@ -141,3 +141,9 @@ def mask_to_png(mask: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(mask)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def most_painted_axis(painted_per_axis) -> int:
+    """The axis with most painted slices (ties go to the lower axis): what training slices along."""
+    counts = [int(n) for n in painted_per_axis]
+    return max(range(len(counts)), key=lambda axis: (counts[axis], -axis))

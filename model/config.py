@@ -7,17 +7,41 @@ refuses unknown keys by name, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+# The training stages in the order model.train runs them, with the words the UI shows for them.
+STAGE_LABELS = {
+    "global": "global contrastive pretraining (every slice, no labels)",
+    "local": "local contrastive pretraining (painted slices)",
+    "finetune": "fine-tuning on the painted slices",
+    "pseudo": "self-training on confident predictions",
+}
+STAGES = tuple(STAGE_LABELS)
 LOCAL_MODES = ("stride", "block", "exact")
 DEVICES = ("auto", "cpu", "cuda")
 TRISTATE = ("auto", "on", "off")
 BRANCHES = ("none", "cpc", "recon")  # model/regularizer.py
 PSEUDO_SCOPES = ("painted", "all")
+
+# What each field changes, so that a stage's result (a global.pt, a model to fine-tune further) is
+# reused only while every field that shapes it is the same. A field shapes every stage unless it is
+# listed here: a new field can make a reuse rarer, never silently wrong.
+RUNTIME_FIELDS = frozenset({"device", "threads", "channels_last", "compile", "bf16", "predict_chunk_pixels"})
+INPUT_FIELDS = frozenset({"images", "labels", "unlabeled", "val_images", "val_labels", "out_dir", "init_from",
+                          "axis"})  # the data and where the run starts; compared by the caller
+ARCHITECTURE_FIELDS = ("widths", "bottleneck", "num_classes")  # a model continues only into the same network
+# fields used only by stages after the global one, besides those named after their stage
+LATER_STAGE_FIELDS = frozenset({"num_classes", "dice_weight", "weight_decay", "augment"})
+
+
+class Schedule(NamedTuple):
+    enabled: bool
+    epochs: int
+    steps: int | None
+    batch: int
 
 
 @dataclass(frozen=True)
@@ -131,13 +155,13 @@ class TrainConfig:
             problems.append(f"{len(self.val_images)} validation images but {len(self.val_labels)} labels")
         if self.max_size < 2 ** (len(self.widths) + 1):
             problems.append(f"max_size {self.max_size} is too small for {len(self.widths)} U-Net levels")
-        for stage in ("global", "local", "finetune", "pseudo"):
-            if getattr(self, f"{stage}_epochs") < 0:
+        for stage in STAGES:
+            schedule = self.schedule(stage)
+            if schedule.epochs < 0:
                 problems.append(f"{stage}_epochs must be >= 0")
-            steps = getattr(self, f"{stage}_steps")
-            if steps is not None and steps < 1:
+            if schedule.steps is not None and schedule.steps < 1:
                 problems.append(f"{stage}_steps must be >= 1 or null")
-            if getattr(self, f"{stage}_batch") < 1:
+            if schedule.batch < 1:
                 problems.append(f"{stage}_batch must be >= 1")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
@@ -145,6 +169,33 @@ class TrainConfig:
     @property
     def depth(self) -> int:
         return len(self.widths)
+
+    def schedule(self, stage: str) -> Schedule:
+        """Whether `stage` runs, and for how long."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+        return Schedule(*(getattr(self, f"{stage}_{key}") for key in ("stage", "epochs", "steps", "batch")))
+
+    def runs(self, stage: str) -> bool:
+        schedule = self.schedule(stage)
+        return schedule.enabled and schedule.epochs > 0
+
+    @property
+    def reads_unpainted(self) -> bool:
+        """Whether a run learns from volumes with nothing painted (else they need not be given at all)."""
+        return self.global_stage or self.branch != "none" or (self.pseudo_stage and self.pseudo_scope == "all")
+
+    @classmethod
+    def fields_shaping_global(cls) -> tuple[str, ...]:
+        """The fields that change what the label-free global stage learns (its encoder, global.pt)."""
+        later = tuple(f"{stage}_" for stage in STAGES if stage != "global") + ("branch_", "branch")
+        return tuple(f.name for f in fields(cls)
+                     if f.name not in RUNTIME_FIELDS | INPUT_FIELDS | LATER_STAGE_FIELDS
+                     and not f.name.startswith(later) and not f.name.endswith("_stage"))
+
+    def global_signature(self) -> dict[str, Any]:
+        """The values of `fields_shaping_global`, as JSON would store them."""
+        return json.loads(json.dumps({name: getattr(self, name) for name in self.fields_shaping_global()}))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -218,21 +269,3 @@ def preset(name: str, **overrides: Any) -> TrainConfig:
 
 
 PRESETS = tuple(_PRESETS)
-
-
-def retrain_config(cfg: TrainConfig, previous_model_dir: str | Path, refresh: bool = False) -> TrainConfig:
-    """Config for the next retrain of a project, starting from a previous run's folder.
-
-    refresh=False: share the label-free global stage (previous global.pt) and redo local + fine-tune.
-    refresh=True: start from the previous model.pt and only fine-tune, for half the epochs (the fast
-    path after new paint: the model already segments, it only has to take in the new slices); no
-    self-training stage, which would add a prediction pass and as many steps again.
-    Falls back to `cfg` unchanged when the previous run left no usable file.
-    """
-    previous = Path(previous_model_dir)
-    if refresh and (previous / "model.pt").is_file():
-        return cfg.replace(init_from=str(previous / "model.pt"), global_stage=False, local_stage=False, finetune_stage=True,
-                           finetune_epochs=max(1, cfg.finetune_epochs // 2), pseudo_stage=False)
-    if (previous / "global.pt").is_file():
-        return cfg.replace(init_from=str(previous / "global.pt"), global_stage=False)
-    return cfg

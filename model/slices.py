@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from data.annotations import most_painted_axis
 from data.errors import InvalidInput
 
 IGNORE = 255
@@ -63,8 +64,7 @@ def choose_axis(label_volumes: list[np.ndarray], axis: str | int = "auto") -> in
     """The axis to slice along: the given one, or the one with most painted slices over all volumes."""
     if axis != "auto":
         return int(axis)
-    counts = [sum(int(painted_mask(lab, a).sum()) for lab in label_volumes) for a in range(3)]
-    return int(np.argmax(counts))
+    return most_painted_axis(sum(int(painted_mask(lab, a).sum()) for lab in label_volumes) for a in range(3))
 
 
 def round_up(n: int, multiple: int) -> int:

@@ -28,18 +28,17 @@ from data.errors import InvalidInput, SlicewiseError
 from data.io import read_volume
 from model import checkpoint, slices
 from model.augment import random_intensity, random_spatial
-from model.config import TrainConfig
+from model.config import RUNTIME_FIELDS, STAGES, TrainConfig
 from model.device import Runtime, autocast, prepare_input, prepare_model, runtime_for
 from model.heads import GlobalHead, LocalHead
 from model.inference import predict_array
 from model.losses import ce_dice, local_contrastive, nt_xent
+from model.progress import FILE_NAME as PROGRESS_FILE
+from model.progress import ProgressWriter, write_error
 from model.regularizer import make_branch
 from model.unet import UNet
 
-STAGES = ("global", "local", "finetune", "pseudo")
 IGNORE = slices.IGNORE
-# config keys that change how fast a run goes, not what it computes: a resume may change them
-RUNTIME_KEYS = {"device", "threads", "channels_last", "compile", "bf16", "predict_chunk_pixels"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -92,57 +91,6 @@ def load_data(cfg: TrainConfig) -> TrainData:
     info = {"axis": axis, "size": data.size, "max_size": cfg.max_size, "multiple": multiple,
             "normalisation": "per volume: clip to percentiles 0.5-99.5, then z-score"}
     return TrainData(data, num_classes, info, val)
-
-
-# --------------------------------------------------------------------------------------------
-# progress
-# --------------------------------------------------------------------------------------------
-class Progress:
-    """Appends one JSON object per line to progress.jsonl (flushed) and echoes a short line to stdout."""
-
-    def __init__(self, path: Path, total_steps: int, done_steps: int):
-        self.path, self.total, self.done = path, max(1, total_steps), done_steps
-        self.start_done, self.start_time, self.last_write = done_steps, time.monotonic(), 0.0
-        self.file = open(path, "a", buffering=1)
-
-    def eta(self) -> float | None:
-        ran = self.done - self.start_done
-        if ran <= 0:
-            return None
-        return (time.monotonic() - self.start_time) / ran * (self.total - self.done)
-
-    def event(self, event: str, **fields: Any) -> None:
-        eta = self.eta()
-        record = {"event": event, **fields, "progress": round(self.done / self.total, 4),
-                  "eta_s": None if eta is None else round(eta, 1), "time": round(time.time(), 3)}
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        if event != "step":
-            print(_human(record), flush=True)
-
-    def step(self, stage: str, epoch: int, epochs: int, step: int, steps: int, loss: float, force: bool = False) -> None:
-        self.done += 1
-        now = time.monotonic()
-        if force or now - self.last_write >= 0.5:
-            self.last_write = now
-            self.event("step", stage=stage, epoch=epoch, epochs=epochs, step=step, steps=steps, loss=round(loss, 5))
-
-    def close(self) -> None:
-        self.file.close()
-
-
-def _human(r: dict) -> str:
-    parts = [f"[{r.get('stage', 'train')}] {r['event']}"]
-    if "epoch" in r:
-        parts.append(f"epoch {r['epoch']}/{r.get('epochs', '?')}")
-    if r.get("loss") is not None:
-        parts.append(f"loss {r['loss']:.4f}")
-    if r.get("message"):
-        parts.append(str(r["message"]))
-    parts.append(f"{100 * r['progress']:.0f}%")
-    if r.get("eta_s") is not None:
-        parts.append(f"eta {r['eta_s']:.0f}s")
-    return " ".join(parts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,7 +280,7 @@ def _same_run(saved: dict, cfg: TrainConfig) -> list[str]:
     now = cfg.to_dict()
     defaults = TrainConfig().to_dict()  # a key a checkpoint predates counts as its default value
     return sorted(k for k in set(now) | set(saved)
-                  if k not in RUNTIME_KEYS and saved.get(k, defaults.get(k)) != now.get(k))
+                  if k not in RUNTIME_FIELDS and saved.get(k, defaults.get(k)) != now.get(k))
 
 
 def dice_per_class(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> list[float]:
@@ -376,7 +324,7 @@ def train(cfg: TrainConfig) -> dict:
 
     total = sum(e * s for _, e, s in plan)
     done = sum(e * s for _, e, s in plan[:stage_index]) + (epoch * plan[stage_index][2] if stage_index < len(plan) else 0)
-    progress = Progress(out / "progress.jsonl", total, done)
+    progress = ProgressWriter(out / PROGRESS_FILE, total, done)
     info = {"slices": len(data.slices), "painted_slices": len(data.slices.labeled), "axis": data.info["axis"],
             "size": data.slices.size, "num_classes": data.num_classes, "runtime": runtime.describe(),
             "stages": [p[0] for p in plan]}
@@ -446,12 +394,7 @@ def validate(trainer: Trainer, data: TrainData, cfg: TrainConfig) -> dict:
 def _fail(out_dir: str, message: str) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
     if out_dir:
-        try:
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-            with open(Path(out_dir) / "progress.jsonl", "a") as f:
-                f.write(json.dumps({"event": "error", "message": message, "time": round(time.time(), 3)}) + "\n")
-        except OSError:
-            pass
+        write_error(out_dir, message)
 
 
 def _out_dir_of(config_path: str) -> str:

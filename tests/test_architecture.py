@@ -44,15 +44,22 @@ def test_frontend_talks_http_only():
 
 
 def test_app_never_imports_the_training_loop():
-    allowed = ("model.inference", "model.config", "model.cli", "model.device")
+    allowed = ("model.inference", "model.config", "model.cli", "model.device", "model.retrain", "model.progress")
     bad = offenders("app", lambda n: is_under(n, "model") and n != "model" and not is_under(n, *allowed))
     assert bad == []
     # and the modules app/ may import must not pull the training loop in themselves
-    for module in ("inference", "config", "cli", "device"):
+    for module in ("inference", "config", "cli", "device", "retrain", "progress"):
         path = ROOT / "model" / f"{module}.py"
         if path.exists():
             names = imported_modules("model")[f"model/{module}.py"]
             assert not any(is_under(n, "model.train") for n in names), f"model/{module}.py imports model.train"
+
+
+def test_retrain_planning_and_progress_need_no_torch():
+    """The web process decides retrains and reads progress files without loading torch."""
+    for module in ("retrain", "progress", "config"):
+        names = imported_modules("model")[f"model/{module}.py"]
+        assert not any(is_under(n, "torch", "model.train", "model.slices") for n in names), module
 
 
 def test_checker_sees_a_violation(tmp_path, monkeypatch):

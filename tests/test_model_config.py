@@ -60,7 +60,7 @@ def test_load_reports_bad_json(tmp_path):
 
 
 def test_retrain_config_reuses_the_previous_run(tmp_path):
-    from model.config import retrain_config
+    from model.retrain import retrain_config
 
     cfg = preset("cpu", out_dir=str(tmp_path / "v2"))
     assert retrain_config(cfg, tmp_path / "v1") == cfg  # nothing to reuse yet

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from app.worker import painted_changes, refresh_limit, stronger_mode
+from model.retrain import painted_changes, refresh_limit, stronger_mode
 from helpers_fake_trainer import fake_trainer_app, model_file, upload_synthetic  # noqa: F401 (model_file: a fixture)
 from helpers_retrain import calls_of, make_untrained_model
 from model.config import preset

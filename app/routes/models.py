@@ -7,32 +7,11 @@ from fastapi import APIRouter, Depends
 from app.auth import Principal
 from app.deps import allow, get_workspace
 from app.schemas import ErrorOut
+from app.views import model_view
 from app.worker import Worker, get_worker
 from data.store import Workspace
 
 router = APIRouter(prefix="/api", tags=["models"])
-
-CONFIG_SUMMARY = ("widths", "global_stage", "local_stage", "finetune_stage", "local_mode", "num_classes", "axis",
-                  "device")
-
-
-def model_view(model: dict) -> dict:
-    """A model version as the API shows it: no server paths, the config reduced to what a person compares."""
-    seen = model.get("annotations_seen") or []
-    config = model.get("config") or {}
-    return {
-        "id": model["id"],
-        "project_id": model["project_id"],
-        "job_id": model["job_id"],
-        "created": model["created"],
-        "active": bool(model.get("active")),
-        "annotations_seen": seen,
-        "annotated_slices": len(seen),
-        "annotated_volumes": len({a.get("volume_id") for a in seen}),
-        "metrics": model.get("metrics") or {},
-        "config": {k: config[k] for k in CONFIG_SUMMARY if k in config},
-    }
-
 
 @router.get("/projects/{project_id}/models", responses={404: {"model": ErrorOut}},
             summary="Model versions of a project (created, job, annotations seen, validation metrics, active)")

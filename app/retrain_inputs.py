@@ -1,0 +1,77 @@
+"""What `model.retrain.plan_retrain` decides from, read from the workspace and the job folder.
+
+The planning itself is pure; this module is the part that looks at the store and the file system.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from app.job_params import JobParams
+from data import io as volume_io
+from data.errors import NotFound
+from data.store import FINISHED_STATES, Workspace
+from model.retrain import ActiveModel, EarlierGlobalStage, ProjectSnapshot, VolumeInput
+
+
+def project_snapshot(ws: Workspace, job: dict, job_dir: Path, model_dir: Path, device: str) -> ProjectSnapshot:
+    """The project as this job sees it; painted volumes get a label path inside the job folder."""
+    project = ws.get_project(job["project_id"])
+    volumes = ws.list_volumes(project["id"])
+    painted = {volume["id"]: ws.list_annotations(volume["id"]) for volume in volumes}
+    return ProjectSnapshot(
+        job_id=job["id"], model_dir=str(model_dir), label_values=[int(lab["value"]) for lab in project["labels"]],
+        volumes=[VolumeInput(v["id"], str(ws.volume_source_path(v["id"])),
+                             str(job_dir / "labels" / f"{v['id']}.nii.gz") if painted[v["id"]] else None)
+                 for v in volumes],
+        annotations=[a for v in volumes for a in painted[v["id"]]],
+        active=active_model(ws, project["id"]), device=device)
+
+
+def export_labels(ws: Workspace, snapshot: ProjectSnapshot) -> list[dict]:
+    """Write the sparse label volume of every painted volume -> the painted slices they hold."""
+    seen = []
+    for volume in snapshot.volumes:
+        if volume.label_path is None:
+            continue
+        Path(volume.label_path).parent.mkdir(parents=True, exist_ok=True)
+        volume_io.write_mask(ws.label_volume(volume.id), like=ws.load_volume(volume.id), path=volume.label_path)
+        seen += [{"volume_id": a["volume_id"], "axis": a["axis"], "index": a["index"], "version": a["version"],
+                  "reviewed": a["reviewed"]} for a in snapshot.annotations if a["volume_id"] == volume.id]
+    return seen
+
+
+def active_model(ws: Workspace, project_id: int) -> ActiveModel | None:
+    active = ws.active_model(project_id)
+    if active is None:
+        return None
+    trained_by = job_params(ws, active.get("job_id"))
+    base = active
+    if trained_by.mode == "refresh" and trained_by.base_model_id:
+        try:
+            base = ws.get_model(trained_by.base_model_id)
+        except NotFound:
+            pass
+    return ActiveModel(
+        id=active["id"], path=active["path"], has_weights=(Path(active["path"]) / "model.pt").is_file(),
+        config=active.get("config") or {}, preset=trained_by.preset, label_map=trained_by.label_map,
+        base_id=base["id"], base_annotations_seen=base.get("annotations_seen") or [])
+
+
+def job_params(ws: Workspace, job_id) -> JobParams:
+    if job_id is None:
+        return JobParams()
+    try:
+        return JobParams.from_dict(ws.get_job(job_id)["params"])
+    except NotFound:
+        return JobParams()
+
+
+def global_history(ws: Workspace, job: dict) -> list[EarlierGlobalStage]:
+    """The global stages of the project's other finished jobs, newest first."""
+    history = []
+    for earlier in reversed(ws.list_jobs(state=list(FINISHED_STATES), project_id=job["project_id"])):
+        record = JobParams.from_dict(earlier["params"]).global_stage or {}
+        if earlier["id"] != job["id"] and record:
+            history.append(EarlierGlobalStage(record, Path(record.get("path") or "").is_file()))
+    return history

@@ -1,0 +1,60 @@
+"""Rows of the store as the API shows them: no server paths, only what a person or a client needs."""
+
+from __future__ import annotations
+
+from app.job_params import JobParams
+
+MODEL_CONFIG_SUMMARY = ("widths", "global_stage", "local_stage", "finetune_stage", "local_mode", "num_classes",
+                        "axis", "device")
+
+
+def job_view(job: dict) -> dict:
+    """A job as the API shows it."""
+    params = JobParams.from_dict(job.get("params"))
+    global_stage = params.global_stage or {}
+    return {
+        "id": job["id"],
+        "project_id": job["project_id"],
+        "kind": job["kind"],
+        "state": job["state"],
+        "stage": job.get("stage"),
+        "epoch": job.get("epoch"),
+        "progress": round(float(job.get("progress") or 0.0), 4),
+        "eta_s": None if job.get("eta_s") is None else round(float(job["eta_s"]), 1),
+        "message": job.get("message"),
+        "error": job.get("error"),
+        "created": job.get("created"),
+        "started": job.get("started"),
+        "finished": job.get("finished"),
+        "preset": params.preset,
+        "mode": params.shown_mode,
+        "mode_requested": params.mode_requested,
+        "mode_reason": params.mode_reason,  # why auto or a fallback chose the mode
+        "from_model_id": params.from_model_id,
+        "global_stage": global_stage.get("use"),  # "trained" | "reused" | "off"
+        "global_from_job": global_stage.get("job_id") if global_stage.get("use") == "reused" else None,
+        "stages": params.stages,
+        "requests": params.requests,
+        "resumes": params.resumes,
+        "oom_retry": params.oom_retry,
+        "model_id": params.model_id,
+        "loss": params.loss,
+    }
+
+
+def model_view(model: dict) -> dict:
+    """A model version as the API shows it: the config reduced to what a person compares."""
+    seen = model.get("annotations_seen") or []
+    config = model.get("config") or {}
+    return {
+        "id": model["id"],
+        "project_id": model["project_id"],
+        "job_id": model["job_id"],
+        "created": model["created"],
+        "active": bool(model.get("active")),
+        "annotations_seen": seen,
+        "annotated_slices": len(seen),
+        "annotated_volumes": len({a.get("volume_id") for a in seen}),
+        "metrics": model.get("metrics") or {},
+        "config": {k: config[k] for k in MODEL_CONFIG_SUMMARY if k in config},
+    }
