@@ -7,7 +7,9 @@ import logging
 import sys
 from pathlib import Path
 
-from app.settings import DEVICES, Settings, SettingsError
+from app.settings import Settings, SettingsError
+from data.store_users import ROLES
+from model.config import DEVICES
 
 DELEGATED = {"train": "train a model from image/label folders", "predict": "predict masks with a trained model"}
 
@@ -96,7 +98,7 @@ def _add_access_commands(sub) -> None:
     users_sub = users.add_subparsers(dest="action", metavar="{add,list,set,remove}", required=True)
     add = users_sub.add_parser("add", help="add a user")
     add.add_argument("name")
-    add.add_argument("--role", required=True, choices=("viewer", "annotator", "admin"))
+    add.add_argument("--role", required=True, choices=ROLES)
     add.add_argument("--password-stdin", action="store_true",
                      help="read the password (for the /login page) from the first line of stdin; "
                           "without it the user logs in with API tokens only")
@@ -105,7 +107,7 @@ def _add_access_commands(sub) -> None:
     workspace_arg(lst)
     st = users_sub.add_parser("set", help="change a user's role and/or password")
     st.add_argument("name")
-    st.add_argument("--role", choices=("viewer", "annotator", "admin"))
+    st.add_argument("--role", choices=ROLES)
     st.add_argument("--password-stdin", action="store_true")
     workspace_arg(st)
     rm = users_sub.add_parser("remove", help="remove a user with their tokens and memberships")

@@ -22,7 +22,6 @@ from typing import Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_COMMAND = (sys.executable, "-m", "model.train")
-TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 OOM_MARKERS = ("out of memory", "memoryerror", "cannot allocate memory", "std::bad_alloc")
 
 
@@ -145,6 +144,22 @@ def looks_out_of_memory(returncode: int | None, log_tail: str) -> bool:
     """The kernel's OOM killer sends SIGKILL (-9); torch and Python say so in the log."""
     lowered = log_tail.lower()
     return returncode == -signal.SIGKILL or any(marker in lowered for marker in OOM_MARKERS)
+
+
+def oom_retry_message(returncode: int | None, halved_config: dict) -> str:
+    return (f"out of memory (exit code {returncode}); retrying once with half the batch size "
+            f"(local {halved_config['local_batch']}, fine-tune {halved_config['finetune_batch']}) and the "
+            "'block' local loss")
+
+
+def failure_message(returncode: int | None, log_tail: str, reported: str | None, after_oom_retry: bool) -> str:
+    """Why a training run failed, from its exit code, the error it reported and its log."""
+    reason = reported or last_error_line(log_tail) or "no output"
+    if returncode is not None and returncode < 0:
+        reason = f"killed by signal {-returncode}; {reason}"
+    what = "out of memory again after the retry with smaller batches" if after_oom_retry and \
+        looks_out_of_memory(returncode, log_tail) else f"training stopped with exit code {returncode}"
+    return f"{what}: {reason}"
 
 
 def read_tail(path: Path, max_bytes: int = 20_000) -> str:

@@ -7,7 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-HEX_COLOR = r"^#[0-9a-fA-F]{6}$"
+from data.store_labels import COLOR
+from data.volume import BACKGROUND, IGNORE, LABEL_VALUES
 
 
 class ErrorOut(BaseModel):
@@ -23,9 +24,10 @@ class HealthOut(BaseModel):
 class Label(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    value: int = Field(ge=1, le=254, description="Voxel value in masks; 0 is background, 255 means 'not annotated'.")
+    value: int = Field(ge=LABEL_VALUES.start, le=LABEL_VALUES.stop - 1,
+                       description=f"Voxel value in masks; {BACKGROUND} is background, {IGNORE} means 'not annotated'.")
     name: str = Field(min_length=1, max_length=100)
-    color: str = Field(pattern=HEX_COLOR, description="#rrggbb")
+    color: str = Field(pattern=COLOR.pattern, description="#rrggbb")
 
     @field_validator("name")
     @classmethod
@@ -60,7 +62,7 @@ class ProjectCreate(BaseModel):
     )
 
     name: str = Field(min_length=1, max_length=200)
-    labels: list[Label] = Field(min_length=1, max_length=254)
+    labels: list[Label] = Field(min_length=1, max_length=len(LABEL_VALUES))
 
     @field_validator("name")
     @classmethod

@@ -10,9 +10,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Mapping
 
-from model.config import PRESETS
+from model.config import DEVICES, PRESETS
 
-DEVICES = ("auto", "cpu", "cuda")
 MB = 1024 * 1024
 
 

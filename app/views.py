@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from app.job_params import JobParams
+from model.config import STAGE_LABELS
+
+PREDICTING, DONE = "predict", "done"  # a job's stage after model.train: predicting every volume, finished
+JOB_STAGE_LABELS = {**STAGE_LABELS, PREDICTING: "predicting every volume with the new model", DONE: "finished"}
 
 MODEL_CONFIG_SUMMARY = ("widths", "global_stage", "local_stage", "finetune_stage", "local_mode", "num_classes",
                         "axis", "device")

@@ -30,11 +30,12 @@ from pathlib import Path
 from starlette.requests import Request
 
 from app.job_params import JobParams
-from app.jobs import EventHub, JobRunner, LocalRunner, last_error_line, looks_out_of_memory, on_shutdown_signal, read_tail
+from app.jobs import (EventHub, JobRunner, LocalRunner, failure_message, looks_out_of_memory, on_shutdown_signal,
+                      oom_retry_message, read_tail)
 from app import retrain_inputs
 from app.prediction_queue import PredictionQueue
 from app.predictions import Predictions
-from app.views import job_view
+from app.views import DONE, PREDICTING, job_view
 from data.atomic import atomic_write_bytes
 from data.errors import Conflict, NotFound, SlicewiseError
 from data.store import FINISHED_STATES, Workspace
@@ -310,19 +311,11 @@ class Worker:
                 config = retrain.halve_for_memory(json.loads(config_path.read_text()))
                 atomic_write_bytes(config_path, json.dumps(config, indent=1).encode())
                 (model_dir / "checkpoint.pt").unlink(missing_ok=True)  # its batch size no longer applies
-                message = (f"out of memory (exit code {returncode}); retrying once with half the batch size "
-                           f"(local {config['local_batch']}, fine-tune {config['finetune_batch']}) and the "
-                           "'block' local loss")
                 job = self.workspace.update_job(job["id"], params=params.replace(oom_retry=True).to_dict(),
-                                                message=message, pid=None)
+                                                message=oom_retry_message(returncode, config), pid=None)
                 self._emit(job, "retry")
                 continue
-            reason = reported or last_error_line(tail) or "no output"
-            if returncode is not None and returncode < 0:
-                reason = f"killed by signal {-returncode}; {reason}"
-            what = "out of memory again after the retry with smaller batches" if params.oom_retry and \
-                looks_out_of_memory(returncode, tail) else f"training stopped with exit code {returncode}"
-            self._finish(job["id"], "failed", error=f"{what}: {reason}", pid=None)
+            self._finish(job["id"], "failed", error=failure_message(returncode, tail, reported, params.oom_retry), pid=None)
             return False
 
     def _stopped_or_cancelled(self, job: dict) -> bool:
@@ -380,7 +373,7 @@ class Worker:
     def _predict_and_activate(self, job: dict, model: dict) -> None:
         volumes = self.workspace.list_volumes(job["project_id"])
         failures = []
-        job = self.workspace.update_job(job["id"], stage="predict", progress=TRAIN_SHARE, eta_s=None,
+        job = self.workspace.update_job(job["id"], stage=PREDICTING, progress=TRAIN_SHARE, eta_s=None,
                                         message=f"model {model['id']} trained; predicting {len(volumes)} volumes")
         self._emit(job)
         for n, volume in enumerate(volumes, start=1):
@@ -412,7 +405,7 @@ class Worker:
             message += "; " + params.mode_message()
         if failures:
             message += "; failed: " + "; ".join(failures)[:500]
-        self._finish(job["id"], "succeeded", progress=1.0, stage="done", eta_s=0.0, params=params.to_dict(), message=message)
+        self._finish(job["id"], "succeeded", progress=1.0, stage=DONE, eta_s=0.0, params=params.to_dict(), message=message)
 
     def _params_with(self, job: dict, **changes) -> dict:
         """The job's stored params with `changes`, as the row keeps them."""

@@ -65,7 +65,6 @@ sys.path.insert(0, str(ROOT))
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hippocampus"
 OUT_ROOT = ROOT / "bench" / "out" / "label_efficiency"
-IGNORE = 255
 NOTES_MARKER = "<!-- notes: written by hand, kept when the script rewrites the tables above -->"
 NUM_CLASSES = 3
 CLASS_NAMES = ("anterior", "posterior")

@@ -29,7 +29,7 @@ from data.store_users import UsersMixin
 from data.volume import IGNORE, Volume
 
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-FINISHED_STATES = ("succeeded", "failed", "cancelled")
+FINISHED_STATES = JOB_STATES[2:]  # a finished job never changes state again
 JOB_FIELDS = {
     "state", "stage", "epoch", "progress", "eta_s", "message", "error", "pid", "started", "finished",
     "out_dir", "params",

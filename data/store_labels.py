@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from data.errors import InvalidInput
+from data.volume import BACKGROUND, IGNORE, LABEL_VALUES
 
 COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 LABEL_KEYS = {"value", "name", "color"}
@@ -36,10 +37,10 @@ def validate_labels(labels) -> list[dict]:
             problems += [f"unknown {', '.join(sorted(map(str, extra)))}"] if extra else []
             raise InvalidInput(f"label {n}: {'; '.join(problems)} (expected value, name, color)")
         value, name, color = label["value"], label["name"], label["color"]
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 254:
+        if isinstance(value, bool) or not isinstance(value, int) or value not in LABEL_VALUES:
             raise InvalidInput(
-                f"label {n}: value must be a whole number from 1 to 254 (0 is background, 255 means "
-                f"not annotated), got {value!r}"
+                f"label {n}: value must be a whole number from {LABEL_VALUES.start} to {LABEL_VALUES.stop - 1} "
+                f"({BACKGROUND} is background, {IGNORE} means not annotated), got {value!r}"
             )
         if value in seen_values:
             raise InvalidInput(f"label value {value} is used twice")

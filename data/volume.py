@@ -8,6 +8,8 @@ import nibabel as nib
 import numpy as np
 
 IGNORE = 255  # label value meaning "not annotated"; losses skip it
+BACKGROUND = 0  # annotated, but none of the project's labels
+LABEL_VALUES = range(BACKGROUND + 1, IGNORE)  # what a project's labels may use: 1..254
 
 
 def _json_scalar(value) -> bool:

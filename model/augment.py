@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-IGNORE = 255
+from data.volume import IGNORE
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:

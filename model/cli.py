@@ -17,7 +17,7 @@ import numpy as np
 from data.atomic import atomic_write
 from data.errors import InvalidInput, SlicewiseError
 from data.io import read_volume, write_mask
-from model.config import PRESETS, preset
+from model.config import DEVICES, PRESETS, preset
 from model.inference import load_predictor
 
 _SUFFIXES = (".nii.gz", ".nii", ".zip")
@@ -61,7 +61,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--unlabeled", type=Path, default=None, help="folder of extra volumes without labels")
     parser.add_argument("--out", required=True, type=Path, help="model folder to create (or resume)")
     parser.add_argument("--preset", choices=PRESETS, default="cpu")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                         help="override one config value, e.g. --set finetune_epochs=10 (repeatable)")
     return parser
@@ -106,7 +106,7 @@ def add_predict_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("inputs", nargs="+", type=Path, help="volumes to segment (NIfTI, DICOM folder or zip)")
     parser.add_argument("--out", required=True, type=Path, help="folder for the masks (<name>.nii.gz)")
     parser.add_argument("--probs", action="store_true", help="also write <name>_probs.npy: float16 (classes, i, j, k)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
     return parser
 
 

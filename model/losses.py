@@ -36,7 +36,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-IGNORE = 255
+from data.volume import IGNORE
 
 __all__ = ["IGNORE", "nt_xent", "local_contrastive", "ce_dice"]
 

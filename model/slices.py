@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from data.annotations import most_painted_axis
 from data.errors import InvalidInput
+from data.volume import IGNORE
 
-IGNORE = 255
 _STATS_SAMPLE = 2_000_000  # voxels used for the percentiles; enough for stable statistics of any volume
 
 

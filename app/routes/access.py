@@ -15,10 +15,11 @@ from app.auth import SESSION_COOKIE, SESSION_TTL_S, Principal, auth_enabled
 from app.deps import allow, current_user, get_workspace
 from app.schemas import ErrorOut
 from data.store import Workspace
+from data.store_users import ROLES
 
 router = APIRouter(prefix="/api", tags=["access"])
 
-Role = Literal["viewer", "annotator", "admin"]
+Role = Literal[ROLES]
 
 
 class LoginRequest(BaseModel):

@@ -15,10 +15,12 @@ from starlette.concurrency import run_in_threadpool
 
 from app.auth import Principal
 from app.deps import allow, get_workspace
-from app.jobs import TERMINAL_STATES
 from app.schemas import ErrorOut
-from app.worker import Worker, get_worker, job_view
-from data.store import Workspace
+from app.views import JOB_STAGE_LABELS, job_view
+from app.worker import Worker, get_worker
+from data.store import FINISHED_STATES, JOB_STATES, Workspace
+from model.config import PRESETS, STAGES
+from model.retrain import MODES
 
 router = APIRouter(prefix="/api", tags=["training"])
 
@@ -31,17 +33,19 @@ class TrainRequest(BaseModel):
                                                                               {"preset": "quick", "stages": {"global": False}}]})
 
     mode: str | None = Field(
-        None, description="auto (default) | refresh | full. refresh: fine-tune the active model on the current "
+        None, description=f"{' | '.join(MODES)} (auto is the default). refresh: fine-tune the active model on the current "
                           "paint (fine-tune stage only, half the epochs); full: the whole pipeline, reusing the "
                           "label-free global stage when the project's volumes have not changed since it ran; "
                           "auto: refresh when at most max(5, half the slices the last full retrain saw) painted "
                           "slices changed since it, else full. The chosen mode and why are in the job's mode, "
                           "mode_reason.")
 
-    preset: str | None = Field(None, description="quick | cpu | paper; default: the server's (cpu).")
+    preset: str | None = Field(None, description=f"{' | '.join(PRESETS)}; default: the server's (cpu).")
     stages: dict[str, bool | dict[str, Any]] | None = Field(
-        None, description='Per stage (global, local, finetune): false to skip it, or {"enabled": true, "epochs": n, '
-                          '"steps": n} to change its schedule, e.g. {"global": false, "finetune": {"epochs": 4}}.')
+        None, description=f"Per stage ({', '.join(STAGES)}): false to skip it, true to run it, or "
+                          '{"enabled": true, "epochs": n, "steps": n} to change its schedule, e.g. '
+                          '{"global": false, "finetune": {"epochs": 4}, "pseudo": false}. The fine-tune stage '
+                          "cannot be switched off.")
 
 
 class JobOut(BaseModel):
@@ -50,8 +54,8 @@ class JobOut(BaseModel):
     id: int
     project_id: int
     kind: str
-    state: str = Field(description="queued | running | succeeded | failed | cancelled")
-    stage: str | None = Field(None, description="global | local | finetune | predict | done")
+    state: str = Field(description=" | ".join(JOB_STATES))
+    stage: str | None = Field(None, description=" | ".join(JOB_STAGE_LABELS) + " (GET /api/info names them)")
     epoch: int | None = None
     progress: float = Field(description="0..1 over training and predicting")
     eta_s: float | None = Field(None, description="seconds left, as estimated by the trainer")
@@ -133,7 +137,7 @@ async def job_events(job_id: int, request: Request, ws: Workspace = Depends(get_
         try:
             job = job_view(await run_in_threadpool(ws.get_job, job_id))
             n += 1
-            if job["state"] in TERMINAL_STATES:
+            if job["state"] in FINISHED_STATES:
                 yield sse("end", job, n)
                 return
             yield sse("progress", job, n)
@@ -151,7 +155,7 @@ async def job_events(job_id: int, request: Request, ws: Workspace = Depends(get_
                     if now - last_check > RECHECK_S:  # a finish this process did not publish (e.g. restart)
                         last_check = now
                         job = job_view(await run_in_threadpool(ws.get_job, job_id))
-                        if job["state"] in TERMINAL_STATES:
+                        if job["state"] in FINISHED_STATES:
                             n += 1
                             yield sse("end", job, n)
                             return
