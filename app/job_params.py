@@ -50,8 +50,12 @@ class JobParams:
         unknown = sorted(key for key in d if _FIELD_OF.get(key, key) not in known)
         if unknown:
             raise ValueError(f"unknown job params: {', '.join(unknown)}")
-        problems = [f"{_KEY_OF.get(name, name)} must be {what}, got {value!r}"
-                    for name, value in names.items() for what in [_type_problem(name, value)] if what]
+        problems = [
+            f"{_KEY_OF.get(name, name)} must be {what}, got {value!r}"
+            for name, value in names.items()
+            for what in [_type_problem(name, value)]
+            if what
+        ]
         if problems:
             raise ValueError("invalid job params: " + "; ".join(problems))
         return cls(**names)
@@ -73,11 +77,23 @@ class JobParams:
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
-    "preset": (str, *_OPTIONAL), "stages": (dict,), "mode_requested": (str, *_OPTIONAL), "requests": (int,),
-    "who": (str,), "mode": (str, *_OPTIONAL), "mode_reason": (str, *_OPTIONAL), "label_map": (list, *_OPTIONAL),
-    "from_model_id": (int, *_OPTIONAL), "base_model_id": (int, *_OPTIONAL), "global_stage": (dict, *_OPTIONAL),
-    "annotations_seen": (list,), "resume": (bool,), "resumes": (int,), "oom_retry": (bool,),
-    "model_id": (int, *_OPTIONAL), "loss": (*_NUMBER, *_OPTIONAL),
+    "preset": (str, *_OPTIONAL),
+    "stages": (dict,),
+    "mode_requested": (str, *_OPTIONAL),
+    "requests": (int,),
+    "who": (str,),
+    "mode": (str, *_OPTIONAL),
+    "mode_reason": (str, *_OPTIONAL),
+    "label_map": (list, *_OPTIONAL),
+    "from_model_id": (int, *_OPTIONAL),
+    "base_model_id": (int, *_OPTIONAL),
+    "global_stage": (dict, *_OPTIONAL),
+    "annotations_seen": (list,),
+    "resume": (bool,),
+    "resumes": (int,),
+    "oom_retry": (bool,),
+    "model_id": (int, *_OPTIONAL),
+    "loss": (*_NUMBER, *_OPTIONAL),
 }
 _CHOICES = {"mode_requested": (*MODES, None), "mode": ("refresh", "full", None)}
 

@@ -20,12 +20,21 @@ def project_snapshot(ws: Workspace, job: dict, job_dir: Path, model_dir: Path, d
     volumes = ws.list_volumes(project["id"])
     painted = {volume["id"]: ws.list_annotations(volume["id"]) for volume in volumes}
     return ProjectSnapshot(
-        job_id=job["id"], model_dir=str(model_dir), label_values=[int(lab["value"]) for lab in project["labels"]],
-        volumes=[VolumeInput(v["id"], str(ws.volume_source_path(v["id"])),
-                             str(job_dir / "labels" / f"{v['id']}.nii.gz") if painted[v["id"]] else None)
-                 for v in volumes],
+        job_id=job["id"],
+        model_dir=str(model_dir),
+        label_values=[int(lab["value"]) for lab in project["labels"]],
+        volumes=[
+            VolumeInput(
+                v["id"],
+                str(ws.volume_source_path(v["id"])),
+                str(job_dir / "labels" / f"{v['id']}.nii.gz") if painted[v["id"]] else None,
+            )
+            for v in volumes
+        ],
         annotations=[a for v in volumes for a in painted[v["id"]]],
-        active=active_model(ws, project["id"]), device=device)
+        active=active_model(ws, project["id"]),
+        device=device,
+    )
 
 
 def export_labels(ws: Workspace, snapshot: ProjectSnapshot) -> list[dict]:
@@ -36,8 +45,17 @@ def export_labels(ws: Workspace, snapshot: ProjectSnapshot) -> list[dict]:
             continue
         Path(volume.label_path).parent.mkdir(parents=True, exist_ok=True)
         volume_io.write_mask(ws.label_volume(volume.id), like=ws.load_volume(volume.id), path=volume.label_path)
-        seen += [{"volume_id": a["volume_id"], "axis": a["axis"], "index": a["index"], "version": a["version"],
-                  "reviewed": a["reviewed"]} for a in snapshot.annotations if a["volume_id"] == volume.id]
+        seen += [
+            {
+                "volume_id": a["volume_id"],
+                "axis": a["axis"],
+                "index": a["index"],
+                "version": a["version"],
+                "reviewed": a["reviewed"],
+            }
+            for a in snapshot.annotations
+            if a["volume_id"] == volume.id
+        ]
     return seen
 
 
@@ -53,9 +71,15 @@ def active_model(ws: Workspace, project_id: int) -> ActiveModel | None:
         except NotFound:
             pass
     return ActiveModel(
-        id=active["id"], path=active["path"], has_weights=(Path(active["path"]) / "model.pt").is_file(),
-        config=active.get("config") or {}, preset=trained_by.preset, label_map=trained_by.label_map,
-        base_id=base["id"], base_annotations_seen=base.get("annotations_seen") or [])
+        id=active["id"],
+        path=active["path"],
+        has_weights=(Path(active["path"]) / "model.pt").is_file(),
+        config=active.get("config") or {},
+        preset=trained_by.preset,
+        label_map=trained_by.label_map,
+        base_id=base["id"],
+        base_annotations_seen=base.get("annotations_seen") or [],
+    )
 
 
 def job_params(ws: Workspace, job_id) -> JobParams:

@@ -6,10 +6,19 @@ from app.job_params import JobParams
 from model.config import STAGE_LABELS
 
 PREDICTING, DONE = "predict", "done"  # a job's stage after model.train: predicting every volume, finished
+TRAIN_SHARE = 0.9  # a job's progress 0..0.9 is training, 0.9..1 predicting the project's volumes
 JOB_STAGE_LABELS = {**STAGE_LABELS, PREDICTING: "predicting every volume with the new model", DONE: "finished"}
 
-MODEL_CONFIG_SUMMARY = ("widths", "global_stage", "local_stage", "finetune_stage", "local_mode", "num_classes",
-                        "axis", "device")
+MODEL_CONFIG_SUMMARY = (
+    "widths",
+    "global_stage",
+    "local_stage",
+    "finetune_stage",
+    "local_mode",
+    "num_classes",
+    "axis",
+    "device",
+)
 
 
 def job_view(job: dict) -> dict:
@@ -62,3 +71,17 @@ def model_view(model: dict) -> dict:
         "metrics": model.get("metrics") or {},
         "config": {k: config[k] for k in MODEL_CONFIG_SUMMARY if k in config},
     }
+
+
+def pending_columns(pending: dict) -> dict:
+    """Progress fields gathered since the last row update -> job row columns."""
+    columns = {k: v for k, v in pending.items() if k in ("stage", "epoch", "eta_s", "message")}
+    if "progress" in pending:
+        columns["progress"] = TRAIN_SHARE * pending["progress"]
+    if "message" not in columns and "stage" in pending:
+        columns["message"] = f"training: {pending['stage']} stage" + (
+            f", epoch {pending['epoch']}" + (f"/{pending['epochs']}" if "epochs" in pending else "")
+            if "epoch" in pending
+            else ""
+        )
+    return columns

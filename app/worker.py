@@ -22,7 +22,6 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -35,8 +34,8 @@ from app.jobs import (EventHub, JobRunner, LocalRunner, failure_message, looks_o
 from app import retrain_inputs
 from app.prediction_queue import PredictionQueue
 from app.predictions import Predictions
-from app.views import DONE, PREDICTING, job_view
-from data.atomic import atomic_write_bytes
+from app.views import DONE, PREDICTING, TRAIN_SHARE, job_view, pending_columns
+from data.atomic import atomic_write_bytes, link_or_copy
 from data.errors import Conflict, NotFound, SlicewiseError
 from data.store import FINISHED_STATES, Workspace
 from data.store_db import jsonable
@@ -46,31 +45,8 @@ from model.progress import progress_fields, read_new_lines, reported_error
 
 log = logging.getLogger("slicewise.worker")
 
-TRAIN_SHARE = 0.9  # overall progress 0..0.9 is training, 0.9..1 predicting the project's volumes
 MAX_RESUMES = 1
 ROW_UPDATE_S = 0.5  # at most this often a progress line is also written to the job row
-
-
-def link_or_copy(source: Path, target: Path) -> None:
-    """Hard-link `source` to `target` (same file system: no space used), else copy it atomically."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.unlink(missing_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:
-        atomic_write_bytes(target, source.read_bytes())
-
-
-def pending_columns(pending: dict) -> dict:
-    """Progress fields gathered since the last row update -> job row columns."""
-    columns = {k: v for k, v in pending.items() if k in ("stage", "epoch", "eta_s", "message")}
-    if "progress" in pending:
-        columns["progress"] = TRAIN_SHARE * pending["progress"]
-    if "message" not in columns and "stage" in pending:
-        columns["message"] = f"training: {pending['stage']} stage" + (
-            f", epoch {pending['epoch']}" + (f"/{pending['epochs']}" if "epochs" in pending else "")
-            if "epoch" in pending else "")
-    return columns
 
 
 class Worker:

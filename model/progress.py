@@ -34,14 +34,21 @@ class ProgressWriter:
 
     def event(self, event: str, **fields: Any) -> None:
         eta = self.eta()
-        record = {"event": event, **fields, "progress": round(self.done / self.total, 4),
-                  "eta_s": None if eta is None else round(eta, 1), "time": round(time.time(), 3)}
+        record = {
+            "event": event,
+            **fields,
+            "progress": round(self.done / self.total, 4),
+            "eta_s": None if eta is None else round(eta, 1),
+            "time": round(time.time(), 3),
+        }
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         if event != "step":
             print(human_line(record), flush=True)
 
-    def step(self, stage: str, epoch: int, epochs: int, step: int, steps: int, loss: float, force: bool = False) -> None:
+    def step(
+        self, stage: str, epoch: int, epochs: int, step: int, steps: int, loss: float, force: bool = False
+    ) -> None:
         self.done += 1
         now = time.monotonic()
         if force or now - self.last_write >= STEP_WRITE_S:

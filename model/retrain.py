@@ -56,8 +56,9 @@ def check_train_request(preset_name: str | None, stages: dict | None, default_pr
         if isinstance(value, bool):
             continue
         if not isinstance(value, dict) or set(value) - STAGE_KEYS:
-            raise InvalidInput(f"stage {name!r} must be true/false or an object with enabled, epochs, steps; "
-                               f"got {value!r}")
+            raise InvalidInput(
+                f"stage {name!r} must be true/false or an object with enabled, epochs, steps; got {value!r}"
+            )
         if not isinstance(value.get("enabled", True), bool):
             raise InvalidInput(f"stage {name!r}: enabled must be true or false")
         for key, top in (("epochs", MAX_EPOCHS), ("steps", MAX_STEPS)):
@@ -77,8 +78,10 @@ def check_train_mode(mode: str | None, stages: dict | None = None) -> str:
     if mode == "refresh":
         asked = [name for name in PRETRAINING if explicitly_enabled(stages or {}, name)]
         if asked:
-            raise InvalidInput(f"mode 'refresh' runs the fine-tune stage only, but stages enables {' and '.join(asked)}; "
-                               "use mode 'full' or 'auto' to run it")
+            raise InvalidInput(
+                f"mode 'refresh' runs the fine-tune stage only, but stages enables {' and '.join(asked)}; "
+                "use mode 'full' or 'auto' to run it"
+            )
     return mode
 
 
@@ -164,7 +167,9 @@ class RetrainPlan:
     mode: str  # "refresh" | "full"
     reason: str
     config: TrainConfig
-    global_stage: dict  # {"use": "trained" | "reused" | "off", "job_id", "path", "volume_ids", "axis", "signature", "why"}
+    global_stage: (
+        dict  # {"use": "trained" | "reused" | "off", "job_id", "path", "volume_ids", "axis", "signature", "why"}
+    )
     start_from: str | None = None  # the file whose weights start the run: the model.pt a refresh fine-tunes,
     # or the earlier global.pt to link to config.init_from when the global stage is reused
     from_model_id: int | None = None
@@ -181,8 +186,10 @@ def mode_message(mode: str | None, reason: str | None, from_model_id: Any, globa
         text = f"refresh: fine-tuning model {from_model_id}"
     else:
         global_stage = global_stage or {}
-        text = "full retrain" + {"reused": f", reusing the global stage of job {global_stage.get('job_id')}",
-                                 "off": ", without the global stage"}.get(global_stage.get("use"), "")
+        text = "full retrain" + {
+            "reused": f", reusing the global stage of job {global_stage.get('job_id')}",
+            "off": ", without the global stage",
+        }.get(global_stage.get("use"), "")
     return f"{text} ({reason})" if reason else text
 
 
@@ -212,8 +219,9 @@ def painted_axis(annotations: list[dict]) -> int | None:
     return most_painted_axis(counts) if any(counts) else None
 
 
-def refresh_problem(active: ActiveModel | None, preset_name: str, template: TrainConfig,
-                    label_map: list[int]) -> str | None:
+def refresh_problem(
+    active: ActiveModel | None, preset_name: str, template: TrainConfig, label_map: list[int]
+) -> str | None:
     """Why the active model cannot be refreshed by this request, or None."""
     if active is None:
         return "the project has no active model yet"
@@ -224,8 +232,10 @@ def refresh_problem(active: ActiveModel | None, preset_name: str, template: Trai
     wanted = template.to_dict()
     differs = [k for k in ARCHITECTURE_FIELDS if _same_json(active.config.get(k)) != _same_json(wanted.get(k))]
     if "num_classes" in differs:
-        return (f"model {active.id} has {active.config.get('num_classes')} classes and the project's label map now "
-                f"has {wanted.get('num_classes')}")
+        return (
+            f"model {active.id} has {active.config.get('num_classes')} classes and the project's label map now "
+            f"has {wanted.get('num_classes')}"
+        )
     if differs:
         return f"model {active.id} has another network ({', '.join(differs)} differ)"
     if active.label_map is not None and list(active.label_map) != list(label_map):
@@ -237,8 +247,13 @@ def _same_json(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def choose_mode(request: RetrainRequest, active: ActiveModel | None, template: TrainConfig, label_map: list[int],
-                annotations: list[dict]) -> tuple[str, str]:
+def choose_mode(
+    request: RetrainRequest,
+    active: ActiveModel | None,
+    template: TrainConfig,
+    label_map: list[int],
+    annotations: list[dict],
+) -> tuple[str, str]:
     """-> ("refresh" | "full", why)."""
     if request.mode == "full":
         return "full", "full retrain requested"
@@ -266,9 +281,14 @@ def refresh_config(cfg: TrainConfig, model_pt: str, stages: dict | None = None) 
     already segments, it only has to take in the new slices) and no self-training, which would add a
     prediction pass and as many steps again. A schedule or stage the request names wins."""
     stages = stages or {}
-    out = cfg.replace(init_from=str(model_pt), global_stage=False, local_stage=False, finetune_stage=True,
-                      finetune_epochs=max(1, cfg.finetune_epochs // 2),
-                      pseudo_stage=explicitly_enabled(stages, "pseudo"))
+    out = cfg.replace(
+        init_from=str(model_pt),
+        global_stage=False,
+        local_stage=False,
+        finetune_stage=True,
+        finetune_epochs=max(1, cfg.finetune_epochs // 2),
+        pseudo_stage=explicitly_enabled(stages, "pseudo"),
+    )
     finetune = stages.get("finetune")
     if isinstance(finetune, dict):
         out = out.replace(**{f"finetune_{k}": finetune[k] for k in ("epochs", "steps") if k in finetune})
@@ -291,17 +311,26 @@ def retrain_config(cfg: TrainConfig, previous_model_dir: str | Path, refresh: bo
     return cfg
 
 
-def global_plan(request: RetrainRequest, project: ProjectSnapshot, config: TrainConfig,
-                history: list[EarlierGlobalStage]) -> dict:
+def global_plan(
+    request: RetrainRequest, project: ProjectSnapshot, config: TrainConfig, history: list[EarlierGlobalStage]
+) -> dict:
     """How a full run gets its global encoder -> the `global` job record (see RetrainPlan.global_stage)."""
     target = str(Path(project.model_dir) / "global.pt")
-    record = {"volume_ids": sorted(v.id for v in project.volumes), "axis": painted_axis(project.annotations),
-              "signature": config.global_signature()}
+    record = {
+        "volume_ids": sorted(v.id for v in project.volumes),
+        "axis": painted_axis(project.annotations),
+        "signature": config.global_signature(),
+    }
     if "global" in request.stages:
         if not stage_enabled(request.stages, "global"):
             return {"use": "off", "why": "the request switched the global stage off"}
-        return {"use": "trained", "job_id": project.job_id, "path": target, **record,
-                "why": "the request asked for the global stage"}
+        return {
+            "use": "trained",
+            "job_id": project.job_id,
+            "path": target,
+            **record,
+            "why": "the request asked for the global stage",
+        }
     why = None
     for earlier in history:
         found = earlier.record or {}
@@ -315,11 +344,21 @@ def global_plan(request: RetrainRequest, project: ProjectSnapshot, config: Train
         elif found.get("axis") != record["axis"]:
             mismatch = f"the slices are painted along another axis than for job {trained_by}"
         else:
-            return {**found, "use": "reused", "source": found.get("path"), "path": target,
-                    "why": f"same volumes and settings as the global stage of job {trained_by}"}
+            return {
+                **found,
+                "use": "reused",
+                "source": found.get("path"),
+                "path": target,
+                "why": f"same volumes and settings as the global stage of job {trained_by}",
+            }
         why = why or mismatch  # the newest global stage's reason; an older one may still match (preset switched back)
-    return {"use": "trained", "job_id": project.job_id, "path": target, **record,
-            "why": why or "no earlier global stage of this project"}
+    return {
+        "use": "trained",
+        "job_id": project.job_id,
+        "path": target,
+        **record,
+        "why": why or "no earlier global stage of this project",
+    }
 
 
 def plan_retrain(request: RetrainRequest, project: ProjectSnapshot, history: list[EarlierGlobalStage]) -> RetrainPlan:
@@ -327,22 +366,33 @@ def plan_retrain(request: RetrainRequest, project: ProjectSnapshot, history: lis
     if not project.annotations:
         raise Conflict("nothing is painted in this project any more: paint at least one slice, then retrain")
     label_map = sorted(int(v) for v in project.label_values)
-    template = preset(request.preset, device=project.device, num_classes=max(label_map) + 1,
-                      **stage_overrides(request.stages))
+    template = preset(
+        request.preset, device=project.device, num_classes=max(label_map) + 1, **stage_overrides(request.stages)
+    )
     mode, reason = choose_mode(request, project.active, template, label_map, project.annotations)
     painted = [v for v in project.volumes if v.label_path is not None]
-    config = template.replace(images=[v.source for v in painted], labels=[v.label_path for v in painted],
-                              unlabeled=[v.source for v in project.volumes if v.label_path is None],
-                              out_dir=project.model_dir)
+    config = template.replace(
+        images=[v.source for v in painted],
+        labels=[v.label_path for v in painted],
+        unlabeled=[v.source for v in project.volumes if v.label_path is None],
+        out_dir=project.model_dir,
+    )
     if mode == "refresh":
         active = project.active
         model_pt = str(Path(active.path) / "model.pt")
         config = refresh_config(config, model_pt, request.stages)
         if not config.reads_unpainted:  # reading and slicing them would only cost time
             config = config.replace(unlabeled=())
-        return RetrainPlan("refresh", reason, config, {"use": "off", "why": "a refresh runs the fine-tune stage only"},
-                           start_from=model_pt, from_model_id=active.id, base_model_id=active.base_id,
-                           label_map=label_map)
+        return RetrainPlan(
+            "refresh",
+            reason,
+            config,
+            {"use": "off", "why": "a refresh runs the fine-tune stage only"},
+            start_from=model_pt,
+            from_model_id=active.id,
+            base_model_id=active.base_id,
+            label_map=label_map,
+        )
     global_stage = global_plan(request, project, config, history)
     start_from = global_stage.pop("source", None)
     if global_stage["use"] == "reused":

@@ -1,5 +1,6 @@
 """TrainConfig: unknown keys refused by name, presets, JSON round trip, invalid values."""
 
+import dataclasses
 import json
 
 import pytest
@@ -37,7 +38,7 @@ def test_json_round_trip_is_exact():
 
 
 def test_frozen():
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         TrainConfig().seed = 3
 
 

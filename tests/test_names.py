@@ -36,7 +36,9 @@ def test_info_names_stages_states_presets_devices_roles_and_label_values(client)
     # what /api/info says is what the API enforces
     ok = client.post("/api/projects", json={"name": "p", "labels": [{"value": 254, "name": "a", "color": "#e6194b"}]})
     assert ok.status_code == 201, ok.text
-    refused = client.post("/api/projects", json={"name": "q", "labels": [{"value": 255, "name": "a", "color": "#e6194b"}]})
+    refused = client.post(
+        "/api/projects", json={"name": "q", "labels": [{"value": 255, "name": "a", "color": "#e6194b"}]}
+    )
     assert refused.status_code == 422
 
 
@@ -48,8 +50,9 @@ def test_the_openapi_job_schema_documents_every_stage_and_state(client):
 
 
 def test_job_params_round_trip_and_refuse_unknown_keys_and_wrong_types():
-    params = JobParams(preset="cpu", stages={"pseudo": False}, mode_requested="auto",
-                       global_stage={"use": "reused", "job_id": 4})
+    params = JobParams(
+        preset="cpu", stages={"pseudo": False}, mode_requested="auto", global_stage={"use": "reused", "job_id": 4}
+    )
     stored = params.to_dict()
     assert stored["global"] == {"use": "reused", "job_id": 4} and "global_stage" not in stored
     assert JobParams.from_dict(stored) == params
@@ -65,11 +68,21 @@ def test_job_params_round_trip_and_refuse_unknown_keys_and_wrong_types():
 
 
 def test_job_view_shows_the_decision_from_typed_params():
-    job = {"id": 1, "project_id": 2, "kind": "train", "state": "running", "progress": 0.123456,
-           "params": JobParams(mode_requested="auto", mode="full", global_stage={"use": "reused", "job_id": 7}).to_dict()}
+    job = {
+        "id": 1,
+        "project_id": 2,
+        "kind": "train",
+        "state": "running",
+        "progress": 0.123456,
+        "params": JobParams(mode_requested="auto", mode="full", global_stage={"use": "reused", "job_id": 7}).to_dict(),
+    }
     view = job_view(job)
-    assert (view["mode"], view["mode_requested"], view["global_stage"], view["global_from_job"]) == ("full", "auto",
-                                                                                                    "reused", 7)
+    assert (view["mode"], view["mode_requested"], view["global_stage"], view["global_from_job"]) == (
+        "full",
+        "auto",
+        "reused",
+        7,
+    )
     assert view["progress"] == 0.1235 and view["requests"] == 1 and "out_dir" not in view
     queued = job_view({**job, "params": {"mode_requested": "refresh"}})
     assert queued["mode"] == "refresh" and queued["global_stage"] is None

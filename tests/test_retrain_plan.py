@@ -9,8 +9,18 @@ import pytest
 from data.errors import Conflict, InvalidInput
 from model.config import STAGES, TrainConfig, preset
 from model.retrain import (
-    ActiveModel, EarlierGlobalStage, ProjectSnapshot, RetrainRequest, VolumeInput, check_train_mode,
-    check_train_request, halve_for_memory, painted_axis, plan_retrain, refresh_config, stage_overrides,
+    ActiveModel,
+    EarlierGlobalStage,
+    ProjectSnapshot,
+    RetrainRequest,
+    VolumeInput,
+    check_train_mode,
+    check_train_request,
+    halve_for_memory,
+    painted_axis,
+    plan_retrain,
+    refresh_config,
+    stage_overrides,
 )
 
 LABELS = [1, 2]
@@ -22,20 +32,45 @@ def slices(n: int, volume: int = 1, axis: int = 0, version: int = 1) -> list[dic
 
 
 def snapshot(annotations=None, active=None, volumes=None, labels=LABELS) -> ProjectSnapshot:
-    volumes = volumes or [VolumeInput(1, "/img/1.nii.gz", "/job/labels/1.nii.gz"), VolumeInput(2, "/img/2.nii.gz", None)]
-    return ProjectSnapshot(job_id=9, model_dir="/job/model", label_values=labels, volumes=volumes,
-                           annotations=slices(4) if annotations is None else annotations, active=active, device="cpu")
+    volumes = volumes or [
+        VolumeInput(1, "/img/1.nii.gz", "/job/labels/1.nii.gz"),
+        VolumeInput(2, "/img/2.nii.gz", None),
+    ]
+    return ProjectSnapshot(
+        job_id=9,
+        model_dir="/job/model",
+        label_values=labels,
+        volumes=volumes,
+        annotations=slices(4) if annotations is None else annotations,
+        active=active,
+        device="cpu",
+    )
 
 
 def active(seen=None, **changes) -> ActiveModel:
-    model = ActiveModel(id=3, path="/jobs/3/model", has_weights=True, config=QUICK.to_dict(), preset="quick",
-                        label_map=LABELS, base_id=3, base_annotations_seen=slices(4) if seen is None else seen)
+    model = ActiveModel(
+        id=3,
+        path="/jobs/3/model",
+        has_weights=True,
+        config=QUICK.to_dict(),
+        preset="quick",
+        label_map=LABELS,
+        base_id=3,
+        base_annotations_seen=slices(4) if seen is None else seen,
+    )
     return dataclasses.replace(model, **changes)
 
 
 def trained_global(job_id=5, volume_ids=(1, 2), axis=0, signature=None, exists=True, use="trained"):
-    record = {"use": use, "job_id": job_id, "path": f"/jobs/{job_id}/model/global.pt", "volume_ids": list(volume_ids),
-              "axis": axis, "signature": signature or QUICK.global_signature(), "why": "..."}
+    record = {
+        "use": use,
+        "job_id": job_id,
+        "path": f"/jobs/{job_id}/model/global.pt",
+        "volume_ids": list(volume_ids),
+        "axis": axis,
+        "signature": signature or QUICK.global_signature(),
+        "why": "...",
+    }
     return EarlierGlobalStage(record, exists)
 
 
@@ -49,7 +84,9 @@ def request(mode="auto", stages=None, preset_name="quick") -> RetrainRequest:
 def test_full_without_an_active_model_trains_everything_and_says_why():
     plan = plan_retrain(request(), snapshot(), [])
     assert (plan.mode, plan.reason) == ("full", "auto: the project has no active model yet")
-    assert plan.global_stage["use"] == "trained" and plan.global_stage["why"] == "no earlier global stage of this project"
+    assert (
+        plan.global_stage["use"] == "trained" and plan.global_stage["why"] == "no earlier global stage of this project"
+    )
     assert plan.global_stage["path"] == "/job/model/global.pt" and plan.global_stage["job_id"] == 9
     cfg = plan.config
     assert (cfg.global_stage, cfg.local_stage, cfg.finetune_stage, cfg.init_from) == (True, True, True, None)
@@ -64,7 +101,9 @@ def test_auto_refreshes_after_few_changes_and_goes_full_after_many():
     near = slices(4) + [{"volume_id": 1, "axis": 0, "index": 10 + i, "version": 1} for i in range(5)]
     plan = plan_retrain(request(), snapshot(annotations=near, active=active(seen)), [])
     assert plan.mode == "refresh" and plan.from_model_id == 3 and plan.base_model_id == 3
-    assert plan.reason == "auto: 5 painted slices new, changed or erased since model 3, at most 5 refresh the active model"
+    assert (
+        plan.reason == "auto: 5 painted slices new, changed or erased since model 3, at most 5 refresh the active model"
+    )
     far = near + [{"volume_id": 1, "axis": 0, "index": 20, "version": 1}]
     plan = plan_retrain(request(), snapshot(annotations=far, active=active(seen)), [])
     assert plan.mode == "full" and plan.reason.endswith("more than the 5 a refresh takes in")
@@ -82,8 +121,9 @@ def test_refresh_config_fine_tunes_the_active_model_for_half_the_epochs():
 
 
 def test_refresh_keeps_what_the_request_names_explicitly():
-    cfg = plan_retrain(request("refresh", {"finetune": {"epochs": 7, "steps": 3}, "pseudo": True}),
-                       snapshot(active=active()), []).config
+    cfg = plan_retrain(
+        request("refresh", {"finetune": {"epochs": 7, "steps": 3}, "pseudo": True}), snapshot(active=active()), []
+    ).config
     assert (cfg.finetune_epochs, cfg.finetune_steps, cfg.pseudo_stage) == (7, 3, True)
     branch = preset("quick", branch="cpc")
     assert refresh_config(branch, "/m.pt").reads_unpainted  # a branch reads unpainted slices: they stay
@@ -97,14 +137,19 @@ def test_refresh_counts_changes_since_the_last_full_retrain_behind_the_active_mo
     assert "2 painted slices new, changed or erased since model 3 (the last full retrain behind model 4)" in plan.reason
 
 
-@pytest.mark.parametrize("model, why", [
-    (active(has_weights=False), "model 3's model.pt is missing"),
-    (active(preset="cpu"), "model 3 was trained with the cpu preset and this retrain uses quick"),
-    (active(config={**QUICK.to_dict(), "num_classes": 5}),
-     "model 3 has 5 classes and the project's label map now has 3"),
-    (active(config={**QUICK.to_dict(), "widths": [4, 8, 16]}), "model 3 has another network (widths differ)"),
-    (active(label_map=[1, 3]), "the project's label map changed since model 3 was trained"),
-])
+@pytest.mark.parametrize(
+    "model, why",
+    [
+        (active(has_weights=False), "model 3's model.pt is missing"),
+        (active(preset="cpu"), "model 3 was trained with the cpu preset and this retrain uses quick"),
+        (
+            active(config={**QUICK.to_dict(), "num_classes": 5}),
+            "model 3 has 5 classes and the project's label map now has 3",
+        ),
+        (active(config={**QUICK.to_dict(), "widths": [4, 8, 16]}), "model 3 has another network (widths differ)"),
+        (active(label_map=[1, 3]), "the project's label map changed since model 3 was trained"),
+    ],
+)
 def test_an_incompatible_active_model_means_full_with_the_reason(model, why):
     assert plan_retrain(request(), snapshot(active=model), []).reason == f"auto: {why}"
     forced = plan_retrain(request("refresh"), snapshot(active=model), [])
@@ -137,12 +182,17 @@ def test_global_stage_is_reused_while_volumes_settings_and_axis_match():
     assert plan.message() == "full retrain, reusing the global stage of job 5 (full retrain requested)"
 
 
-@pytest.mark.parametrize("earlier, why", [
-    (trained_global(volume_ids=(1,)), "the project's volumes changed since the global stage of job 5"),
-    (trained_global(signature={**QUICK.global_signature(), "rotate_deg": 5.0}),
-     "the global settings differ from those of job 5"),
-    (trained_global(axis=2), "the slices are painted along another axis than for job 5"),
-])
+@pytest.mark.parametrize(
+    "earlier, why",
+    [
+        (trained_global(volume_ids=(1,)), "the project's volumes changed since the global stage of job 5"),
+        (
+            trained_global(signature={**QUICK.global_signature(), "rotate_deg": 5.0}),
+            "the global settings differ from those of job 5",
+        ),
+        (trained_global(axis=2), "the slices are painted along another axis than for job 5"),
+    ],
+)
 def test_global_stage_runs_again_when_something_it_learned_from_changed(earlier, why):
     plan = plan_retrain(request("full"), snapshot(), [earlier])
     assert plan.global_stage["use"] == "trained" and plan.global_stage["why"] == why and plan.start_from is None
@@ -163,16 +213,32 @@ def test_global_history_skips_missing_files_and_runs_without_a_global_stage_and_
 def test_a_request_naming_the_global_stage_wins_over_reuse():
     plan = plan_retrain(request("full", {"global": False}), snapshot(), [trained_global()])
     assert plan.global_stage == {"use": "off", "why": "the request switched the global stage off"}
-    assert not plan.config.global_stage and plan.message() == "full retrain, without the global stage (full retrain requested)"
+    assert (
+        not plan.config.global_stage
+        and plan.message() == "full retrain, without the global stage (full retrain requested)"
+    )
     plan = plan_retrain(request("full", {"global": True}), snapshot(), [trained_global()])
-    assert plan.global_stage["use"] == "trained" and plan.global_stage["why"] == "the request asked for the global stage"
+    assert (
+        plan.global_stage["use"] == "trained" and plan.global_stage["why"] == "the request asked for the global stage"
+    )
 
 
 def test_the_fields_that_shape_the_global_stage_come_from_the_config():
     shaping = TrainConfig.fields_shaping_global()
     assert {"widths", "max_size", "global_lr", "flip", "rotate_deg", "intensity", "seed"} <= set(shaping)
-    assert not {"device", "threads", "images", "out_dir", "init_from", "local_lr", "finetune_epochs",
-                "pseudo_threshold", "branch", "num_classes", "global_stage"} & set(shaping)
+    assert not {
+        "device",
+        "threads",
+        "images",
+        "out_dir",
+        "init_from",
+        "local_lr",
+        "finetune_epochs",
+        "pseudo_threshold",
+        "branch",
+        "num_classes",
+        "global_stage",
+    } & set(shaping)
     base = preset("quick").global_signature()
     assert preset("quick", rot90=True).global_signature() != base
     assert preset("quick", finetune_epochs=99, device="cuda", threads=1).global_signature() == base
@@ -192,7 +258,10 @@ def test_every_stage_can_be_switched_and_scheduled_except_fine_tune_off():
         if stage != "finetune":
             assert check_train_request("quick", {stage: False}, "cpu") == ("quick", {stage: False})
     assert stage_overrides({"pseudo": {"enabled": True, "epochs": 2}, "global": False}) == {
-        "pseudo_stage": True, "pseudo_epochs": 2, "global_stage": False}
+        "pseudo_stage": True,
+        "pseudo_epochs": 2,
+        "global_stage": False,
+    }
     cfg = plan_retrain(request("full", {"pseudo": False}), snapshot(), []).config
     assert not cfg.pseudo_stage
     with pytest.raises(InvalidInput, match="cannot be switched off"):

@@ -21,8 +21,10 @@ router = APIRouter(prefix="/api", tags=["server"])
 class StageOut(BaseModel):
     name: str
     label: str = Field(description="How the UI names it")
-    training: bool = Field(description="A stage of model.train that a Retrain request can switch on or off; the "
-                                       "others are what the job does after training")
+    training: bool = Field(
+        description="A stage of model.train that a Retrain request can switch on or off; the "
+        "others are what the job does after training"
+    )
 
 
 class LabelMapOut(BaseModel):
@@ -50,7 +52,9 @@ class InfoOut(BaseModel):
 @router.get("/info", response_model=InfoOut, summary="Stages, job states, presets, devices, roles, label values")
 def info(request: Request, user: Principal = Depends(allow("viewer", "reading the server's names"))) -> dict:
     return {
-        "stages": [{"name": name, "label": label, "training": name in STAGES} for name, label in JOB_STAGE_LABELS.items()],
+        "stages": [
+            {"name": name, "label": label, "training": name in STAGES} for name, label in JOB_STAGE_LABELS.items()
+        ],
         "job_states": list(JOB_STATES),
         "finished_job_states": list(FINISHED_STATES),
         "modes": list(MODES),
@@ -59,7 +63,12 @@ def info(request: Request, user: Principal = Depends(allow("viewer", "reading th
         "devices": list(DEVICES),
         "roles": list(ROLES),
         "ignore": IGNORE,
-        "label_map": {"background": BACKGROUND, "ignore": IGNORE, "min_value": LABEL_VALUES.start,
-                      "max_value": LABEL_VALUES.stop - 1, "color_pattern": COLOR.pattern,
-                      "example": [{"value": 1, "name": "lesion", "color": "#e6194b"}]},
+        "label_map": {
+            "background": BACKGROUND,
+            "ignore": IGNORE,
+            "min_value": LABEL_VALUES.start,
+            "max_value": LABEL_VALUES.stop - 1,
+            "color_pattern": COLOR.pattern,
+            "example": [{"value": 1, "name": "lesion", "color": "#e6194b"}],
+        },
     }
