@@ -1,4 +1,4 @@
-"""Server settings. The only module that reads environment variables (DESIGN.md).
+"""Server settings. The only module that reads environment variables (docs/architecture.md).
 
 Precedence: command-line flags > SLICEWISE_* environment variables > defaults.
 """

@@ -1,13 +1,13 @@
 """API latency on a big volume: slice PNG fetch, annotation save and prediction slice fetch, p50 / p95,
 with the server idle and while a training job runs.
 
-    python bench/api_latency.py [--requests 200] [--shape 512 512 200] [--out docs/benchmarks/api_latency.md]
+    python -m bench.api_latency [--requests 200] [--shape 512 512 200] [--out docs/benchmarks/api_latency.md]
 
 Starts a real `slicewise serve` on a free loopback port with a temporary workspace, uploads a synthetic
 512x512x200 int16 volume, paints two slices, trains a tiny model (quick preset, fine-tune only) so a
 prediction exists, then times sequential requests from one client. "During training" runs a `cpu`
-preset job on the same volume and measures while its subprocess trains. Target (issue 5): p95 under
-100 ms for slice fetch and save on a 2-core machine.
+preset job on the same volume and measures while its subprocess trains. Target: p95 under 100 ms for
+slice fetch and save on a 2-core machine, so painting never waits on the server.
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ import httpx
 import nibabel as nib
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.common import ROOT as REPO
+from bench.common import command, commit, cpu_model, wait_job
+from data.store import FINISHED_STATES
+
 LABELS = [{"value": 1, "name": "structure", "color": "#e6194b"}]
 TARGET_MS = 100.0
 
@@ -43,9 +46,13 @@ def start_server(workspace: Path, log_path: Path) -> tuple[subprocess.Popen, str
     script = Path(sys.executable).with_name("slicewise")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
     log = open(log_path, "wb")
-    process = subprocess.Popen([*command, "serve", "--workspace", str(workspace), "--port", str(port), "--no-demo",
-                                "--device", "cpu"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                               env={**os.environ, "SLICEWISE_LOG_LEVEL": "warning"})
+    process = subprocess.Popen(
+        [*command, "serve", "--workspace", str(workspace), "--port", str(port), "--no-demo", "--device", "cpu"],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "SLICEWISE_LOG_LEVEL": "warning"},
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -82,25 +89,6 @@ def percentiles(times: list[float]) -> tuple[float, float]:
     return float(np.percentile(times, 50)), float(np.percentile(times, 95))
 
 
-def wait_job(client, job_id, predicate, timeout=1800):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/api/jobs/{job_id}").json()
-        if predicate(job):
-            return job
-        time.sleep(0.5)
-    raise SystemExit(f"job {job_id} timed out: {job}")
-
-
-def commit() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        return rev + (" (+ uncommitted changes)" if dirty else "")
-    except OSError:
-        return "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
@@ -118,39 +106,61 @@ def main() -> None:
             with httpx.Client(base_url=url, timeout=120) as client:
                 project = client.post("/api/projects", json={"name": "bench", "labels": LABELS}).json()
                 with open(tmp / "big.nii.gz", "rb") as f:
-                    volume = client.post(f"/api/projects/{project['id']}/volumes", files={"file": ("big.nii.gz", f)}).json()
+                    volume = client.post(
+                        f"/api/projects/{project['id']}/volumes", files={"file": ("big.nii.gz", f)}
+                    ).json()
                 vid = volume["id"]
                 painted = [shape[2] // 3, 2 * shape[2] // 3]
                 for k in painted:
-                    client.put(f"/api/volumes/{vid}/annotations/2/{k}", content=np.ascontiguousarray(truth[:, :, k]).tobytes(),
-                               headers={"Content-Type": "application/octet-stream"})
+                    client.put(
+                        f"/api/volumes/{vid}/annotations/2/{k}",
+                        content=np.ascontiguousarray(truth[:, :, k]).tobytes(),
+                        headers={"Content-Type": "application/octet-stream"},
+                    )
                 t0 = time.monotonic()
-                job = client.post(f"/api/projects/{project['id']}/train", json={
-                    "preset": "quick", "stages": {"global": False, "local": False, "finetune": {"epochs": 1, "steps": 2}}}).json()
-                job = wait_job(client, job["id"], lambda j: j["state"] in ("succeeded", "failed", "cancelled"))
+                job = client.post(
+                    f"/api/projects/{project['id']}/train",
+                    json={
+                        "preset": "quick",
+                        "stages": {"global": False, "local": False, "finetune": {"epochs": 1, "steps": 2}},
+                    },
+                ).json()
+                job = wait_job(client, job["id"], lambda j: j["state"] in FINISHED_STATES)
                 if job["state"] != "succeeded":
                     raise SystemExit(f"set-up training failed: {job}")
                 setup_train_s = time.monotonic() - t0
 
-                masks = [np.ascontiguousarray((truth[:, :, k] * ((i % 2) + 0)).astype(np.uint8)).tobytes()
-                         for i, k in enumerate([1, 2])]
+                masks = [
+                    np.ascontiguousarray((truth[:, :, k] * ((i % 2) + 0)).astype(np.uint8)).tobytes()
+                    for i, k in enumerate([1, 2])
+                ]
                 rng = random.Random(0)
                 ops = {
-                    "slice PNG fetch (512x512)": lambda c, i: c.get(f"/api/volumes/{vid}/slices/2/{rng.randrange(shape[2])}.png"),
+                    "slice PNG fetch (512x512)": lambda c, i: c.get(
+                        f"/api/volumes/{vid}/slices/2/{rng.randrange(shape[2])}.png"
+                    ),
                     "annotation save (512x512 raw)": lambda c, i: c.put(
-                        f"/api/volumes/{vid}/annotations/2/{10 + i % 20}", content=masks[i % 2],
-                        headers={"Content-Type": "application/octet-stream"}),
+                        f"/api/volumes/{vid}/annotations/2/{10 + i % 20}",
+                        content=masks[i % 2],
+                        headers={"Content-Type": "application/octet-stream"},
+                    ),
                     "prediction slice fetch (512x512)": lambda c, i: c.get(
-                        f"/api/volumes/{vid}/prediction/slices/2/{rng.randrange(shape[2])}.png"),
+                        f"/api/volumes/{vid}/prediction/slices/2/{rng.randrange(shape[2])}.png"
+                    ),
                 }
                 for op in ops.values():  # warm caches (window percentiles, memory maps)
                     timed(client, 3, op)
                 idle = {name: percentiles(timed(client, args.requests, op)) for name, op in ops.items()}
 
-                busy_job = client.post(f"/api/projects/{project['id']}/train", json={
-                    "preset": "cpu", "stages": {"finetune": {"epochs": 50}}}).json()
-                wait_job(client, busy_job["id"], lambda j: j["state"] == "running" and j["progress"] > 0
-                         or j["state"] in ("succeeded", "failed", "cancelled"))
+                busy_job = client.post(
+                    f"/api/projects/{project['id']}/train",
+                    json={"preset": "cpu", "stages": {"finetune": {"epochs": 50}}},
+                ).json()
+                wait_job(
+                    client,
+                    busy_job["id"],
+                    lambda j: j["state"] == "running" and j["progress"] > 0 or j["state"] in FINISHED_STATES,
+                )
                 busy = {name: percentiles(timed(client, args.requests, op)) for name, op in ops.items()}
                 still_running = client.get(f"/api/jobs/{busy_job['id']}").json()["state"] == "running"
                 client.post(f"/api/jobs/{busy_job['id']}/cancel")
@@ -163,19 +173,21 @@ def main() -> None:
     for name in idle:
         (i50, i95), (b50, b95) = idle[name], busy[name]
         rows.append(f"| {name} | {i50:.1f} | {i95:.1f} | {b50:.1f} | {b95:.1f} |")
-    cpu = platform.processor() or platform.machine()
-    table = "\n".join([
-        "| request | idle p50 (ms) | idle p95 (ms) | training p50 (ms) | training p95 (ms) |",
-        "|---|---:|---:|---:|---:|",
-        *rows,
-    ])
+    cpu = cpu_model()
+    table = "\n".join(
+        [
+            "| request | idle p50 (ms) | idle p95 (ms) | training p50 (ms) | training p95 (ms) |",
+            "|---|---:|---:|---:|---:|",
+            *rows,
+        ]
+    )
     meets = all(idle[n][1] < TARGET_MS and busy[n][1] < TARGET_MS for n in list(idle)[:2])
     text = f"""# API latency on a {shape[0]}x{shape[1]}x{shape[2]} volume
 
 - machine: {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, no GPU
 - commit: {commit()}
-- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}
-- command: `python bench/api_latency.py --requests {args.requests} --shape {' '.join(map(str, shape))}` (wall time {time.time() - started:.0f} s)
+- date: {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))}
+- command: `{command()}` (wall time {time.time() - started:.0f} s)
 - load average (1 min) before / after: {load_before:.2f} / {load_after:.2f} (the machine may be shared)
 - one client, sequential requests over loopback to a real `slicewise serve`; {args.requests} requests per row;
   slices along axis 2 (512x512), random indices; saves alternate between 20 slices (each save a new version).
@@ -184,7 +196,7 @@ def main() -> None:
 
 {table}
 
-Target: p95 under {TARGET_MS:.0f} ms for slice fetch and annotation save: **{'met' if meets else 'not met'}**.
+Target: p95 under {TARGET_MS:.0f} ms for slice fetch and annotation save: **{"met" if meets else "not met"}**.
 """
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

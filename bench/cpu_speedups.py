@@ -1,6 +1,6 @@
 """Measure CPU speed switches for the `cpu` preset's training steps; writes docs/benchmarks/cpu_speedups.md.
 
-    .venv/bin/python bench/cpu_speedups.py [--steps 12] [--rounds 3]
+    .venv/bin/python -m bench.cpu_speedups [--steps 12] [--rounds 3]
 
 Variants: float32 baseline, channels_last, bf16 autocast, both, torch.compile (+bf16). Each variant
 runs a fine-tune step (CE + Dice, batch = finetune_batch) and a local-stage step (two views, local
@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from model.config import preset  # noqa: E402
 from model.device import autocast, prepare_input, prepare_model, runtime_for  # noqa: E402
@@ -149,7 +148,7 @@ def main() -> None:
     best = min(run_s, key=run_s.get)
     from model.device import CPU_DEFAULTS
 
-    command = "python bench/cpu_speedups.py " + " ".join(sys.argv[1:])
+    command = "python -m bench.cpu_speedups " + " ".join(sys.argv[1:])
     text = "\n".join([
         "# CPU speed switches for the `cpu` preset",
         "",

@@ -1,15 +1,15 @@
 """Label efficiency of slicewise on the MSD hippocampus: Dice on held-out volumes against painted pixels.
 
-    python bench/label_efficiency.py                 # cpu preset, the grid sized for the 2-core CPU
-    python bench/label_efficiency.py --full          # paper preset, the whole grid (meant for a GPU)
-    python bench/label_efficiency.py --quick         # quick preset, 1 seed, 2 budgets (smoke run, minutes)
-    python bench/label_efficiency.py --plan          # print the jobs and their estimated times, run nothing
+    python -m bench.label_efficiency                 # cpu preset, the grid sized for the 2-core CPU
+    python -m bench.label_efficiency --full          # paper preset, the whole grid (meant for a GPU)
+    python -m bench.label_efficiency --quick         # quick preset, 1 seed, 2 budgets (smoke run, minutes)
+    python -m bench.label_efficiency --plan          # print the jobs and their estimated times, run nothing
 
 Split. The 201 labelled volumes of ../shared/data/hippocampus are split once, with a recorded seed
 (`--split-seed`), into train / validation / test (141 / 20 / 40). Test volumes are read only by the
 evaluation: no stage of any run, contrastive ones included, ever sees them.
 
-Protocols (METHOD.md section 3), all on the train volumes:
+Protocols (docs/method.md, section 3), all on the train volumes:
 - paper: a fraction f of the train volumes fully labelled (5 / 10 / 20 % -> 7 / 14 / 28 volumes);
 - sparse: N volumes x k painted slices, the k slices evenly spaced through the extent of the
   structure along the training axis (the centres of k equal bins between its first and last
@@ -27,7 +27,7 @@ that needs it starts from its global.pt via `init_from`, as the product does acr
 Local-loss modes (stride / block / exact) are compared at one budget with an equal (shortened)
 local schedule, because `exact` costs 10-30x a `stride` step on a CPU.
 
-Regularisation branch (issue 8): rows `ft+cpc` (supervised + the CPC branch of model/regularizer.py during
+Regularisation branch: rows `ft+cpc` (supervised + the CPC branch of model/regularizer.py during
 fine-tune) and `full+cpc` (the full pipeline + the branch) run last in the default order.
 
 Options for a partial or added run: `--budgets sparse-10x3,paper-5pct` and `--rows supervised,full+cpc`
@@ -49,7 +49,6 @@ import dataclasses
 import datetime as _dt
 import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -60,27 +59,36 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import ROOT, SHARED_DATA, command, git, machine, split_volumes, torch_version
+from data.volume import IGNORE
 
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hippocampus"
+DEFAULT_DATA = SHARED_DATA / "hippocampus"
 OUT_ROOT = ROOT / "bench" / "out" / "label_efficiency"
 NOTES_MARKER = "<!-- notes: written by hand, kept when the script rewrites the tables above -->"
 NUM_CLASSES = 3
 CLASS_NAMES = ("anterior", "posterior")
 
 ROWS = ("supervised", "+global", "+local", "full")
-# issue 8: the regularisation branch (model/regularizer.py) during fine-tune; self-training (the pseudo stage)
+# the regularisation branch (model/regularizer.py) during fine-tune; self-training (the pseudo stage)
 BRANCH_ROWS = ("ft+cpc", "full+cpc", "ft+pseudo", "full+pseudo")
 ALL_ROWS = ROWS + BRANCH_ROWS
 # row -> (starts from the global encoder, runs the local stage)
-ROW_STAGES = {"supervised": (False, False), "+global": (True, False), "+local": (False, True), "full": (True, True),
-              "ft+cpc": (False, False), "full+cpc": (True, True), "ft+pseudo": (False, False), "full+pseudo": (True, True)}
+ROW_STAGES = {
+    "supervised": (False, False),
+    "+global": (True, False),
+    "+local": (False, True),
+    "full": (True, True),
+    "ft+cpc": (False, False),
+    "full+cpc": (True, True),
+    "ft+pseudo": (False, False),
+    "full+pseudo": (True, True),
+}
 ROW_BRANCH = {"ft+cpc": "cpc", "full+cpc": "cpc"}  # every other row: no branch
 ROW_PSEUDO = {"ft+pseudo", "full+pseudo"}  # every other row: no pseudo stage
 
 PAPER_REFERENCE = {0.05: 0.824, 0.10: 0.849, 0.20: 0.866}  # Hu et al. 2021, global + local (block)
-ISSUE_BASELINE = {0.05: 0.841, 0.10: 0.850, 0.20: 0.853, (10, 3): 0.671}  # issue 4: supervised, 1000 x 32
+# an earlier supervised-only run: widths 16-128, 1000 steps x 32 slices, on its own split
+EARLIER_BASELINE = {0.05: 0.841, 0.10: 0.850, 0.20: 0.853, (10, 3): 0.671}
 
 # Seconds per step before any run measured them: the cpu preset on the shared 2-core machine under load
 # (measured 2026-11-25 with load average 3-6). The estimates only decide what still fits the deadline.
@@ -100,18 +108,6 @@ def volume_names(data_dir: Path) -> list[str]:
     images = {p.name for p in (data_dir / "imagesTr").iterdir() if p.name.endswith((".nii", ".nii.gz"))}
     labels = {p.name for p in (data_dir / "labelsTr").iterdir() if p.name.endswith((".nii", ".nii.gz"))}
     return sorted(images & labels)
-
-
-def split_volumes(names: list[str], seed: int, n_val: int, n_test: int) -> dict[str, list[str]]:
-    """Deterministic train / val / test split of `names` for `seed` (independent of the input order)."""
-    names = sorted(names)
-    if n_val + n_test >= len(names):
-        raise ValueError(f"{len(names)} volumes cannot give {n_val} validation + {n_test} test + any train")
-    perm = np.random.default_rng(seed).permutation(len(names))
-    test = sorted(names[i] for i in perm[:n_test])
-    val = sorted(names[i] for i in perm[n_test : n_test + n_val])
-    train = sorted(names[i] for i in perm[n_test + n_val :])
-    return {"train": train, "val": val, "test": test}
 
 
 def labeled_order(train: list[str], seed: int) -> list[str]:
@@ -163,11 +159,19 @@ class Budget:
 
     @property
     def key(self) -> str:
-        return f"paper-{round(self.fraction * 100)}pct" if self.protocol == "paper" else f"sparse-{self.volumes}x{self.slices}"
+        return (
+            f"paper-{round(self.fraction * 100)}pct"
+            if self.protocol == "paper"
+            else f"sparse-{self.volumes}x{self.slices}"
+        )
 
     @property
     def label(self) -> str:
-        return f"{round(self.fraction * 100)} % volumes" if self.protocol == "paper" else f"{self.volumes} vol x {self.slices} slices"
+        return (
+            f"{round(self.fraction * 100)} % volumes"
+            if self.protocol == "paper"
+            else f"{self.volumes} vol x {self.slices} slices"
+        )
 
     @property
     def reference_key(self):
@@ -216,13 +220,33 @@ TEN_BY_THREE = Budget("sparse", volumes=10, slices=3)
 
 def make_grid(which: str, seeds: int | None, deadline_min: float | None) -> Grid:
     if which == "quick":
-        return Grid("quick", "quick", [0], [0], [0], [0], [TEN_BY_THREE, Budget("paper", fraction=0.05)],
-                    TEN_BY_THREE, (1, 2), deadline_min)
+        return Grid(
+            "quick",
+            "quick",
+            [0],
+            [0],
+            [0],
+            [0],
+            [TEN_BY_THREE, Budget("paper", fraction=0.05)],
+            TEN_BY_THREE,
+            (1, 2),
+            deadline_min,
+        )
     s = list(range(seeds or 3))
     if which == "full":
         return Grid("full", "paper", s, s, s, s, SPARSE_BUDGETS + PAPER_BUDGETS, TEN_BY_THREE, (10, 50), deadline_min)
-    return Grid("cpu", "cpu", s, s, s, s[:1], SPARSE_BUDGETS + PAPER_BUDGETS, TEN_BY_THREE, (1, 20),
-                65.0 if deadline_min is None else deadline_min)
+    return Grid(
+        "cpu",
+        "cpu",
+        s,
+        s,
+        s,
+        s[:1],
+        SPARSE_BUDGETS + PAPER_BUDGETS,
+        TEN_BY_THREE,
+        (1, 20),
+        65.0 if deadline_min is None else deadline_min,
+    )
 
 
 def plan_jobs(grid: Grid) -> list[Job]:
@@ -286,7 +310,11 @@ def plan_jobs(grid: Grid) -> list[Job]:
 
 def job_to_json(job: Job) -> str:
     d = {k: getattr(job, k) for k in ("kind", "seed", "row", "mode", "local_epochs", "local_steps", "table")}
-    d["budget"] = None if job.budget is None else {k: getattr(job.budget, k) for k in ("protocol", "fraction", "volumes", "slices")}
+    d["budget"] = (
+        None
+        if job.budget is None
+        else {k: getattr(job.budget, k) for k in ("protocol", "fraction", "volumes", "slices")}
+    )
     return json.dumps(d)
 
 
@@ -323,25 +351,36 @@ class Bench:
         self.threads = args.threads or (1 if self.workers > 1 else None)
         self.validate = args.validate or grid.name == "full"
         self.on_cuda = args.device == "cuda" or (args.device == "auto" and _cuda_available())
-        self.commit_at_start = _git("rev-parse", "--short", "HEAD")
+        self.commit_at_start = git("rev-parse", "--short", "HEAD")
         self.history: list[dict] = []  # earlier invocations whose runs --append kept
         if getattr(args, "append", False) and self.results_path.is_file() and not args.run_job:
             old = json.loads(self.results_path.read_text())
             self.results = old["runs"]
             self.skipped, self.failed = [], []  # recomputed for what this invocation leaves out
             m = old["meta"]
-            self.history = m.get("history", []) + [{k: m[k] for k in ("command", "commit", "started_utc", "elapsed_s", "machine")}]
+            self.history = m.get("history", []) + [
+                {k: m[k] for k in ("command", "commit", "started_utc", "elapsed_s", "machine")}
+            ]
             for extra in args.merge:  # runs of the same split made elsewhere (another --out)
                 known = {r["job"] for r in self.results}
                 self.results += [r for r in json.loads(Path(extra).read_text())["runs"] if r["job"] not in known]
             for record in self.results:  # per-step rates for the deadline's estimates
                 self.learn(record)
         self.start = time.monotonic()
-        self.started_at = _dt.datetime.now(_dt.timezone.utc)
+        self.started_at = _dt.datetime.now(_dt.UTC)
         self.load_start = os.getloadavg()
-        self.md_path = Path(args.md) if args.md else (
-            ROOT / "docs" / "benchmarks" / ("label_efficiency.md" if grid.name == "cpu" else f"label_efficiency_{grid.name}.md")
-            if grid.name != "quick" else self.out / "label_efficiency_quick.md")
+        self.md_path = (
+            Path(args.md)
+            if args.md
+            else (
+                ROOT
+                / "docs"
+                / "benchmarks"
+                / ("label_efficiency.md" if grid.name == "cpu" else f"label_efficiency_{grid.name}.md")
+                if grid.name != "quick"
+                else self.out / "label_efficiency_quick.md"
+            )
+        )
 
     # ---- labels for a budget ------------------------------------------------------------------
     def labels_for(self, seed: int, budget: Budget) -> tuple[list[str], list[str], list[str], dict]:
@@ -374,10 +413,14 @@ class Bench:
     def config(self, job: Job, out_dir: Path, **changes):
         from model.config import preset
 
-        base = dict(axis=self.args.axis, num_classes=NUM_CLASSES, seed=job.seed, device=self.args.device,
-                    out_dir=str(out_dir))
+        base = dict(
+            axis=self.args.axis, num_classes=NUM_CLASSES, seed=job.seed, device=self.args.device, out_dir=str(out_dir)
+        )
         if self.validate:
-            base.update(val_images=[self.image(n) for n in self.split["val"]], val_labels=[self.label(n) for n in self.split["val"]])
+            base.update(
+                val_images=[self.image(n) for n in self.split["val"]],
+                val_labels=[self.label(n) for n in self.split["val"]],
+            )
         if self.threads:
             base["threads"] = self.threads
         return preset(self.grid.preset, **{**base, **self.grid.overrides, **changes})
@@ -395,11 +438,22 @@ class Bench:
 
     def estimate(self, job: Job) -> float:
         cfg = self.config(job, Path("/nonexistent"))
-        overhead = float(np.median(self.overheads)) if self.overheads else (PRIOR_OVERHEAD_CUDA_S if self.on_cuda else PRIOR_OVERHEAD_S)
+        overhead = (
+            float(np.median(self.overheads))
+            if self.overheads
+            else (PRIOR_OVERHEAD_CUDA_S if self.on_cuda else PRIOR_OVERHEAD_S)
+        )
         # A stage without a fixed step count makes one pass over its pool per epoch (model.train.stage_plan);
         # hippocampus volumes have about 36 slices along axis 0.
-        painted = (job.budget.volumes * job.budget.slices if job.budget.protocol == "sparse"
-                   else 36 * paper_count(job.budget.fraction, len(self.split["train"]))) if job.budget else 0
+        painted = (
+            (
+                job.budget.volumes * job.budget.slices
+                if job.budget.protocol == "sparse"
+                else 36 * paper_count(job.budget.fraction, len(self.split["train"]))
+            )
+            if job.budget
+            else 0
+        )
 
         def steps(stage: str, pool: int) -> int:
             return getattr(cfg, f"{stage}_steps") or -(-pool // getattr(cfg, f"{stage}_batch"))
@@ -428,8 +482,17 @@ class Bench:
             # volume goes first, the order runs before 2026-11-25 16:40 used, so their slices are drawn alike.)
             first = self.image(labeled_order(self.split["train"], job.seed)[0])
             all_images = [first] + [self.image(n) for n in self.split["train"] if self.image(n) != first]
-            cfg = self.config(job, out_dir, images=all_images, labels=[], global_stage=True, local_stage=False,
-                              finetune_stage=False, val_images=[], val_labels=[])
+            cfg = self.config(
+                job,
+                out_dir,
+                images=all_images,
+                labels=[],
+                global_stage=True,
+                local_stage=False,
+                finetune_stage=False,
+                val_images=[],
+                val_labels=[],
+            )
             painted = {}
         else:
             init, local = ROW_STAGES[job.row]
@@ -437,10 +500,17 @@ class Bench:
                 self.skipped.append(f"{job.name} (its seed's global stage did not run)")
                 return None
             images, label_paths, unlabeled, painted = self.labels_for(job.seed, job.budget)
-            changes = dict(images=images, labels=label_paths, unlabeled=unlabeled, global_stage=False,
-                           local_stage=local, finetune_stage=True, branch=ROW_BRANCH.get(job.row, "none"),
-                           pseudo_stage=job.row in ROW_PSEUDO,
-                           init_from=str(self.global_path(job.seed)) if init else None)
+            changes = dict(
+                images=images,
+                labels=label_paths,
+                unlabeled=unlabeled,
+                global_stage=False,
+                local_stage=local,
+                finetune_stage=True,
+                branch=ROW_BRANCH.get(job.row, "none"),
+                pseudo_stage=job.row in ROW_PSEUDO,
+                init_from=str(self.global_path(job.seed)) if init else None,
+            )
             if job.mode:
                 changes["local_mode"] = job.mode
             if job.local_epochs is not None:
@@ -451,9 +521,18 @@ class Bench:
         t0 = time.monotonic()
         metrics = train(cfg)
         train_s = time.monotonic() - t0
-        record = {"job": job.name, "kind": job.kind, "seed": job.seed, "table": job.table,
-                  "train_wall_s": round(train_s, 2), "stages": metrics["stages"], "data": metrics["data"],
-                  "local_mode": cfg.local_mode, "threads": cfg.threads, "load_avg": os.getloadavg()}
+        record = {
+            "job": job.name,
+            "kind": job.kind,
+            "seed": job.seed,
+            "table": job.table,
+            "train_wall_s": round(train_s, 2),
+            "stages": metrics["stages"],
+            "data": metrics["data"],
+            "local_mode": cfg.local_mode,
+            "threads": cfg.threads,
+            "load_avg": os.getloadavg(),
+        }
         if job.kind == "global":
             record["global_pt"] = str(self.global_path(job.seed))
             record["eval_wall_s"] = 0.0
@@ -463,18 +542,26 @@ class Bench:
         per_volume = self.evaluate(out_dir)
         eval_s = time.monotonic() - t1
         per_class = np.mean(list(per_volume.values()), axis=0)
-        record.update({
-            "protocol": job.budget.protocol, "budget": job.budget.key, "row": job.row,
-            "mode": cfg.local_mode if ROW_STAGES[job.row][1] else None,
-            "local_schedule": [cfg.local_epochs, cfg.local_steps] if ROW_STAGES[job.row][1] else None,
-            "finetune_schedule": [cfg.finetune_epochs, cfg.finetune_steps, cfg.finetune_batch],
-            "branch": cfg.branch, "branch_weight": cfg.branch_weight if cfg.branch != "none" else None,
-            "labeled_volumes": painted, "painted_slices": metrics["data"]["painted_slices"],
-            "eval_wall_s": round(eval_s, 2), "row_wall_s": round(train_s + eval_s, 2),
-            "test_dice_per_volume": per_volume,
-            "test_dice_per_class": per_class.tolist(), "test_dice_mean": float(per_class.mean()),
-            "val_dice_mean": metrics.get("validation", {}).get("dice_mean"),
-        })
+        record.update(
+            {
+                "protocol": job.budget.protocol,
+                "budget": job.budget.key,
+                "row": job.row,
+                "mode": cfg.local_mode if ROW_STAGES[job.row][1] else None,
+                "local_schedule": [cfg.local_epochs, cfg.local_steps] if ROW_STAGES[job.row][1] else None,
+                "finetune_schedule": [cfg.finetune_epochs, cfg.finetune_steps, cfg.finetune_batch],
+                "branch": cfg.branch,
+                "branch_weight": cfg.branch_weight if cfg.branch != "none" else None,
+                "labeled_volumes": painted,
+                "painted_slices": metrics["data"]["painted_slices"],
+                "eval_wall_s": round(eval_s, 2),
+                "row_wall_s": round(train_s + eval_s, 2),
+                "test_dice_per_volume": per_volume,
+                "test_dice_per_class": per_class.tolist(),
+                "test_dice_mean": float(per_class.mean()),
+                "val_dice_mean": metrics.get("validation", {}).get("dice_mean"),
+            }
+        )
         (out_dir / "checkpoint.pt").unlink(missing_ok=True)
         if not self.args.keep_models:
             (out_dir / "model.pt").unlink(missing_ok=True)
@@ -492,8 +579,14 @@ class Bench:
     @property
     def test(self):
         if self._test is None:
-            self._test = [(n, np.asarray(self.read_volume(self.image(n)).array), np.asarray(self.read_volume(self.label(n)).array))
-                          for n in self.split["test"]]
+            self._test = [
+                (
+                    n,
+                    np.asarray(self.read_volume(self.image(n)).array),
+                    np.asarray(self.read_volume(self.label(n)).array),
+                )
+                for n in self.split["test"]
+            ]
         return self._test
 
     def evaluate(self, model_dir: Path) -> dict[str, list[float]]:
@@ -510,9 +603,29 @@ class Bench:
     # ---- the loop: up to `workers` jobs at once, each in its own process -------------------------
     def worker_command(self, job: Job) -> list[str]:
         a = self.args
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--run-job", job_to_json(job), "--data", str(self.data),
-               "--out", str(self.out), "--split-seed", str(a.split_seed), "--n-val", str(a.n_val), "--n-test", str(a.n_test),
-               "--axis", str(a.axis), "--device", a.device, "--workers", str(self.workers)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.label_efficiency",
+            "--run-job",
+            job_to_json(job),
+            "--data",
+            str(self.data),
+            "--out",
+            str(self.out),
+            "--split-seed",
+            str(a.split_seed),
+            "--n-val",
+            str(a.n_val),
+            "--n-test",
+            str(a.n_test),
+            "--axis",
+            str(a.axis),
+            "--device",
+            a.device,
+            "--workers",
+            str(self.workers),
+        ]
         cmd += ["--full"] if self.grid.name == "full" else ["--quick"] if self.grid.name == "quick" else []
         if a.seeds:
             cmd += ["--seeds", str(a.seeds)]
@@ -539,7 +652,9 @@ class Bench:
                     if hard is not None and self.elapsed() > hard:
                         os.killpg(proc.pid, signal.SIGTERM)  # our own worker's process group
                         proc.wait()
-                        self.failed.append(f"{name} (killed at the {hard / 60:.0f} min hard limit after {time.monotonic() - t0:.0f} s)")
+                        self.failed.append(
+                            f"{name} (killed at the {hard / 60:.0f} min hard limit after {time.monotonic() - t0:.0f} s)"
+                        )
                         globals_lost.add(job.seed) if job.kind == "global" else None
                         del running[name]
                         self.write()
@@ -555,8 +670,11 @@ class Bench:
                     if job.kind == "global":
                         globals_done.add(job.seed)
                     dice = record.get("test_dice_mean")
-                    print(f"[{self.elapsed():6.0f}s] done {name} in {time.monotonic() - t0:.0f} s (estimated {est:.0f})"
-                          + (f", test Dice {dice:.3f}" if dice is not None else ""), flush=True)
+                    print(
+                        f"[{self.elapsed():6.0f}s] done {name} in {time.monotonic() - t0:.0f} s (estimated {est:.0f})"
+                        + (f", test Dice {dice:.3f}" if dice is not None else ""),
+                        flush=True,
+                    )
                 else:
                     self.failed.append(f"{name} (exit {proc.returncode}; log runs/{name}.log)")
                     print(f"[{self.elapsed():6.0f}s] FAILED {name} (exit {proc.returncode})", flush=True)
@@ -569,7 +687,9 @@ class Bench:
                     break
                 est = self.estimate(job)
                 if deadline is not None and self.elapsed() + est > deadline:
-                    self.skipped.append(f"{job.name} (estimated {est:.0f} s, {max(0, deadline - self.elapsed()):.0f} s left)")
+                    self.skipped.append(
+                        f"{job.name} (estimated {est:.0f} s, {max(0, deadline - self.elapsed()):.0f} s left)"
+                    )
                     print(f"[{self.elapsed():6.0f}s] skip {job.name}: estimated {est:.0f} s", flush=True)
                     if job.kind == "global":
                         globals_lost.add(job.seed)
@@ -577,10 +697,14 @@ class Bench:
                 log = self.out / "runs" / f"{job.name}.log"
                 log.parent.mkdir(parents=True, exist_ok=True)
                 with open(log, "w") as f:
-                    proc = subprocess.Popen(self.worker_command(job), stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
-                                            start_new_session=True)
+                    proc = subprocess.Popen(
+                        self.worker_command(job), stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+                    )
                 running[job.name] = (job, proc, time.monotonic(), est)
-                print(f"[{self.elapsed():6.0f}s] start {job.name} (estimated {est:.0f} s, {len(pending)} pending)", flush=True)
+                print(
+                    f"[{self.elapsed():6.0f}s] start {job.name} (estimated {est:.0f} s, {len(pending)} pending)",
+                    flush=True,
+                )
             if not running and pending:
                 # nothing can start: every pending job waits for a global stage that will not come
                 for job in pending:
@@ -607,24 +731,26 @@ class Bench:
     # ---- reporting ----------------------------------------------------------------------------
     def done_jobs(self) -> set[str]:
         """Jobs with a result already (--append); a global counts only while its global.pt is still there."""
-        return {r["job"] for r in self.results
-                if r["kind"] != "global" or self.global_path(r["seed"]).is_file()}
+        return {r["job"] for r in self.results if r["kind"] != "global" or self.global_path(r["seed"]).is_file()}
 
     def meta(self) -> dict:
         return {
             "history": self.history,
-            "commit": _git("rev-parse", "--short", "HEAD"),
+            "commit": git("rev-parse", "--short", "HEAD"),
             "commit_at_start": self.commit_at_start,
-            "dirty": bool(_git("status", "--porcelain")),
-            "machine": _machine(),
-            "torch": _torch_version(),
+            "dirty": bool(git("status", "--porcelain")),
+            "machine": machine(),
+            "torch": torch_version(),
             "started_utc": self.started_at.strftime("%Y-%m-%d %H:%M UTC"),
             "elapsed_s": round(self.elapsed(), 1),
             "load_avg_start": [round(x, 2) for x in self.load_start],
             "load_avg_now": [round(x, 2) for x in os.getloadavg()],
-            "command": _command(),
-            "grid": self.grid.name, "preset": self.grid.preset, "axis": self.args.axis,
-            "split_seed": self.args.split_seed, "split": self.split,
+            "command": command(),
+            "grid": self.grid.name,
+            "preset": self.grid.preset,
+            "axis": self.args.axis,
+            "split_seed": self.args.split_seed,
+            "split": self.split,
             "data": str(self.data),
         }
 
@@ -639,7 +765,7 @@ class Bench:
         if self.md_path.is_file():  # hand-written notes below the marker survive a re-run
             old = self.md_path.read_text()
             if NOTES_MARKER in old:
-                text += "\n" + old[old.index(NOTES_MARKER):]
+                text += "\n" + old[old.index(NOTES_MARKER) :]
         tmp = self.md_path.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.replace(self.md_path)
@@ -649,48 +775,6 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def _command() -> str:
-    script = Path(sys.argv[0]).resolve()
-    shown = str(script.relative_to(ROOT)) if script.is_relative_to(ROOT) else sys.argv[0]
-    return " ".join(["python", shown, *sys.argv[1:]])
-
-
-def _git(*args) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    gpu = ""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            gpu = f", GPU {torch.cuda.get_device_name(0)}"
-    except Exception:
-        pass
-    return f"{model}, {os.cpu_count()} cores{gpu}"
-
-
-def _torch_version() -> str:
-    try:
-        import torch
-
-        return torch.__version__
-    except Exception:
-        return "?"
 
 
 # --------------------------------------------------------------------------------------------
@@ -724,14 +808,21 @@ def render_markdown(meta: dict, runs: list[dict], skipped: list[str], grid: Grid
         "# Label efficiency on the MSD hippocampus",
         "",
         f"- commit: {meta['commit']}{' (+ uncommitted changes)' if meta['dirty'] else ''}"
-        + (f" (HEAD was {meta['commit_at_start']} when the run started)" if meta.get("commit_at_start", meta["commit"]) != meta["commit"] else ""),
+        + (
+            f" (HEAD was {meta['commit_at_start']} when the run started)"
+            if meta.get("commit_at_start", meta["commit"]) != meta["commit"]
+            else ""
+        ),
         f"- machine: {meta['machine']}, torch {meta['torch']}",
         f"- date: {meta['started_utc']}; elapsed {meta['elapsed_s'] / 60:.1f} min"
         f"; load average (1/5/15 min) at start {meta['load_avg_start']}, at last write {meta['load_avg_now']}"
         " (the machine is shared: wall times are indicative)",
         f"- command: `{meta['command']}` (grid `{meta['grid']}`, preset `{meta['preset']}`)",
-        *[f"- runs kept from an earlier invocation (`--append`): `{h['command']}` at {h['commit']}, {h['started_utc']}, "
-          f"{h['elapsed_s'] / 60:.1f} min, {h['machine']}" for h in meta.get("history", [])],
+        *[
+            f"- runs kept from an earlier invocation (`--append`): `{h['command']}` at {h['commit']}, {h['started_utc']}, "
+            f"{h['elapsed_s'] / 60:.1f} min, {h['machine']}"
+            for h in meta.get("history", [])
+        ],
         f"- data: `../shared/data/hippocampus` imagesTr/labelsTr, {sum(len(v) for v in split.values())} volumes, "
         f"split with seed {meta['split_seed']} into {len(split['train'])} train / {len(split['val'])} validation / "
         f"{len(split['test'])} test (lists below and in results.json). Test volumes are seen by no stage of any run.",
@@ -746,35 +837,49 @@ def render_markdown(meta: dict, runs: list[dict], skipped: list[str], grid: Grid
     by = {}
     for r in runs:
         if r["kind"] == "row":
-            by.setdefault((r["table"], r["budget"], r["row"], r["mode"], tuple(r["local_schedule"] or ())), []).append(r)
+            by.setdefault((r["table"], r["budget"], r["row"], r["mode"], tuple(r["local_schedule"] or ())), []).append(
+                r
+            )
 
     def cell(budget: Budget, row: str) -> list[dict]:
         return [r for k, rs in by.items() if k[0] == "main" and k[1] == budget.key and k[2] == row for r in rs]
 
     # ---- summary
     shown = ROWS + tuple(row for row in BRANCH_ROWS if any(k[2] == row for k in by))
-    lines += ["## Mean Dice on the test volumes", "",
-              "| budget | painted slices | " + " | ".join(shown) + " | full − supervised | paper | issue's supervised baseline |",
-              "|---|---:|" + "---|" * len(shown) + "---:|---:|---:|"]
+    lines += [
+        "## Mean Dice on the test volumes",
+        "",
+        "| budget | painted slices | "
+        + " | ".join(shown)
+        + " | full − supervised | paper | earlier supervised baseline |",
+        "|---|---:|" + "---|" * len(shown) + "---:|---:|---:|",
+    ]
     for b in grid.budgets:
         cells = {row: cell(b, row) for row in shown}
         painted = next((r["painted_slices"] for rs in cells.values() for r in rs), None)
         sup, full = ({r["seed"]: r["test_dice_mean"] for r in cells[x]} for x in ("supervised", "full"))
         both = sorted(set(sup) & set(full))
         diff = _pm([full[s] - sup[s] for s in both]) if both else "–"
-        lines.append(f"| {b.label} | {painted if painted is not None else '–'} | "
-                     + " | ".join(_pm([r["test_dice_mean"] for r in cells[row]]) for row in shown)
-                     + f" | {diff} | {PAPER_REFERENCE.get(b.reference_key, '–')} | {ISSUE_BASELINE.get(b.reference_key, '–')} |")
-    lines += ["",
-              "`full − supervised`: the per-seed difference (same labelled volumes, same seed), mean ± std. "
-              "`paper`: Hu et al. 2021 (widths 64-512, global + local block, their split). "
-              "`issue's supervised baseline`: issue 4, widths 16-128, 1000 steps x 32 slices, its own split.",
-              ""]
+        lines.append(
+            f"| {b.label} | {painted if painted is not None else '–'} | "
+            + " | ".join(_pm([r["test_dice_mean"] for r in cells[row]]) for row in shown)
+            + f" | {diff} | {PAPER_REFERENCE.get(b.reference_key, '–')} | {EARLIER_BASELINE.get(b.reference_key, '–')} |"
+        )
+    lines += [
+        "",
+        "`full − supervised`: the per-seed difference (same labelled volumes, same seed), mean ± std. "
+        "`paper`: Hu et al. 2021 (widths 64-512, global + local block, their split). "
+        "`earlier supervised baseline`: a supervised-only run before this benchmark, widths 16-128, 1000 steps x 32 slices, its own split.",
+        "",
+    ]
 
     # ---- detail
-    lines += ["## Per class and wall time", "",
-              "| budget | row | seeds | anterior | posterior | mean | val mean | local s | fine-tune s | row wall s |",
-              "|---|---|---:|---|---|---|---|---:|---:|---:|"]
+    lines += [
+        "## Per class and wall time",
+        "",
+        "| budget | row | seeds | anterior | posterior | mean | val mean | local s | fine-tune s | row wall s |",
+        "|---|---|---:|---|---|---|---|---:|---:|---:|",
+    ]
     for b in grid.budgets:
         for row in shown:
             rs = cell(b, row)
@@ -785,60 +890,87 @@ def render_markdown(meta: dict, runs: list[dict], skipped: list[str], grid: Grid
                 f"{_pm([r['test_dice_per_class'][1] for r in rs]).split(' (')[0]} | {_pm([r['test_dice_mean'] for r in rs]).split(' (')[0]} | "
                 f"{_pm([r['val_dice_mean'] for r in rs if r['val_dice_mean'] is not None]).split(' (')[0]} | "
                 f"{_mean_or_dash([_stage_s(r, 'local') for r in rs])} | {_mean_or_dash([_stage_s(r, 'finetune') for r in rs])} | "
-                f"{_mean_or_dash([r['row_wall_s'] for r in rs])} |")
+                f"{_mean_or_dash([r['row_wall_s'] for r in rs])} |"
+            )
     globals_ = [r for r in runs if r["kind"] == "global"]
-    lines += ["",
-              "`row wall s`: the whole run (reading every train volume, the stages it runs"
-              + (", validation" if bench is not None and bench.validate else "")
-              + ") plus predicting the test volumes; mean over seeds. Rows `+global` and `full` "
-              "also need the global stage, run once per seed and shared (below)."
-              + (f" {bench.workers} jobs ran at once, {bench.threads or 'default'} torch thread(s) each, on a machine "
-                 "shared with other work: wall times include that contention." if bench is not None else ""),
-              ""]
+    lines += [
+        "",
+        "`row wall s`: the whole run (reading every train volume, the stages it runs"
+        + (", validation" if bench is not None and bench.validate else "")
+        + ") plus predicting the test volumes; mean over seeds. Rows `+global` and `full` "
+        "also need the global stage, run once per seed and shared (below)."
+        + (
+            f" {bench.workers} jobs ran at once, {bench.threads or 'default'} torch thread(s) each, on a machine "
+            "shared with other work: wall times include that contention."
+            if bench is not None
+            else ""
+        ),
+        "",
+    ]
     if globals_:
         lines += ["| seed | global stage s | slices | run wall s |", "|---:|---:|---:|---:|"]
         for r in globals_:
-            lines.append(f"| {r['seed']} | {_stage_s(r, 'global'):.0f} | {r['data']['slices']} | {r['train_wall_s']:.0f} |")
+            lines.append(
+                f"| {r['seed']} | {_stage_s(r, 'global'):.0f} | {r['data']['slices']} | {r['train_wall_s']:.0f} |"
+            )
         lines.append("")
 
     # ---- modes
     mode_runs = [r for r in runs if r["kind"] == "row" and r["table"] == "modes"]
     if mode_runs:
         e, s = grid.mode_local
-        lines += [f"## Local loss mode at {grid.mode_budget.label} (full pipeline, local stage shortened to {e} x {s} steps)", "",
-                  "All three modes run the same shortened local schedule (exact costs 10-30x a stride step on a CPU), then the "
-                  "preset's fine-tune; compare them with each other, not with the `full` row above.", "",
-                  "| mode | seeds | anterior | posterior | mean | local s | local s/step | row wall s |",
-                  "|---|---:|---|---|---|---:|---:|---:|"]
+        lines += [
+            f"## Local loss mode at {grid.mode_budget.label} (full pipeline, local stage shortened to {e} x {s} steps)",
+            "",
+            "All three modes run the same shortened local schedule (exact costs 10-30x a stride step on a CPU), then the "
+            "preset's fine-tune; compare them with each other, not with the `full` row above.",
+            "",
+            "| mode | seeds | anterior | posterior | mean | local s | local s/step | row wall s |",
+            "|---|---:|---|---|---|---:|---:|---:|",
+        ]
         for mode in ("stride", "block", "exact"):
             rs = [r for r in mode_runs if r["mode"] == mode]
             if not rs:
                 continue
             per_step = [_stage_s(r, "local") / (r["local_schedule"][0] * r["local_schedule"][1]) for r in rs]
-            lines.append(f"| {mode} | {len(rs)} | {_pm([r['test_dice_per_class'][0] for r in rs]).split(' (')[0]} | "
-                         f"{_pm([r['test_dice_per_class'][1] for r in rs]).split(' (')[0]} | {_pm([r['test_dice_mean'] for r in rs]).split(' (')[0]} | "
-                         f"{_mean_or_dash([_stage_s(r, 'local') for r in rs])} | {_mean_or_dash(per_step, '{:.2f}')} | "
-                         f"{_mean_or_dash([r['row_wall_s'] for r in rs])} |")
+            lines.append(
+                f"| {mode} | {len(rs)} | {_pm([r['test_dice_per_class'][0] for r in rs]).split(' (')[0]} | "
+                f"{_pm([r['test_dice_per_class'][1] for r in rs]).split(' (')[0]} | {_pm([r['test_dice_mean'] for r in rs]).split(' (')[0]} | "
+                f"{_mean_or_dash([_stage_s(r, 'local') for r in rs])} | {_mean_or_dash(per_step, '{:.2f}')} | "
+                f"{_mean_or_dash([r['row_wall_s'] for r in rs])} |"
+            )
         lines.append("")
 
     # ---- schedule
     if bench is not None:
         cfg = bench.config(Job("row", 0, TEN_BY_THREE, "full"), Path("/x"))
-        lines += ["## Schedule", "",
-                  f"Preset `{grid.preset}`: U-Net widths {list(cfg.widths)}; global {cfg.global_epochs} x {cfg.global_steps} steps "
-                  f"of batch {cfg.global_batch} (lr {cfg.global_lr}); local {cfg.local_epochs} x {cfg.local_steps} steps of batch "
-                  f"{cfg.local_batch} (lr {cfg.local_lr}, mode {cfg.local_mode}); fine-tune {cfg.finetune_epochs} x "
-                  f"{cfg.finetune_steps} steps of batch {cfg.finetune_batch} (lr {cfg.finetune_lr}), the same for every row. "
-                  f"Seeds: {grid.seeds} (+global / +local: {grid.ablation_seeds}; modes: {grid.mode_seeds}, exact: {grid.exact_seeds})."
-                  + (f" Jobs run in priority order; a job is not started when its estimated time would end it after the "
-                     f"{grid.deadline_min:.0f} min deadline." if grid.deadline_min else ""), ""]
+        lines += [
+            "## Schedule",
+            "",
+            f"Preset `{grid.preset}`: U-Net widths {list(cfg.widths)}; global {cfg.global_epochs} x {cfg.global_steps} steps "
+            f"of batch {cfg.global_batch} (lr {cfg.global_lr}); local {cfg.local_epochs} x {cfg.local_steps} steps of batch "
+            f"{cfg.local_batch} (lr {cfg.local_lr}, mode {cfg.local_mode}); fine-tune {cfg.finetune_epochs} x "
+            f"{cfg.finetune_steps} steps of batch {cfg.finetune_batch} (lr {cfg.finetune_lr}), the same for every row. "
+            f"Seeds: {grid.seeds} (+global / +local: {grid.ablation_seeds}; modes: {grid.mode_seeds}, exact: {grid.exact_seeds})."
+            + (
+                f" Jobs run in priority order; a job is not started when its estimated time would end it after the "
+                f"{grid.deadline_min:.0f} min deadline."
+                if grid.deadline_min
+                else ""
+            ),
+            "",
+        ]
     if skipped or failed:
         lines += ["## Not run", "", *[f"- {s}" for s in failed], *[f"- {s}" for s in skipped], ""]
-    lines += ["## Volumes", "",
-              f"- test ({len(split['test'])}): {', '.join(n.split('.')[0].replace('hippocampus_', '') for n in split['test'])}",
-              f"- validation ({len(split['val'])}): {', '.join(n.split('.')[0].replace('hippocampus_', '') for n in split['val'])}",
-              f"- train: the other {len(split['train'])} (hippocampus_NNN.nii.gz); labelled volumes and painted slice "
-              "indices per seed and budget are in results.json (`labeled_volumes`).", ""]
+    lines += [
+        "## Volumes",
+        "",
+        f"- test ({len(split['test'])}): {', '.join(n.split('.')[0].replace('hippocampus_', '') for n in split['test'])}",
+        f"- validation ({len(split['val'])}): {', '.join(n.split('.')[0].replace('hippocampus_', '') for n in split['val'])}",
+        f"- train: the other {len(split['train'])} (hippocampus_NNN.nii.gz); labelled volumes and painted slice "
+        "indices per seed and budget are in results.json (`labeled_volumes`).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -851,7 +983,9 @@ def parse_args(argv=None):
     p.add_argument("--plan", action="store_true", help="print the jobs with estimated times and exit")
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--out", default=None, help="work folder (default bench/out/label_efficiency/<grid>)")
-    p.add_argument("--md", default=None, help="markdown table (default docs/benchmarks/label_efficiency.md for the cpu grid)")
+    p.add_argument(
+        "--md", default=None, help="markdown table (default docs/benchmarks/label_efficiency.md for the cpu grid)"
+    )
     p.add_argument("--seeds", type=int, default=None, help="training seeds (default 3)")
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--n-val", type=int, default=20)
@@ -859,22 +993,53 @@ def parse_args(argv=None):
     p.add_argument("--axis", type=int, default=0, choices=(0, 1, 2))
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--deadline-min", type=float, default=None,
-                   help="start no job that would end after this many minutes (default 65 for the cpu grid, none otherwise)")
+    p.add_argument(
+        "--deadline-min",
+        type=float,
+        default=None,
+        help="start no job that would end after this many minutes (default 65 for the cpu grid, none otherwise)",
+    )
     p.add_argument("--keep-models", action="store_true", help="keep every run's model.pt")
-    p.add_argument("--workers", type=int, default=None,
-                   help="jobs run at once, each in its own process (default 2 with 1 torch thread each for the cpu grid, else 1)")
-    p.add_argument("--grace-min", type=float, default=3.0,
-                   help="a job still running this long after the deadline is killed (default 3)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="jobs run at once, each in its own process (default 2 with 1 torch thread each for the cpu grid, else 1)",
+    )
+    p.add_argument(
+        "--grace-min",
+        type=float,
+        default=3.0,
+        help="a job still running this long after the deadline is killed (default 3)",
+    )
     p.add_argument("--validate", action="store_true", help="also report Dice on the validation volumes (on for --full)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a preset value for every run (JSON value), e.g. --set finetune_epochs=32; repeatable")
-    p.add_argument("--budgets", default=None, help="only these budgets, comma-separated keys (e.g. sparse-10x3,paper-5pct)")
-    p.add_argument("--rows", default=None, help=f"only these rows, comma-separated (of {', '.join(ALL_ROWS)}; 'modes' = the mode table)")
-    p.add_argument("--merge", nargs="*", default=[], metavar="RESULTS_JSON",
-                   help="with --append: also keep the runs of these results.json files (same split, another --out)")
-    p.add_argument("--append", action="store_true",
-                   help="keep the runs already in <out>/results.json and run only the jobs not in it (adds rows or seeds to a table)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset value for every run (JSON value), e.g. --set finetune_epochs=32; repeatable",
+    )
+    p.add_argument(
+        "--budgets", default=None, help="only these budgets, comma-separated keys (e.g. sparse-10x3,paper-5pct)"
+    )
+    p.add_argument(
+        "--rows",
+        default=None,
+        help=f"only these rows, comma-separated (of {', '.join(ALL_ROWS)}; 'modes' = the mode table)",
+    )
+    p.add_argument(
+        "--merge",
+        nargs="*",
+        default=[],
+        metavar="RESULTS_JSON",
+        help="with --append: also keep the runs of these results.json files (same split, another --out)",
+    )
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help="keep the runs already in <out>/results.json and run only the jobs not in it (adds rows or seeds to a table)",
+    )
     p.add_argument("--run-job", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -903,7 +1068,9 @@ def select_jobs(jobs: list[Job], budgets: str | None, rows: str | None) -> list[
     want_b = set(budgets.split(",")) if budgets else None
     want_r = set(rows.split(",")) if rows else None
     if want_r and not want_r <= set(ALL_ROWS) | {"modes"}:
-        raise SystemExit(f"--rows: unknown {sorted(want_r - set(ALL_ROWS) - {'modes'})}; choose from {', '.join(ALL_ROWS)}, modes")
+        raise SystemExit(
+            f"--rows: unknown {sorted(want_r - set(ALL_ROWS) - {'modes'})}; choose from {', '.join(ALL_ROWS)}, modes"
+        )
     keep = []
     for job in jobs:
         if job.kind == "global":
@@ -940,8 +1107,11 @@ def main(argv=None) -> int:
             total += est
             print(f"{job.name:55s} {est:7.0f} s  (cumulative {total / 60:6.1f} min)")
         return 0
-    print(f"split seed {args.split_seed}: {len(bench.split['train'])} train / {len(bench.split['val'])} val / "
-          f"{len(bench.split['test'])} test; {len(jobs)} jobs; table -> {bench.md_path}", flush=True)
+    print(
+        f"split seed {args.split_seed}: {len(bench.split['train'])} train / {len(bench.split['val'])} val / "
+        f"{len(bench.split['test'])} test; {len(jobs)} jobs; table -> {bench.md_path}",
+        flush=True,
+    )
     bench.go(jobs)
     return 0
 

@@ -1,6 +1,6 @@
 """Load: N simulated annotators (1, 8, 32) against one real `slicewise serve` while a training job runs.
 
-    python bench/load.py [--annotators 1 8 32] [--seconds 30] [--max-actions 60] [--think 0.5]
+    python -m bench.load [--annotators 1 8 32] [--seconds 30] [--max-actions 60] [--think 0.5]
                          [--out docs/benchmarks/load.md]
 
 Loopback only, bounded in time and count: a temporary workspace with the hippocampus volume
@@ -11,7 +11,7 @@ save its own slice (If-Match: the version it last saw; distinct slices per annot
 prediction of a slice - with a think time drawn uniformly from [0.5, 1.5] x --think seconds between actions
 (a person paints, scrolls and looks; --think 0 is a closed loop), until --seconds or --max-actions.
 Every answer that is not 2xx, and every transport error, counts as an error.
-Target (issue 7): 32 annotators, zero errors, p95 under 250 ms on a 2-core machine.
+Target: 32 annotators, zero errors, p95 under 250 ms on a 2-core machine (a lab's annotators at once).
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ import argparse
 import os
 import platform
 import random
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,10 +28,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from api_latency import commit, start_server, synthetic_volume, wait_job  # noqa: E402
+from bench.api_latency import start_server, synthetic_volume
+from bench.common import ROOT as REPO
+from bench.common import command, commit, cpu_model, wait_job
+from data.store import FINISHED_STATES
 
-REPO = Path(__file__).resolve().parents[1]
 HIPPO = REPO.parent / "shared" / "data" / "hippocampus" / "imagesTr" / "hippocampus_001.nii.gz"
 LABELS = [{"value": 1, "name": "structure", "color": "#e6194b"}]
 SHAPE = (256, 256, 100)
@@ -42,8 +41,9 @@ RAW = {"Content-Type": "application/octet-stream"}
 
 
 class Annotator(threading.Thread):
-    def __init__(self, n: int, url: str, volumes: list[dict], masks: dict, deadline: float, max_actions: int,
-                 think: float):
+    def __init__(
+        self, n: int, url: str, volumes: list[dict], masks: dict, deadline: float, max_actions: int, think: float
+    ):
         super().__init__(daemon=True)
         self.n, self.url, self.volumes, self.masks = n, url, volumes, masks
         self.deadline, self.max_actions, self.think = deadline, max_actions, think
@@ -81,13 +81,20 @@ class Annotator(threading.Thread):
                     index = (10 + self.n) % shape[2]  # this annotator's own slice: no one else saves it
                     body = self.masks[vid][action % 2]
                     if vid not in versions:  # as the viewer does: load the slice's annotation and its version first
-                        r = self.timed("save", lambda: c.get(f"/api/volumes/{vid}/annotations/2/{index}"),
-                                       expected=(200, 404))
+                        r = self.timed(
+                            "save", lambda: c.get(f"/api/volumes/{vid}/annotations/2/{index}"), expected=(200, 404)
+                        )
                         if r is None:
                             continue
                         versions[vid] = int(r.headers["X-Annotation-Version"]) if r.status_code == 200 else 0
-                    r = self.timed(kind, lambda: c.put(f"/api/volumes/{vid}/annotations/2/{index}", content=body,
-                                                       headers={**RAW, "If-Match": f'"{versions.get(vid, 0)}"'}))
+                    r = self.timed(
+                        kind,
+                        lambda: c.put(
+                            f"/api/volumes/{vid}/annotations/2/{index}",
+                            content=body,
+                            headers={**RAW, "If-Match": f'"{versions.get(vid, 0)}"'},
+                        ),
+                    )
                     if r is not None and r.status_code == 200:
                         versions[vid] = r.json()["version"]
                 else:
@@ -110,10 +117,18 @@ def measure(url: str, n: int, volumes, masks, seconds: float, max_actions: int, 
     by_kind = {k: [t for a in annotators for t in a.times[k]] for k in ("slice", "save", "prediction")}
     errors = [e for a in annotators for e in a.errors]
     pct = lambda xs, q: float(np.percentile(xs, q)) if xs else float("nan")
-    return {"n": n, "requests": len(times) + sum(a.transport_errors for a in annotators),
-            "rps": len(times) / wall, "p50": pct(times, 50), "p95": pct(times, 95), "p99": pct(times, 99),
-            "max": max(times, default=float("nan")), "errors": errors, "wall": wall,
-            "p95_by_kind": {k: pct(v, 95) for k, v in by_kind.items()}}
+    return {
+        "n": n,
+        "requests": len(times) + sum(a.transport_errors for a in annotators),
+        "rps": len(times) / wall,
+        "p50": pct(times, 50),
+        "p95": pct(times, 95),
+        "p99": pct(times, 99),
+        "max": max(times, default=float("nan")),
+        "errors": errors,
+        "wall": wall,
+        "p95_by_kind": {k: pct(v, 95) for k, v in by_kind.items()},
+    }
 
 
 def main() -> None:
@@ -145,57 +160,74 @@ def main() -> None:
                     rows, cols = volume["shape"][0], volume["shape"][1]
                     if path == HIPPO:
                         import nibabel as nib
-                        label = (np.asarray(nib.load(path).dataobj) > np.percentile(nib.load(path).dataobj, 80))
+
+                        label = np.asarray(nib.load(path).dataobj) > np.percentile(nib.load(path).dataobj, 80)
                         painted = label.astype(np.uint8)
                     else:
                         painted = truth
-                    masks[volume["id"]] = [np.zeros((rows, cols), np.uint8).tobytes(),
-                                           np.ascontiguousarray(painted[:, :, 1]).tobytes()]
+                    masks[volume["id"]] = [
+                        np.zeros((rows, cols), np.uint8).tobytes(),
+                        np.ascontiguousarray(painted[:, :, 1]).tobytes(),
+                    ]
                     for k in (volume["shape"][2] // 3, 2 * volume["shape"][2] // 3):
-                        client.put(f"/api/volumes/{volume['id']}/annotations/2/{k}",
-                                   content=np.ascontiguousarray(painted[:, :, k]).tobytes(),
-                                   headers=RAW).raise_for_status()
-                job = client.post(f"/api/projects/{project['id']}/train", json={
-                    "preset": "quick", "stages": {"global": False, "local": False,
-                                                  "finetune": {"epochs": 1, "steps": 2}}}).json()
-                job = wait_job(client, job["id"], lambda j: j["state"] in ("succeeded", "failed", "cancelled"))
+                        client.put(
+                            f"/api/volumes/{volume['id']}/annotations/2/{k}",
+                            content=np.ascontiguousarray(painted[:, :, k]).tobytes(),
+                            headers=RAW,
+                        ).raise_for_status()
+                job = client.post(
+                    f"/api/projects/{project['id']}/train",
+                    json={
+                        "preset": "quick",
+                        "stages": {"global": False, "local": False, "finetune": {"epochs": 1, "steps": 2}},
+                    },
+                ).json()
+                job = wait_job(client, job["id"], lambda j: j["state"] in FINISHED_STATES)
                 if job["state"] != "succeeded":
                     raise SystemExit(f"set-up training failed: {job}")
-                busy = client.post(f"/api/projects/{project['id']}/train", json={
-                    "preset": "cpu", "stages": {"finetune": {"epochs": 200}}}).json()
-                wait_job(client, busy["id"], lambda j: j["state"] == "running" and j["progress"] > 0
-                         or j["state"] in ("succeeded", "failed", "cancelled"))
+                busy = client.post(
+                    f"/api/projects/{project['id']}/train",
+                    json={"preset": "cpu", "stages": {"finetune": {"epochs": 200}}},
+                ).json()
+                wait_job(
+                    client,
+                    busy["id"],
+                    lambda j: j["state"] == "running" and j["progress"] > 0 or j["state"] in FINISHED_STATES,
+                )
                 for n in args.annotators:
                     result = measure(url, n, volumes, masks, args.seconds, args.max_actions, args.think)
                     result["training"] = client.get(f"/api/jobs/{busy['id']}").json()["state"] == "running"
                     results.append(result)
-                    print(f"N={n}: {result['rps']:.1f} req/s, p50 {result['p50']:.0f} ms, p95 {result['p95']:.0f} ms, "
-                          f"p99 {result['p99']:.0f} ms, errors {len(result['errors'])} (training: {result['training']})",
-                          flush=True)
+                    print(
+                        f"N={n}: {result['rps']:.1f} req/s, p50 {result['p50']:.0f} ms, p95 {result['p95']:.0f} ms, "
+                        f"p99 {result['p99']:.0f} ms, errors {len(result['errors'])} (training: {result['training']})",
+                        flush=True,
+                    )
                 client.post(f"/api/jobs/{busy['id']}/cancel")
         finally:
             server.terminate()
             server.wait(timeout=60)
     load_after = os.getloadavg()
 
-    rows = [f"| {r['n']} | {r['requests']} | {r['rps']:.1f} | {r['p50']:.1f} | {r['p95']:.1f} | {r['p99']:.1f} | "
-            f"{r['max']:.0f} | {r['p95_by_kind']['slice']:.0f} / {r['p95_by_kind']['save']:.0f} / "
-            f"{r['p95_by_kind']['prediction']:.0f} | {len(r['errors'])} | {'yes' if r['training'] else 'no'} |"
-            for r in results]
+    rows = [
+        f"| {r['n']} | {r['requests']} | {r['rps']:.1f} | {r['p50']:.1f} | {r['p95']:.1f} | {r['p99']:.1f} | "
+        f"{r['max']:.0f} | {r['p95_by_kind']['slice']:.0f} / {r['p95_by_kind']['save']:.0f} / "
+        f"{r['p95_by_kind']['prediction']:.0f} | {len(r['errors'])} | {'yes' if r['training'] else 'no'} |"
+        for r in results
+    ]
     top = results[-1]
     met = top["n"] >= 32 and not top["errors"] and top["p95"] < TARGET_P95_MS
     first_errors = [e for r in results for e in r["errors"]][:5]
-    command = "python bench/load.py " + " ".join(sys.argv[1:])
     text = f"""# Load: simulated annotators while a training job runs
 
-- machine: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), Python {platform.python_version()}, no GPU
+- machine: {os.cpu_count()} cores ({cpu_model()}), Python {platform.python_version()}, no GPU
 - commit: {commit()}
-- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}
-- command: `{command.strip()}` (wall time {time.time() - started:.0f} s)
+- date: {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))}
+- command: `{command()}` (wall time {time.time() - started:.0f} s)
 - load average (1/5/15 min) before: {load_before[0]:.2f} / {load_before[1]:.2f} / {load_before[2]:.2f};
   after: {load_after[0]:.2f} / {load_after[1]:.2f} / {load_after[2]:.2f} (the machine is shared with other work)
 - one real `slicewise serve` (uvicorn, default settings) over loopback; volumes: synthetic 256x256x100 int16
-  {'and hippocampus_001 (35x51x35)' if HIPPO.exists() else '(hippocampus data absent)'}; a `cpu`-preset training job
+  {"and hippocampus_001 (35x51x35)" if HIPPO.exists() else "(hippocampus data absent)"}; a `cpu`-preset training job
   runs in its subprocess during every row ("training").
 - each annotator: its own connection, repeating slice PNG (axis 2, random index) -> save its own slice
   (raw uint8, If-Match of the version it last saw; its first save of a slice is preceded by a GET
@@ -207,8 +239,8 @@ def main() -> None:
 |---:|---:|---:|---:|---:|---:|---:|---|---:|---|
 {chr(10).join(rows)}
 
-Target: {TARGET_P95_MS:.0f} ms p95 with 32 annotators and zero errors: **{'met' if met else 'not met'}**.
-{'' if not first_errors else chr(10) + 'First errors: ' + '; '.join(first_errors)}
+Target: {TARGET_P95_MS:.0f} ms p95 with 32 annotators and zero errors: **{"met" if met else "not met"}**.
+{"" if not first_errors else chr(10) + "First errors: " + "; ".join(first_errors)}
 """
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -1,7 +1,7 @@
 """Time and peak memory of the local contrastive loss modes (stride / block / exact).
 
-    python bench/loss_modes.py            # prints the table, writes docs/benchmarks/loss_modes.md
-    python bench/loss_modes.py --quick    # 64x64 only, no file written
+    python -m bench.loss_modes            # prints the table, writes docs/benchmarks/loss_modes.md
+    python -m bench.loss_modes --quick    # 64x64 only, no file written
 
 Every case runs in a fresh subprocess (``--case``) so that its peak memory is its
 own: the reported figure is ``ru_maxrss`` after forward+backward minus the
@@ -23,7 +23,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -31,8 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import ROOT, commit, cpu_model
 
 B, C, TEMP = 4, 128, 0.1
 
@@ -89,7 +87,7 @@ def pair_counts(mode: str, labels, stride: int = 4, block: int = 16) -> tuple[in
     n = a = pairs = 0
     for y0 in range(0, lab.shape[1], block):
         for x0 in range(0, lab.shape[2], block):
-            t = lab[:, y0:y0 + block, x0:x0 + block]
+            t = lab[:, y0 : y0 + block, x0 : x0 + block]
             at = 2 * int((t > 0).sum())
             if at:
                 n, a, pairs = n + 2 * t.numel(), a + at, pairs + at * 2 * t.numel()
@@ -111,9 +109,7 @@ def run_case(mode: str, size: int, chunk: int, key_chunk: int, repeats: int) -> 
         if mode == "dense":
             loss = dense_local(e1, e2, labels)
         else:
-            loss = local_contrastive(
-                e1, e2, labels, temperature=TEMP, mode=mode, chunk=chunk, key_chunk=key_chunk
-            )
+            loss = local_contrastive(e1, e2, labels, temperature=TEMP, mode=mode, chunk=chunk, key_chunk=key_chunk)
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()
@@ -166,11 +162,7 @@ def cases(quick: bool):
 
 
 def machine() -> str:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        name = next(l.split(":", 1)[1].strip() for l in lscpu.splitlines() if l.startswith("Model name"))
-    except Exception:  # noqa: BLE001
-        name = platform.processor() or "unknown CPU"
+    name = cpu_model()
     mem = ""
     try:
         kib = int(next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")))
@@ -178,17 +170,6 @@ def machine() -> str:
     except Exception:  # noqa: BLE001
         pass
     return f"{name}, {os.cpu_count()} cores{mem}, no GPU"
-
-
-def commit() -> str:
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
-        return sha + (" (+ uncommitted changes)" if dirty.strip() else "")
-    except Exception:  # noqa: BLE001
-        return "uncommitted"
 
 
 def gib(nbytes: float) -> str:
@@ -204,7 +185,7 @@ def render(results: list[dict], cmd: str, load: tuple, wall: float) -> str:
         f"- machine: {machine()}",
         f"- torch {torch.__version__}, float32, {torch.get_num_threads()} threads",
         f"- commit: {commit()}",
-        f"- date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- date: {_dt.datetime.now(_dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- command: `{cmd}` (wall time {wall:.0f} s)",
         f"- load average before / after: {load[0]:.2f} / {load[1]:.2f} "
         "(the machine is shared; times are indicative, memory is not affected)",
@@ -265,7 +246,7 @@ def render(results: list[dict], cmd: str, load: tuple, wall: float) -> str:
         ok = "met" if r["peak_mib"] < 2048 else "MISSED"
         lines += [
             "",
-            f"Target (issue 4): `exact` at 160x160, batch 4, both views, peak under 2 GiB: "
+            f"Target: `exact` at 160x160, batch 4, both views, peak under 2 GiB: "
             f"**{ok}** ({r['peak_mib']:.0f} MiB extra).",
         ]
     return "\n".join(lines) + "\n"
@@ -283,13 +264,23 @@ def main() -> None:
         print(json.dumps(run_case(mode, int(size), int(chunk), int(key_chunk), int(reps))))
         return
 
-    cmd = "python bench/loss_modes.py" + (" --quick" if args.quick else "")
+    cmd = "python -m bench.loss_modes" + (" --quick" if args.quick else "")
     load0 = os.getloadavg()[0]
     start = time.perf_counter()
     results = []
     for mode, size, chunk, key_chunk, reps in cases(args.quick):
         proc = subprocess.run(
-            [sys.executable, __file__, "--case", mode, str(size), str(chunk), str(key_chunk), str(reps)],
+            [
+                sys.executable,
+                "-m",
+                "bench.loss_modes",
+                "--case",
+                mode,
+                str(size),
+                str(chunk),
+                str(key_chunk),
+                str(reps),
+            ],
             capture_output=True,
             text=True,
             cwd=ROOT,

@@ -1,7 +1,7 @@
 """Retrain that keeps up with the clinician: seconds from pressing Retrain to masks, through the real app.
 
-    python bench/retrain_timing.py            # cpu preset, 20 hippocampus volumes x 3 painted slices
-    python bench/retrain_timing.py --quick    # quick preset, 3 volumes (smoke run, about a minute)
+    python -m bench.retrain_timing            # cpu preset, 20 hippocampus volumes x 3 painted slices
+    python -m bench.retrain_timing --quick    # quick preset, 3 volumes (smoke run, about a minute)
 
 Starts `slicewise serve --device cpu` on a temporary workspace (tests/helpers_server.py), creates a
 project, uploads N train volumes of ../shared/data/hippocampus (the split of bench/label_efficiency.py:
@@ -37,11 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # helpers_server: how the tests start a real server
-
-from bench.label_efficiency import _git, _machine, _torch_version, even_slices, labeled_order, split_volumes, volume_names  # noqa: E402
+from bench.common import ROOT
+from bench.common import git as _git
+from bench.common import machine as _machine
+from bench.common import torch_version as _torch_version
+from bench.label_efficiency import even_slices, labeled_order, split_volumes, volume_names
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hippocampus"
 LABELS = [{"value": 1, "name": "anterior", "color": "#e6194b"}, {"value": 2, "name": "posterior", "color": "#3cb44b"}]
@@ -49,7 +49,7 @@ NUM_CLASSES = 3
 AXIS = 0
 TERMINAL = ("succeeded", "failed", "cancelled")
 STAGE_NAMES = {"global": "global", "local": "local", "finetune": "fine-tune", "pseudo": "self-training"}
-TARGETS = {"refresh": 60.0, "full": 600.0}  # issue 8: seconds from Retrain to masks on the 2-core CPU
+TARGETS = {"refresh": 60.0, "full": 600.0}  # seconds from Retrain to masks on the 2-core CPU
 PHASES = (("a", "full", "mode=full, first retrain"), ("b", "auto", "auto after 1 new slice on 2 volumes"),
           ("c", "full", "mode=full again, same paint as b"))
 
@@ -150,7 +150,7 @@ def _read(path: Path) -> np.ndarray:
 
 
 def _busy() -> str:
-    out = subprocess.run(["pgrep", "-f", "bench/label_efficiency.py"], capture_output=True, text=True).stdout.split()
+    out = subprocess.run(["pgrep", "-f", "bench[./]label_efficiency"], capture_output=True, text=True).stdout.split()
     return f"bench/label_efficiency.py was running ({len(out)} processes)" if out else ""
 
 
@@ -245,7 +245,7 @@ def main(argv=None) -> int:
     args.preset = args.preset or ("quick" if args.quick else "cpu")
     md = Path(args.md) if args.md else (ROOT / "bench" / "out" / "retrain_timing" / "quick.md" if args.quick
                                         else ROOT / "docs" / "benchmarks" / "retrain_timing.md")
-    from helpers_server import running_server
+    from tests.helpers_server import running_server  # how the tests start a real server
 
     started, t_start = _dt.datetime.now(_dt.timezone.utc), time.monotonic()
     load_start, busy_start = os.getloadavg(), _busy()
@@ -291,7 +291,7 @@ def main(argv=None) -> int:
         "load_start": " / ".join(f"{x:.2f}" for x in load_start),
         "load_end": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
         "busy_note": "; ".join(x for x in (busy_start and f"at start {busy_start}", busy_end and f"at end {busy_end}") if x),
-        "command": " ".join(["python", "bench/retrain_timing.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(["python", "-m", "bench.retrain_timing", *(argv if argv is not None else sys.argv[1:])]),
         "n_volumes": len(run.names), "slices": args.slices, "preset": args.preset, "n_test": len(run.test_names),
     }
     text = render_markdown(meta, rows)

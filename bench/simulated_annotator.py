@@ -1,7 +1,7 @@
 """A simulated clinician: paint the suggested slice, refresh the model, repeat; Dice against painted slices.
 
-    python bench/simulated_annotator.py                      # the bounded CPU run (see the defaults)
-    python bench/simulated_annotator.py --rounds 2 --volumes 2 --eval-volumes 2   # smoke run
+    python -m bench.simulated_annotator                      # the bounded CPU run (see the defaults)
+    python -m bench.simulated_annotator --rounds 2 --volumes 2 --eval-volumes 2   # smoke run
 
 Split. The 201 labelled MSD hippocampus volumes are split exactly as bench/label_efficiency.py does
 (split seed 0: 141 train / 20 validation / 40 test). The simulated clinician works only on test volumes:
@@ -34,36 +34,23 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from app import suggest as sg  # noqa: E402
+from app import suggest as sg
+from bench.common import ROOT, git, machine, split_volumes
+from data.volume import IGNORE
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hippocampus"
 OUT = ROOT / "bench" / "out" / "simulated_annotator"
 DOCS = ROOT / "docs" / "benchmarks"
-IGNORE, NUM_CLASSES, AXIS = 255, 3, 0
+NUM_CLASSES, AXIS = 3, 0
 STRATEGIES = ("random", "even", "even_extent", "entropy", "margin", "disagreement", "coverage", "mix")
 THRESHOLDS = (0.75, 0.80, 0.85)
-
-
-def split_volumes(names: list[str], seed: int, n_val: int, n_test: int) -> dict[str, list[str]]:
-    """The same split as bench/label_efficiency.split_volumes (copied so the two stay independent)."""
-    names = sorted(names)
-    perm = np.random.default_rng(seed).permutation(len(names))
-    test = sorted(names[i] for i in perm[:n_test])
-    val = sorted(names[i] for i in perm[n_test : n_test + n_val])
-    train = sorted(names[i] for i in perm[n_test + n_val :])
-    return {"train": train, "val": val, "test": test}
 
 
 def dice_mean(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -78,7 +65,9 @@ def structure_extent(truth: np.ndarray) -> tuple[int, int]:
     return (int(present[0]), int(present[-1])) if present.size else (0, truth.shape[0] - 1)
 
 
-def pick(strategy: str, n: int, painted: list[int], probs, labels, prev_labels, rng, truth=None, embeddings=None) -> int:
+def pick(
+    strategy: str, n: int, painted: list[int], probs, labels, prev_labels, rng, truth=None, embeddings=None
+) -> int:
     """The slice (axis 0) a strategy asks the clinician to paint next."""
     if strategy == "random":
         free = [i for i in range(n) if i not in set(painted)]
@@ -91,8 +80,9 @@ def pick(strategy: str, n: int, painted: list[int], probs, labels, prev_labels, 
         margin = sg.slice_scores(sg.margin_map(probs, class_axis=0), AXIS)
     if labels is not None and prev_labels is not None:
         disagree = sg.disagreement(labels, prev_labels, AXIS)
-    scores = sg.strategy_scores(strategy, n, painted, entropy=entropy, margin=margin, disagree=disagree,
-                                embeddings=embeddings)
+    scores = sg.strategy_scores(
+        strategy, n, painted, entropy=entropy, margin=margin, disagree=disagree, embeddings=embeddings
+    )
     return sg.rank(scores, painted, 1)[0]
 
 
@@ -103,7 +93,9 @@ class Bench:
 
         self.read_volume = read_volume
         data = Path(args.data)
-        names = sorted({p.name for p in (data / "imagesTr").iterdir()} & {p.name for p in (data / "labelsTr").iterdir()})
+        names = sorted(
+            {p.name for p in (data / "imagesTr").iterdir()} & {p.name for p in (data / "labelsTr").iterdir()}
+        )
         self.split = split_volumes(names, args.split_seed, 20, 40)
         order = [self.split["test"][i] for i in np.random.default_rng(args.seed).permutation(len(self.split["test"]))]
         self.work_names = order[: args.volumes]
@@ -112,18 +104,35 @@ class Bench:
         for name in self.work_names + self.eval_names:
             img = read_volume(str(data / "imagesTr" / name))
             lab = read_volume(str(data / "labelsTr" / name))
-            self.vols[name] = (str(data / "imagesTr" / name), np.asarray(img.array), np.asarray(lab.array).astype(np.uint8), lab)
+            self.vols[name] = (
+                str(data / "imagesTr" / name),
+                np.asarray(img.array),
+                np.asarray(lab.array).astype(np.uint8),
+                lab,
+            )
         self.out = Path(args.out)
 
     def config(self, out_dir: Path, label_paths: list[str], init_from: str | None, steps: int):
         from model.config import preset
 
         return preset(
-            "cpu", images=[self.vols[n][0] for n in self.work_names], labels=label_paths, axis=AXIS,
-            num_classes=NUM_CLASSES, out_dir=str(out_dir), device="cpu", threads=self.args.threads,
-            seed=self.args.seed, global_stage=False, local_stage=False, finetune_stage=True,
-            widths=tuple(self.args.widths), finetune_epochs=1, finetune_steps=steps,
-            finetune_batch=self.args.batch, init_from=init_from,
+            "cpu",
+            images=[self.vols[n][0] for n in self.work_names],
+            labels=label_paths,
+            axis=AXIS,
+            num_classes=NUM_CLASSES,
+            out_dir=str(out_dir),
+            device="cpu",
+            threads=self.args.threads,
+            seed=self.args.seed,
+            global_stage=False,
+            local_stage=False,
+            finetune_stage=True,
+            widths=tuple(self.args.widths),
+            finetune_epochs=1,
+            finetune_steps=steps,
+            finetune_batch=self.args.batch,
+            init_from=init_from,
         )
 
     def run_strategy(self, strategy: str) -> list[dict]:
@@ -142,9 +151,19 @@ class Bench:
             t0 = time.monotonic()
             for name in self.work_names:
                 n = self.vols[name][1].shape[AXIS]
-                painted[name].append(pick(strategy, n, painted[name], probs.get(name), labels.get(name),
-                                          prev_labels.get(name), rng, truth=self.vols[name][2],
-                                          embeddings=embeddings.get(name)))
+                painted[name].append(
+                    pick(
+                        strategy,
+                        n,
+                        painted[name],
+                        probs.get(name),
+                        labels.get(name),
+                        prev_labels.get(name),
+                        rng,
+                        truth=self.vols[name][2],
+                        embeddings=embeddings.get(name),
+                    )
+                )
             label_paths = []
             for name in self.work_names:
                 _, _, truth, lab_vol = self.vols[name]
@@ -176,12 +195,23 @@ class Bench:
                 if r > 2:
                     shutil.rmtree(folder / f"model_r{r - 2}", ignore_errors=True)
             model_dir = out_dir
-            rows.append({"strategy": strategy, "round": r, "painted_slices": sum(len(v) for v in painted.values()),
-                         "painted": {k: list(map(int, v)) for k, v in painted.items()},
-                         "work_dice": float(np.mean(work_dice)), "eval_dice": float(np.mean(eval_dice)) if eval_dice else None,
-                         "work_dice_per_volume": work_dice, "round_s": round(time.monotonic() - t0, 1),
-                         "train_s": round(train_s, 1)})
-            print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("painted", "work_dice_per_volume")}), flush=True)
+            rows.append(
+                {
+                    "strategy": strategy,
+                    "round": r,
+                    "painted_slices": sum(len(v) for v in painted.values()),
+                    "painted": {k: list(map(int, v)) for k, v in painted.items()},
+                    "work_dice": float(np.mean(work_dice)),
+                    "eval_dice": float(np.mean(eval_dice)) if eval_dice else None,
+                    "work_dice_per_volume": work_dice,
+                    "round_s": round(time.monotonic() - t0, 1),
+                    "train_s": round(train_s, 1),
+                }
+            )
+            print(
+                json.dumps({k: v for k, v in rows[-1].items() if k not in ("painted", "work_dice_per_volume")}),
+                flush=True,
+            )
         return rows
 
 
@@ -221,7 +251,16 @@ def plot(results: dict[str, list[dict]], path: Path, key: str = "work_dice") -> 
         d.line([L, yy, W - R, yy], fill=(200, 200, 255))
     d.text((L + (W - L - R) / 2 - 60, H - 30), "painted slices (all work volumes)", fill="black")
     d.text((10, 10), f"simulated annotator: Dice ({key.replace('_', ' ')}; dashed = eval volumes)", fill="black")
-    colours = [(200, 40, 40), (40, 120, 200), (40, 160, 60), (160, 90, 200), (230, 140, 0), (0, 0, 0), (0, 170, 170), (130, 130, 130)]
+    colours = [
+        (200, 40, 40),
+        (40, 120, 200),
+        (40, 160, 60),
+        (160, 90, 200),
+        (230, 140, 0),
+        (0, 0, 0),
+        (0, 170, 170),
+        (130, 130, 130),
+    ]
     for (name, rows), colour in zip(results.items(), colours):
         pts = [px(row["painted_slices"], row["work_dice"]) for row in rows]
         if len(pts) > 1:
@@ -231,31 +270,21 @@ def plot(results: dict[str, list[dict]], path: Path, key: str = "work_dice") -> 
         ev = [px(row["painted_slices"], row["eval_dice"]) for row in rows if row["eval_dice"] is not None]
         for a, b in zip(ev, ev[1:]):  # dashed: every other tenth of each segment
             for s in range(0, 10, 2):
-                d.line([a[0] + (b[0] - a[0]) * s / 10, a[1] + (b[1] - a[1]) * s / 10,
-                        a[0] + (b[0] - a[0]) * (s + 1) / 10, a[1] + (b[1] - a[1]) * (s + 1) / 10], fill=colour, width=2)
+                d.line(
+                    [
+                        a[0] + (b[0] - a[0]) * s / 10,
+                        a[1] + (b[1] - a[1]) * s / 10,
+                        a[0] + (b[0] - a[0]) * (s + 1) / 10,
+                        a[1] + (b[1] - a[1]) * (s + 1) / 10,
+                    ],
+                    fill=colour,
+                    width=2,
+                )
         i = list(results).index(name)
         d.line([W - R + 15, T + 20 + 22 * i, W - R + 45, T + 20 + 22 * i], fill=colour, width=3)
         d.text((W - R + 52, T + 14 + 22 * i), name, fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
-
-
-def _git(*a) -> str:
-    try:
-        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "?"
-
-
-def _machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores (CPU only)"
 
 
 def render(meta: dict, results: dict[str, list[dict]]) -> str:
@@ -289,20 +318,37 @@ def render(meta: dict, results: dict[str, list[dict]]) -> str:
         cells = []
         for s in strategies:
             row = results[s][i] if i < len(results[s]) else None
-            cells.append("-" if row is None else f"{row['work_dice']:.3f} / {row['eval_dice']:.3f}"
-                         if row["eval_dice"] is not None else f"{row['work_dice']:.3f}")
+            cells.append(
+                "-"
+                if row is None
+                else f"{row['work_dice']:.3f} / {row['eval_dice']:.3f}"
+                if row["eval_dice"] is not None
+                else f"{row['work_dice']:.3f}"
+            )
         n = next(results[s][i]["painted_slices"] for s in strategies if i < len(results[s]))
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    lines += ["", "## Painted slices needed to reach a Dice (work volumes; eval volumes in brackets)", "",
-              "| strategy | " + " | ".join(f"Dice {t:.2f}" for t in THRESHOLDS) + " | mean Dice over rounds (work) |",
-              "|---" * (len(THRESHOLDS) + 2) + "|"]
+    lines += [
+        "",
+        "## Painted slices needed to reach a Dice (work volumes; eval volumes in brackets)",
+        "",
+        "| strategy | " + " | ".join(f"Dice {t:.2f}" for t in THRESHOLDS) + " | mean Dice over rounds (work) |",
+        "|---" * (len(THRESHOLDS) + 2) + "|",
+    ]
     for s in strategies:
         rows = results[s]
-        cells = [f"{slices_to_reach(rows, 'work_dice', t)} ({slices_to_reach(rows, 'eval_dice', t)})" for t in THRESHOLDS]
+        cells = [
+            f"{slices_to_reach(rows, 'work_dice', t)} ({slices_to_reach(rows, 'eval_dice', t)})" for t in THRESHOLDS
+        ]
         lines.append(f"| {s} | " + " | ".join(cells) + f" | {np.mean([r['work_dice'] for r in rows]):.3f} |")
-    lines += ["", "Wall time per round (s, mean): " + ", ".join(
-        f"{s} {np.mean([r['round_s'] for r in results[s]]):.0f}" for s in strategies) + ".", "",
-              "![Dice against painted slices](simulated_annotator.png)", ""]
+    lines += [
+        "",
+        "Wall time per round (s, mean): "
+        + ", ".join(f"{s} {np.mean([r['round_s'] for r in results[s]]):.0f}" for s in strategies)
+        + ".",
+        "",
+        "![Dice against painted slices](simulated_annotator.png)",
+        "",
+    ]
     if meta.get("conclusion"):
         lines += ["## What the numbers show", "", meta["conclusion"], ""]
     return "\n".join(lines)
@@ -327,8 +373,13 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--conclusion", default="", help="text for the 'What the numbers show' section")
     p.add_argument("--render-only", action="store_true", help="rewrite md/png from results.json, train nothing")
-    p.add_argument("--merge", nargs="*", default=[], help="with --render-only: more results.json files whose "
-                   "strategies are added (runs of the same setup split over several invocations)")
+    p.add_argument(
+        "--merge",
+        nargs="*",
+        default=[],
+        help="with --render-only: more results.json files whose "
+        "strategies are added (runs of the same setup split over several invocations)",
+    )
     return p.parse_args(argv)
 
 
@@ -344,8 +395,9 @@ def main(argv=None) -> int:
             other = json.loads(Path(extra).read_text())
             results.update(other["results"])
             meta["wall_min"] = meta.get("wall_min", 0) + other["meta"].get("wall_min", 0)
-            meta["command"] += " ; python bench/simulated_annotator.py " + " ".join(
-                f"--{k.replace('_', '-')} {v}" for k, v in other["meta"]["args"].items() if k in ("strategies", "out"))
+            meta["command"] += " ; python -m bench.simulated_annotator " + " ".join(
+                f"--{k.replace('_', '-')} {v}" for k, v in other["meta"]["args"].items() if k in ("strategies", "out")
+            )
         order = [s for s in STRATEGIES if s in results]
         results = {s: results[s] for s in order}
         if args.conclusion:
@@ -356,11 +408,16 @@ def main(argv=None) -> int:
         if unknown:
             raise SystemExit(f"unknown strategies {unknown}; choose from {STRATEGIES}")
         start, load = time.monotonic(), os.getloadavg()
-        meta = {"command": "python bench/simulated_annotator.py " + " ".join(sys.argv[1:] if argv is None else argv),
-                "started": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                "commit": _git("rev-parse", "--short", "HEAD"), "dirty": bool(_git("status", "--porcelain")),
-                "machine": _machine(), "load_start": [round(x, 1) for x in load], "args": vars(args),
-                "conclusion": args.conclusion}
+        meta = {
+            "command": "python -m bench.simulated_annotator " + " ".join(sys.argv[1:] if argv is None else argv),
+            "started": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "commit": git("rev-parse", "--short", "HEAD"),
+            "dirty": bool(git("status", "--porcelain")),
+            "machine": machine(),
+            "load_start": [round(x, 1) for x in load],
+            "args": vars(args),
+            "conclusion": args.conclusion,
+        }
         bench = Bench(args)
         meta["work_volumes"], meta["eval_volumes"] = bench.work_names, bench.eval_names
         results = {}

@@ -256,8 +256,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
         # (docs/benchmarks/label_efficiency.md, rows ft+pseudo / full+pseudo)
         pseudo_stage=True, pseudo_epochs=4, pseudo_steps=40, pseudo_batch=16, pseudo_lr=5e-4,
     ),
-    # METHOD.md: widths 64-512, Adam 3e-4/1e-5 100 epochs global, 1e-4 batch 4 ~70 epochs local,
-    # batch 8 120 epochs fine-tune. Meant for a GPU.
+    # the published schedule (docs/method.md): widths 64-512, Adam 3e-4/1e-5 100 epochs global, 1e-4
+    # batch 4 ~70 epochs local, batch 8 120 epochs fine-tune. Meant for a GPU.
     "paper": dict(),
 }
 

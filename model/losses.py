@@ -1,4 +1,4 @@
-"""Losses of the slicewise method (docs METHOD.md), as pure functions of tensors.
+"""Losses of the slicewise method (docs/method.md), as pure functions of tensors.
 
 * :func:`nt_xent` -- SimCLR NT-Xent, the global (stage 1) loss.
 * :func:`local_contrastive` -- the supervised local contrastive loss of
@@ -13,7 +13,7 @@ has to special-case an empty batch.
 How the exact local loss stays in O(N x chunk) memory
 -----------------------------------------------------
 For an anchor i of class c, with n_c non-IGNORE pixels of class c in the
-pixel set (both views, whole batch), the METHOD.md loss term is
+pixel set (both views, whole batch), the loss term of docs/method.md is
 
     l_i = -1/|P(i)| sum_{p in P(i)} s_ip/t  +  LSE_{a != i}(s_ia/t),
     |P(i)| = n_c - 1,   s_ij = z_i . z_j.
@@ -212,7 +212,7 @@ def local_contrastive(
     key_chunk: int = 4096,
     ignore_index: int = IGNORE,
 ) -> torch.Tensor:
-    """Supervised local (pixel-wise) contrastive loss of METHOD.md, stage 2.
+    """Supervised local (pixel-wise) contrastive loss of docs/method.md, stage 2.
 
     emb1, emb2: (B, C, H, W) per-pixel embeddings of two intensity-only views
     of the same slices (pixel aligned); they are L2-normalised per pixel here

@@ -1,4 +1,4 @@
-"""The optional regularization branch on the U-Net bottleneck (METHOD.md section 2, issue 8).
+"""The optional regularization branch on the U-Net bottleneck (docs/method.md, section 2).
 
 Trained jointly with the fine-tune stage: a painted slice contributes CE + Dice *and* the branch loss,
 an unpainted slice only the branch loss, so slices nobody painted still shape the encoder.

@@ -1,4 +1,4 @@
-"""The 2D U-Net of METHOD.md: InstanceNorm + LeakyReLU, configurable widths, softmax head over K+1 classes.
+"""The 2D U-Net of the method (docs/method.md): InstanceNorm + LeakyReLU, configurable widths, softmax head over K+1 classes.
 
 `forward(x, return_features=True)` also returns the bottleneck (global contrastive stage) and the
 last full-resolution decoder features (local contrastive stage), which feed the heads in heads.py.

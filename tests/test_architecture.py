@@ -1,4 +1,4 @@
-"""The layers of DESIGN.md, checked by parsing every import (including lazy ones inside functions)."""
+"""The layers of docs/architecture.md, checked by parsing every import (including lazy ones inside functions)."""
 
 import ast
 from pathlib import Path

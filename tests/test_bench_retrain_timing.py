@@ -1,6 +1,6 @@
 """bench/retrain_timing.py: its volume choice, extra slice, Dice and table (no server, no training here).
 
-The end-to-end smoke run is `python bench/retrain_timing.py --quick` (about a minute on an idle 2-core CPU);
+The end-to-end smoke run is `python -m bench.retrain_timing --quick` (about a minute on an idle 2-core CPU);
 test_quick_run runs it when asked for the slow tests with the hippocampus data present."""
 
 from __future__ import annotations

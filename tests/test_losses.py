@@ -45,7 +45,7 @@ def pixel_list(emb1, emb2, labels, ys=None, xs=None):
 
 
 def naive_supcon_terms(pix, t):
-    """Per-anchor loss terms of METHOD.md's formula over one pixel set."""
+    """Per-anchor loss terms of the formula in docs/method.md over one pixel set."""
     terms = []
     for i, (zi, li) in enumerate(pix):
         if li == 0:
