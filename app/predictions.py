@@ -92,7 +92,7 @@ class Predictions:
                 signals = {}
                 if probs is not None:
                     entropy = suggest.entropy_map(probs, class_axis=class_axis(probs, labels.shape))
-                    signals.update({f"axis{a}": v for a, v in suggest.slice_means(entropy).items()})
+                    signals.update({f"axis{a}": suggest.slice_scores(entropy, a) for a in range(3)})
                 previous = self._previous_labels(volume, model)
                 if previous is not None:  # "mix" weighs in where the new model changed its mind
                     signals.update({f"disagree{a}": suggest.disagreement(labels, previous, a) for a in range(3)})

@@ -51,12 +51,6 @@ def entropy_map(probs: np.ndarray, class_axis: int = 0) -> np.ndarray:
     return -(p * np.log(p)).sum(axis=class_axis)
 
 
-def slice_means(volume: np.ndarray) -> dict[int, np.ndarray]:
-    """Mean of a 3D map over each slice, for the three axes."""
-    v = np.asarray(volume, dtype=np.float64)
-    return {axis: v.mean(axis=tuple(a for a in range(3) if a != axis)) for axis in range(3)}
-
-
 def margin_map(probs: np.ndarray, class_axis: int = 0) -> np.ndarray:
     """Per-voxel 1 - (p_top1 - p_top2): 0 where the model is sure, 1 where two classes tie."""
     p = np.asarray(probs, dtype=np.float32)

@@ -28,15 +28,23 @@ from pathlib import Path
 
 from starlette.requests import Request
 
-from app.job_params import JobParams
-from app.jobs import (EventHub, JobRunner, LocalRunner, failure_message, looks_out_of_memory, on_shutdown_signal,
-                      oom_retry_message, read_tail)
 from app import retrain_inputs
+from app.job_params import JobParams
+from app.jobs import (
+    EventHub,
+    JobRunner,
+    LocalRunner,
+    failure_message,
+    looks_out_of_memory,
+    on_shutdown_signal,
+    oom_retry_message,
+    read_tail,
+)
 from app.prediction_queue import PredictionQueue
 from app.predictions import Predictions
 from app.views import DONE, PREDICTING, TRAIN_SHARE, job_view, pending_columns
 from data.atomic import atomic_write_bytes, link_or_copy
-from data.errors import Conflict, NotFound, SlicewiseError
+from data.errors import Conflict, SlicewiseError
 from data.store import FINISHED_STATES, Workspace
 from data.store_db import jsonable
 from model import retrain

@@ -22,18 +22,22 @@ def empty_labels(shape) -> np.ndarray:
     return np.full(shape, IGNORE, dtype=np.uint8)
 
 
+def check_slice(shape, axis, index) -> tuple[int, int, tuple[int, int]]:
+    """Slice (axis, index) of a 3D volume of `shape` -> (axis, index, the slice's shape), or InvalidInput."""
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not 0 <= axis <= 2:
+        raise InvalidInput(f"axis must be 0, 1 or 2, got {axis!r}")
+    axis = int(axis)
+    last = int(shape[axis]) - 1
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index <= last:
+        raise InvalidInput(f"slice index {index!r} is outside 0..{last} along axis {axis} (it must be between 0 and {last})")
+    return axis, int(index), _slice_shape(tuple(int(n) for n in shape), axis)
+
+
 def _check_axis_index(array: np.ndarray, axis, index) -> tuple[int, int]:
-    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
-        raise InvalidInput(f"axis must be an integer, got {axis!r}")
-    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-        raise InvalidInput(f"slice index must be an integer, got {index!r}")
     if array.ndim != 3:
         raise InvalidInput(f"expected a 3D volume, got shape {array.shape}")
-    if not 0 <= axis < 3:
-        raise InvalidInput(f"axis must be 0, 1 or 2, got {axis}")
-    if not 0 <= index < array.shape[axis]:
-        raise InvalidInput(f"slice index {index} is outside 0..{array.shape[axis] - 1} along axis {axis}")
-    return int(axis), int(index)
+    axis, index, _ = check_slice(array.shape, axis, index)
+    return axis, index
 
 
 def take_slice(array: np.ndarray, axis: int, index: int) -> np.ndarray:
@@ -60,18 +64,22 @@ def _check_label_values(array: np.ndarray, what: str) -> np.ndarray:
 
 def merge_slice(labels: np.ndarray, axis: int, index: int, mask: np.ndarray) -> np.ndarray:
     """A copy of `labels` with slice (axis, index) replaced by `mask`."""
-    labels = np.asarray(labels)
+    merged = _check_label_values(np.asarray(labels), "label volume").copy()
+    put_slice(merged, axis, index, mask)
+    return merged
+
+
+def put_slice(labels: np.ndarray, axis: int, index: int, mask: np.ndarray) -> None:
+    """Replace slice (axis, index) of the uint8 label volume `labels` by `mask`, in place."""
     axis, index = _check_axis_index(labels, axis, index)
     mask = np.asarray(mask)
     expected = _slice_shape(labels.shape, axis)
     if mask.shape != expected:
         raise InvalidInput(f"mask shape {mask.shape} does not match slice shape {expected} along axis {axis}")
     mask = _check_label_values(mask, "mask")
-    merged = _check_label_values(labels, "label volume").copy()
     where = [slice(None)] * 3
     where[axis] = index
-    merged[tuple(where)] = mask
-    return merged
+    labels[tuple(where)] = mask
 
 
 def painted_slices(labels: np.ndarray) -> list[tuple[int, int]]:

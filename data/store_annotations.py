@@ -13,7 +13,6 @@ from data import annotations as ann
 from data.atomic import atomic_write_bytes
 from data.errors import Conflict, InvalidInput, NotFound
 from data.store_db import now
-from data.volume import IGNORE
 
 ANNOTATION_COLUMNS = 'volume_id, axis, "index", version, author, reviewed, updated'
 
@@ -36,7 +35,7 @@ class AnnotationsMixin:
         """
         volume = self.get_volume(volume_id)
         volume_id = volume["id"]
-        axis, index, slice_shape = self._check_slice(volume, axis, index)
+        axis, index, slice_shape = ann.check_slice(volume["shape"], axis, index)
         expected_version = self._check_expected(expected_version)
         author = self._check_author(author)
         mask = ann.validate_mask(mask, slice_shape, self.label_values(volume["project_id"]))
@@ -69,7 +68,7 @@ class AnnotationsMixin:
     def get_annotation(self, volume_id, axis, index, version: int | None = None) -> tuple[np.ndarray, dict]:
         """(mask, annotation dict) of the current version, or of an older saved `version`."""
         volume = self.get_volume(volume_id)
-        axis, index, slice_shape = self._check_slice(volume, axis, index)
+        axis, index, slice_shape = ann.check_slice(volume["shape"], axis, index)
         if version is None:
             row = self.db.one(
                 f'SELECT {ANNOTATION_COLUMNS}, path FROM annotations WHERE volume_id = ? AND axis = ? AND "index" = ?',
@@ -93,7 +92,7 @@ class AnnotationsMixin:
         """Remove the slice's annotation (its versions stay in the history) -> the removed annotation dict."""
         volume = self.get_volume(volume_id)
         volume_id = volume["id"]
-        axis, index, _ = self._check_slice(volume, axis, index)
+        axis, index, _ = ann.check_slice(volume["shape"], axis, index)
         expected_version = self._check_expected(expected_version)
         author = self._check_author(author)
         with self.db.write() as con:
@@ -135,17 +134,14 @@ class AnnotationsMixin:
     def label_volume(self, volume_id) -> np.ndarray:
         """Sparse label volume: IGNORE everywhere except the painted slices (newest wins where they cross)."""
         volume = self.get_volume(volume_id)
-        labels = np.full(tuple(volume["shape"]), IGNORE, dtype=np.uint8)
+        labels = ann.empty_labels(volume["shape"])
         rows = self.db.all(
             'SELECT axis, "index", path FROM annotations WHERE volume_id = ? ORDER BY updated, version',
             (volume["id"],),
         )
         for row in rows:
-            where: list = [slice(None)] * 3
-            where[row["axis"]] = row["index"]
-            labels[tuple(where)] = ann.mask_from_png(
-                (self.root / row["path"]).read_bytes(), labels[tuple(where)].shape
-            )
+            _, _, shape = ann.check_slice(labels.shape, row["axis"], row["index"])
+            ann.put_slice(labels, row["axis"], row["index"], ann.mask_from_png((self.root / row["path"]).read_bytes(), shape))
         return labels
 
     def _annotation_row(self, volume_id: int, axis: int, index: int) -> dict | None:
@@ -153,19 +149,6 @@ class AnnotationsMixin:
             f'SELECT {ANNOTATION_COLUMNS} FROM annotations WHERE volume_id = ? AND axis = ? AND "index" = ?',
             (volume_id, axis, index),
         )
-
-    @staticmethod
-    def _check_slice(volume: dict, axis, index) -> tuple[int, int, tuple[int, ...]]:
-        shape = volume["shape"]
-        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not 0 <= axis <= 2:
-            raise InvalidInput(f"axis must be 0, 1 or 2, got {axis!r}")
-        axis = int(axis)
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < shape[axis]:
-            raise InvalidInput(
-                f"slice index must be between 0 and {shape[axis] - 1} on axis {axis} of volume {volume['id']}, "
-                f"got {index!r}"
-            )
-        return axis, int(index), tuple(n for a, n in enumerate(shape) if a != axis)
 
     @staticmethod
     def _check_expected(version) -> int | None:

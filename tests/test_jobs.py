@@ -19,11 +19,11 @@ import pytest
 
 from app.jobs import EventHub, LocalRunner, looks_out_of_memory, process_alive
 from app.worker import Worker
-from model.progress import progress_fields, read_new_lines
-from model.retrain import check_train_request, halve_for_memory
 from data.errors import Conflict, InvalidInput
 from data.store import Workspace
 from helpers_retrain import LABELS, calls_of, fake_runner, make_untrained_model, synthetic_nifti
+from model.progress import progress_fields, read_new_lines
+from model.retrain import check_train_request, halve_for_memory
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from model.retrain import painted_changes, refresh_limit, stronger_mode
 from helpers_fake_trainer import fake_trainer_app, model_file, upload_synthetic  # noqa: F401 (model_file: a fixture)
 from helpers_retrain import calls_of, make_untrained_model
 from model.config import preset
+from model.retrain import painted_changes, refresh_limit, stronger_mode
 
 RAW = {"Content-Type": "application/octet-stream"}
 QUICK = preset("quick")

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from app.schemas import ErrorOut
 from app.auth import Principal
 from app.deps import allow, get_workspace
-from data.annotations import mask_from_png, mask_to_png
+from data.annotations import check_slice, mask_from_png, mask_to_png
 from data.errors import InvalidInput, TooLarge
 from data.store import Workspace
 
@@ -37,16 +37,6 @@ MASK_BODY = {
         },
     }
 }
-
-
-def slice_shape(volume: dict, axis: int, index: int) -> tuple[int, int]:
-    shape = volume["shape"]
-    if not 0 <= axis <= 2:
-        raise InvalidInput(f"axis must be 0, 1 or 2, got {axis}")
-    if not 0 <= index < shape[axis]:
-        raise InvalidInput(f"slice index {index} is outside 0..{shape[axis] - 1} along axis {axis}")
-    rows, cols = (n for a, n in enumerate(shape) if a != axis)
-    return rows, cols
 
 
 def parse_version(header: str | None, name: str = "If-Match") -> int | None:
@@ -105,7 +95,7 @@ async def put_annotation(
     user: Principal = Depends(allow("annotator", "saving an annotation")),
 ) -> JSONResponse:
     volume = await run_in_threadpool(ws.get_volume, volume_id)  # 404 before reading the body
-    shape = slice_shape(volume, axis, index)
+    _, _, shape = check_slice(volume["shape"], axis, index)
     expected = parse_version(if_match)
     body = await request.body()
     mask = decode_mask(body, request.headers.get("content-type", ""), shape)
