@@ -61,6 +61,7 @@ import numpy as np
 
 from bench.common import ROOT, SHARED_DATA, command, git, machine, split_volumes, torch_version
 from data.volume import IGNORE
+from model.config import DEVICES
 
 DEFAULT_DATA = SHARED_DATA / "hippocampus"
 OUT_ROOT = ROOT / "bench" / "out" / "label_efficiency"
@@ -991,7 +992,7 @@ def parse_args(argv=None):
     p.add_argument("--n-val", type=int, default=20)
     p.add_argument("--n-test", type=int, default=40)
     p.add_argument("--axis", type=int, default=0, choices=(0, 1, 2))
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument(
         "--deadline-min",
