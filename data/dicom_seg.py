@@ -12,6 +12,7 @@ import pydicom
 from data.atomic import atomic_write
 from data.errors import InvalidInput
 from data.label_mask import as_label_mask
+from data.segment_codes import segment_codes
 from data.volume import IGNORE, Volume
 
 
@@ -26,7 +27,8 @@ def write_mask_dicom_seg(
     """Write a DICOM-SEG (BINARY, one segment per label value present) referencing like's source images.
 
     Segments are numbered 1..N in increasing label value; IGNORE (255) voxels count as background.
-    `labels` ([{"value", "name", "color"}]) names and colours segments; algorithm_type is MANUAL or
+    `labels` ([{"value", "name", "color"}]) names and colours segments (a name such as "liver" or "tumor"
+    also gives the segment its SNOMED CT concept, data.segment_codes); algorithm_type is MANUAL or
     SEMIAUTOMATIC (a prediction corrected by a person); both name slicewise as the algorithm.
     """
     import highdicom as hd
@@ -54,12 +56,13 @@ def write_mask_dicom_seg(
     descriptions = []
     for number, value in enumerate(values, start=1):
         item = by_value.get(value, {})
+        category, concept = segment_codes(str(item.get("name") or ""))
         descriptions.append(
             hd.seg.SegmentDescription(
                 segment_number=number,
                 segment_label=str(item.get("name") or f"label {value}")[:64],
-                segmented_property_category=codes.SCT.Tissue,
-                segmented_property_type=codes.SCT.Tissue,
+                segmented_property_category=category,
+                segmented_property_type=concept,
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues[algorithm_type],
                 algorithm_identification=algorithm,
                 display_color=_hex_to_cielab(item["color"]) if item.get("color") else None,
