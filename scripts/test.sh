@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
+# MONAI Label's own client for the compatibility tests; --no-deps: the client needs only requests (a test extra)
+.venv/bin/python -c "import monailabel.client" 2>/dev/null \
+    || .venv/bin/pip install --quiet --disable-pip-version-check --no-deps monailabel==0.8.5
 missing=""
 command -v chromium >/dev/null || missing="$missing chromium chromium-driver"
 command -v dciodvfy >/dev/null || missing="$missing dicom3tools"
