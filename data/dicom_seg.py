@@ -23,13 +23,15 @@ def write_mask_dicom_seg(
     labels: list[dict] | None = None,
     *,
     algorithm_type: str = "SEMIAUTOMATIC",
+    model_version: str | None = None,
 ) -> Path:
     """Write a DICOM-SEG (BINARY, one segment per label value present) referencing like's source images.
 
     Segments are numbered 1..N in increasing label value; IGNORE (255) voxels count as background.
     `labels` ([{"value", "name", "color"}]) names and colours segments (a name such as "liver" or "tumor"
     also gives the segment its SNOMED CT concept, data.segment_codes); algorithm_type is MANUAL or
-    SEMIAUTOMATIC (a prediction corrected by a person); both name slicewise as the algorithm.
+    SEMIAUTOMATIC (a prediction corrected by a person); both name slicewise as the algorithm, with
+    model_version (the model version that predicted it) in the algorithm's version and the content description.
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -50,8 +52,9 @@ def write_mask_dicom_seg(
     # frame k of the SEG is slice k of the volume as a DICOM image: rows = j (y), columns = i (x)
     frames = np.ascontiguousarray(segment_numbers[mask].transpose(2, 1, 0))
 
+    version = _version() if model_version is None else f"{_version()} model {model_version}"[:64]
     algorithm = hd.AlgorithmIdentificationSequence(
-        name="slicewise", family=codes.cid7162.ArtificialIntelligence, version=_version()
+        name="slicewise", family=codes.cid7162.ArtificialIntelligence, version=version
     )
     descriptions = []
     for number, value in enumerate(values, start=1):
@@ -82,7 +85,7 @@ def write_mask_dicom_seg(
         software_versions=_version(),
         device_serial_number="0",
         content_label="SLICEWISE",
-        content_description="slicewise segmentation",
+        content_description="slicewise segmentation" + ("" if model_version is None else f", model {model_version}"),
         series_description="slicewise segmentation",
     )
     _order_frames_like_sources(seg, like.meta["sop_instance_uids"])

@@ -10,6 +10,8 @@ bash scripts/setup.sh test
 missing=""
 command -v chromium >/dev/null || missing="$missing chromium chromium-driver"
 command -v dciodvfy >/dev/null || missing="$missing dicom3tools"
+command -v Orthanc >/dev/null && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] \
+    || missing="$missing orthanc orthanc-dicomweb"  # a real PACS for the DICOMweb tests (started by the tests)
 if [ -n "$missing" ]; then
     sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
     $sudo_cmd apt-get update -qq && $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
