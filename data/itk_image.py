@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
@@ -142,7 +143,8 @@ def read_itk_image(path: Path, name: str, max_bytes_expanded: int | None, vector
 
 def itk_affine(image: sitk.Image, name: str) -> np.ndarray:
     affine = lps_to_ras_affine(image.GetDirection(), image.GetSpacing(), image.GetOrigin())
-    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12 \
+            or None in nib.aff2axcodes(affine):
         raise InvalidInput(f"{name}: the header's spacing/direction is invalid")
     return affine
 

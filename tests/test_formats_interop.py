@@ -173,3 +173,49 @@ def test_hostile_header_zips_are_refused(api, members, words):
     from helpers_bad_input import assert_refused, zip_bytes
 
     assert_refused(api, lambda: api.upload("scan.zip", zip_bytes(members)), 422, "scan.zip", *words)
+
+
+# ------------------------------------------------------------------ enhanced multi-frame DICOM
+
+
+def multiframe_of(series: Path):
+    import highdicom as hd
+    import pydicom
+
+    legacy = [pydicom.dcmread(p) for p in sorted(series.iterdir())]
+    return hd.legacy.LegacyConvertedEnhancedMRImage(
+        legacy_datasets=legacy, series_instance_uid=hd.UID(), series_number=99, sop_instance_uid=hd.UID(),
+        instance_number=1)
+
+
+def test_enhanced_multiframe_dicom_keeps_the_oblique_geometry(client, tmp_path):
+    from helpers_bad_input import zip_bytes
+
+    oblique_series()  # skips without the shared data
+    enhanced = multiframe_of(OBLIQUE)
+    assert int(enhanced.NumberOfFrames) == 22
+    path = tmp_path / "enhanced.dcm"
+    enhanced.save_as(path)
+    r = client.post(f"/api/projects/{client.project_id}/volumes",
+                    files={"file": ("enhanced.zip", zip_bytes({"enhanced.dcm": path.read_bytes()}))})
+    assert r.status_code == 201, r.text
+    volume = r.json()
+    single_frames = read_volume(OBLIQUE)
+    assert volume["source"] == "dicom" and volume["shape"] == list(single_frames.shape)
+    assert np.allclose(volume["affine"], single_frames.affine, atol=1e-4)
+    assert np.allclose(volume["affine"], expected_affine(oblique_series()), atol=1e-4)
+    assert np.array_equal(client.app.state.workspace.volume_array(volume["id"]), single_frames.array)
+    assert volume["meta"]["series_uid"] == str(enhanced.SeriesInstanceUID)
+
+
+def test_multiframe_with_repeated_positions_is_refused(api, tmp_path):
+    from helpers_bad_input import assert_refused, zip_bytes
+
+    oblique_series()
+    enhanced = multiframe_of(OBLIQUE)
+    first = enhanced.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0].ImagePositionPatient
+    enhanced.PerFrameFunctionalGroupsSequence[1].PlanePositionSequence[0].ImagePositionPatient = first
+    path = tmp_path / "stacks.dcm"
+    enhanced.save_as(path)
+    body = zip_bytes({"stacks.dcm": path.read_bytes()})
+    assert_refused(api, lambda: api.upload("stacks.zip", body), 422, "same position")
