@@ -91,6 +91,11 @@ def test_monai_label_client_flow(world):
     assert client.datastore()["objects"][images[0][0]]["labels"] == {}
     assert app.state.workspace.list_volumes(project["id"])[0]["source"] == "nifti"
 
+    import httpx
+
+    image = httpx.get(f"{base}/monailabel/projects/{project['id']}/datastore/image", params={"image": images[0][0]})
+    assert image.status_code == 200 and image.content == images[0][1].read_bytes()  # NIfTI as uploaded
+
     # first / random pick a volume nobody painted
     assert client.next_sample("first", {})["id"] == images[0][0]
 
@@ -139,7 +144,6 @@ def test_monai_label_client_flow(world):
     assert sample["id"] in (images[0][0], images[1][0]) and sample["slice"]["axis"] in (0, 1, 2)
 
     # the same prediction as a 3D Slicer segmentation through /api
-    import httpx
     import SimpleITK as sitk
 
     seg = httpx.get(f"{base}/api/volumes/{image_id}/prediction.seg.nrrd")
@@ -248,3 +252,22 @@ def test_hostile_monai_label_requests_are_refused_and_change_nothing(world):
         ]
         for request, status, words in cases:
             assert_refused(api, request, status, *words)
+
+
+def test_delete_train_stops_a_running_retrain_and_keeps_the_model(world, model_file):  # noqa: F811
+    app, base, project, tmp = world
+    app.state.worker.runner = fake_runner(tmp, model_file, steps=400, step_s=0.05)  # 20 s unless stopped
+    client = MONAILabelClient(f"{base}/monailabel/projects/{project['id']}", tmpdir=str(tmp))
+    path, full_label = synthetic_nifti(tmp / "v.nii.gz")
+    image_id = client.upload_image(str(path), image_id="v")["image"]
+    label = np.zeros(full_label.shape, np.uint8)
+    label[:, :, 4] = full_label[:, :, 4]
+    nib.save(nib.Nifti1Image(label, nib.load(path).affine), tmp / "l.nii.gz")
+    client.save_label(image_id, str(tmp / "l.nii.gz"))
+    client.train_start("slicewise", {})
+    wait_for(lambda: client.train_status()["status"] == "RUNNING", what="the retrain to start")
+    assert client.train_status(check_if_running=True) is True
+    stopped = client.train_stop()
+    assert stopped["status"] == "STOPPED" and stopped["state"] == "cancelled"
+    assert client.train_status()["status"] == "STOPPED"
+    assert app.state.workspace.active_model(project["id"]) is None
