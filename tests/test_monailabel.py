@@ -11,7 +11,6 @@ import contextlib
 import threading
 import time
 import warnings
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
