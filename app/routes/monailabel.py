@@ -223,6 +223,14 @@ async def train(project_id: int, model: str, request: Request, worker: Worker = 
     return {**ml.task_view(job), "coalesced": coalesced}
 
 
+@router.post("/train/", summary="Retrain every trainer (there is one, slicewise) -> {\"slicewise\": task}")
+async def train_all(project_id: int, request: Request, worker: Worker = Depends(get_worker),
+                    user: Principal = Depends(allow("annotator", "retraining"))) -> dict:
+    preset, mode = ml.train_params(await json_params(request))
+    job, coalesced = await run_in_threadpool(worker.submit, project_id, preset, None, user.actor(), mode)
+    return {ml.MODEL: {**ml.task_view(job), "coalesced": coalesced}}
+
+
 @router.get("/train/", summary="The latest training task (all=true: every one); check_if_running: 200 only while one runs")
 def train_status(project_id: int, all: bool = False, check_if_running: bool = False,
                  ws: Workspace = Depends(get_workspace),
