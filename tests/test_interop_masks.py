@@ -237,3 +237,34 @@ def test_nnunet_dataset_of_the_painted_slices(api):
     assert not [p for p in (api.root / "tmp").iterdir() if p.name.startswith(".export-")]
     # the other project has its own volume but no painted slice
     assert_refused(api, lambda: api.client.get("/api/projects/1/exports/nnunet.zip"), 404, "no painted slice")
+
+
+def test_ui_handler_imports_a_mask_and_reports_refusals(api, tmp_path):
+    from frontend import handlers
+    from frontend.client import ApiClient
+
+    import httpx
+
+    class ThroughTestClient(httpx.BaseTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            answer = api.client.request(request.method, str(request.url), headers=dict(request.headers),
+                                        content=request.read())
+            return httpx.Response(answer.status_code, headers=answer.headers, content=answer.content)
+
+    client = ApiClient("http://testserver", transport=ThroughTestClient())
+    state = {"project_id": api.project_id, "volume_id": api.volume_id}
+    good = tmp_path / "liver.nii"
+    good.write_bytes(nifti_bytes(two_slice_mask(), oblique_affine()))
+    message = handlers.import_mask(client, state, str(good)).extra["mask_message"]
+    assert "slices 4, 7 on axis 2" in message and "sw-ok" in message
+    assert [(a["index"], a["version"]) for a in api.client.get(f"/api/volumes/{api.volume_id}/annotations").json()] \
+        == [(4, 1), (7, 1)]
+
+    wrong_grid = tmp_path / "other.nii"
+    wrong_grid.write_bytes(nifti_bytes(two_slice_mask(), np.eye(4)))
+    refused = handlers.import_mask(client, state, str(wrong_grid)).extra["mask_message"]
+    assert "Import refused" in refused and "grid" in refused and "sw-error" in refused
+    assert "Pick a volume" in handlers.import_mask(client, {"project_id": 1, "volume_id": None}, str(good)).extra[
+        "mask_message"]
+    assert "not a .nii" in handlers.import_mask(client, state, str(tmp_path / "x.png")).extra["mask_message"]
+    assert [a["version"] for a in api.client.get(f"/api/volumes/{api.volume_id}/annotations").json()] == [1, 1]
