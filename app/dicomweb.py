@@ -85,7 +85,7 @@ def _call(source: Source, what: str, function, *args, **kwargs):
         if status == 404:
             raise NotFound(f"DICOMweb source {source.name!r} has no such {what}") from None
         raise SourceError(f"DICOMweb source {source.name!r} answered {status} to the {what} request") from None
-    except (requests.RequestException, OSError) as exc:
+    except requests.RequestException as exc:
         raise SourceError(f"DICOMweb source {source.name!r} cannot be reached ({type(exc).__name__})") from None
 
 
@@ -151,19 +151,22 @@ def _series_zip(source: Source, study_uid: str, series_uid: str, folder: Path, m
     from pydicom.filebase import DicomBytesIO
 
     path = folder / f"{series_uid}.zip"
-    total = 0
-    dicom = client(source)
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
-        instances = _call(source, "series", dicom.iter_series, study_instance_uid=study_uid,
-                          series_instance_uid=series_uid)
-        for number, dataset in enumerate(_call(source, "series", list, instances)):
-            buffer = DicomBytesIO()
-            dataset.save_as(buffer, enforce_file_format=True)
-            data = buffer.getvalue()
-            total += len(data)
-            if total > max_bytes:
-                raise TooLarge(f"series {series_uid} is larger than the upload limit of {max_bytes // (1 << 20)} MB")
-            archive.writestr(f"{number:05d}.dcm", data)
+
+    def fetch() -> None:
+        total = 0
+        instances = client(source).iter_series(study_instance_uid=study_uid, series_instance_uid=series_uid)
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+            for number, dataset in enumerate(instances):  # one instance in memory at a time
+                buffer = DicomBytesIO()
+                dataset.save_as(buffer, enforce_file_format=True)
+                data = buffer.getvalue()
+                total += len(data)
+                if total > max_bytes:
+                    raise TooLarge(f"series {series_uid} is larger than the upload limit of "
+                                   f"{max_bytes / (1 << 20):g} MB")
+                archive.writestr(f"{number:05d}.dcm", data)
+
+    _call(source, "series", fetch)
     return path
 
 

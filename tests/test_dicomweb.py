@@ -211,3 +211,15 @@ def test_hostile_dicomweb_requests_are_refused_and_change_nothing(world, tmp_pat
     ]
     for request, status, words in cases:
         assert_refused(api, request, status, *words)
+
+    # a series over the upload limit is refused while it arrives
+    from dataclasses import replace
+
+    settings = client.app.state.settings
+    client.app.state.settings = replace(settings, max_upload_mb=1.0)
+    try:
+        assert_refused(api, lambda: client.post(imports, json={"source": "pacs", "study_uid": t1.StudyInstanceUID,
+                                                               "series_uid": t1.SeriesInstanceUID}),
+                       413, "upload limit of 1 MB")
+    finally:
+        client.app.state.settings = settings

@@ -197,6 +197,8 @@ def test_hostile_mask_imports_are_refused_and_change_nothing(api, tmp_path):
         (lambda: imported(api, "m.nii", nifti_bytes(mask, oblique_affine()), volume_id=999), 404, ["999"]),
         (lambda: api.client.post(f"/api/volumes/{api.volume_id}/annotations/import", content=b"x",
                                  headers={"content-type": "application/json"}), 422, ["multipart"]),
+        (lambda: api.client.get(f"/api/volumes/{api.volume_id}/prediction.seg.nrrd"), 404, ["no trained model"]),
+        (lambda: api.client.get("/api/volumes/999/prediction.seg.nrrd"), 404, ["999"]),
     ]
     for request, status, words in cases:
         assert_refused(api, request, status, *words)
