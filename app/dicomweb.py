@@ -72,7 +72,10 @@ def client(source: Source):
         session.headers["Authorization"] = f"Bearer {source.auth['token']}"
     elif source.auth.get("username"):
         session.auth = (str(source.auth["username"]), str(source.auth.get("password", "")))
-    return DICOMwebClient(url=source.url, session=session, timeout=TIMEOUT_S)
+    dicom = DICOMwebClient(url=source.url, session=session, timeout=TIMEOUT_S)
+    # its default retries any failure 5 times with exponential back-off: 30 s before an unreachable PACS is reported
+    dicom.set_http_retry_params(max_attempts=2, wait_exponential_multiplier=250)
+    return dicom
 
 
 def _call(source: Source, what: str, function, *args, **kwargs):
