@@ -26,6 +26,8 @@ from helpers_server import free_port
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # the client imports cgi
+    pytest.importorskip("monailabel.client", reason="MONAI Label's client is installed by scripts/test.sh "
+                                                    "(pip install --no-deps monailabel==0.8.5)")
     from monailabel.client import MONAILabelClient
     from monailabel.client.client import MONAILabelClientException
 
