@@ -51,6 +51,10 @@ def write_mask_dicom_seg(
         segment_numbers[value] = number
     # frame k of the SEG is slice k of the volume as a DICOM image: rows = j (y), columns = i (x)
     frames = np.ascontiguousarray(segment_numbers[mask].transpose(2, 1, 0))
+    if like.meta.get("multiframe"):  # one enhanced source: SEG frames follow the source's frame order
+        in_source_order = np.empty_like(frames)
+        in_source_order[np.asarray(like.meta["frame_numbers"]) - 1] = frames
+        frames = in_source_order
 
     version = _version() if model_version is None else f"{_version()} model {model_version}"[:64]
     algorithm = hd.AlgorithmIdentificationSequence(
@@ -88,7 +92,8 @@ def write_mask_dicom_seg(
         content_description="slicewise segmentation" + ("" if model_version is None else f", model {model_version}"),
         series_description="slicewise segmentation",
     )
-    _order_frames_like_sources(seg, like.meta["sop_instance_uids"])
+    if not like.meta.get("multiframe"):
+        _order_frames_like_sources(seg, like.meta["sop_instance_uids"])
     path = Path(path)
     with atomic_write(path) as tmp:
         seg.save_as(tmp)
@@ -148,7 +153,7 @@ def _hex_to_cielab(color: str):
 
 def _source_datasets(like: Volume) -> list[pydicom.Dataset]:
     files = like.meta.get("source_files") or []
-    if len(files) != like.shape[2]:
+    if len(files) != (1 if like.meta.get("multiframe") else like.shape[2]):
         raise InvalidInput("the volume does not list one source DICOM file per slice")
     zip_path = like.meta.get("source_zip")
     datasets = []

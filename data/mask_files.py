@@ -148,10 +148,16 @@ def _dicom_seg_mask(path: Path, name: str, like: Volume, labels: list[dict]) -> 
         numbers.append(int(description.SegmentNumber))
         values.append(value)
     try:
-        frames = seg.get_pixels_by_source_instance(
-            source_sop_instance_uids=sources, segment_numbers=numbers, combine_segments=False,
-            assert_missing_frames_are_empty=True, ignore_spatial_locations=True,
-        )
+        if like.meta.get("multiframe"):  # one enhanced source: frames by source frame number, in slice order
+            frames = seg.get_pixels_by_source_frame(
+                source_sop_instance_uid=sources[0], source_frame_numbers=like.meta["frame_numbers"],
+                segment_numbers=numbers, assert_missing_frames_are_empty=True, ignore_spatial_locations=True,
+            )
+        else:
+            frames = seg.get_pixels_by_source_instance(
+                source_sop_instance_uids=sources, segment_numbers=numbers, combine_segments=False,
+                assert_missing_frames_are_empty=True, ignore_spatial_locations=True,
+            )
     except (ValueError, RuntimeError, KeyError) as exc:
         raise InvalidInput(f"{name}: cannot map the DICOM-SEG's frames onto the volume's slices ({exc})") from exc
     out = np.zeros(like.shape, dtype=np.uint8)

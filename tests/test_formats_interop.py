@@ -219,3 +219,42 @@ def test_multiframe_with_repeated_positions_is_refused(api, tmp_path):
     enhanced.save_as(path)
     body = zip_bytes({"stacks.dcm": path.read_bytes()})
     assert_refused(api, lambda: api.upload("stacks.zip", body), 422, "same position")
+
+
+def test_dicom_seg_of_a_multiframe_volume_with_shuffled_frames_round_trips(tmp_path):
+    import shutil
+    import subprocess
+
+    import pydicom
+
+    from data.dicom_seg import write_mask_dicom_seg
+    from data.mask_files import read_mask_file
+
+    oblique_series()
+    enhanced = multiframe_of(OBLIQUE)
+    order = np.random.default_rng(5).permutation(int(enhanced.NumberOfFrames))
+    pixels = enhanced.pixel_array[order]
+    enhanced.PerFrameFunctionalGroupsSequence = [enhanced.PerFrameFunctionalGroupsSequence[i] for i in order]
+    enhanced.PixelData = np.ascontiguousarray(pixels).tobytes()
+    (tmp_path / "src").mkdir()
+    enhanced.save_as(tmp_path / "src" / "e.dcm")
+    volume = read_volume(tmp_path / "src")
+    single_frames = read_volume(OBLIQUE)
+    assert np.allclose(volume.affine, single_frames.affine, atol=1e-4)
+    assert np.array_equal(volume.array, single_frames.array)  # sorted along the normal again
+
+    mask = np.zeros(volume.shape, np.uint8)
+    mask[100:150, 120:160, 5] = 1
+    mask[130:140, 140:150, 11] = 2
+    labels = [{"value": 1, "name": "liver", "color": "#ff0000"}, {"value": 2, "name": "tumor", "color": "#00ff00"}]
+    path = write_mask_dicom_seg(mask, volume, tmp_path / "seg.dcm", labels=labels)
+    seg = pydicom.dcmread(path)
+    first = seg.PerFrameFunctionalGroupsSequence[0]
+    referenced_frame = int(first.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
+    position = first.PlanePositionSequence[0].ImagePositionPatient
+    source_frame = enhanced.PerFrameFunctionalGroupsSequence[referenced_frame - 1]
+    assert np.allclose(position, source_frame.PlanePositionSequence[0].ImagePositionPatient)
+    assert np.array_equal(read_mask_file(path, "seg.dcm", volume, labels, None), mask)
+    if shutil.which("dciodvfy"):
+        report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+        assert [line for line in (report.stdout + report.stderr).splitlines() if "Error" in line] == []
