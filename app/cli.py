@@ -27,6 +27,12 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="default 8000")
     serve.add_argument("--device", choices=DEVICES, help="where inference and training run; default auto (CUDA when present)")
     serve.add_argument("--no-demo", action="store_true", help="do not create the demo project in an empty workspace")
+    serve.add_argument("--dicomweb", action="append", metavar="NAME=URL",
+                       help="a DICOMweb server (PACS) users may search, import from and send masks to; repeatable; "
+                            "default $SLICEWISE_DICOMWEB (comma-separated)")
+    serve.add_argument("--dicomweb-credentials", type=Path, metavar="FILE",
+                       help='JSON file {"NAME": {"username": ..., "password": ...} or {"token": ...}}; '
+                            "default $SLICEWISE_DICOMWEB_CREDENTIALS")
     serve.set_defaults(handler=_serve)
 
     imp = sub.add_parser("import", help="import volumes into a project of a workspace (no server needed)")
@@ -55,7 +61,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     from app.main import create_app
 
-    settings = Settings.from_env(workspace=args.workspace, host=args.host, port=args.port, device=args.device)
+    settings = Settings.from_env(workspace=args.workspace, host=args.host, port=args.port, device=args.device,
+                                 dicomweb=tuple(args.dicomweb) if args.dicomweb else None,
+                                 dicomweb_credentials=args.dicomweb_credentials)
     if args.no_demo:
         settings = settings.with_overrides(demo=False)
     _configure_logging(settings.log_level)

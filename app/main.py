@@ -18,6 +18,7 @@ from app.limits import BodyLimitMiddleware
 from app.rendering import SliceRenderer
 from app.routes import access, info, projects, volumes
 from app.routes import annotations, models, predictions, review, training
+from app.routes import dicomweb, interop_files, monailabel
 from app.worker import Worker
 from app.schemas import HealthOut
 from app.settings import Settings
@@ -106,5 +107,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(volumes.router)
     for retrain_router in (annotations, training, models, predictions, review):
         app.include_router(retrain_router.router)
+    app.include_router(interop_files.router)
+    app.include_router(dicomweb.router)
+    app.include_router(monailabel.router)  # MONAI Label's REST API per project, for 3D Slicer and OHIF
     mount_ui(app, settings.base_url)  # Gradio at /ui, the viewer page at /static (frontend/ talks HTTP only)
     return app

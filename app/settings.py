@@ -34,6 +34,9 @@ class Settings:
     demo_volumes: int = 5
     log_level: str = "info"
     default_preset: str = "cpu"  # what Retrain uses when the request names no preset
+    # DICOMweb servers (PACS) the admin allows, "NAME=URL"; requests name a source, never a URL
+    dicomweb: tuple[str, ...] = ()
+    dicomweb_credentials: Path | None = None  # JSON {"NAME": {"username", "password"} | {"token"}}
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "workspace", Path(self.workspace))
@@ -45,6 +48,11 @@ class Settings:
             raise SettingsError(f"port must be between 0 and 65535, got {self.port}")
         if self.default_preset not in PRESETS:
             raise SettingsError(f"default_preset must be one of {', '.join(PRESETS)}, got {self.default_preset!r}")
+        object.__setattr__(self, "dicomweb", tuple(self.dicomweb))
+        for entry in self.dicomweb:
+            name, _, url = str(entry).partition("=")
+            if not name.strip() or not url.strip().lower().startswith(("http://", "https://")):
+                raise SettingsError(f"a DICOMweb source is NAME=http(s)://..., got {entry!r}")
         for name in ("max_upload_mb", "max_expanded_mb"):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{name} must be a positive number of megabytes, got {getattr(self, name)}")
@@ -110,6 +118,8 @@ _ENV = {
     "demo_volumes": ("SLICEWISE_DEMO_VOLUMES", int),
     "log_level": ("SLICEWISE_LOG_LEVEL", str),
     "default_preset": ("SLICEWISE_DEFAULT_PRESET", str),
+    "dicomweb": ("SLICEWISE_DICOMWEB", lambda raw: tuple(e.strip() for e in raw.split(",") if e.strip())),
+    "dicomweb_credentials": ("SLICEWISE_DICOMWEB_CREDENTIALS", Path),
 }
 
 assert set(_ENV) <= {f.name for f in fields(Settings)}

@@ -43,9 +43,10 @@ def _too_large(limit: int) -> TooLarge:
 class _FilePartCollector:
     """python-multipart callbacks: keep the bytes of the `file` part, refuse anything odd."""
 
-    def __init__(self, out, limit: int):
+    def __init__(self, out, limit: int, field: str = FIELD):
         self.out = out
         self.limit = limit
+        self.field = field
         self.size = 0
         self.filename: str | None = None
         self.found = False
@@ -73,12 +74,12 @@ class _FilePartCollector:
 
     def on_headers_finished(self) -> None:
         _, options = parse_options_header(self._disposition)
-        if options.get(b"name", b"").decode("utf-8", "replace") != FIELD:
+        if options.get(b"name", b"").decode("utf-8", "replace") != self.field:
             return  # other form fields are ignored
         if self.found:
-            raise InvalidInput("send one file per upload (the form has several 'file' fields)")
+            raise InvalidInput(f"send one file per upload (the form has several '{self.field}' fields)")
         if b"filename" not in options:
-            raise InvalidInput("the form field 'file' must be a file upload with a file name")
+            raise InvalidInput(f"the form field '{self.field}' must be a file upload with a file name")
         self.found = True
         self._in_file = True
         self.filename = options[b"filename"].decode("utf-8", "replace")
@@ -100,7 +101,7 @@ class _FilePartCollector:
         return chunk
 
 
-async def _stream_to(request: Request, out, limit: int) -> _FilePartCollector:
+async def _stream_to(request: Request, out, limit: int, field: str = FIELD) -> _FilePartCollector:
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in params:
         raise InvalidInput(
@@ -111,7 +112,7 @@ async def _stream_to(request: Request, out, limit: int) -> _FilePartCollector:
     if declared is not None and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
         raise _too_large(limit)
 
-    collector = _FilePartCollector(out, limit)
+    collector = _FilePartCollector(out, limit, field)
     callbacks = {
         name: getattr(collector, name)
         for name in (
@@ -137,19 +138,19 @@ async def _stream_to(request: Request, out, limit: int) -> _FilePartCollector:
     if rest:
         out.write(rest)
     if not collector.found:
-        raise InvalidInput("the form has no field 'file'; send the volume as -F file=@scan.nii.gz")
+        raise InvalidInput(f"the form has no field '{field}'; send the file as -F {field}=@scan.nii.gz")
     return collector
 
 
 @contextlib.asynccontextmanager
-async def received_file(request: Request, tmp_dir: Path, limit: int) -> AsyncIterator[ReceivedFile]:
-    """Yields the uploaded file on disk; removes it afterwards whatever happens."""
+async def received_file(request: Request, tmp_dir: Path, limit: int, field: str = FIELD) -> AsyncIterator[ReceivedFile]:
+    """Yields the uploaded file (multipart field `field`) on disk; removes it afterwards whatever happens."""
     tmp_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=tmp_dir)
     path = Path(name)
     try:
         with os.fdopen(fd, "wb") as out:
-            collector = await _stream_to(request, out, limit)
+            collector = await _stream_to(request, out, limit, field)
         yield ReceivedFile(path=path, filename=collector.filename or "", size=collector.size)
     finally:
         path.unlink(missing_ok=True)

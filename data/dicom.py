@@ -1,4 +1,5 @@
-"""DICOM series (a folder of single-frame images): reading one series into a Volume in RAS+.
+"""DICOM series (a folder of single-frame images, or one enhanced multi-frame file: data.dicom_multiframe):
+reading one series into a Volume in RAS+.
 
 SimpleITK reads the series in LPS; its array (z, y, x) is transposed to (x, y, z) = (i, j, k) and the
 LPS->RAS flip of the affine happens in exactly one place, `lps_to_ras_affine`.
@@ -13,6 +14,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 
+from data.dicom_multiframe import is_multiframe, read_multiframe
 from data.errors import InvalidInput
 from data.volume import Volume
 
@@ -127,6 +129,8 @@ def read_dicom_dir(folder: Path, name: str | None = None, relative_to: Path | No
     if len(series) > 1:
         raise InvalidInput(f"{name}: holds {len(series)} DICOM series, expected one: {_describe_series(series)}")
     files = next(iter(series.values()))
+    if len(files) == 1 and is_multiframe(files[0]):
+        return read_multiframe(Path(files[0]), name, relative_to)
     headers = [_read_slice_header(f, name) for f in files]
 
     reader = sitk.ImageSeriesReader()

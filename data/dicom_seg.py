@@ -12,6 +12,7 @@ import pydicom
 from data.atomic import atomic_write
 from data.errors import InvalidInput
 from data.label_mask import as_label_mask
+from data.segment_codes import segment_codes
 from data.volume import IGNORE, Volume
 
 
@@ -22,12 +23,15 @@ def write_mask_dicom_seg(
     labels: list[dict] | None = None,
     *,
     algorithm_type: str = "SEMIAUTOMATIC",
+    model_version: str | None = None,
 ) -> Path:
     """Write a DICOM-SEG (BINARY, one segment per label value present) referencing like's source images.
 
     Segments are numbered 1..N in increasing label value; IGNORE (255) voxels count as background.
-    `labels` ([{"value", "name", "color"}]) names and colours segments; algorithm_type is MANUAL or
-    SEMIAUTOMATIC (a prediction corrected by a person); both name slicewise as the algorithm.
+    `labels` ([{"value", "name", "color"}]) names and colours segments (a name such as "liver" or "tumor"
+    also gives the segment its SNOMED CT concept, data.segment_codes); algorithm_type is MANUAL or
+    SEMIAUTOMATIC (a prediction corrected by a person); both name slicewise as the algorithm, with
+    model_version (the model version that predicted it) in the algorithm's version and the content description.
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -47,19 +51,25 @@ def write_mask_dicom_seg(
         segment_numbers[value] = number
     # frame k of the SEG is slice k of the volume as a DICOM image: rows = j (y), columns = i (x)
     frames = np.ascontiguousarray(segment_numbers[mask].transpose(2, 1, 0))
+    if like.meta.get("multiframe"):  # one enhanced source: SEG frames follow the source's frame order
+        in_source_order = np.empty_like(frames)
+        in_source_order[np.asarray(like.meta["frame_numbers"]) - 1] = frames
+        frames = in_source_order
 
+    version = _version() if model_version is None else f"{_version()} model {model_version}"[:64]
     algorithm = hd.AlgorithmIdentificationSequence(
-        name="slicewise", family=codes.cid7162.ArtificialIntelligence, version=_version()
+        name="slicewise", family=codes.cid7162.ArtificialIntelligence, version=version
     )
     descriptions = []
     for number, value in enumerate(values, start=1):
         item = by_value.get(value, {})
+        category, concept = segment_codes(str(item.get("name") or ""))
         descriptions.append(
             hd.seg.SegmentDescription(
                 segment_number=number,
                 segment_label=str(item.get("name") or f"label {value}")[:64],
-                segmented_property_category=codes.SCT.Tissue,
-                segmented_property_type=codes.SCT.Tissue,
+                segmented_property_category=category,
+                segmented_property_type=concept,
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues[algorithm_type],
                 algorithm_identification=algorithm,
                 display_color=_hex_to_cielab(item["color"]) if item.get("color") else None,
@@ -79,10 +89,11 @@ def write_mask_dicom_seg(
         software_versions=_version(),
         device_serial_number="0",
         content_label="SLICEWISE",
-        content_description="slicewise segmentation",
+        content_description="slicewise segmentation" + ("" if model_version is None else f", model {model_version}"),
         series_description="slicewise segmentation",
     )
-    _order_frames_like_sources(seg, like.meta["sop_instance_uids"])
+    if not like.meta.get("multiframe"):
+        _order_frames_like_sources(seg, like.meta["sop_instance_uids"])
     path = Path(path)
     with atomic_write(path) as tmp:
         seg.save_as(tmp)
@@ -142,7 +153,7 @@ def _hex_to_cielab(color: str):
 
 def _source_datasets(like: Volume) -> list[pydicom.Dataset]:
     files = like.meta.get("source_files") or []
-    if len(files) != like.shape[2]:
+    if len(files) != (1 if like.meta.get("multiframe") else like.shape[2]):
         raise InvalidInput("the volume does not list one source DICOM file per slice")
     zip_path = like.meta.get("source_zip")
     datasets = []

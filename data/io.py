@@ -26,6 +26,7 @@ from data.dicom_seg import write_mask_dicom_seg
 from data.dicom_zip import MAX_ZIP_MEMBERS, extract_dicom_zip, read_dicom_zip
 from data.errors import InvalidInput
 from data.formats import NOT_SUPPORTED, kind_from_name
+from data.itk_image import read_itk_volume
 from data.nifti import read_nifti, write_nifti_mask
 from data.uploads import read_upload
 from data.volume import Volume
@@ -43,13 +44,16 @@ __all__ = [
 
 
 def read_volume(path: str | Path) -> Volume:
-    """Read a .nii / .nii.gz file, a DICOM series folder, or a .zip of one DICOM series (trusted path, no size limit)."""
+    """Read a .nii / .nii.gz / .nrrd / .nhdr / .mha / .mhd file, a DICOM series folder, or a .zip of one DICOM
+    series (trusted path, no size limit)."""
     path = Path(path)
     if path.is_dir():
         return read_dicom_dir(path)
     if not path.exists():
         raise InvalidInput(f"{path.name}: file not found")
     kind = kind_from_name(path.name)
+    if kind in ("itk", "itk-header"):
+        return read_itk_volume(path, path.name, max_bytes_expanded=None)
     if kind == "zip":
         return read_dicom_zip(path, max_bytes_expanded=None)
     return read_nifti(path, path.name, max_bytes_expanded=None)

@@ -51,7 +51,8 @@ def read_nifti(path: Path, name: str, max_bytes_expanded: int | None) -> Volume:
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise InvalidInput(f"{name}: the image contains NaN or infinite voxel values")
     affine = np.asarray(header.get_best_affine(), dtype=np.float64)
-    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12 \
+            or None in nib.aff2axcodes(affine):  # an axis with no direction of its own
         raise InvalidInput(f"{name}: the header's orientation (qform/sform) is invalid")
     meta = {
         "nifti_header": header.copy(),

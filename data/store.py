@@ -36,7 +36,7 @@ JOB_FIELDS = {
 }
 STALE_STAGING_S = 24 * 3600
 VOLUME_COLUMNS = "id, project_id, name, source, shape, spacing, orientation, affine, meta, created"
-SOURCE_SUFFIXES = (".nii.gz", ".nii", ".zip", ".dcm")
+SOURCE_SUFFIXES = (".nii.gz", ".nii", ".zip", ".dcm", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 def _id(value, what: str) -> int:

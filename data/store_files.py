@@ -54,6 +54,12 @@ def stage_volume(staging: Path, upload_path: Path, volume: Volume, max_bytes_exp
             gzipped = f.read(2) == GZIP_MAGIC
         source = staging / ("image.nii.gz" if gzipped else "image.nii")
         shutil.copyfile(upload_path, source)
+    elif volume.source == "itk" and "itk_header" in volume.meta:
+        folder = volume_io.extract_dicom_zip(upload_path, staging / "itk", max_bytes_expanded)
+        source = Path(folder) / volume.meta["itk_header"]
+    elif volume.source == "itk":
+        source = staging / f"image.{volume.meta['itk_format']}"
+        shutil.copyfile(upload_path, source)
     else:
         source = Path(volume_io.extract_dicom_zip(upload_path, staging / "dicom", max_bytes_expanded))
     np.save(staging / IMAGE_CACHE, volume.array)

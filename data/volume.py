@@ -20,7 +20,7 @@ def _json_scalar(value) -> bool:
 class Volume:
     array: np.ndarray  # 3D voxel array, index (i, j, k); not transposed for display
     affine: np.ndarray  # 4x4 float64, voxel (i, j, k) -> world RAS+ mm
-    source: str  # "nifti" | "dicom"
+    source: str  # "nifti" | "dicom" | "itk" (NRRD, MetaImage)
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -30,7 +30,7 @@ class Volume:
             raise ValueError(f"a Volume needs a 3D array, got shape {self.array.shape}")
         if self.affine.shape != (4, 4):
             raise ValueError(f"a Volume needs a 4x4 affine, got shape {self.affine.shape}")
-        if self.source not in ("nifti", "dicom"):
+        if self.source not in ("nifti", "dicom", "itk"):
             raise ValueError(f"unknown volume source {self.source!r}")
 
     @property

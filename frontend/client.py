@@ -117,6 +117,14 @@ class ApiClient:
         with open(path, "rb") as handle:
             return self._json("POST", f"/api/projects/{int(project_id)}/volumes", files={"file": (name, handle)})
 
+    def import_annotations(self, volume_id: int, path: str | Path, *, filename: str | None = None,
+                           axis: int = 2) -> dict:
+        """A mask volume made elsewhere -> its slices along `axis` with a labelled voxel become painted slices."""
+        path = Path(path)
+        with open(path, "rb") as handle:
+            return self._json("POST", f"/api/volumes/{int(volume_id)}/annotations/import", params={"axis": axis},
+                              files={"file": (filename or path.name, handle)})
+
     # ------------------------------------------------------------------ annotations, training, models
 
     def list_annotations(self, volume_id: int) -> list[dict]:

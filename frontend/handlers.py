@@ -19,7 +19,8 @@ from frontend.client import ApiClient, ApiError
 # distinct, readable on a grey image (Sasha Trubetskoy's palette, as the demo project uses)
 PALETTE = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6",
            "#bfef45", "#fabed4", "#469990", "#dcbeff")
-UPLOAD_SUFFIXES = (".nii", ".nii.gz", ".zip")
+UPLOAD_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".zip")
+MASK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".dcm")  # .seg.nrrd ends in .nrrd
 _HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
 
 
@@ -198,7 +199,7 @@ def upload_files(client: ApiClient, state: dict, files, progress: Callable[[floa
         if progress:
             progress(n / len(items), f"uploading {name} ({n + 1} of {len(items)})")
         if not is_supported_upload(name):
-            errors.append(f"{name}: not a .nii, .nii.gz or .zip file")
+            errors.append(f"{name}: not a .nii, .nii.gz, .nrrd, .mha or .zip file")
             continue
         try:
             added.append(client.upload_volume(pid, path, filename=name))
@@ -219,6 +220,33 @@ def upload_files(client: ApiClient, state: dict, files, progress: Callable[[floa
     screen.upload_message = '<div id="upload-result">' + "".join(parts) + "</div>"
     screen.clear_upload = bool(added) and not errors
     return screen
+
+
+def import_mask(client: ApiClient, state: dict, item) -> Screen:
+    """Import a mask volume made elsewhere onto the selected volume: its labelled slices become painted slices."""
+    volume_id = state.get("volume_id")
+    if volume_id is None:
+        return Screen(state=state, extra={"mask_message": render.message("error", "Pick a volume first.")})
+    if not item:
+        return Screen(state=state, extra={"mask_message": render.message(
+            "error", "Choose a mask file first: .nii, .nii.gz, .nrrd, .seg.nrrd, .mha or a DICOM-SEG .dcm.")})
+    path = _file_path(item)
+    name = upload_name(path)
+    if not name.lower().endswith(MASK_SUFFIXES):
+        return Screen(state=state, extra={"mask_message": render.message(
+            "error", f"Import refused — {name}: not a .nii, .nii.gz, .nrrd, .seg.nrrd, .mha or .dcm file")})
+    try:
+        result = client.import_annotations(volume_id, path, filename=name)
+    except ApiError as exc:
+        detail = exc.detail if exc.detail.startswith(name) else f"{name}: {exc.detail}"
+        return Screen(state=state, extra={"mask_message": render.message("error", f"Import refused — {detail}")})
+    except OSError as exc:
+        return Screen(state=state, extra={"mask_message": render.message(
+            "error", f"Import refused — {name}: could not read the file ({exc.strerror or exc})")})
+    slices = ", ".join(str(i) for i in result["slices"])
+    return Screen(state=state, extra={"mask_message": render.message(
+        "ok", f"Imported {name}: slices {slices} on axis {result['axis']} are now painted "
+              "(reopen the volume in the viewer to see them).")})
 
 
 def select_volume(client: ApiClient, state: dict, volume_id) -> Screen:

@@ -62,7 +62,8 @@ def build_ui(client: ApiClient) -> gr.Blocks:
 
             with gr.Column(scale=1, min_width=280):
                 gr.Markdown("### 2 · Upload volumes")
-                files = gr.File(label="NIfTI (.nii, .nii.gz) or a .zip of one DICOM series", file_count="multiple",
+                files = gr.File(label="NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage (.mha), or a .zip of one DICOM "
+                                      "series (or of a .nhdr/.mhd with its data file)", file_count="multiple",
                                 type="filepath", elem_id="upload-files")
                 upload = gr.Button("Upload to this project", variant="primary", elem_id="upload-button")
                 upload_message = gr.HTML(elem_id="upload-status")
@@ -72,6 +73,12 @@ def build_ui(client: ApiClient) -> gr.Blocks:
                 volume = gr.Dropdown(label="Volume to open in the viewer below", choices=[], value=None,
                                      interactive=True, elem_id="volume-select")
                 volumes_html = gr.HTML(render.volumes_table([]), elem_id="volume-table")
+                with gr.Accordion("Import a mask made elsewhere onto this volume", open=False, elem_id="mask-panel"):
+                    mask_file = gr.File(label="NIfTI, NRRD, Slicer .seg.nrrd, MetaImage or DICOM-SEG (.dcm); slices "
+                                              "along the third axis with a label become painted slices",
+                                        type="filepath", elem_id="mask-file")
+                    mask_import = gr.Button("Import as painted slices", elem_id="mask-import")
+                    mask_message = gr.HTML(elem_id="mask-status")
 
         gr.Markdown("### 4 · Paint, retrain, review, download")
         viewer_html = gr.HTML(render.viewer_frame(None), elem_id="viewer")
@@ -113,6 +120,10 @@ def build_ui(client: ApiClient) -> gr.Blocks:
             return show(handlers.upload_files(caller(request), st, paths,
                                               progress=lambda f, d: progress(f, desc=d)))
 
+        def on_mask(st, path, request: gr.Request):
+            screen = handlers.import_mask(caller(request), st, path)
+            return screen.extra["mask_message"]
+
         def on_volume(st, vid, request: gr.Request):
             if vid == st.get("volume_id"):
                 return [gr.update() for _ in outputs]
@@ -124,4 +135,5 @@ def build_ui(client: ApiClient) -> gr.Blocks:
         create.click(on_create, [state, new_name, new_labels], outputs)
         upload.click(on_upload, [state, files], outputs)
         volume.change(on_volume, [state, volume], outputs)
+        mask_import.click(on_mask, [state, mask_file], [mask_message])
     return demo

@@ -50,7 +50,7 @@ def test_parse_labels_refuses_with_a_reason(text, words):
 
 def test_upload_name_and_suffixes():
     assert handlers.upload_name("/tmp/gradio/abc/hippocampus_001.nii.gz") == "hippocampus_001.nii.gz"
-    assert all(handlers.is_supported_upload(n) for n in ("a.nii", "a.NII.GZ", "series.zip"))
+    assert all(handlers.is_supported_upload(n) for n in ("a.nii", "a.NII.GZ", "series.zip", "a.nrrd", "a.mha"))
     assert not any(handlers.is_supported_upload(n) for n in ("a.png", "a.gz", "a.nii.bz2"))
 
 
