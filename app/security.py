@@ -8,7 +8,7 @@
 - DNS rebinding. Without users (no login, loopback only) a browser request must name a loopback host:
   a page whose host name an attacker re-points to 127.0.0.1 gets 403 instead of the unauthenticated API.
 - Headers on every answer: a Content-Security-Policy (scripts from this origin only; Gradio's inline
-  scripts under /ui run by a per-response nonce), nosniff, frame-ancestors 'self', a Referrer-Policy, and
+  scripts under /ui run by a per-response nonce; string evaluation is allowed there only), nosniff, frame-ancestors 'self', a Referrer-Policy, and
   HSTS when the request came over TLS (directly or per X-Forwarded-Proto from a proxy).
 """
 
@@ -122,7 +122,9 @@ class SecurityMiddleware:
         if path.startswith(SWAGGER_PATHS):
             extra = f" 'unsafe-inline' {SWAGGER_CDN}"
         else:
-            extra = f" 'nonce-{nonce}'" if nonce else ""
+            # Gradio 6 builds gr.HTML from templates with new Function(): 'unsafe-eval' on its pages only
+            # (inline and injected markup still cannot run: no 'unsafe-inline', nonce per response)
+            extra = f" 'nonce-{nonce}' 'unsafe-eval'" if nonce else ""
         policy = CSP.format(extra=extra)
         state = {"rewrite": False, "start": None, "body": []}
 
