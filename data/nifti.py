@@ -53,6 +53,8 @@ def read_nifti(path: Path, name: str, max_bytes_expanded: int | None) -> Volume:
     affine = np.asarray(header.get_best_affine(), dtype=np.float64)
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise InvalidInput(f"{name}: the header's orientation (qform/sform) is invalid")
+    if None in nib.aff2axcodes(affine):  # an axis nearly degenerate against the others: no orientation
+        raise InvalidInput(f"{name}: the header's orientation (qform/sform) gives no direction to every axis")
     meta = {
         "nifti_header": header.copy(),
         "qform_code": int(header["qform_code"]),

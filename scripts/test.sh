@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Fresh machine -> all tests: installs into .venv (with test extras), the system packages the
-# browser and DICOM tests need (Debian's chromium, dicom3tools), then runs pytest (args pass through).
+# browser and DICOM tests need (Debian's chromium, dicom3tools, nodejs), then runs pytest (args pass through).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
 missing=""
 command -v chromium >/dev/null || missing="$missing chromium chromium-driver"
 command -v dciodvfy >/dev/null || missing="$missing dicom3tools"
+command -v node >/dev/null || missing="$missing nodejs"
 if [ -n "$missing" ]; then
     sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
     $sudo_cmd apt-get update -qq && $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
