@@ -25,6 +25,9 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="default 8000")
     serve.add_argument("--device", choices=DEVICES, help="where inference and training run; default auto (CUDA when present)")
     serve.add_argument("--no-demo", action="store_true", help="do not create the demo project in an empty workspace")
+    serve.add_argument("--setup-token", action="store_true",
+                       help="first start without users on a public address: create user 'admin' and print a "
+                            "one-time API token (or set SLICEWISE_ADMIN_PASSWORD_FILE); see docs/deployment.md")
     serve.set_defaults(handler=_serve)
 
     imp = sub.add_parser("import", help="import volumes into a project of a workspace (no server needed)")
@@ -57,6 +60,11 @@ def _serve(args: argparse.Namespace) -> int:
     if args.no_demo:
         settings = settings.with_overrides(demo=False)
     _configure_logging(settings.log_level)
+    from app.auth import is_loopback
+    from app.first_run import make_initial_admin
+
+    if not is_loopback(settings.host):
+        make_initial_admin(settings, setup_token=args.setup_token)
     if not _may_serve(settings):
         return 2
     logging.getLogger("slicewise").info("serving on %s (workspace %s)", settings.base_url, settings.workspace)

@@ -35,11 +35,15 @@ class Settings:
     demo_volumes: int = 5
     log_level: str = "info"
     default_preset: str = "cpu"  # what Retrain uses when the request names no preset
+    # first start of an empty workspace: the initial admin's password from this file (a Docker secret)
+    admin_password_file: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "workspace", Path(self.workspace))
         if self.data_dir is not None:
             object.__setattr__(self, "data_dir", Path(self.data_dir))
+        if self.admin_password_file is not None:
+            object.__setattr__(self, "admin_password_file", Path(self.admin_password_file))
         if self.device not in DEVICES:
             raise SettingsError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if not (0 <= int(self.port) <= 65535):
@@ -111,6 +115,7 @@ _ENV = {
     "demo_volumes": ("SLICEWISE_DEMO_VOLUMES", int),
     "log_level": ("SLICEWISE_LOG_LEVEL", str),
     "default_preset": ("SLICEWISE_DEFAULT_PRESET", str),
+    "admin_password_file": ("SLICEWISE_ADMIN_PASSWORD_FILE", Path),
 }
 
 assert set(_ENV) <= {f.name for f in fields(Settings)}
