@@ -99,7 +99,8 @@ class SecurityMiddleware:
         headers = _headers(scope)
         path, method = scope.get("path", ""), scope.get("method", "GET")
         secure = scope.get("scheme") == "https" or headers.get("x-forwarded-proto", "").split(",")[0].strip() == "https"
-        nonce = secrets.token_urlsafe(18) if path == NONCE_PREFIX or path.startswith(NONCE_PREFIX + "/") else None
+        ui_page = path == NONCE_PREFIX or path.startswith(NONCE_PREFIX + "/")
+        nonce = secrets.token_urlsafe(18) if ui_page and method != "HEAD" else None
         reason = cross_origin_reason(method, path, headers)
         if reason is None and is_browser(headers) and not is_loopback(_host_name(headers.get("host", ""))):
             reason = await self._rebinding_reason(scope, headers)

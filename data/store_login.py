@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from data.store_db import now
 
 THROTTLE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS login_failures (
@@ -67,7 +66,7 @@ class LoginThrottleMixin:
     def _create_throttle_schema(self, con) -> None:
         con.execute(THROTTLE_SCHEMA)
 
-    def login_lockout(self, name: str, client: str | None, policy: LoginPolicy = POLICY) -> Lockout | None:
+    def login_lockout(self, name: str, client: str | None) -> Lockout | None:
         """The lock that refuses this attempt now (the longest one), or None."""
         current = datetime.now(timezone.utc)
         found = None
@@ -100,7 +99,7 @@ class LoginThrottleMixin:
                 con.execute("INSERT INTO login_failures (kind, key, failures, last_failure, locked_until)"
                             " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, key) DO UPDATE SET failures = excluded.failures,"
                             " last_failure = excluded.last_failure, locked_until = excluded.locked_until",
-                            (kind, key, failures, now(), locked_until))
+                            (kind, key, failures, current.isoformat(timespec="milliseconds"), locked_until))
                 if lock_s:
                     self._audit(con, str(name), "login_locked",
                                 {"kind": kind, "key": key, "failures": failures, "seconds": lock_s})

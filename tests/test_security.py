@@ -53,6 +53,16 @@ def login(http: httpx.Client, name: str, password: str | None = None) -> httpx.R
     return http.post("/api/login", json={"name": name, "password": password or f"{name}-password"})
 
 
+def lock_seconds(server, name: str) -> float:
+    """How long the account's current lock lasts, from the throttle's own row."""
+    from datetime import datetime
+
+    with db(server) as con:
+        last, until = con.execute("SELECT last_failure, locked_until FROM login_failures WHERE kind = 'user'"
+                                  " AND key = ?", (name,)).fetchone()
+    return (datetime.fromisoformat(until) - datetime.fromisoformat(last)).total_seconds()
+
+
 def unlock_client(served) -> None:
     assert served.client().post("/api/users/nobody/unlock", headers=served.admin).status_code == 200
     assert cli(served, "users", "unlock", "--client", "127.0.0.1").returncode == 0
@@ -70,12 +80,17 @@ def test_failed_logins_lock_the_account_with_doubling_back_off_and_an_admin_unlo
         assert locked.status_code == 429 and locked.headers["retry-after"] == "1"
         assert "account 'anna' is locked" in locked.json()["detail"]
         assert "slicewise users unlock anna" in locked.json()["detail"]
+        assert lock_seconds(served, "anna") == pytest.approx(1, abs=0.05)
         time.sleep(1.2)
         assert login(http, "anna", "wrong-password").status_code == 401  # the 6th failure: 2 s
-        assert login(http, "anna").headers.get("retry-after") == "2"
+        again = login(http, "anna")
+        assert again.status_code == 429 and "after 6 failed logins" in again.json()["detail"]
+        assert int(again.headers["retry-after"]) <= 2 and lock_seconds(served, "anna") == pytest.approx(2, abs=0.05)
         time.sleep(2.2)
         assert login(http, "anna", "wrong-password").status_code == 401  # the 7th: 4 s
-        assert login(http, "anna").headers.get("retry-after") == "4"
+        again = login(http, "anna")
+        assert again.status_code == 429 and "after 7 failed logins" in again.json()["detail"]
+        assert int(again.headers["retry-after"]) <= 4 and lock_seconds(served, "anna") == pytest.approx(4, abs=0.05)
 
         refused = http.post("/api/users/anna/unlock", headers={"Authorization": "Bearer sw_nope"})
         assert refused.status_code == 401
