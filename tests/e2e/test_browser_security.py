@@ -5,15 +5,19 @@ label and volume names render as text, and no script of theirs runs."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.server
 import re
 import threading
 import time
 
+from urllib.parse import urlsplit
+
 import httpx
 import pytest
 
+from app.auth import SESSION_COOKIE
 from data.store import Workspace
 from helpers_bad_input import GOOD_NIFTI
 from helpers_server import free_port, running_server
@@ -50,39 +54,63 @@ def evil_site(html: str):
         server.server_close()
 
 
-def attack_page(target: str) -> str:
-    """A form that posts JSON-looking text/plain to create a project, plus a no-cors fetch doing the same."""
+def attack_page(target: str, project_id: int) -> str:
+    """Three requests another site can make a visitor's browser send without asking: a no-cors fetch that
+    uploads a real NIfTI as multipart form data (a "simple" request: no preflight), a no-cors fetch of
+    JSON as text/plain, and a form posting JSON-looking text/plain."""
+    nifti = base64.b64encode(GOOD_NIFTI).decode()
     return f"""<!doctype html><html><body>
 <form id="f" method="POST" action="{target}/api/projects" enctype="text/plain">
 <input name='{{"name": "pwned-form", "labels": [{{"value": 1, "name": "a", "color": "#e6194b"}}], "x": "' value='"}}'>
 </form>
 <script>
-fetch("{target}/api/projects", {{method: "POST", mode: "no-cors", credentials: "include",
-  headers: {{"Content-Type": "text/plain"}},
-  body: JSON.stringify({{name: "pwned-fetch", labels: [{{value: 1, name: "a", color: "#e6194b"}}]}})}})
-  .finally(() => document.getElementById("f").submit());
+const bytes = Uint8Array.from(atob("{nifti}"), (c) => c.charCodeAt(0));
+const upload = new FormData();
+upload.append("file", new Blob([bytes]), "planted.nii.gz");
+Promise.allSettled([
+  fetch("{target}/api/projects/{project_id}/volumes", {{method: "POST", mode: "no-cors", credentials: "include",
+    body: upload}}),
+  fetch("{target}/api/projects", {{method: "POST", mode: "no-cors", credentials: "include",
+    headers: {{"Content-Type": "text/plain"}},
+    body: JSON.stringify({{name: "pwned-fetch", labels: [{{value: 1, name: "a", color: "#e6194b"}}]}})}}),
+]).finally(() => document.getElementById("f").submit());
 </script></body></html>"""
 
 
-def run_attack(browser, target: str, login: tuple[str, str] | None = None) -> list[int]:
+def log_in(page, base_url: str, name: str, password: str) -> None:
+    """Through the real /login page; returns once the browser holds the session cookie and is at /ui."""
+    page.goto(base_url + "/login?next=/ui")
+    page.fill("#name", name)
+    page.fill("#password", password)
+    page.click("#submit")
+    page.wait_for_url(lambda url: urlsplit(url).path in ("/ui", "/ui/"))
+    assert SESSION_COOKIE in {c["name"] for c in page.context.cookies()}
+
+
+def run_attack(browser, target: str, project_id: int, login: tuple[str, str] | None = None) -> list[int]:
     """Open the attack page (after logging in at the target, if asked) -> the statuses the target answered."""
     context = browser.new_context()
     page = context.new_page()
     statuses: list[int] = []
     page.on("response", lambda r: statuses.append(r.status) if r.url.startswith(target + "/api/projects") else None)
     if login:
-        page.goto(target + "/login")
-        page.fill("#name", login[0])
-        page.fill("#password", login[1])
-        page.click("#submit")
-        page.wait_for_url(re.compile(r".*/ui/?$"))
-    with evil_site(attack_page(target)) as evil:
+        log_in(page, target, *login)
+    with evil_site(attack_page(target, project_id)) as evil:
         page.goto(evil)
         deadline = time.monotonic() + 15
-        while len(statuses) < 2 and time.monotonic() < deadline:
+        while len(statuses) < 3 and time.monotonic() < deadline:
             page.wait_for_timeout(100)
+        if login:  # the visitor's own session was not touched either
+            assert page.evaluate("async () => (await fetch('" + target + "/api/me', {credentials: 'include'})).status"
+                                 ) in (0, 200)
     context.close()
     return statuses
+
+
+def assert_unchanged(server, project_id: int, headers: dict | None = None) -> None:
+    projects = httpx.get(server.url("/api/projects"), headers=headers).json()
+    assert [p["id"] for p in projects] == [project_id]
+    assert httpx.get(server.url(f"/api/projects/{project_id}/volumes"), headers=headers).json() == []
 
 
 def test_another_origin_changes_nothing_with_a_login_cookie(browser, tmp_path):
@@ -93,17 +121,14 @@ def test_another_origin_changes_nothing_with_a_login_cookie(browser, tmp_path):
     ws.close()
     bearer = {"Authorization": f"Bearer {token}"}
     with running_server(root) as server:
-        statuses = run_attack(browser, server.base_url, login=("ada", "ada-password"))
-        assert statuses and all(s == 403 for s in statuses), statuses  # both reached the server, both refused
-        assert httpx.get(server.url("/api/projects"), headers=bearer).json() == []
+        target = httpx.post(server.url("/api/projects"), json={"name": "target", "labels": LABELS}, headers=bearer).json()
+        statuses = run_attack(browser, server.base_url, target["id"], login=("ada", "ada-password"))
+        assert len(statuses) == 3 and all(s == 403 for s in statuses), statuses  # all reached the server, refused
+        assert_unchanged(server, target["id"], bearer)
         # the same browser on slicewise's own page can change things (the refusal above is not a broken API)
         context = browser.new_context()
         page = context.new_page()
-        page.goto(server.url("/login"))
-        page.fill("#name", "ada")
-        page.fill("#password", "ada-password")
-        page.click("#submit")
-        page.wait_for_url(re.compile(r".*/ui/?$"))
+        log_in(page, server.base_url, "ada", "ada-password")
         page.goto(server.url("/static/viewer.html"))
         status = page.evaluate("""async () => {
             const csrf = document.cookie.split('; ').find((c) => c.startsWith('slicewise_csrf=')).split('=')[1];
@@ -113,13 +138,15 @@ def test_another_origin_changes_nothing_with_a_login_cookie(browser, tmp_path):
             return r.status; }""")
         context.close()
         assert status == 201
-        assert [p["name"] for p in httpx.get(server.url("/api/projects"), headers=bearer).json()] == ["mine"]
+        assert [p["name"] for p in httpx.get(server.url("/api/projects"), headers=bearer).json()] == ["target", "mine"]
 
 
-def test_another_origin_changes_nothing_without_users(browser, server):
-    statuses = run_attack(browser, server.base_url)
-    assert statuses and all(s == 403 for s in statuses), statuses
-    assert not any(p["name"].startswith("pwned") for p in httpx.get(server.url("/api/projects")).json())
+def test_another_origin_changes_nothing_without_users(browser, tmp_path):
+    with running_server(tmp_path / "ws") as server:
+        target = httpx.post(server.url("/api/projects"), json={"name": "target", "labels": LABELS}).json()
+        statuses = run_attack(browser, server.base_url, target["id"])
+        assert len(statuses) == 3 and all(s == 403 for s in statuses), statuses
+        assert_unchanged(server, target["id"])
 
 
 def watch_csp(page) -> list[str]:
@@ -163,3 +190,38 @@ def test_hostile_names_render_as_text_under_the_csp(page, server):
     pg.goto(server.url("/login"))
     pg.get_by_text("needs no login").wait_for()
     assert pg.evaluate("window.__csp || []") == [] and violations == []
+
+
+def test_logged_in_the_ui_and_the_viewer_still_change_things(browser, tmp_path):
+    """With a login cookie, the Gradio UI (its server-side client echoes the CSRF cookie) and the viewer's
+    own api() (it sends X-CSRF-Token) make changes; a bare fetch without the header is refused."""
+    from .test_browser_loop import create_project_in_ui
+
+    root = tmp_path / "ws"
+    ws = Workspace(root)
+    ws.add_user("ada", "admin", password="ada-password")
+    token = ws.create_token("ada")[0]
+    ws.close()
+    bearer = {"Authorization": f"Bearer {token}"}
+    with running_server(root) as server:
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        pg = context.new_page()
+        errors: list[str] = []
+        pg.on("pageerror", lambda exc: errors.append(str(exc)))
+        log_in(pg, server.base_url, "ada", "ada-password")
+
+        class Wrapped:  # what create_project_in_ui expects: .page and .base_url
+            page, base_url = pg, server.base_url
+        create_project_in_ui(Wrapped, "made in the UI")
+
+        pg.goto(server.url("/static/viewer.html"))
+        pg.locator("#message").wait_for()
+        body = "JSON.stringify({name: NAME, labels: [{value: 1, name: 'a', color: '#e6194b'}]})"
+        via_viewer = pg.evaluate(f"""async () => (await api('/projects', {{method: 'POST',
+            headers: {{'Content-Type': 'application/json'}}, body: {body.replace('NAME', "'made in the viewer'")}}})).status""")
+        bare = pg.evaluate(f"""async () => (await fetch('/api/projects', {{method: 'POST',
+            headers: {{'Content-Type': 'application/json'}}, body: {body.replace('NAME', "'bare fetch'")}}})).status""")
+        context.close()
+        assert via_viewer == 201 and bare == 403 and errors == []
+        names = {p["name"] for p in httpx.get(server.url("/api/projects"), headers=bearer).json()}
+        assert names == {"made in the UI", "made in the viewer"}
