@@ -21,7 +21,10 @@ from data.errors import NotFound
 from data.store_users import ROLES
 
 SESSION_COOKIE = "slicewise_session"
-SESSION_TTL_S = 12 * 3600
+CSRF_COOKIE = "slicewise_csrf"  # readable by the page's own script, echoed as the X-CSRF-Token header
+CSRF_HEADER = "x-csrf-token"
+SESSION_TTL_S = 12 * 3600  # a login lasts at most a working day ...
+SESSION_IDLE_S = 3600  # ... and ends after an hour without a request
 LOCAL_USER = "local"
 HOW_TO_CONFIGURE = (
     "create a user and an API token first:\n"
@@ -96,7 +99,7 @@ def authenticate(request: Request, workspace) -> Principal:
                                     headers={"WWW-Authenticate": "Bearer"})
         else:
             cookie = request.cookies.get(SESSION_COOKIE)
-            user = workspace.user_for_token(cookie, kind="session") if cookie else None
+            user = workspace.user_for_token(cookie, kind="session", idle_s=SESSION_IDLE_S) if cookie else None
             if user is None:
                 message = ("your login session has expired; log in again at /login" if cookie else
                            "authentication required: send 'Authorization: Bearer <token>' or log in at /login")

@@ -33,6 +33,9 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--dicomweb-credentials", type=Path, metavar="FILE",
                        help='JSON file {"NAME": {"username": ..., "password": ...} or {"token": ...}}; '
                             "default $SLICEWISE_DICOMWEB_CREDENTIALS")
+    serve.add_argument("--setup-token", action="store_true",
+                       help="first start without users on a public address: create user 'admin' and print a "
+                            "one-time API token (or set SLICEWISE_ADMIN_PASSWORD_FILE); see docs/deployment.md")
     serve.set_defaults(handler=_serve)
 
     imp = sub.add_parser("import", help="import volumes into a project of a workspace (no server needed)")
@@ -67,6 +70,11 @@ def _serve(args: argparse.Namespace) -> int:
     if args.no_demo:
         settings = settings.with_overrides(demo=False)
     _configure_logging(settings.log_level)
+    from app.auth import is_loopback
+    from app.first_run import make_initial_admin
+
+    if not is_loopback(settings.host):
+        make_initial_admin(settings, setup_token=args.setup_token)
     if not _may_serve(settings):
         return 2
     logging.getLogger("slicewise").info("serving on %s (workspace %s)", settings.base_url, settings.workspace)
@@ -103,7 +111,7 @@ def _add_access_commands(sub) -> None:
         p.add_argument("--workspace", type=Path, help="workspace folder; default ./workspace or $SLICEWISE_WORKSPACE")
 
     users = sub.add_parser("users", help="manage users (adding the first one turns login on)")
-    users_sub = users.add_subparsers(dest="action", metavar="{add,list,set,remove}", required=True)
+    users_sub = users.add_subparsers(dest="action", metavar="{add,list,set,remove,unlock,revoke}", required=True)
     add = users_sub.add_parser("add", help="add a user")
     add.add_argument("name")
     add.add_argument("--role", required=True, choices=ROLES)
@@ -121,6 +129,13 @@ def _add_access_commands(sub) -> None:
     rm = users_sub.add_parser("remove", help="remove a user with their tokens and memberships")
     rm.add_argument("name")
     workspace_arg(rm)
+    un = users_sub.add_parser("unlock", help="lift the lock that failed logins put on an account or --client address")
+    un.add_argument("name", nargs="?")
+    un.add_argument("--client", help="a client address locked for too many failed logins")
+    workspace_arg(un)
+    rv = users_sub.add_parser("revoke", help="log a user out everywhere and revoke all their API tokens")
+    rv.add_argument("name")
+    workspace_arg(rv)
     users.set_defaults(handler=_users)
 
     tokens = sub.add_parser("tokens", help="manage API tokens (hashed at rest; shown once)")
@@ -199,6 +214,14 @@ def _users(args) -> int:
         elif args.action == "remove":
             ws.remove_user(args.name, who="cli")
             print(f"user {args.name} removed")
+        elif args.action == "unlock":
+            if not args.name and not args.client:
+                raise SystemExit("slicewise users unlock: give a user name and/or --client ADDRESS")
+            lifted = ws.unlock_login(name=args.name, client=args.client, who="cli")
+            print(f"{'unlocked' if lifted else 'was not locked'}: {args.name or args.client}")
+        elif args.action == "revoke":
+            done = ws.revoke_user_access(args.name, who="cli")
+            print(f"{args.name}: {done['sessions_ended']} session(s) ended, {done['tokens_revoked']} token(s) revoked")
 
     return _run_access(run)
 

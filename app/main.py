@@ -17,6 +17,7 @@ from app.errors import install_error_handlers
 from app.limits import BodyLimitMiddleware
 from app.rendering import SliceRenderer
 from app.routes import access, info, projects, volumes
+from app.security import SecurityMiddleware
 from app.routes import annotations, models, predictions, review, training
 from app.routes import dicomweb, interop_files, monailabel
 from app.worker import Worker
@@ -101,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return RedirectResponse("/ui")
 
     app.add_middleware(UIGuard)  # with users configured, /ui needs a login too (app/auth.py)
+    app.add_middleware(SecurityMiddleware)  # outermost: CSRF/origin checks and security headers (app/security.py)
     app.include_router(info.router)
     app.include_router(access.router)
     app.include_router(projects.router)

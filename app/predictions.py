@@ -235,4 +235,4 @@ def save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def safe_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:100] or "volume"
+    return "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "_" for c in name)[:100] or "volume"

@@ -37,11 +37,15 @@ class Settings:
     # DICOMweb servers (PACS) the admin allows, "NAME=URL"; requests name a source, never a URL
     dicomweb: tuple[str, ...] = ()
     dicomweb_credentials: Path | None = None  # JSON {"NAME": {"username", "password"} | {"token"}}
+    # first start of an empty workspace: the initial admin's password from this file (a Docker secret)
+    admin_password_file: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "workspace", Path(self.workspace))
         if self.data_dir is not None:
             object.__setattr__(self, "data_dir", Path(self.data_dir))
+        if self.admin_password_file is not None:
+            object.__setattr__(self, "admin_password_file", Path(self.admin_password_file))
         if self.device not in DEVICES:
             raise SettingsError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if not (0 <= int(self.port) <= 65535):
@@ -120,6 +124,7 @@ _ENV = {
     "default_preset": ("SLICEWISE_DEFAULT_PRESET", str),
     "dicomweb": ("SLICEWISE_DICOMWEB", lambda raw: tuple(e.strip() for e in raw.split(",") if e.strip())),
     "dicomweb_credentials": ("SLICEWISE_DICOMWEB_CREDENTIALS", Path),
+    "admin_password_file": ("SLICEWISE_ADMIN_PASSWORD_FILE", Path),
 }
 
 assert set(_ENV) <= {f.name for f in fields(Settings)}

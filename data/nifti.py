@@ -54,6 +54,8 @@ def read_nifti(path: Path, name: str, max_bytes_expanded: int | None) -> Volume:
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12 \
             or None in nib.aff2axcodes(affine):  # an axis with no direction of its own
         raise InvalidInput(f"{name}: the header's orientation (qform/sform) is invalid")
+    if None in nib.aff2axcodes(affine):  # an axis nearly degenerate against the others: no orientation
+        raise InvalidInput(f"{name}: the header's orientation (qform/sform) gives no direction to every axis")
     meta = {
         "nifti_header": header.copy(),
         "qform_code": int(header["qform_code"]),

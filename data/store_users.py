@@ -2,8 +2,10 @@
 
 Mixed into data.store.Workspace (which provides `db`, `get_project` and `_audit`).
 
-    users    name, role (admin | annotator | viewer), password hash (scrypt + salt, may be empty)
-    tokens   sha256 of the secret only (API tokens and login sessions); the secret is shown once
+    users    name, role (admin | annotator | viewer), password hash (Argon2id, may be empty; data.passwords)
+    tokens   sha256 of the secret only (API tokens and login sessions); the secret is shown once. A login
+             session also ends after `idle_s` without a request (last_used) and at its absolute `expires`.
+             A role change or removal ends a user's sessions and revokes their API tokens.
     members  (project_id, user): who may see a project (admins see all of them)
 
 No users at all means the server runs without login (local use); see app/auth.py.
@@ -12,19 +14,20 @@ No users at all means the server runs without login (local use); see app/auth.py
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
 import secrets
 from datetime import datetime, timedelta, timezone
 
 from data.errors import Conflict, InvalidInput, NotFound
+from data.passwords import burn_time, check_password, hash_password, needs_rehash
 from data.store_db import now
+from data.store_login import LoginThrottleMixin
 
 ROLES = ("viewer", "annotator", "admin")  # each role can do what the ones before it can
 USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 TOKEN_PREFIX = "sw_"
 MIN_PASSWORD = 8
-SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1}
+LAST_USED_GRANULARITY_S = 60  # a session's last_used is rewritten at most this often
 
 USERS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -42,7 +45,8 @@ CREATE TABLE IF NOT EXISTS tokens (
     label TEXT NOT NULL DEFAULT '',
     created TEXT NOT NULL,
     expires TEXT,
-    revoked TEXT
+    revoked TEXT,
+    last_used TEXT
 );
 CREATE INDEX IF NOT EXISTS tokens_by_user ON tokens(user);
 
@@ -53,26 +57,6 @@ CREATE TABLE IF NOT EXISTS members (
     PRIMARY KEY (project_id, user)
 );
 """
-
-
-def hash_password(password: str) -> str:
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **SCRYPT)
-    return f"scrypt${SCRYPT['n']}${SCRYPT['r']}${SCRYPT['p']}${salt.hex()}${digest.hex()}"
-
-
-def check_password(password: str, stored: str | None) -> bool:
-    if not stored:
-        return False
-    try:
-        scheme, n, r, p, salt, digest = stored.split("$")
-        if scheme != "scrypt":
-            return False
-        got = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p),
-                             dklen=len(digest) // 2)
-    except (ValueError, TypeError):
-        return False
-    return hmac.compare_digest(got.hex(), digest)
 
 
 def token_hash(token: str) -> str:
@@ -106,12 +90,16 @@ def _public(user: dict | None) -> dict | None:
     return out
 
 
-class UsersMixin:
+class UsersMixin(LoginThrottleMixin):
     def _create_users_schema(self) -> None:
         with self.db.write() as con:
             for statement in USERS_SCHEMA.split(";"):
                 if statement.strip():
                     con.execute(statement)
+            columns = {row[1] for row in con.execute("PRAGMA table_info(tokens)")}
+            if "last_used" not in columns:  # a workspace made before idle expiry existed
+                con.execute("ALTER TABLE tokens ADD COLUMN last_used TEXT")
+            self._create_throttle_schema(con)
 
     # ---------------------------------------------------------------- users
 
@@ -139,16 +127,32 @@ class UsersMixin:
         return [_public(u) for u in self.db.all("SELECT * FROM users ORDER BY name")]
 
     def set_user(self, name: str, role: str | None = None, password: str | None = None, who: str = "local") -> dict:
-        self.get_user(name)
+        before = self.get_user(name)
+        role_changed = role is not None and _check_role(role) != before["role"]
         with self.db.write() as con:
             if role is not None:
-                con.execute("UPDATE users SET role = ? WHERE name = ?", (_check_role(role), name))
+                con.execute("UPDATE users SET role = ? WHERE name = ?", (role, name))
             if password is not None:
                 con.execute("UPDATE users SET password_hash = ? WHERE name = ?",
                             (hash_password(_check_password(password)), name))
+            if password is not None or role_changed:
                 con.execute("DELETE FROM tokens WHERE user = ? AND kind = 'session'", (name,))
-            self._audit(con, who, "set_user", {"user": name, "role": role, "password_changed": password is not None})
+            if role_changed:  # a token made for the old role must not keep acting under the new one
+                con.execute("UPDATE tokens SET revoked = ? WHERE user = ? AND kind = 'api' AND revoked IS NULL",
+                            (now(), name))
+            self._audit(con, who, "set_user", {"user": name, "role": role, "password_changed": password is not None,
+                                               "access_revoked": role_changed})
         return self.get_user(name)
+
+    def revoke_user_access(self, name: str, who: str = "local") -> dict:
+        """End every login session and revoke every API token of a user -> how many of each."""
+        self.get_user(name)
+        with self.db.write() as con:
+            sessions = con.execute("DELETE FROM tokens WHERE user = ? AND kind = 'session'", (name,)).rowcount
+            tokens = con.execute("UPDATE tokens SET revoked = ? WHERE user = ? AND kind = 'api' AND revoked IS NULL",
+                                 (now(), name)).rowcount
+            self._audit(con, who, "revoke_access", {"user": name, "sessions": sessions, "tokens": tokens})
+        return {"user": name, "sessions_ended": sessions, "tokens_revoked": tokens}
 
     def remove_user(self, name: str, who: str = "local") -> None:
         self.get_user(name)
@@ -162,9 +166,15 @@ class UsersMixin:
         """The user when the password is right, else None (also for unknown users and password-less ones)."""
         user = self.db.one("SELECT * FROM users WHERE name = ?", (str(name),))
         if user is None:
-            check_password(str(password), hash_password("not a user"))  # same work either way
+            burn_time(str(password))  # same work either way
             return None
-        return _public(user) if check_password(str(password), user["password_hash"]) else None
+        if not check_password(str(password), user["password_hash"]):
+            return None
+        if needs_rehash(user["password_hash"]):  # an older scheme: upgrade while the password is at hand
+            with self.db.write() as con:
+                con.execute("UPDATE users SET password_hash = ? WHERE name = ? AND password_hash = ?",
+                            (hash_password(str(password)), user["name"], user["password_hash"]))
+        return _public(user)
 
     # ---------------------------------------------------------------- tokens and sessions
 
@@ -212,18 +222,35 @@ class UsersMixin:
             self._audit(con, who, "revoke_token", {"user": name, "all": True, "count": cur.rowcount})
         return cur.rowcount
 
-    def user_for_token(self, secret: str, kind: str | None = None) -> dict | None:
-        """The user a valid (not revoked, not expired) token or session secret belongs to, else None."""
+    def user_for_token(self, secret: str, kind: str | None = None, idle_s: float | None = None) -> dict | None:
+        """The user a valid (not revoked, not expired) token or session secret belongs to, else None.
+        With idle_s, a login session unused for longer than that has ended too."""
         if not isinstance(secret, str) or not secret.startswith(TOKEN_PREFIX) or len(secret) > 200:
             return None
         row = self.db.one(
-            "SELECT u.name, u.role, t.kind, t.expires FROM tokens t JOIN users u ON u.name = t.user"
-            " WHERE t.token_hash = ? AND t.revoked IS NULL", (token_hash(secret),))
+            "SELECT t.id, u.name, u.role, t.kind, t.expires, t.created, t.last_used FROM tokens t"
+            " JOIN users u ON u.name = t.user WHERE t.token_hash = ? AND t.revoked IS NULL", (token_hash(secret),))
         if row is None or (kind is not None and row["kind"] != kind):
             return None
-        if row["expires"] is not None and row["expires"] <= now():
+        current = now()
+        if row["expires"] is not None and row["expires"] <= current:
             return None
+        if row["kind"] == "session":
+            last = datetime.fromisoformat(row["last_used"] or row["created"])
+            quiet_s = (datetime.fromisoformat(current) - last).total_seconds()
+            if idle_s is not None and quiet_s > idle_s:
+                return None
+            if quiet_s > LAST_USED_GRANULARITY_S:
+                with self.db.write() as con:
+                    con.execute("UPDATE tokens SET last_used = ? WHERE id = ?", (current, row["id"]))
         return {"name": row["name"], "role": row["role"], "kind": row["kind"]}
+
+    def end_all_sessions(self, name: str, who: str = "local") -> int:
+        """Log a user out everywhere -> how many sessions ended."""
+        with self.db.write() as con:
+            ended = con.execute("DELETE FROM tokens WHERE user = ? AND kind = 'session'", (str(name),)).rowcount
+            self._audit(con, who, "logout_everywhere", {"user": name, "sessions": ended})
+        return ended
 
     def end_session(self, secret: str) -> None:
         with self.db.write() as con:

@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 
 import httpx
 
+CSRF_COOKIE = "slicewise_csrf"
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, read=600.0)  # an upload of a large DICOM zip is imported before the answer
 
 
@@ -38,6 +39,14 @@ def _detail(response: httpx.Response) -> str:
     return str(detail) if detail is not None else str(body)[:500]
 
 
+def _cookie_value(header: str, name: str) -> str | None:
+    for part in header.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name:
+            return value
+    return None
+
+
 class ApiClient:
     def __init__(self, base_url: str, *, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
                  transport: httpx.BaseTransport | None = None):
@@ -56,6 +65,9 @@ class ApiClient:
         clone._headers = {**self._headers}
         if cookie:
             clone._headers["Cookie"] = cookie
+            csrf = _cookie_value(cookie, CSRF_COOKIE)
+            if csrf:  # the server wants it echoed on state-changing calls made with the login cookie
+                clone._headers["X-CSRF-Token"] = csrf
         if token:
             clone._headers["Authorization"] = f"Bearer {token}"
         return clone

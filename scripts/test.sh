@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fresh machine -> all tests: installs into .venv (with test extras), the system packages the
-# browser and DICOM tests need (Debian's chromium, dicom3tools), then runs pytest (args pass through).
+# browser and DICOM tests need (Debian's chromium, dicom3tools, nodejs), audits the lock
+# for known vulnerabilities (scripts/audit.sh), then runs pytest (args pass through).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
@@ -12,9 +13,11 @@ command -v chromium >/dev/null || missing="$missing chromium chromium-driver"
 command -v dciodvfy >/dev/null || missing="$missing dicom3tools"
 command -v Orthanc >/dev/null && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] \
     || missing="$missing orthanc orthanc-dicomweb"  # a real PACS for the DICOMweb tests (started by the tests)
+command -v node >/dev/null || missing="$missing nodejs"
 if [ -n "$missing" ]; then
     sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
     $sudo_cmd apt-get update -qq && $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
 fi
+bash scripts/audit.sh  # known vulnerabilities in the lock (skips, saying so, where PyPI cannot be asked)
 export GRADIO_ANALYTICS_ENABLED=False
 exec .venv/bin/python -m pytest "$@"

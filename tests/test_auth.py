@@ -12,7 +12,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from app.auth import SESSION_COOKIE, is_loopback
+from app.auth import CSRF_COOKIE, SESSION_COOKIE, is_loopback
 from app.cli import main as cli_main
 from app.main import create_app
 from app.settings import Settings
@@ -125,10 +125,12 @@ def test_login_sets_an_httponly_cookie_and_logout_ends_the_session(app_client):
     assert cookie and cookie.encode() not in db_bytes(ws.root)
     assert client.get("/api/me").json() == {"name": "anna", "role": "annotator", "auth": True}
     assert client.get("/api/projects").status_code == 200
-    assert client.post("/api/projects", json={"name": "p", "labels": LABELS}).status_code == 403
+    csrf = {"X-CSRF-Token": client.cookies.get(CSRF_COOKIE)}
+    refused = client.post("/api/projects", json={"name": "p", "labels": LABELS}, headers=csrf)
+    assert refused.status_code == 403 and "has the annotator role" in refused.json()["detail"]
     assert client.get("/ui/", follow_redirects=False).status_code == 200  # the UI with the cookie
 
-    assert client.post("/api/logout").status_code == 200
+    assert client.post("/api/logout", headers=csrf).status_code == 200
     assert client.get("/api/projects").status_code == 401
     client.cookies.set(SESSION_COOKIE, cookie)  # a replayed cookie is dead too
     replay = client.get("/api/projects")
@@ -154,7 +156,8 @@ def test_the_ui_and_viewer_send_a_browser_without_login_to_the_login_page(app_cl
     assert page.status_code == 303 and page.headers["location"] == "/login?next=/ui"
     assert client.get("/ui/gradio_api/info", follow_redirects=False).status_code == 401
     login = client.get("/login")
-    assert login.status_code == 200 and "/api/login" in login.text
+    assert login.status_code == 200 and "/static/login.js" in login.text
+    assert "/api/login" in client.get("/static/login.js").text
     viewer = client.get("/static/viewer.js")
     assert viewer.status_code == 200 and "/login?next=" in viewer.text
 

@@ -5,8 +5,8 @@ Real `slicewise serve` processes, killed with SIGKILL:
   acknowledged save is there with its bytes, nothing half-written is visible or left, no orphan volume;
 - while the server predicts every volume with the active model: after a restart the masks are recomputed
   and complete;
-- while the real `python -m model.train` (quick preset) trains: after a restart the job is resumed or
-  failed with a reason, never left running, and its leftover trainer is ended.
+- while the real `python -m model.train` (quick preset) trains: after a restart the job is resumed and
+  succeeds, never left running, and its leftover trainer is ended.
 In process (TestClient, the fake trainer of tests/helpers_retrain.py):
 - the training subprocess SIGKILLed (what the kernel's OOM killer does), once and twice: retried once with
   half the batch, then failed with the reason; the previous model stays active; the next retrain works;
@@ -227,10 +227,8 @@ def test_sigkill_during_prediction_then_masks_are_recomputed(tmp_path, model_fil
         def some_ready():
             states = [client.get(f"/api/volumes/{v['id']}/prediction").json()["status"] for v in volumes]
             return "ready" in states and states != ["ready"] * len(volumes)
-        try:
-            wait_for(some_ready, 120, "a first mask, not all", interval=0.02)
-        except AssertionError:
-            pass  # all finished between two polls: the kill below still tests a restart with masks
+        # no escape hatch: the kill must land with some masks done and some not, or this test proves nothing
+        wait_for(some_ready, 120, "a first mask, not all", interval=0.02)
         sigkill(server)
 
     with running_server(workspace, extra_args=["--device", "cpu"]) as server, server.client() as client:
@@ -257,7 +255,7 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def test_sigkill_during_real_training_then_resumed_or_failed(tmp_path):
+def test_sigkill_during_real_training_then_resumed_and_succeeded(tmp_path):
     workspace = tmp_path / "ws"
     train = {"preset": "quick", "stages": {"global": False, "local": False,
                                            "finetune": {"epochs": 2, "steps": 30}}}
@@ -279,12 +277,10 @@ def test_sigkill_during_real_training_then_resumed_or_failed(tmp_path):
     with running_server(workspace, extra_args=["--device", "cpu"]) as server, server.client() as client:
         done = wait_for(lambda: (j := client.get(f"/api/jobs/{job['id']}").json())["state"] in TERMINAL and j,
                         300, "the job to end after the restart", interval=0.2)
-        assert done["state"] in ("succeeded", "failed"), done
-        if done["state"] == "failed":
-            assert done["error"], done
-        else:
-            assert done["resumes"] == 1 and done["model_id"]
-            assert client.get(f"/api/volumes/{vid}/prediction").json()["status"] == "ready"
+        # the real trainer checkpoints atomically, so a server killed mid-training resumes the job to success
+        assert done["state"] == "succeeded", done
+        assert done["resumes"] == 1 and done["model_id"]
+        assert client.get(f"/api/volumes/{vid}/prediction").json()["status"] == "ready"
         assert trainer_pid is None or not pid_alive(trainer_pid)
         assert all(j["state"] in TERMINAL for j in client.get(f"/api/projects/{project['id']}/jobs").json())
         assert [a["version"] for a in client.get(f"/api/volumes/{vid}/annotations").json()] == [1, 1]

@@ -235,10 +235,9 @@ def test_handlers_against_a_real_server(tmp_path):
 # ------------------------------------------------------------------------------------------ the viewer's PNG encoder
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed: the viewer's PNG encoder is "
-                                                        "checked in the browser tests instead")
 def test_viewer_png_encoder_is_lossless(tmp_path):
     """The browser's hand-written greyscale PNG encoder (viewer.js) decodes to the exact mask."""
+    assert shutil.which("node"), "node is missing: scripts/test.sh installs it (apt-get install nodejs)"
     from frontend.mount import STATIC_DIR
 
     source = (STATIC_DIR / "viewer.js").read_text()

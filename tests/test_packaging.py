@@ -37,3 +37,29 @@ def test_dockerfile_lints_clean_and_installs_like_the_readme():
     dockerfile = (ROOT / "Dockerfile").read_text()
     readme = (ROOT / "README.md").read_text()
     assert "scripts/setup.sh" in dockerfile and "scripts/serve.sh" in readme and "scripts/test.sh" in readme
+
+
+def locked_versions(lock: Path) -> dict[str, str]:
+    text = lock.read_text()
+    entries = re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)((?:\s*\\\n\s+--hash=sha256:[0-9a-f]{64})+)", text, re.M)
+    names = re.findall(r"^([A-Za-z0-9_.\-]+)==", text, re.M)
+    assert len(entries) == len(names), f"{lock.name}: every locked package needs its hashes"
+    return {re.sub(r"[-_.]+", "-", name).lower(): version for name, version, _ in entries}
+
+
+@pytest.mark.parametrize("lock_name, extras", [("requirements.lock", ()), ("requirements-test.lock", ("test",))])
+def test_the_lock_pins_every_dependency_of_pyproject_with_hashes(lock_name, extras):
+    """The lock (scripts/lock.sh) is what setup.sh and the Dockerfile install: it must agree with pyproject."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    locked = locked_versions(ROOT / lock_name)
+    wanted = project["dependencies"] + [d for extra in extras for d in project["optional-dependencies"][extra]]
+    stale = []
+    for dep in wanted:
+        name, version = dep.split("==")
+        got = locked.get(re.sub(r"[-_.]+", "-", name.split("[")[0]).lower())
+        if got is None or got.split("+")[0] != version:
+            stale.append(f"{dep} (lock: {got})")
+    assert stale == [], f"{lock_name} is out of date, rerun scripts/lock.sh: {stale}"
+    assert len(locked) > len(wanted)  # the transitive dependencies are in it too
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    assert "--require-hashes" in setup and lock_name in setup

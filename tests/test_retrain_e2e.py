@@ -204,11 +204,8 @@ def test_sigkill_restart_cancel_and_rollback(tmp_path, hippo):
 
     with running_server(workspace) as server, server.client() as client:
         done = wait_job(client, job["id"], lambda j: j["state"] in TERMINAL, server=server)
-        assert done["state"] in ("succeeded", "failed"), done
-        if done["state"] == "failed":
-            assert done["error"], done
-        else:
-            assert done["resumes"] == 1 and done["model_id"]
+        assert done["state"] == "succeeded", done  # resumed from the trainer's checkpoint, not failed
+        assert done["resumes"] == 1 and done["model_id"]
         assert all(j["state"] in TERMINAL for j in client.get(f"/api/projects/{project_id}/jobs").json())
         assert trainer_pid is None or not pid_alive(trainer_pid)
         assert annotation_snapshot(client, volumes) == before  # no annotation lost

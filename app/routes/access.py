@@ -1,17 +1,19 @@
 """Access: log in and out (session cookie), who am I, users, API tokens, project members, the audit log.
 
-Everything but login/logout/me needs the admin role. See app/auth.py for the rules and
+Everything but login/logout/me needs the admin role. Failed logins are throttled per account and per
+client address (data/store_login.py): 429 with Retry-After while locked. See app/auth.py for the rules and
 docs/deployment.md for setting up users.
 """
 
 from __future__ import annotations
 
+import secrets
 from typing import Literal
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.auth import SESSION_COOKIE, SESSION_TTL_S, Principal, auth_enabled
+from app.auth import CSRF_COOKIE, SESSION_COOKIE, SESSION_TTL_S, Principal, auth_enabled
 from app.deps import allow, current_user, get_workspace
 from app.schemas import ErrorOut
 from data.store import Workspace
@@ -57,31 +59,49 @@ def _secure(request: Request) -> bool:
     return proto.split(",")[0].strip().lower() == "https"
 
 
-@router.post("/login", responses={401: {"model": ErrorOut}},
-             summary="Log in with name and password: sets an HttpOnly session cookie")
+@router.post("/login", responses={401: {"model": ErrorOut}, 429: {"model": ErrorOut}},
+             summary="Log in with name and password: sets an HttpOnly session cookie and the CSRF cookie")
 def login(body: LoginRequest, request: Request, response: Response,
           ws: Workspace = Depends(get_workspace)) -> dict:
     if not auth_enabled(ws):
         return {"name": "local", "role": "admin", "auth": False,
                 "message": "no users are configured: this server needs no login"}
+    client = request.client.host if request.client else None
+    locked = ws.login_lockout(body.name, client)
+    if locked is not None:  # refused before the password is even looked at
+        raise HTTPException(429, locked.message(), headers={"Retry-After": str(locked.retry_after_s)})
     user = ws.verify_password(body.name, body.password)
     if user is None:
-        ws.record_audit(body.name, "login_failed", {"client": request.client.host if request.client else None})
+        ws.record_audit(body.name, "login_failed", {"client": client})
+        ws.record_login_failure(body.name, client)
         raise HTTPException(401, "wrong user name or password")
+    ws.clear_login_failures(user["name"])
     secret, row = ws.create_token(user["name"], label="login", kind="session", ttl_s=SESSION_TTL_S)
+    secure = _secure(request)
     response.set_cookie(SESSION_COOKIE, secret, max_age=SESSION_TTL_S, httponly=True, samesite="lax",
-                        secure=_secure(request), path="/")
-    ws.record_audit(user["name"], "login", {"client": request.client.host if request.client else None})
+                        secure=secure, path="/")
+    response.set_cookie(CSRF_COOKIE, secrets.token_urlsafe(32), max_age=SESSION_TTL_S, httponly=False,
+                        samesite="strict", secure=secure, path="/")
+    ws.record_audit(user["name"], "login", {"client": client})
     return {"name": user["name"], "role": user["role"], "auth": True, "expires": row["expires"]}
 
 
-@router.post("/logout", summary="End the login session (clears the cookie)")
-def logout(request: Request, response: Response, ws: Workspace = Depends(get_workspace)) -> dict:
+@router.post("/logout", summary="End the login session (clears the cookies); ?everywhere=true ends all of "
+                                "this user's sessions")
+def logout(request: Request, response: Response, everywhere: bool = Query(False),
+           ws: Workspace = Depends(get_workspace)) -> dict:
     cookie = request.cookies.get(SESSION_COOKIE)
-    if cookie:
+    ended = 0
+    if everywhere:
+        user = current_user(request)
+        if not user.local:
+            ended = ws.end_all_sessions(user.name, who=user.name)
+    elif cookie:
         ws.end_session(cookie)
+        ended = 1
     response.delete_cookie(SESSION_COOKIE, path="/")
-    return {"logged_out": True}
+    response.delete_cookie(CSRF_COOKIE, path="/")
+    return {"logged_out": True, "sessions_ended": ended}
 
 
 @router.get("/me", responses={401: {"model": ErrorOut}}, summary="Who the request acts as, and whether auth is on")
@@ -116,6 +136,20 @@ def delete_user(name: str, ws: Workspace = Depends(get_workspace),
                 user: Principal = Depends(allow("admin", "deleting users"))) -> dict:
     ws.remove_user(name, who=user.actor())
     return {"deleted": True, "name": name}
+
+
+@router.post("/users/{name}/unlock", responses={404: {"model": ErrorOut}},
+             summary="Lift the failed-login lock of an account (admin)")
+def unlock_user(name: str, ws: Workspace = Depends(get_workspace),
+                user: Principal = Depends(allow("admin", "unlocking accounts"))) -> dict:
+    return {"user": name, "unlocked": ws.unlock_login(name=name, who=user.actor()) > 0}
+
+
+@router.post("/users/{name}/revoke", responses={404: {"model": ErrorOut}},
+             summary="End every login session and revoke every API token of a user (admin)")
+def revoke_user(name: str, ws: Workspace = Depends(get_workspace),
+                user: Principal = Depends(allow("admin", "revoking access"))) -> dict:
+    return ws.revoke_user_access(name, who=user.actor())
 
 
 @router.get("/users/{name}/tokens", summary="A user's API tokens, without their secrets (admin)")

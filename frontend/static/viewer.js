@@ -40,10 +40,18 @@ function say(text, kind = 'info') {
   el.className = 'message ' + kind;
 }
 
+// a state-changing request made with the login cookie echoes the slicewise_csrf cookie as a header
+function withCsrfHeader(options) {
+  const method = (options.method || 'GET').toUpperCase();
+  const cookie = document.cookie.split('; ').find((c) => c.startsWith('slicewise_csrf='));
+  if (!cookie || ['GET', 'HEAD', 'OPTIONS'].includes(method)) return options;
+  return { ...options, headers: { ...(options.headers || {}), 'X-CSRF-Token': cookie.slice('slicewise_csrf='.length) } };
+}
+
 async function api(path, options = {}) {
   let response;
   try {
-    response = await fetch(API + path, options);
+    response = await fetch(API + path, withCsrfHeader(options));
   } catch (err) {
     throw Object.assign(new Error('cannot reach the slicewise server (' + err.message + ')'), { status: 0 });
   }

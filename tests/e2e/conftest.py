@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,13 @@ def page(browser, server):
     context.close()
     assert wrapped.external == [], f"the UI reached outside the server: {wrapped.external}"
     assert wrapped.errors == [], f"JavaScript errors on the page: {wrapped.errors}"
+
+
+def wait_js(page, expression: str, timeout: float = 30_000, interval_s: float = 0.1) -> None:
+    """Like page.wait_for_function, for pages whose Content-Security-Policy forbids string evaluation
+    (Playwright polls wait_for_function with eval inside the page; page.evaluate is not affected)."""
+    deadline = time.monotonic() + timeout / 1000
+    while not page.evaluate(f"() => !!({expression})"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not true within {timeout / 1000:.0f} s: {expression}")
+        time.sleep(interval_s)

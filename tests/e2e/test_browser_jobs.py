@@ -7,6 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
+from .conftest import wait_js
 from .test_browser_loop import hippocampus_volume
 
 LABELS = [{"value": 1, "name": "anterior", "color": "#ff0000"}, {"value": 2, "name": "posterior", "color": "#00ff00"}]
@@ -44,7 +45,7 @@ def test_cancel_keeps_the_model_and_rollback_switches_it(page, server):
     # two quick retrains in the browser: two model versions, the second active
     for n in (1, 2):
         _retrain(pg, "quick")
-        pg.wait_for_function("document.body.dataset.jobState === 'succeeded'", timeout=180_000)
+        wait_js(pg, "document.body.dataset.jobState === 'succeeded'", timeout=180_000)
         pg.locator("#models li").nth(n - 1).wait_for()
     models = http.get(f"/api/projects/{project['id']}/models").json()
     assert len(models) == 2 and [m["active"] for m in models] == [False, True]
@@ -52,10 +53,10 @@ def test_cancel_keeps_the_model_and_rollback_switches_it(page, server):
 
     # a long retrain, cancelled from the browser: the job says so and the active model is unchanged
     _retrain(pg, "cpu")
-    pg.wait_for_function("document.body.dataset.jobState === 'running'", timeout=60_000)
+    wait_js(pg, "document.body.dataset.jobState === 'running'", timeout=60_000)
     assert pg.locator("#cancel-job").is_enabled()
     pg.locator("#cancel-job").click()
-    pg.wait_for_function("document.body.dataset.jobState === 'cancelled'", timeout=60_000)
+    wait_js(pg, "document.body.dataset.jobState === 'cancelled'", timeout=60_000)
     assert "previous model stays active" in pg.locator("#progress-text").inner_text()
     assert pg.locator("#cancel-job").is_disabled()
     last = max(http.get(f"/api/projects/{project['id']}/jobs").json(), key=lambda j: j["id"])
@@ -68,6 +69,6 @@ def test_cancel_keeps_the_model_and_rollback_switches_it(page, server):
     assert [m["id"] for m in http.get(f"/api/projects/{project['id']}/models").json() if m["active"]] == [first]
     pg.locator("#models li.active").get_by_text(f"Model {first} (active)").wait_for()
     assert pg.locator(f"#activate-{second}").is_visible() and pg.locator(f"#activate-{first}").count() == 0
-    pg.wait_for_function("document.body.dataset.ready === 'true'", timeout=60_000)
+    wait_js(pg, "document.body.dataset.ready === 'true'", timeout=60_000)
     status = http.get(f"/api/volumes/{volume['id']}/prediction").json()
     assert status["model_id"] == first and status["status"] == "ready"

@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from .conftest import wait_js
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -85,7 +87,7 @@ def slice_of(page) -> tuple[int, int]:
 
 
 def wait_slice(page, axis: int, index: int) -> None:
-    page.wait_for_function(f"document.body.dataset.slice === '{axis}:{index}'")
+    wait_js(page, f"document.body.dataset.slice === '{axis}:{index}'")
 
 
 def stored_mask(http, volume_id: int, axis: int, index: int) -> np.ndarray:
@@ -182,15 +184,15 @@ def test_paint_retrain_review_download(page, server, tmp_path):
           .observe(document.getElementById('progress-text'), {childList: true, characterData: true, subtree: true}); }""")
     pg.locator("#preset").select_option("quick")
     pg.locator("#retrain").click()
-    pg.wait_for_function("document.body.dataset.jobState === 'succeeded' || "
+    wait_js(pg, "document.body.dataset.jobState === 'succeeded' || "
                          "(document.body.dataset.jobState === 'running' && /epoch/.test("
                          "document.getElementById('progress-text').textContent))", timeout=120_000)
     p.shot("05-retrain-progress")
-    pg.wait_for_function("document.body.dataset.jobState === 'succeeded'", timeout=150_000)
+    wait_js(pg, "document.body.dataset.jobState === 'succeeded'", timeout=150_000)
     assert pg.locator("#progress").get_attribute("aria-valuenow") == "100"
     texts = pg.evaluate("window.progressTexts")
     assert any("epoch" in t and "%" in t for t in texts), texts  # live stage/epoch updates were shown
-    pg.wait_for_function("document.body.dataset.ready === 'true'", timeout=60_000)
+    wait_js(pg, "document.body.dataset.ready === 'true'", timeout=60_000)
 
     # 8. the prediction overlay is shown on an unpainted slice
     target = first + 2  # between the painted slices, not painted itself
