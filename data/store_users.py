@@ -108,10 +108,7 @@ def _public(user: dict | None) -> dict | None:
 
 class UsersMixin:
     def _create_users_schema(self) -> None:
-        with self.db.write() as con:
-            for statement in USERS_SCHEMA.split(";"):
-                if statement.strip():
-                    con.execute(statement)
+        self.db.apply_schema(USERS_SCHEMA)
 
     # ---------------------------------------------------------------- users
 

@@ -30,6 +30,8 @@ def model_view(model: dict) -> dict:
         "annotated_slices": len(seen),
         "annotated_volumes": len({a.get("volume_id") for a in seen}),
         "metrics": model.get("metrics") or {},
+        # slices saved after this model was trained, scored against its prediction before any training
+        "prequential": model.get("prequential"),
         "config": {k: config[k] for k in CONFIG_SUMMARY if k in config},
     }
 
@@ -38,13 +40,14 @@ def model_view(model: dict) -> dict:
             summary="Model versions of a project (created, job, annotations seen, validation metrics, active)")
 def list_models(project_id: int, ws: Workspace = Depends(get_workspace),
                 user: Principal = Depends(allow("viewer", "listing models"))) -> list[dict]:
-    return [model_view(m) for m in ws.list_models(project_id)]
+    return [model_view({**m, "prequential": ws.prequential_summary(m["id"])}) for m in ws.list_models(project_id)]
 
 
 @router.get("/models/{model_id}", responses={404: {"model": ErrorOut}}, summary="One model version")
 def get_model(model_id: int, ws: Workspace = Depends(get_workspace),
               user: Principal = Depends(allow("viewer", "reading a model"))) -> dict:
-    return model_view(ws.get_model(model_id))
+    model = ws.get_model(model_id)
+    return model_view({**model, "prequential": ws.prequential_summary(model["id"])})
 
 
 @router.post(

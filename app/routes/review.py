@@ -15,6 +15,7 @@ from app import suggest
 from app.auth import Principal
 from app.deps import allow, get_workspace
 from app.routes.annotations import parse_version
+from app.scores import save_and_score
 from app.schemas import ErrorOut
 from app.worker import Worker, get_worker
 from data.store import Workspace
@@ -53,8 +54,8 @@ def review_slice(
                "decision": body.decision, "comment": body.comment}
     annotation = None
     if body.decision == "accept":
-        annotation = ws.save_annotation(volume_id, axis, index, mask, author=who,
-                                        expected_version=expected, reviewed=True)
+        annotation = save_and_score(ws, worker.predictions, volume_id, axis, index, mask, author=who,
+                                    expected_version=expected, reviewed=True, kind="accepted")
     ws.record_audit(who, f"review_{body.decision}", details)
     return {**details, "annotation": annotation}
 
