@@ -11,6 +11,12 @@ Strategies (`STRATEGIES`; each one ranks the slices of one axis of one volume):
 - "coverage": the embedding-space distance of a slice to the nearest painted slice (needs one
   embedding per slice; not cached by the app today, so only the benchmark and tests use it).
 - "mix": MIX_WEIGHTS-weighted sum of the available signals, each scaled to 0-1 over the volume.
+  Before a model exists the mix is distance times *content*: how much each slice's image, inside the
+  region where painted slices hold the structure, looks like the painted slices there (so the far ends
+  of the volume, outside the structure, stop coming first once a slice is painted).
+
+`project_queue()` spreads a project's suggestions across volumes: the volumes with the fewest painted
+slices come first (more volumes with fewer slices each beats the reverse for the same paint).
 
 `suggest()` (used by GET /api/volumes/{id}/suggestions) ranks with DEFAULT_STRATEGY. The choice is
 measured by bench/simulated_annotator.py (docs/benchmarks/simulated_annotator.md).
@@ -109,6 +115,43 @@ def coverage_scores(embeddings: np.ndarray, painted_indices: list[int]) -> np.nd
     return np.sqrt(d2.min(axis=1))
 
 
+ROI_MARGIN = 0.25  # the structure's in-plane box from the painted slices, widened by this share per side
+
+
+def structure_box(masks: list[np.ndarray]) -> tuple[slice, slice] | None:
+    """In-plane box holding every foreground pixel of the painted slices (1..254), widened by ROI_MARGIN."""
+    fg = [(m > 0) & (m != 255) for m in masks]
+    union = np.logical_or.reduce(fg) if fg else None
+    if union is None or not union.any():
+        return None
+    box = []
+    for axis in (0, 1):
+        present = np.nonzero(union.any(axis=1 - axis))[0]
+        lo, hi = int(present[0]), int(present[-1]) + 1
+        pad = int(np.ceil(ROI_MARGIN * (hi - lo)))
+        box.append(slice(max(0, lo - pad), min(union.shape[axis], hi + pad)))
+    return box[0], box[1]
+
+
+def content_scores(image: np.ndarray, axis: int, painted: dict[int, np.ndarray]) -> np.ndarray | None:
+    """Per slice along `axis`: the correlation (clipped to 0..1) of the slice's image inside the structure
+    box with the mean of the painted slices holding foreground there. None without painted foreground."""
+    foreground = {i: m for i, m in painted.items() if ((m > 0) & (m != 255)).any()}
+    box = structure_box(list(foreground.values()))
+    if box is None:
+        return None
+    v = np.moveaxis(np.asarray(image, dtype=np.float32), axis, 0)[:, box[0], box[1]]
+    flat = v.reshape(len(v), -1)
+    flat = flat - flat.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(flat, axis=1)
+    flat = flat / np.where(norms > 0, norms, 1.0)[:, None]
+    reference = flat[sorted(foreground)].mean(axis=0)
+    reference_norm = float(np.linalg.norm(reference))
+    if reference_norm == 0:
+        return None
+    return np.clip(flat @ (reference / reference_norm), 0.0, 1.0).astype(np.float64)
+
+
 def _scaled(x: np.ndarray) -> np.ndarray:
     """0-1 scaling over the volume: x / max for a non-negative signal, min-max otherwise."""
     x = np.asarray(x, dtype=np.float64)
@@ -120,10 +163,14 @@ def _scaled(x: np.ndarray) -> np.ndarray:
 
 def mix_scores(n_slices: int, painted_indices: list[int], uncertainty: np.ndarray | None = None,
                disagree: np.ndarray | None = None, extent: tuple[int, int] | None = None,
-               weights: dict[str, float] | None = None) -> np.ndarray:
-    """Weighted sum of the available signals, each scaled to 0-1 over the volume."""
+               weights: dict[str, float] | None = None, content: np.ndarray | None = None) -> np.ndarray:
+    """Weighted sum of the available signals, each scaled to 0-1 over the volume. Without a model's
+    signals, `content` (content_scores) multiplies the distance instead."""
     w = {**MIX_WEIGHTS, **(weights or {})}
-    parts = [(w["distance"], _scaled(even_scores(n_slices, painted_indices, extent)))]
+    distance = _scaled(even_scores(n_slices, painted_indices, extent))
+    if uncertainty is None and disagree is None and content is not None:
+        return distance * np.asarray(content, dtype=np.float64)
+    parts = [(w["distance"], distance)]
     if uncertainty is not None:
         parts.append((w["uncertainty"], _scaled(uncertainty)))
     if disagree is not None:
@@ -134,7 +181,8 @@ def mix_scores(n_slices: int, painted_indices: list[int], uncertainty: np.ndarra
 
 def strategy_scores(strategy: str, n_slices: int, painted_indices: list[int], *, entropy: np.ndarray | None = None,
                     margin: np.ndarray | None = None, disagree: np.ndarray | None = None,
-                    embeddings: np.ndarray | None = None, extent: tuple[int, int] | None = None) -> np.ndarray:
+                    embeddings: np.ndarray | None = None, extent: tuple[int, int] | None = None,
+                    content: np.ndarray | None = None) -> np.ndarray:
     """One score per slice for `strategy`; a strategy whose signal is missing falls back to "even"."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -145,7 +193,7 @@ def strategy_scores(strategy: str, n_slices: int, painted_indices: list[int], *,
         return np.asarray(signal, dtype=np.float64)
     if strategy == "mix":
         unc = entropy if entropy is not None else margin
-        return mix_scores(n_slices, painted_indices, unc, disagree, extent)
+        return mix_scores(n_slices, painted_indices, unc, disagree, extent, content=content)
     return even_scores(n_slices, painted_indices, extent)
 
 
@@ -157,9 +205,12 @@ def rank(scores: np.ndarray, painted_indices: list[int], limit: int | None = Non
     return order if limit is None else order[: max(0, limit)]
 
 
-def method_name(strategy: str, uncertainty: bool, disagree: bool = False, embeddings: bool = False) -> str:
+def method_name(strategy: str, uncertainty: bool, disagree: bool = False, embeddings: bool = False,
+                content: bool = False) -> str:
     """What actually ranked the slices (a strategy without its signal falls back to distance)."""
     if strategy == "mix":
+        if content and not uncertainty and not disagree:
+            return "content+distance"
         parts = (["uncertainty"] if uncertainty else []) + (["disagreement"] if disagree else []) + ["distance"]
         return "+".join(parts)
     have = {"entropy": uncertainty, "margin": uncertainty, "disagreement": disagree, "coverage": embeddings}
@@ -173,13 +224,14 @@ def rank_slices(
     limit: int = 10,
     strategy: str | None = None,
     disagree: np.ndarray | None = None,
+    content: np.ndarray | None = None,
 ) -> list[dict]:
     """The top `limit` unpainted slices for `strategy` (default DEFAULT_STRATEGY); `uncertainty` is the
     per-slice mean entropy the app caches with every prediction."""
     strategy = strategy or DEFAULT_STRATEGY
     dist = distances(n_slices, painted_indices)
     score = strategy_scores(strategy, n_slices, painted_indices, entropy=uncertainty, margin=uncertainty,
-                            disagree=disagree)
+                            disagree=disagree, content=content)
     out = []
     for i in rank(score, painted_indices, limit):
         item = {"index": int(i), "score": round(float(score[i]), 6), "distance": int(dist[i])}
@@ -200,19 +252,44 @@ def suggest(
     limit: int = 10,
     strategy: str | None = None,
     disagreement_by_axis: dict[int, np.ndarray] | None = None,
+    content_of=None,
 ) -> dict:
+    """`content_of(axis) -> content_scores or None` is asked only when no model signal exists (it reads
+    the image and the painted masks, which a model's suggestion does not need)."""
     strategy = strategy or DEFAULT_STRATEGY
     axis = choose_axis(shape, spacing, painted) if axis is None else axis
     painted_here = [index for a, index in painted if a == axis]
     uncertainty = None if uncertainty_by_axis is None else uncertainty_by_axis.get(axis)
     disagree = None if disagreement_by_axis is None else disagreement_by_axis.get(axis)
-    slices = rank_slices(int(shape[axis]), painted_here, uncertainty, limit, strategy, disagree)
+    content = None
+    if uncertainty is None and disagree is None and content_of is not None and painted_here:
+        content = content_of(axis)
+    slices = rank_slices(int(shape[axis]), painted_here, uncertainty, limit, strategy, disagree, content)
     for item in slices:
         item["axis"] = axis
     return {
         "axis": axis,
-        "method": method_name(strategy, uncertainty is not None, disagree is not None),
+        "method": method_name(strategy, uncertainty is not None, disagree is not None, content=content is not None),
         "strategy": strategy,
         "painted": sorted(painted_here),
         "slices": slices,
     }
+
+
+def project_queue(per_volume: list[dict], limit: int = 10) -> list[dict]:
+    """Interleave per-volume suggestions into one "paint these next" list.
+
+    `per_volume`: one dict per volume, {"volume_id", "painted": painted slices in it, "slices": its ranked
+    suggestions (dicts with "axis", "index", "score")}. Round r takes the r-th suggestion of every volume,
+    volumes with fewer painted slices first (ties: higher score, then lower id), until `limit`."""
+    order = sorted(per_volume, key=lambda v: (v["painted"], -(v["slices"][0]["score"] if v["slices"] else 0.0),
+                                              v["volume_id"]))
+    out: list[dict] = []
+    depth = max((len(v["slices"]) for v in order), default=0)
+    for r in range(depth):
+        for v in order:
+            if r < len(v["slices"]) and len(out) < limit:
+                item = v["slices"][r]
+                out.append({"volume_id": v["volume_id"], "axis": item["axis"], "index": item["index"],
+                            "score": item["score"], "painted_in_volume": v["painted"]})
+    return out

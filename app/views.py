@@ -69,6 +69,8 @@ def model_view(model: dict) -> dict:
         "annotated_slices": len(seen),
         "annotated_volumes": len({a.get("volume_id") for a in seen}),
         "metrics": model.get("metrics") or {},
+        # slices saved after this model was trained, scored against its prediction before any training
+        "prequential": model.get("prequential"),
         "config": {k: config[k] for k in MODEL_CONFIG_SUMMARY if k in config},
     }
 

@@ -24,6 +24,7 @@ from data.store_annotations import AnnotationsMixin
 from data.store_db import Database, now, to_json
 from data.store_files import IMAGE_CACHE, fsync_dir, remove_stale_staging, remove_tree, stage_volume
 from data.store_recovery import sweep_uncommitted
+from data.store_scores import ScoresMixin
 from data.store_labels import validate_labels, validate_project_name
 from data.store_users import UsersMixin
 from data.volume import IGNORE, Volume
@@ -59,7 +60,7 @@ def _volume_name(filename: str) -> str:
     return name
 
 
-class Workspace(AnnotationsMixin, UsersMixin):
+class Workspace(AnnotationsMixin, UsersMixin, ScoresMixin):
     """The workspace API; the annotation methods (save/get/delete/list_annotations, annotation_history,
     label_volume) come from data.store_annotations.AnnotationsMixin."""
 
@@ -69,6 +70,7 @@ class Workspace(AnnotationsMixin, UsersMixin):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
         self.db = Database(self.root / "slicewise.db")
         self._create_users_schema()  # users, tokens, members (data.store_users)
+        self._create_scores_schema()  # prequential slice scores (data.store_scores)
         remove_stale_staging(self.root / "tmp", STALE_STAGING_S)
 
     def sweep_uncommitted(self) -> dict:

@@ -213,11 +213,20 @@ class Database:
     def all(self, sql: str, params=()) -> list[dict]:
         return [row_to_dict(r) for r in self.connection().execute(sql, params).fetchall()]
 
+    def apply_schema(self, sql: str) -> None:
+        """Run `CREATE ... IF NOT EXISTS` statements (separated by ';') in one transaction."""
+        with self.write() as con:
+            self.execute_all(con, sql)
+
+    @staticmethod
+    def execute_all(con: sqlite3.Connection, sql: str) -> None:
+        for statement in sql.split(";"):
+            if statement.strip():
+                con.execute(statement)
+
     def _create_schema(self) -> None:
         with self.write() as con:
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    con.execute(statement)
+            self.execute_all(con, SCHEMA)
             row = con.execute("SELECT version FROM schema_version").fetchone()
             if row is None:
                 con.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))

@@ -93,9 +93,7 @@ def _public(user: dict | None) -> dict | None:
 class UsersMixin(LoginThrottleMixin):
     def _create_users_schema(self) -> None:
         with self.db.write() as con:
-            for statement in USERS_SCHEMA.split(";"):
-                if statement.strip():
-                    con.execute(statement)
+            self.db.execute_all(con, USERS_SCHEMA)
             columns = {row[1] for row in con.execute("PRAGMA table_info(tokens)")}
             if "last_used" not in columns:  # a workspace made before idle expiry existed
                 con.execute("ALTER TABLE tokens ADD COLUMN last_used TEXT")

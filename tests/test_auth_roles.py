@@ -156,6 +156,7 @@ ENDPOINTS = [
     ("predictions", "GET", "/api/projects/{p}/predictions.zip", "viewer", 200, None),
     ("review", "POST", "/api/volumes/{v}/review/0/{i}", "annotator", 200, lambda w: {"json": {"decision": "reject"}}),
     ("review", "GET", "/api/volumes/{v}/suggestions", "viewer", 200, None),
+    ("review", "GET", "/api/projects/{p}/suggestions", "viewer", 200, None),
     ("audit", "GET", "/api/audit", "admin", 200, None),
     ("users", "GET", "/api/users", "admin", 200, None),
     ("users", "POST", "/api/users", "admin", 201, lambda w: {"json": {"name": f"u{next(COUNTER)}", "role": "viewer"}}),

@@ -16,6 +16,8 @@ from starlette.concurrency import run_in_threadpool
 from app.schemas import ErrorOut
 from app.auth import Principal
 from app.deps import allow, get_workspace
+from app.scores import save_and_score
+from app.worker import Worker, get_worker
 from data.annotations import check_slice, mask_from_png, mask_to_png
 from data.errors import InvalidInput, TooLarge
 from data.store import Workspace
@@ -92,6 +94,7 @@ async def put_annotation(
     author: str = Query("local", max_length=200, description="Who painted it (recorded with the version); "
                                                              "with authentication on, always the logged-in user."),
     ws: Workspace = Depends(get_workspace),
+    worker: Worker = Depends(get_worker),
     user: Principal = Depends(allow("annotator", "saving an annotation")),
 ) -> JSONResponse:
     volume = await run_in_threadpool(ws.get_volume, volume_id)  # 404 before reading the body
@@ -100,7 +103,8 @@ async def put_annotation(
     body = await request.body()
     mask = decode_mask(body, request.headers.get("content-type", ""), shape)
     saved = await run_in_threadpool(
-        ws.save_annotation, volume["id"], axis, index, mask, author=user.actor(author), expected_version=expected
+        save_and_score, ws, worker.predictions, volume["id"], axis, index, mask,
+        author=user.actor(author), expected_version=expected,
     )
     return JSONResponse(saved, headers=annotation_headers(saved))
 

@@ -11,10 +11,11 @@ from typing import Literal
 from fastapi import APIRouter, Body, Depends, Header, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from app import suggest
+from app import suggestions as suggestions_of
 from app.auth import Principal
 from app.deps import allow, get_workspace
 from app.routes.annotations import parse_version
+from app.scores import save_and_score
 from app.schemas import ErrorOut
 from app.worker import Worker, get_worker
 from data.store import Workspace
@@ -53,8 +54,8 @@ def review_slice(
                "decision": body.decision, "comment": body.comment}
     annotation = None
     if body.decision == "accept":
-        annotation = ws.save_annotation(volume_id, axis, index, mask, author=who,
-                                        expected_version=expected, reviewed=True)
+        annotation = save_and_score(ws, worker.predictions, volume_id, axis, index, mask, author=who,
+                                    expected_version=expected, reviewed=True, kind="accepted")
     ws.record_audit(who, f"review_{body.decision}", details)
     return {**details, "annotation": annotation}
 
@@ -63,7 +64,7 @@ def review_slice(
     "/volumes/{volume_id}/suggestions",
     responses={404: {"model": ErrorOut}, 422: {"model": ErrorOut}},
     summary="Slices to paint next, most helpful first (model uncertainty, where the latest retrain changed the "
-            "mask, and distance from painted slices)",
+            "mask, and distance from painted slices; before a model, image content near the painted structure)",
 )
 def suggestions(
     volume_id: int,
@@ -74,11 +75,19 @@ def suggestions(
     worker: Worker = Depends(get_worker),
     user: Principal = Depends(allow("viewer", "reading suggestions")),
 ) -> dict:
-    volume = ws.get_volume(volume_id)
-    painted = [(a["axis"], a["index"]) for a in ws.list_annotations(volume["id"])]
-    uncertainty = worker.predictions.uncertainty(volume["id"])
-    result = suggest.suggest(volume["shape"], volume["spacing"], painted, uncertainty, axis=axis, limit=limit,
-                             disagreement_by_axis=worker.predictions.disagreement(volume["id"]))
-    model = ws.active_model(volume["project_id"])
-    return {"volume_id": volume["id"], "model_id": model["id"] if model and uncertainty is not None else None,
-            **result}
+    return suggestions_of.for_volume(ws, worker.predictions, volume_id, axis=axis, limit=limit)
+
+
+@router.get(
+    "/projects/{project_id}/suggestions",
+    responses={404: {"model": ErrorOut}, 422: {"model": ErrorOut}},
+    summary="Paint these next, across the project's volumes: volumes with the fewest painted slices first",
+)
+def project_suggestions(
+    project_id: int,
+    limit: int = Query(10, ge=1, le=1000),
+    ws: Workspace = Depends(get_workspace),
+    worker: Worker = Depends(get_worker),
+    user: Principal = Depends(allow("viewer", "reading suggestions")),
+) -> dict:
+    return suggestions_of.for_project(ws, worker.predictions, project_id, limit=limit)
