@@ -509,6 +509,7 @@ function updateSliceState() {
   $('slice-slider').max = n - 1;
   $('slice-slider').value = indexOf(view);
   $('slice-label').textContent = `${PLANE_NAMES[view.plane]} ${indexOf(view)} of 0–${n - 1}`;
+  showReadout();
 }
 
 function showReadout() {
