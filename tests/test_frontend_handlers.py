@@ -224,8 +224,10 @@ def test_handlers_against_a_real_server(tmp_path):
         assert root.status_code in (302, 307) and root.headers["location"].endswith("/ui")
         assert http.get("/ui/").status_code == 200
         page = http.get(render.viewer_url(volumes[0]["id"]))
-        assert page.status_code == 200 and 'id="canvas"' in page.text
-        for asset in ("viewer.js", "viewer.css"):
+        assert page.status_code == 200 and all(f'id="canvas-{plane}"' in page.text
+                                               for plane in ("axial", "coronal", "sagittal"))
+        for asset in ("viewer.js", "viewer.css", "viewer-core.js", "viewer-geometry.js", "viewer-png.js",
+                      "viewer-draw.js", "viewer-jobs.js"):
             assert http.get(f"/static/{asset}").status_code == 200
         # nothing on the pages points at a CDN: scripts and styles are served by the app
         for url in (render.viewer_url(1), "/static/viewer.js", "/static/viewer.css"):
@@ -238,15 +240,13 @@ def test_handlers_against_a_real_server(tmp_path):
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed: the viewer's PNG encoder is "
                                                         "checked in the browser tests instead")
 def test_viewer_png_encoder_is_lossless(tmp_path):
-    """The browser's hand-written greyscale PNG encoder (viewer.js) decodes to the exact mask."""
+    """The browser's hand-written greyscale PNG encoder (viewer-png.js) decodes to the exact mask."""
     from frontend.mount import STATIC_DIR
 
-    source = (STATIC_DIR / "viewer.js").read_text()
-    start, end = source.index("const CRC_TABLE"), source.index("window.slicewiseEncodePng")
     rng = np.random.default_rng(1)
     mask = rng.choice([0, 1, 2, 255], size=(37, 53)).astype(np.uint8)
-    script = tmp_path / "encode.js"
-    script.write_text(source[start:end] + f"""
+    script = tmp_path / "encode.mjs"
+    script.write_text(f"import {{ encodeGreyPng }} from {json.dumps((STATIC_DIR / 'viewer-png.js').as_uri())};" + f"""
 const mask = Uint8Array.from({json.dumps(mask.ravel().tolist())});
 (async () => {{
   for (const stored of [false, true]) {{

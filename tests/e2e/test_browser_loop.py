@@ -19,6 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from .viewer_helpers import active_plane, stored_mask
+from .viewer_helpers import stroke as viewer_stroke
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -63,20 +66,10 @@ def project_id(http, name: str) -> int:
     return next(p["id"] for p in http.get("/api/projects").json() if p["name"] == name)
 
 
-def canvas_point(page, shape: tuple[int, int], row: int, col: int) -> tuple[float, float]:
-    """Screen position of the centre of slice pixel (row, col): the canvas shows the slice, zoomed evenly."""
-    box = page.locator("#canvas").bounding_box()
-    return box["x"] + (col + 0.5) * box["width"] / shape[1], box["y"] + (row + 0.5) * box["height"] / shape[0]
-
-
 def stroke(page, shape, points: list[tuple[int, int]]) -> None:
-    x, y = canvas_point(page, shape, *points[0])
-    page.mouse.move(x, y)
-    page.mouse.down()
-    for row, col in points[1:]:
-        x, y = canvas_point(page, shape, row, col)
-        page.mouse.move(x, y, steps=6)
-    page.mouse.up()
+    """Paint through slice pixels (row, col) of the slice shown in the active plane (`shape` = its 2D shape)."""
+    assert all(0 <= r < shape[0] and 0 <= c < shape[1] for r, c in points)
+    viewer_stroke(page, active_plane(page), points)
 
 
 def slice_of(page) -> tuple[int, int]:
@@ -86,12 +79,6 @@ def slice_of(page) -> tuple[int, int]:
 
 def wait_slice(page, axis: int, index: int) -> None:
     page.wait_for_function(f"document.body.dataset.slice === '{axis}:{index}'")
-
-
-def stored_mask(http, volume_id: int, axis: int, index: int) -> np.ndarray:
-    response = http.get(f"/api/volumes/{volume_id}/annotations/{axis}/{index}")
-    assert response.status_code == 200, response.text
-    return np.array(Image.open(io.BytesIO(response.content)))
 
 
 def test_paint_retrain_review_download(page, server, tmp_path):
