@@ -97,6 +97,7 @@ function drawView(view) {
   $('view-' + view.plane).querySelector('.slice-no').textContent = `slice ${index} of 0–${nSlices(view) - 1}`;
   if (view.plane === S.active && entry.state === 'ready' && (!S.predReady || pred !== undefined)) {
     document.body.dataset.slice = k;
+    S.drawnAt = performance.now();       // when the active plane last showed its slice (the browser benchmark)
   }
 }
 
