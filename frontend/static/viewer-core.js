@@ -18,7 +18,7 @@ export const S = {
   layer: 'painted', lastLayer: 'painted', opacity: 0.5, hidden: new Set(),
   tool: null, brush: 3, tolerance: 50,
   suggestions: [], models: [], job: null, events: null, pollTimer: null,
-  stroke: null, hover: null, wlDrag: null, hooks: {},
+  stroke: null, hover: null, wlDrag: null, hooks: {}, paintTick: 0, drawnAt: 0,
 };
 
 export function say(text, kind = 'info') {

@@ -91,9 +91,9 @@ export function paintImage(view, index, fill, outline) {
 }
 
 /** The image scaled to the canvas (each voxel a spacing-shaped block), crosshair, brush footprint. */
-export function present(view, cross, footprint, footprintColour) {
+export function present(view, fresh, cross, footprint, footprintColour) {
   const { layout, canvas, ctx } = view;
-  view.offCtx.putImageData(view.image, 0, 0);
+  if (fresh) view.offCtx.putImageData(view.image, 0, 0);
   ctx.imageSmoothingEnabled = false;
   ctx.drawImage(view.off, 0, 0, canvas.width, canvas.height);
   const kx = canvas.width / layout.width, ky = canvas.height / layout.height;

@@ -90,10 +90,15 @@ function drawView(view) {
   if (S.layer === 'painted') fill = entry.mask;
   else if (S.layer === 'predicted') fill = pred;
   else if (S.layer === 'outline') { fill = entry.mask; outline = pred; }
-  paintImage(view, index, fill, outline);
+  // the grey + overlay image only changes with its slice, mask, prediction or display settings; a crosshair
+  // move in another plane just redraws the lines over the kept image
+  const imageKey = [index, S.layer, entry.state, entry.version, S.paintTick, pred ? S.predModelId : 0, S.window, S.level,
+    S.opacity, [...S.hidden].join('-')].join('|');
+  const fresh = imageKey !== view.imageKey;
+  if (fresh) { paintImage(view, index, fill, outline); view.imageKey = imageKey; }
   const cross = screenOf(view.layout, S.cursor);
   const hover = S.hover && S.hover.view === view && isPaintTool() ? footprint(view, S.hover.sx, S.hover.sy) : null;
-  present(view, cross, hover, S.tool && S.tool.kind === 'label' ? S.tool.color : '#ffffff');
+  present(view, fresh, cross, hover, S.tool && S.tool.kind === 'label' ? S.tool.color : '#ffffff');
   $('view-' + view.plane).querySelector('.slice-no').textContent = `slice ${index} of 0–${nSlices(view) - 1}`;
   if (view.plane === S.active && entry.state === 'ready' && (!S.predReady || pred !== undefined)) {
     document.body.dataset.slice = k;
@@ -146,6 +151,7 @@ async function loadMask(k, entry) {
     const got = await fetchRaw(`/volumes/${volumeId}/annotations/${axis}/${index}?format=raw`);
     if (S.volumeId !== volumeId || S.slices.get(k) !== entry) return;
     entry.mask = got.data;
+    S.paintTick++;
     entry.version = parseInt(got.headers.get('X-Annotation-Version'), 10);
     entry.reviewed = got.headers.get('X-Annotation-Reviewed') === 'true';
   } catch (err) {
@@ -236,6 +242,7 @@ function stamp(view, mask, sx, sy) {
 }
 
 function paintLine(view, mask, a, b) {
+  S.paintTick++;
   const steps = Math.max(Math.abs(b[0] - a[0]), Math.abs(b[1] - a[1]), 1);
   for (let s = 0; s <= steps; s++) {
     stamp(view, mask, Math.round(a[0] + (b[0] - a[0]) * s / steps), Math.round(a[1] + (b[1] - a[1]) * s / steps));
@@ -314,6 +321,7 @@ function floodFill(view, sx, sy) {
       if (Math.abs(intensity(nx, ny) - seed) <= tol) stack.push(nx + ny * w);
     }
   }
+  S.paintTick++;
   commitEdit(edit);
   say(`Filled ${filled} pixels within ±${tol} of ${+seed.toPrecision(5)}.`, 'info');
   redrawAll();
@@ -341,6 +349,7 @@ function onPointerDown(view, event) {
   const k = key(view.layout.axis, indexOf(view));
   const edit = beginEdit(k, sliceEntry(k));
   if (!edit) return;
+  S.paintTick++;
   S.stroke = { view, edit, last: [sx, sy] };
   paintLine(view, edit.mask, [sx, sy], [sx, sy]);
   view.canvas.setPointerCapture(event.pointerId);
@@ -387,6 +396,7 @@ function undoRedo(redo) {
   const entry = sliceEntry(step.k);
   const target = redo ? step.after : step.before;
   entry.mask = target ? target.slice() : null;
+  S.paintTick++;
   if (!entry.mask && !entry.version) { entry.dirty = false; entry.edits++; }
   else markDirty(entry);
   const [axis, index] = parseKey(step.k);
@@ -405,6 +415,7 @@ function clearSlice() {
   const edit = beginEdit(k, entry);
   if (!edit) return;
   edit.mask.fill(0);
+  S.paintTick++;
   commitEdit(edit);
   redrawAll();
 }
