@@ -16,7 +16,7 @@ from app.auth import HOW_TO_CONFIGURE, UIGuard, is_loopback
 from app.errors import install_error_handlers
 from app.limits import BodyLimitMiddleware
 from app.rendering import SliceRenderer
-from app.routes import access, projects, volumes, voxels
+from app.routes import access, project_admin, projects, volumes, voxels
 from app.routes import annotations, models, predictions, review, training
 from app.worker import Worker
 from app.schemas import HealthOut
@@ -104,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(projects.router)
     app.include_router(volumes.router)
     app.include_router(voxels.router)
+    app.include_router(project_admin.router)
     for retrain_router in (annotations, training, models, predictions, review):
         app.include_router(retrain_router.router)
     mount_ui(app, settings.base_url)  # Gradio at /ui, the viewer page at /static (frontend/ talks HTTP only)
