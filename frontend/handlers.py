@@ -115,6 +115,20 @@ def _file_path(item) -> str:
 # ---------------------------------------------------------------------------- handlers
 
 
+def volume_progress(client: ApiClient, volumes: list[dict]) -> dict[int, dict]:
+    """Per volume: painted and reviewed slices, and the state of its prediction by the active model."""
+    out = {}
+    for v in volumes:
+        try:
+            painted = client.list_annotations(v["id"])
+            prediction = client.prediction_status(v["id"])
+        except ApiError:
+            continue
+        out[v["id"]] = {"painted": len(painted), "reviewed": sum(1 for a in painted if a.get("reviewed")),
+                        "prediction": prediction.get("status"), "model_id": prediction.get("model_id")}
+    return out
+
+
 def load_projects(client: ApiClient, state: dict) -> Screen:
     """Page load / refresh: list projects, keep the selected one if it still exists, else pick the first."""
     try:
@@ -155,7 +169,7 @@ def select_project(client: ApiClient, state: dict, project_id) -> Screen:
         project_message=render.message("info", text),
         labels_html=render.labels_legend(project["labels"]),
         volume_choices=volume_choices(volumes), volume_value=vid,
-        volumes_html=render.volumes_table(volumes, vid),
+        volumes_html=render.volumes_table(volumes, vid, volume_progress(client, volumes)),
         viewer_html=render.viewer_frame(volume),
     )
 
@@ -233,5 +247,6 @@ def select_volume(client: ApiClient, state: dict, volume_id) -> Screen:
     if volume is None:
         return Screen(state={**state, "volume_id": None}, viewer_html=render.viewer_frame(None),
                       project_message=render.message("error", f"volume {volume_id} is not in this project"))
-    return Screen(state={**state, "volume_id": volume["id"]}, volumes_html=render.volumes_table(volumes, volume["id"]),
+    return Screen(state={**state, "volume_id": volume["id"]},
+                  volumes_html=render.volumes_table(volumes, volume["id"], volume_progress(client, volumes)),
                   viewer_html=render.viewer_frame(volume))
