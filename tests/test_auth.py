@@ -155,7 +155,7 @@ def test_the_ui_and_viewer_send_a_browser_without_login_to_the_login_page(app_cl
     assert client.get("/ui/gradio_api/info", follow_redirects=False).status_code == 401
     login = client.get("/login")
     assert login.status_code == 200 and "/api/login" in login.text
-    viewer = client.get("/static/viewer.js")
+    viewer = client.get("/static/viewer-core.js")  # the viewer's one fetch helper
     assert viewer.status_code == 200 and "/login?next=" in viewer.text
 
 
