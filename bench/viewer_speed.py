@@ -16,6 +16,7 @@ Target: open in a few seconds, slice change p95 < 50 ms.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import subprocess
 import sys
@@ -78,6 +79,7 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="slicewise-viewer-bench-") as tmp:
         tmp = Path(tmp)
         source = tmp / "ct.nii"
@@ -118,7 +120,7 @@ def main() -> None:
     lines = [
         f"# Viewer speed in Chromium on a {shape} CT",
         "",
-        f"- machine: {len(__import__('os').sched_getaffinity(0))} cores ({platform.machine()}), CPU `{cpu}`, no GPU",
+        f"- machine: {len(os.sched_getaffinity(0))} cores ({platform.machine()}), CPU `{cpu}`, no GPU",
         f"- browser: Chromium {version} headless, `--disable-gpu` (software 2D canvas), viewport 1280x800",
         f"- commit: {commit}{' (+ uncommitted changes)' if dirty else ''}",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
@@ -126,6 +128,7 @@ def main() -> None:
         f" (wall time {time.monotonic() - started:.0f} s)",
         f"- volume: synthetic int16 CT, {shape} voxels ({2 * int(np.prod(args.shape)) / 1e6:.0f} MB as sent), "
         "0.7 x 0.7 x 1.5 mm; server and browser on the same machine (loopback)",
+        f"- load average (1 min) before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f} (the machine may be shared)",
         "",
         "| what | p50 | p95 | max |",
         "|---|---:|---:|---:|",
