@@ -162,3 +162,13 @@ def test_fill_visibility_crosshair_and_undo_across_slices(page, server, tmp_path
     pg.wait_for_function(f"document.getElementById('painted-list').textContent === 'Painted: {k}, {k + 1}'")
     np.testing.assert_array_equal(stored_mask(http, vid, 2, k), expected)
     np.testing.assert_array_equal(stored_mask(http, vid, 2, k + 1), stroke_mask)
+
+    # paint in a second plane: the Retrain panel says which plane the model trains on and what it leaves out
+    assert pg.locator("#train-axis").inner_text().startswith("The model trains on axial slices (voxel axis 2")
+    pg.locator("#plane-coronal").click()
+    pg.locator("#tool-label-1").click()
+    pg.mouse.click(*slice_point(pg, "coronal", 20, 3))
+    pg.keyboard.press("s")
+    pg.locator("#train-axis").get_by_text("Not used by this retrain: 1 coronal slice").wait_for()
+    assert pg.locator("#train-axis").inner_text().startswith("The model trains on axial slices")
+    assert (1, 10) in annotations(http, vid)   # the crosshair put the coronal plane at j = 10
