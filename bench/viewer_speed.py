@@ -112,7 +112,8 @@ def main() -> None:
             process.terminate()
             process.wait(timeout=30)
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     worst = max(pct(v, 95) for v in changes.values())
@@ -128,7 +129,8 @@ def main() -> None:
         f" (wall time {time.monotonic() - started:.0f} s)",
         f"- volume: synthetic int16 CT, {shape} voxels ({2 * int(np.prod(args.shape)) / 1e6:.0f} MB as sent), "
         "0.7 x 0.7 x 1.5 mm; server and browser on the same machine (loopback)",
-        f"- load average (1 min) before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f} (the machine may be shared)",
+        f"- load average (1 min) before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f}"
+        " (the machine may be shared)",
         "",
         "| what | p50 | p95 | max |",
         "|---|---:|---:|---:|",

@@ -35,8 +35,8 @@ def save_labels(client: ApiClient, state: dict, text: str) -> Screen:
     except ApiError as exc:
         return Screen(state=state, project_message=render.message("error", f"Labels not changed: {exc.detail}"))
     screen = handlers.select_project(client, state, pid)
-    screen.project_message = render.message("ok", f'Labels of "{project["name"]}" saved: ' +
-                                            ", ".join(f'{label["value"]} {label["name"]}' for label in project["labels"]))
+    names = ", ".join(f'{label["value"]} {label["name"]}' for label in project["labels"])
+    screen.project_message = render.message("ok", f'Labels of "{project["name"]}" saved: {names}')
     return screen
 
 

@@ -6,7 +6,7 @@
  * what is shown is what is stored. The plane layout (which voxel axes, which flips) comes from the affine.
  */
 
-import { S, $, API, IGNORE, key, parseKey, say, api, getJSON } from './viewer-core.js';
+import { S, $, IGNORE, key, parseKey, say, api, getJSON } from './viewer-core.js';
 import { PLANES, planeLayout, voxelAt, screenOf, sliceOffset, worldPosition } from './viewer-geometry.js';
 import { encodeGreyPng } from './viewer-png.js';
 import { paintImage, present } from './viewer-draw.js';

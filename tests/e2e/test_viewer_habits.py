@@ -109,7 +109,9 @@ def test_fill_visibility_crosshair_and_undo_across_slices(page, server, tmp_path
     assert f"voxel {centre[0]}, {centre[1]}, {k}" in pg.locator("#readout").inner_text()
     assert "value 1000 · label organ" in pg.locator("#readout").inner_text()
 
-    green = lambda: int((np.abs(canvas_pixels(pg, "axial").astype(int) - [64, 255, 64]).max(axis=2) < 80).sum())  # noqa: E731
+    def green() -> int:
+        return int((np.abs(canvas_pixels(pg, "axial").astype(int) - [64, 255, 64]).max(axis=2) < 80).sum())
+
     pg.locator("#opacity").fill("100")
     assert green() > 50
     pg.locator("#visible-label-2").uncheck()

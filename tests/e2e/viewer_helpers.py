@@ -30,7 +30,8 @@ def slice_point(page, plane: str, row: int, col: int) -> tuple[float, float]:
     Reads how the page lays the slice out (which voxel axis runs along screen x / y, and whether it is flipped)
     from the canvas's data attributes; the anatomy tests check that layout independently from the affine."""
     canvas = page.locator(f"#canvas-{plane}")
-    a = {k: canvas.get_attribute(f"data-{k}") for k in ("axis", "x-axis", "y-axis", "flip-x", "flip-y", "width", "height")}
+    keys = ("axis", "x-axis", "y-axis", "flip-x", "flip-y", "width", "height")
+    a = {k: canvas.get_attribute(f"data-{k}") for k in keys}
     axis, x_axis, y_axis = int(a["axis"]), int(a["x-axis"]), int(a["y-axis"])
     width, height = int(a["width"]), int(a["height"])
     rows_axis = min(ax for ax in range(3) if ax != axis)
