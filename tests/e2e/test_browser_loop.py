@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .viewer_helpers import active_plane, stored_mask
+from .viewer_helpers import active_plane, canvas_pixels, slice_point, stored_mask
 from .viewer_helpers import stroke as viewer_stroke
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -79,6 +79,39 @@ def slice_of(page) -> tuple[int, int]:
 
 def wait_slice(page, axis: int, index: int) -> None:
     page.wait_for_function(f"document.body.dataset.slice === '{axis}:{index}'")
+
+
+LABEL_RGB = {1: (0xe6, 0x19, 0x4b), 2: (0x3c, 0xb4, 0x4b)}
+
+
+def check_prediction_outline(pg, http, vid: int, axis: int, index: int, shape) -> None:
+    """'Both' draws the prediction as an outline: exactly its boundary voxels in the label's colour, grey
+    elsewhere (this slice is unpainted). Read from the rendered pixels at every voxel's centre."""
+    predicted = np.array(Image.open(io.BytesIO(
+        http.get(f"/api/volumes/{vid}/prediction/slices/{axis}/{index}.png").content)))
+    pg.mouse.move(0, 0)   # no brush footprint over the image
+    pg.locator("#show-outline").check()
+    pg.wait_for_timeout(200)
+    plane = active_plane(pg)
+    pixels = canvas_pixels(pg, plane)
+    box = pg.locator(f"#canvas-{plane}").bounding_box()
+    cursor = [int(n) for n in pg.evaluate("S.cursor")]
+    padded = np.pad(predicted, 1, constant_values=-1)
+    rows_axis, cols_axis = [a for a in range(3) if a != axis]
+    for r in range(shape[0]):
+        for c in range(shape[1]):
+            if r == cursor[rows_axis] or c == cursor[cols_axis]:
+                continue  # the crosshair runs over these voxels
+            x, y = slice_point(pg, plane, r, c)
+            rgb = pixels[int(y - box["y"]), int(x - box["x"])].astype(int)
+            v = predicted[r, c]
+            around = padded[r:r + 3, c:c + 3]
+            edge = v > 0 and (around[0, 1] != v or around[2, 1] != v or around[1, 0] != v or around[1, 2] != v)
+            if edge:
+                assert np.abs(rgb - LABEL_RGB[int(v)]).max() <= 2, (r, c, rgb)
+            else:
+                assert rgb.max() - rgb.min() <= 2, (r, c, rgb)   # grey: no fill under 'Both' for a prediction
+    pg.locator("#show-predicted").check()
 
 
 def test_paint_retrain_review_download(page, server, tmp_path):
@@ -190,6 +223,7 @@ def test_paint_retrain_review_download(page, server, tmp_path):
     expect_ok = pg.locator("#accept")
     assert expect_ok.is_enabled()
     p.shot("06-prediction-overlay")
+    check_prediction_outline(pg, http, vid, axis, target, (rows, cols))
 
     # 9. accept the predicted slice: it becomes a reviewed annotation equal to the prediction
     expect_ok.click()
