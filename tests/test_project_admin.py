@@ -4,6 +4,7 @@ while a retrain runs, rows and files removed together, and nothing half-deleted 
 from __future__ import annotations
 
 import io
+import textwrap
 
 import numpy as np
 import pytest
@@ -16,6 +17,29 @@ from app.settings import Settings
 from data.errors import Conflict
 from data.store import Workspace
 from helpers_bad_input import GOOD_NIFTI, LABELS, assert_refused, make_api
+from test_store_crash import assert_database_intact, run_child_until
+
+DELETE_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    import data.store_project_admin as admin
+    from data.store import Workspace
+
+    root, project_id, point, signal_file = sys.argv[1:5]
+
+    def hang(*args, **kwargs):
+        Path(signal_file).write_text("ready")
+        time.sleep(120)
+
+    if point == "before-commit":   # rows deleted inside the open transaction, audit row being written
+        Workspace._audit = staticmethod(hang)
+    else:                          # committed, the first file not yet removed
+        admin.remove_tree = hang
+    Workspace(root).delete_project(int(project_id), "P")
+    Path(signal_file).write_text("finished without being killed")
+    """
+)
 
 
 @pytest.fixture
@@ -42,6 +66,10 @@ def audit(api) -> list[dict]:
 
 def files_of(root, volume_id: int) -> list:
     return [p for p in (root / "volumes" / str(volume_id), root / "annotations" / str(volume_id)) if p.exists()]
+
+
+def stored_files(root) -> list:
+    return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() and "slicewise.db" not in p.name)
 
 
 def test_labels_are_renamed_recoloured_and_added(api):
@@ -157,5 +185,30 @@ def test_store_refuses_while_a_job_is_queued(api):
     with pytest.raises(Conflict, match="queued"):
         ws.delete_volume(api.volume_id, "good")
     assert ws.get_volume(api.volume_id)["name"] == "good"
+    api.client = TestClient(create_app(Settings(workspace=api.root / "unused", demo=False)))
+    api.client.__enter__()
+
+
+@pytest.mark.parametrize("point", ["before-commit", "after-commit"])
+def test_a_project_delete_killed_with_sigkill_is_all_or_nothing(api, tmp_path, point):
+    paint(api, api.volume_id, 2, 1)
+    api.client.__exit__(None, None, None)   # the child is the only process using the workspace
+    files = stored_files(api.root)
+    signal_file = tmp_path / "signal"
+    run_child_until(point, [str(api.root), str(api.project_id), point, str(signal_file)], signal_file,
+                    script=DELETE_CHILD)
+    assert_database_intact(api.root)
+    ws = Workspace(api.root)
+    if point == "before-commit":     # nothing happened: rows, files, the annotation readable
+        assert ws.get_project(api.project_id)["name"] == "P"
+        assert len(ws.list_annotations(api.volume_id)) == 1
+        ws.get_annotation(api.volume_id, 0, 2)
+        assert ws.sweep_uncommitted() == {k: 0 for k in ws.sweep_uncommitted()}
+        assert stored_files(api.root) == files
+    else:                            # all rows gone; the files left are orphans the next start removes
+        assert ws.list_projects() == [] and files_of(api.root, api.volume_id)
+        swept = ws.sweep_uncommitted()
+        assert swept["volume_folders"] == 1 and swept["annotation_files"] == 1
+        assert files_of(api.root, api.volume_id) == []
     api.client = TestClient(create_app(Settings(workspace=api.root / "unused", demo=False)))
     api.client.__enter__()
