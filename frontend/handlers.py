@@ -116,8 +116,14 @@ def _file_path(item) -> str:
 
 
 def volume_progress(client: ApiClient, volumes: list[dict]) -> dict[int, dict]:
-    """Per volume: painted and reviewed slices, and the state of its prediction by the active model."""
-    out = {}
+    """Per volume: painted and reviewed slices, the state of its prediction by the active model, and that
+    model's validation Dice (the last score)."""
+    out: dict[int, dict] = {}
+    try:
+        scores = {m["id"]: ((m.get("metrics") or {}).get("validation") or {}).get("dice_mean")
+                  for m in (client.list_models(volumes[0]["project_id"]) if volumes else [])}
+    except ApiError:
+        scores = {}
     for v in volumes:
         try:
             painted = client.list_annotations(v["id"])
@@ -125,7 +131,8 @@ def volume_progress(client: ApiClient, volumes: list[dict]) -> dict[int, dict]:
         except ApiError:
             continue
         out[v["id"]] = {"painted": len(painted), "reviewed": sum(1 for a in painted if a.get("reviewed")),
-                        "prediction": prediction.get("status"), "model_id": prediction.get("model_id")}
+                        "prediction": prediction.get("status"), "model_id": prediction.get("model_id"),
+                        "dice": scores.get(prediction.get("model_id"))}
     return out
 
 

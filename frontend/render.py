@@ -56,7 +56,8 @@ def _progress(p: dict | None) -> str:
     painted = f'{p["painted"]} painted' + (f', {p["reviewed"]} reviewed' if p["reviewed"] else "")
     prediction = {"ready": f'predicted (model {p["model_id"]})', "pending": "predicting…"}.get(p["prediction"],
                                                                                                "no prediction")
-    return f"{painted}; {prediction}"
+    score = f', Dice {p["dice"]:.2f}' if isinstance(p.get("dice"), (int, float)) else ""
+    return f"{painted}; {prediction}{score}"
 
 
 def volumes_table(volumes: list[dict], selected: int | None = None, progress: dict | None = None) -> str:

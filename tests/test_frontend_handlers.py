@@ -264,3 +264,15 @@ const mask = Uint8Array.from({json.dumps(mask.ravel().tolist())});
         with Image.open(io.BytesIO(base64.b64decode(line))) as image:
             assert image.mode == "L" and image.size == (53, 37)
             np.testing.assert_array_equal(np.array(image), mask)
+
+
+def test_volume_table_shows_progress_and_the_last_score():
+    from frontend import render
+
+    table = render.volumes_table(
+        [{"id": 1, "name": "a", "shape": [2, 2, 2], "spacing": [1, 1, 1]},
+         {"id": 2, "name": "b", "shape": [2, 2, 2], "spacing": [1, 1, 1]}], 1,
+        {1: {"painted": 3, "reviewed": 1, "prediction": "ready", "model_id": 4, "dice": 0.8123},
+         2: {"painted": 0, "reviewed": 0, "prediction": "none", "model_id": None, "dice": None}})
+    assert "3 painted, 1 reviewed; predicted (model 4), Dice 0.81" in table
+    assert "0 painted; no prediction<" in table
