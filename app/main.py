@@ -16,7 +16,7 @@ from app.auth import HOW_TO_CONFIGURE, UIGuard, is_loopback
 from app.errors import install_error_handlers
 from app.limits import BodyLimitMiddleware
 from app.rendering import SliceRenderer
-from app.routes import access, info, projects, volumes
+from app.routes import access, info, project_admin, projects, volumes, voxels
 from app.security import SecurityMiddleware
 from app.routes import annotations, models, predictions, review, training
 from app.routes import dicomweb, interop_files, monailabel
@@ -107,6 +107,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(access.router)
     app.include_router(projects.router)
     app.include_router(volumes.router)
+    app.include_router(voxels.router)
+    app.include_router(project_admin.router)
     for retrain_router in (annotations, training, models, predictions, review):
         app.include_router(retrain_router.router)
     app.include_router(interop_files.router)

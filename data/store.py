@@ -26,6 +26,7 @@ from data.store_files import IMAGE_CACHE, fsync_dir, remove_stale_staging, remov
 from data.store_recovery import sweep_uncommitted
 from data.store_scores import ScoresMixin
 from data.store_labels import validate_labels, validate_project_name
+from data.store_project_admin import ProjectAdminMixin
 from data.store_users import UsersMixin
 from data.volume import IGNORE, Volume
 
@@ -60,7 +61,7 @@ def _volume_name(filename: str) -> str:
     return name
 
 
-class Workspace(AnnotationsMixin, UsersMixin, ScoresMixin):
+class Workspace(AnnotationsMixin, UsersMixin, ScoresMixin, ProjectAdminMixin):
     """The workspace API; the annotation methods (save/get/delete/list_annotations, annotation_history,
     label_volume) come from data.store_annotations.AnnotationsMixin."""
 

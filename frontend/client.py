@@ -137,6 +137,15 @@ class ApiClient:
             return self._json("POST", f"/api/volumes/{int(volume_id)}/annotations/import", params={"axis": axis},
                               files={"file": (filename or path.name, handle)})
 
+    def update_labels(self, project_id: int, labels: list[dict]) -> dict:
+        return self._json("PUT", f"/api/projects/{int(project_id)}/labels", json={"labels": labels})
+
+    def delete_volume(self, volume_id: int, confirm: str) -> dict:
+        return self._json("DELETE", f"/api/volumes/{int(volume_id)}", params={"confirm": confirm})
+
+    def delete_project(self, project_id: int, confirm: str) -> dict:
+        return self._json("DELETE", f"/api/projects/{int(project_id)}", params={"confirm": confirm})
+
     # ------------------------------------------------------------------ annotations, training, models
 
     def list_annotations(self, volume_id: int) -> list[dict]:

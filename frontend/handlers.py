@@ -116,6 +116,27 @@ def _file_path(item) -> str:
 # ---------------------------------------------------------------------------- handlers
 
 
+def volume_progress(client: ApiClient, volumes: list[dict]) -> dict[int, dict]:
+    """Per volume: painted and reviewed slices, the state of its prediction by the active model, and that
+    model's validation Dice (the last score)."""
+    out: dict[int, dict] = {}
+    try:
+        scores = {m["id"]: ((m.get("metrics") or {}).get("validation") or {}).get("dice_mean")
+                  for m in (client.list_models(volumes[0]["project_id"]) if volumes else [])}
+    except ApiError:
+        scores = {}
+    for v in volumes:
+        try:
+            painted = client.list_annotations(v["id"])
+            prediction = client.prediction_status(v["id"])
+        except ApiError:
+            continue
+        out[v["id"]] = {"painted": len(painted), "reviewed": sum(1 for a in painted if a.get("reviewed")),
+                        "prediction": prediction.get("status"), "model_id": prediction.get("model_id"),
+                        "dice": scores.get(prediction.get("model_id"))}
+    return out
+
+
 def load_projects(client: ApiClient, state: dict) -> Screen:
     """Page load / refresh: list projects, keep the selected one if it still exists, else pick the first."""
     try:
@@ -156,7 +177,7 @@ def select_project(client: ApiClient, state: dict, project_id) -> Screen:
         project_message=render.message("info", text),
         labels_html=render.labels_legend(project["labels"]),
         volume_choices=volume_choices(volumes), volume_value=vid,
-        volumes_html=render.volumes_table(volumes, vid),
+        volumes_html=render.volumes_table(volumes, vid, volume_progress(client, volumes)),
         viewer_html=render.viewer_frame(volume),
     )
 
@@ -261,5 +282,6 @@ def select_volume(client: ApiClient, state: dict, volume_id) -> Screen:
     if volume is None:
         return Screen(state={**state, "volume_id": None}, viewer_html=render.viewer_frame(None),
                       project_message=render.message("error", f"volume {volume_id} is not in this project"))
-    return Screen(state={**state, "volume_id": volume["id"]}, volumes_html=render.volumes_table(volumes, volume["id"]),
+    return Screen(state={**state, "volume_id": volume["id"]},
+                  volumes_html=render.volumes_table(volumes, volume["id"], volume_progress(client, volumes)),
                   viewer_html=render.viewer_frame(volume))

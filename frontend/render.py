@@ -50,7 +50,17 @@ def viewer_url(volume_id: int, *, embed: bool = False) -> str:
     return f"{VIEWER_PATH}?{urlencode(query)}"
 
 
-def volumes_table(volumes: list[dict], selected: int | None = None) -> str:
+def _progress(p: dict | None) -> str:
+    if not p:
+        return ""
+    painted = f'{p["painted"]} painted' + (f', {p["reviewed"]} reviewed' if p["reviewed"] else "")
+    prediction = {"ready": f'predicted (model {p["model_id"]})', "pending": "predicting…"}.get(p["prediction"],
+                                                                                               "no prediction")
+    score = f', Dice {p["dice"]:.2f}' if isinstance(p.get("dice"), (int, float)) else ""
+    return f"{painted}; {prediction}{score}"
+
+
+def volumes_table(volumes: list[dict], selected: int | None = None, progress: dict | None = None) -> str:
     if not volumes:
         return ('<p id="volume-table-empty" class="sw-empty">No volumes yet: upload a NIfTI file '
                 '(.nii, .nii.gz) or a .zip of one DICOM series above.</p>')
@@ -61,11 +71,13 @@ def volumes_table(volumes: list[dict], selected: int | None = None) -> str:
             f'<tr{mark} data-volume-id="{int(v["id"])}"><td>{int(v["id"])}</td><td>{escape(str(v["name"]))}</td>'
             f'<td>{escape(_shape(v))}</td><td>{escape(_spacing(v))}</td>'
             f'<td>{escape(str(v.get("orientation", "")))}</td><td>{escape(str(v.get("source", "")))}</td>'
+            f'<td class="sw-progress">{escape(_progress((progress or {}).get(v["id"])))}</td>'
             f'<td><a href="{escape(viewer_url(v["id"]))}" target="_blank" rel="noopener">open viewer</a></td></tr>'
         )
     return ('<table class="sw-table" aria-label="volumes of this project"><thead><tr><th scope="col">id</th>'
             '<th scope="col">name</th><th scope="col">shape (voxels)</th><th scope="col">spacing (mm)</th>'
-            '<th scope="col">orientation</th><th scope="col">source</th><th scope="col">viewer</th></tr></thead>'
+            '<th scope="col">orientation</th><th scope="col">source</th><th scope="col">progress</th>'
+            '<th scope="col">viewer</th></tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table>')
 
 

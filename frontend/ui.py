@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from frontend import handlers, render
+from frontend import handlers, manage, render
 from frontend.client import ApiClient
 
 CSS = """
@@ -59,6 +59,18 @@ def build_ui(client: ApiClient) -> gr.Blocks:
                         label="Labels: one per line as 'name' or 'name #rrggbb' (0 = background is implicit)",
                         lines=3, value="anterior #e6194b\nposterior #3cb44b", elem_id="new-project-labels")
                     create = gr.Button("Create project", variant="primary", elem_id="create-project")
+                with gr.Accordion("Manage this project", open=False, elem_id="manage-panel"):
+                    edit_labels = gr.Textbox(label="Labels: 'value name #rrggbb' per line (rename, recolour, add)",
+                                             lines=3, elem_id="edit-labels")
+                    save_labels = gr.Button("Save labels", elem_id="save-labels", size="sm")
+                    delete_volume_name = gr.Textbox(label="To delete the selected volume, type its name",
+                                                    elem_id="delete-volume-confirm")
+                    delete_volume = gr.Button("Delete the selected volume", variant="stop", size="sm",
+                                              elem_id="delete-volume")
+                    delete_project_name = gr.Textbox(label="To delete this project and everything in it, type its name",
+                                                     elem_id="delete-project-confirm")
+                    delete_project = gr.Button("Delete this project", variant="stop", size="sm",
+                                               elem_id="delete-project")
 
             with gr.Column(scale=1, min_width=280):
                 gr.Markdown("### 2 · Upload volumes")
@@ -129,10 +141,27 @@ def build_ui(client: ApiClient) -> gr.Blocks:
                 return [gr.update() for _ in outputs]
             return show(handlers.select_volume(caller(request), st, vid))
 
-        demo.load(on_load, [state], outputs)
+        def on_labels_shown(st, request: gr.Request):
+            return manage.project_labels_text(caller(request), st)
+
+        def on_save_labels(st, text, request: gr.Request):
+            return show(manage.save_labels(caller(request), st, text))
+
+        def on_delete_volume(st, confirm, request: gr.Request):
+            return show(manage.delete_volume(caller(request), st, confirm))
+
+        def on_delete_project(st, confirm, request: gr.Request):
+            return show(manage.delete_project(caller(request), st, confirm))
+
+        demo.load(on_load, [state], outputs).then(on_labels_shown, [state], [edit_labels])
+        save_labels.click(on_save_labels, [state, edit_labels], outputs).then(on_labels_shown, [state], [edit_labels])
+        delete_volume.click(on_delete_volume, [state, delete_volume_name], outputs).then(
+            lambda: "", None, [delete_volume_name])
+        delete_project.click(on_delete_project, [state, delete_project_name], outputs).then(
+            lambda: "", None, [delete_project_name]).then(on_labels_shown, [state], [edit_labels])
         refresh.click(on_load, [state], outputs)
-        project.change(on_project, [state, project], outputs)
-        create.click(on_create, [state, new_name, new_labels], outputs)
+        project.change(on_project, [state, project], outputs).then(on_labels_shown, [state], [edit_labels])
+        create.click(on_create, [state, new_name, new_labels], outputs).then(on_labels_shown, [state], [edit_labels])
         upload.click(on_upload, [state, files], outputs)
         volume.change(on_volume, [state, volume], outputs)
         mask_import.click(on_mask, [state, mask_file], [mask_message])

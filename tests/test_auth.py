@@ -158,7 +158,7 @@ def test_the_ui_and_viewer_send_a_browser_without_login_to_the_login_page(app_cl
     login = client.get("/login")
     assert login.status_code == 200 and "/static/login.js" in login.text
     assert "/api/login" in client.get("/static/login.js").text
-    viewer = client.get("/static/viewer.js")
+    viewer = client.get("/static/viewer-core.js")  # the viewer's one fetch helper
     assert viewer.status_code == 200 and "/login?next=" in viewer.text
 
 

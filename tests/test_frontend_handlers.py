@@ -224,8 +224,10 @@ def test_handlers_against_a_real_server(tmp_path):
         assert root.status_code in (302, 307) and root.headers["location"].endswith("/ui")
         assert http.get("/ui/").status_code == 200
         page = http.get(render.viewer_url(volumes[0]["id"]))
-        assert page.status_code == 200 and 'id="canvas"' in page.text
-        for asset in ("viewer.js", "viewer.css"):
+        assert page.status_code == 200 and all(f'id="canvas-{plane}"' in page.text
+                                               for plane in ("axial", "coronal", "sagittal"))
+        for asset in ("viewer.js", "viewer.css", "viewer-core.js", "viewer-geometry.js", "viewer-png.js",
+                      "viewer-draw.js", "viewer-jobs.js"):
             assert http.get(f"/static/{asset}").status_code == 200
         # nothing on the pages points at a CDN: scripts and styles are served by the app
         for url in (render.viewer_url(1), "/static/viewer.js", "/static/viewer.css"):
@@ -236,16 +238,14 @@ def test_handlers_against_a_real_server(tmp_path):
 
 
 def test_viewer_png_encoder_is_lossless(tmp_path):
-    """The browser's hand-written greyscale PNG encoder (viewer.js) decodes to the exact mask."""
+    """The browser's hand-written greyscale PNG encoder (viewer-png.js) decodes to the exact mask."""
     assert shutil.which("node"), "node is missing: scripts/test.sh installs it (apt-get install nodejs)"
     from frontend.mount import STATIC_DIR
 
-    source = (STATIC_DIR / "viewer.js").read_text()
-    start, end = source.index("const CRC_TABLE"), source.index("window.slicewiseEncodePng")
     rng = np.random.default_rng(1)
     mask = rng.choice([0, 1, 2, 255], size=(37, 53)).astype(np.uint8)
-    script = tmp_path / "encode.js"
-    script.write_text(source[start:end] + f"""
+    script = tmp_path / "encode.mjs"
+    script.write_text(f"import {{ encodeGreyPng }} from {json.dumps((STATIC_DIR / 'viewer-png.js').as_uri())};" + f"""
 const mask = Uint8Array.from({json.dumps(mask.ravel().tolist())});
 (async () => {{
   for (const stored of [false, true]) {{
@@ -263,3 +263,15 @@ const mask = Uint8Array.from({json.dumps(mask.ravel().tolist())});
         with Image.open(io.BytesIO(base64.b64decode(line))) as image:
             assert image.mode == "L" and image.size == (53, 37)
             np.testing.assert_array_equal(np.array(image), mask)
+
+
+def test_volume_table_shows_progress_and_the_last_score():
+    from frontend import render
+
+    table = render.volumes_table(
+        [{"id": 1, "name": "a", "shape": [2, 2, 2], "spacing": [1, 1, 1]},
+         {"id": 2, "name": "b", "shape": [2, 2, 2], "spacing": [1, 1, 1]}], 1,
+        {1: {"painted": 3, "reviewed": 1, "prediction": "ready", "model_id": 4, "dice": 0.8123},
+         2: {"painted": 0, "reviewed": 0, "prediction": "none", "model_id": None, "dice": None}})
+    assert "3 painted, 1 reviewed; predicted (model 4), Dice 0.81" in table
+    assert "0 painted; no prediction<" in table

@@ -122,3 +122,11 @@ def test_prequential_bookkeeping_through_the_api(tmp_path, model_file):
         assert row["kind"] == "accepted"
         assert row["dice"] in (None, 1.0)
         assert client.get(f"/api/models/{models[-1]['id']}").json()["prequential"]["accepted"] == 1
+
+        # deleting the volume, then the project, takes their scores along (nothing half-deleted)
+        model_id = models[-1]["id"]
+        r = client.delete(f"/api/volumes/{vid}", params={"confirm": volume["name"]})
+        assert r.status_code == 200, r.text
+        assert app.state.workspace.slice_scores(model_id) == []
+        r = client.delete(f"/api/projects/{project['id']}", params={"confirm": project["name"]})
+        assert r.status_code == 200, r.text

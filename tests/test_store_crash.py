@@ -80,8 +80,8 @@ def mask(fill: int) -> np.ndarray:
     return m
 
 
-def run_child_until(point: str, args: list[str], signal_file: Path) -> None:
-    child = subprocess.Popen([sys.executable, "-c", CHILD, *args], cwd=REPO, stderr=subprocess.PIPE)
+def run_child_until(point: str, args: list[str], signal_file: Path, script: str = CHILD) -> None:
+    child = subprocess.Popen([sys.executable, "-c", script, *args], cwd=REPO, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
         while not signal_file.exists() and child.poll() is None and time.monotonic() < deadline:

@@ -1,415 +1,142 @@
-/* slicewise viewer: paint slices pixel-exactly, retrain with live progress, review predictions, download masks.
+/* slicewise viewer: three linked planes in radiological convention, pixel-exact painting in any of them.
  *
- * Vanilla JS talking to /api directly. Masks are kept as Uint8Array of exactly the slice's shape
- * (np.take(volume, index, axis): rows = first remaining axis) and saved as lossless 8-bit greyscale PNG
- * with If-Match versions; they are read back raw (?format=raw), so what is shown is what is stored.
+ * The whole volume is fetched once (GET /api/volumes/{id}/voxels, uint16 + offset/scale) and sliced, windowed
+ * and drawn in the browser. Masks stay per stored slice: a Uint8Array of exactly np.take(volume, index, axis)
+ * (rows = first remaining axis), saved as lossless 8-bit PNG with If-Match versions and read back raw, so
+ * what is shown is what is stored. The plane layout (which voxel axes, which flips) comes from the affine.
  */
-'use strict';
 
-const IGNORE = 255;
-const API = '/api';
-const $ = (id) => document.getElementById(id);
+import { S, $, IGNORE, key, parseKey, say, api, getJSON } from './viewer-core.js';
+import { PLANES, planeLayout, voxelAt, screenOf, sliceOffset, worldPosition } from './viewer-geometry.js';
+import { encodeGreyPng } from './viewer-png.js';
+import { paintImage, present } from './viewer-draw.js';
+import * as jobs from './viewer-jobs.js';
 
 const PRESETS = {
   'ct-soft': [400, 40], 'ct-brain': [80, 40], 'ct-bone': [1800, 400], 'ct-lung': [1500, -600],
 };
-const STAGES = {
-  global: 'pretraining (global)', local: 'pretraining (local contrast)', finetune: 'fine-tuning',
-  predict: 'predicting all volumes', done: 'done',
-};
+const PLANE_NAMES = { axial: 'Axial', coronal: 'Coronal', sagittal: 'Sagittal' };
+const MAX_UNDO = 100;
 
-const S = {
-  volumeId: null, volume: null, project: null, labels: [], volumes: [],
-  axis: 0, index: 0, rows: 0, cols: 0,
-  preset: 'auto', window: null, level: null, autoWindow: null, autoLevel: null,
-  grey: null,                      // ImageBitmap / canvas of the grey slice
-  mask: null, version: 0, reviewed: false, dirty: false, edits: 0, undo: [],
-  pred: null, predModelId: null, predReady: false, predStatus: null,
-  layer: 'painted', opacity: 0.5, tool: null, brush: 3, zoom: 8, zoomManual: false,
-  annotations: new Map(), suggestions: [], models: [],
-  job: null, events: null, pollTimer: null, loadToken: 0, saving: Promise.resolve(), autosaveTimer: null,
-  stroke: null, hover: null, conflict: null,
-};
+window.S = S;                                   // for tests and the browser console
+window.slicewiseEncodePng = encodeGreyPng;      // for tests
+Object.defineProperty(S, 'pred', { get: () => activePrediction(), configurable: true });
 
-// ----------------------------------------------------------------------------- small helpers
+// ----------------------------------------------------------------------------- views
 
-function say(text, kind = 'info') {
-  const el = $('message');
-  el.textContent = text;
-  el.title = text;
-  el.className = 'message ' + kind;
-}
+const activeView = () => S.views[S.active];
+const indexOf = (view) => S.cursor[view.layout.axis];
+const sliceShape = (axis) => S.volume.shape.filter((_, a) => a !== axis);
+const nSlices = (view) => S.volume.shape[view.layout.axis];
 
-// a state-changing request made with the login cookie echoes the slicewise_csrf cookie as a header
-function withCsrfHeader(options) {
-  const method = (options.method || 'GET').toUpperCase();
-  const cookie = document.cookie.split('; ').find((c) => c.startsWith('slicewise_csrf='));
-  if (!cookie || ['GET', 'HEAD', 'OPTIONS'].includes(method)) return options;
-  return { ...options, headers: { ...(options.headers || {}), 'X-CSRF-Token': cookie.slice('slicewise_csrf='.length) } };
-}
-
-async function api(path, options = {}) {
-  let response;
-  try {
-    response = await fetch(API + path, withCsrfHeader(options));
-  } catch (err) {
-    throw Object.assign(new Error('cannot reach the slicewise server (' + err.message + ')'), { status: 0 });
+function setupViews() {
+  for (const plane of PLANES) {
+    const canvas = $('canvas-' + plane);
+    const layout = planeLayout(S.volume, plane);
+    const off = document.createElement('canvas');
+    off.width = layout.width; off.height = layout.height;
+    const view = {
+      plane, layout, canvas, ctx: canvas.getContext('2d'), off, offCtx: off.getContext('2d'),
+      image: new ImageData(layout.width, layout.height), queued: false,
+    };
+    S.views[plane] = view;
+    canvas.dataset.axis = layout.axis;
+    canvas.dataset.xAxis = layout.xAxis; canvas.dataset.yAxis = layout.yAxis;
+    canvas.dataset.flipX = layout.flipX; canvas.dataset.flipY = layout.flipY;
+    canvas.dataset.width = layout.width; canvas.dataset.height = layout.height;
+    const cell = $('view-' + plane);
+    for (const side of ['left', 'right', 'top', 'bottom']) cell.querySelector('.letter.' + side).textContent = layout.letters[side];
+    cell.querySelector('.plane-axis').textContent = `voxel axis ${layout.axis}`;
   }
-  if (response.status === 401 && !path.startsWith('/login')) {
-    // authentication is on and the login cookie is missing or expired: log in, then come back here
-    location.href = '/login?next=' + encodeURIComponent(location.pathname + location.search);
-  }
-  if (!response.ok) {
-    let detail = response.statusText;
-    try { detail = (await response.json()).detail || detail; } catch (e) { /* not JSON */ }
-    throw Object.assign(new Error(typeof detail === 'string' ? detail : JSON.stringify(detail)),
-      { status: response.status });
-  }
-  return response;
-}
-const getJSON = async (path) => (await api(path)).json();
-const key = (axis, index) => axis + ':' + index;
-const nSlices = () => (S.volume ? S.volume.shape[S.axis] : 0);
-
-function hexToRgb(hex) {
-  const n = parseInt(hex.slice(1), 16);
-  return [(n >> 16) & 255, (n >> 8) & 255, n & 255];
+  fitViews();
 }
 
-function fmtSeconds(s) {
-  if (s == null) return '';
-  s = Math.max(0, Math.round(s));
-  if (s < 60) return s + ' s';
-  const m = Math.floor(s / 60);
-  return m < 60 ? m + ' min ' + (s % 60) + ' s' : Math.floor(m / 60) + ' h ' + (m % 60) + ' min';
-}
-
-// ----------------------------------------------------------------------------- lossless PNG encoder (8-bit grey)
-
-const CRC_TABLE = (() => {
-  const t = new Uint32Array(256);
-  for (let n = 0; n < 256; n++) {
-    let c = n;
-    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-    t[n] = c >>> 0;
-  }
-  return t;
-})();
-
-function crc32(bytes) {
-  let c = 0xffffffff;
-  for (let i = 0; i < bytes.length; i++) c = CRC_TABLE[(c ^ bytes[i]) & 255] ^ (c >>> 8);
-  return (c ^ 0xffffffff) >>> 0;
-}
-
-function adler32(bytes) {
-  let a = 1, b = 0;
-  for (let i = 0; i < bytes.length; i++) { a = (a + bytes[i]) % 65521; b = (b + a) % 65521; }
-  return ((b << 16) | a) >>> 0;
-}
-
-function zlibStored(data) {          // fallback when CompressionStream is missing: uncompressed deflate blocks
-  const blocks = Math.max(1, Math.ceil(data.length / 65535));
-  const out = new Uint8Array(2 + data.length + blocks * 5 + 4);
-  out[0] = 0x78; out[1] = 0x01;
-  let o = 2;
-  for (let b = 0; b < blocks; b++) {
-    const chunk = data.subarray(b * 65535, Math.min(data.length, (b + 1) * 65535));
-    out[o++] = b === blocks - 1 ? 1 : 0;
-    out[o++] = chunk.length & 255; out[o++] = chunk.length >> 8;
-    out[o++] = ~chunk.length & 255; out[o++] = (~chunk.length >> 8) & 255;
-    out.set(chunk, o); o += chunk.length;
-  }
-  const ad = adler32(data);
-  out[o++] = ad >>> 24; out[o++] = (ad >>> 16) & 255; out[o++] = (ad >>> 8) & 255; out[o++] = ad & 255;
-  return out;
-}
-
-async function zlib(data) {
-  if (typeof CompressionStream === 'undefined') return zlibStored(data);
-  const stream = new Blob([data]).stream().pipeThrough(new CompressionStream('deflate'));
-  return new Uint8Array(await new Response(stream).arrayBuffer());
-}
-
-function pngChunk(type, data) {
-  const out = new Uint8Array(12 + data.length);
-  const view = new DataView(out.buffer);
-  view.setUint32(0, data.length);
-  for (let i = 0; i < 4; i++) out[4 + i] = type.charCodeAt(i);
-  out.set(data, 8);
-  view.setUint32(8 + data.length, crc32(out.subarray(4, 8 + data.length)));
-  return out;
-}
-
-async function encodeGreyPng(mask, rows, cols) {
-  const raw = new Uint8Array(rows * (cols + 1));
-  for (let r = 0; r < rows; r++) raw.set(mask.subarray(r * cols, (r + 1) * cols), r * (cols + 1) + 1);
-  const ihdr = new Uint8Array(13);
-  const v = new DataView(ihdr.buffer);
-  v.setUint32(0, cols); v.setUint32(4, rows);
-  ihdr[8] = 8; ihdr[9] = 0; ihdr[10] = 0; ihdr[11] = 0; ihdr[12] = 0;   // 8-bit greyscale, no interlace
-  const parts = [new Uint8Array([137, 80, 78, 71, 13, 10, 26, 10]), pngChunk('IHDR', ihdr),
-    pngChunk('IDAT', await zlib(raw)), pngChunk('IEND', new Uint8Array(0))];
-  return new Blob(parts, { type: 'image/png' });
-}
-window.slicewiseEncodePng = encodeGreyPng;  // for tests
-
-// ----------------------------------------------------------------------------- drawing
-
-const canvas = $('canvas');
-const ctx = canvas.getContext('2d');
-const overlayCanvas = document.createElement('canvas');
-const overlayCtx = overlayCanvas.getContext('2d');
-let drawQueued = false;
-
-function colourTable() {
-  const table = new Array(256).fill(null);
-  for (const l of S.labels) table[l.value] = hexToRgb(l.color);
-  return table;
-}
-
-function shownMask() {
-  if (S.layer === 'predicted') return S.pred;
-  if (S.layer === 'painted') return S.mask;
-  return null;
-}
-
-function draw() {
-  drawQueued = false;
-  const { rows, cols, zoom } = S;
-  if (!rows || !cols) return;
-  if (canvas.width !== cols * zoom || canvas.height !== rows * zoom) {
-    canvas.width = cols * zoom; canvas.height = rows * zoom;
-  }
-  ctx.imageSmoothingEnabled = false;
-  ctx.fillStyle = '#000';
-  ctx.fillRect(0, 0, canvas.width, canvas.height);
-  if (S.grey) ctx.drawImage(S.grey, 0, 0, cols * zoom, rows * zoom);
-  const mask = shownMask();
-  if (mask && S.opacity > 0) {
-    if (overlayCanvas.width !== cols || overlayCanvas.height !== rows) {
-      overlayCanvas.width = cols; overlayCanvas.height = rows;
-    }
-    const img = overlayCtx.createImageData(cols, rows);
-    const colours = colourTable();
-    const alpha = Math.round(S.opacity * 255);
-    for (let i = 0; i < mask.length; i++) {
-      const c = colours[mask[i]];
-      if (!c) continue;
-      img.data[4 * i] = c[0]; img.data[4 * i + 1] = c[1]; img.data[4 * i + 2] = c[2]; img.data[4 * i + 3] = alpha;
-    }
-    overlayCtx.putImageData(img, 0, 0);
-    ctx.drawImage(overlayCanvas, 0, 0, cols * zoom, rows * zoom);
-  }
-  if (S.hover) {   // brush outline
-    const r = (S.brush / 2) * zoom;
-    ctx.strokeStyle = S.tool && S.tool.kind === 'label' ? S.tool.color : '#ffffff';
-    ctx.lineWidth = 1.5;
-    ctx.beginPath();
-    ctx.arc((S.hover[1] + 0.5) * zoom, (S.hover[0] + 0.5) * zoom, Math.max(r, 2), 0, 2 * Math.PI);
-    ctx.stroke();
+/** Each canvas gets the largest size that fits its cell with every voxel spacing-shaped (mm aspect). */
+function fitViews() {
+  if (!S.volume) return;
+  $('views').dataset.layout = S.layout;
+  for (const plane of PLANES) {
+    const view = S.views[plane];
+    const cell = $('view-' + plane);
+    cell.hidden = S.layout === 'one' && plane !== S.active;
+    cell.classList.toggle('active', plane === S.active);
+    if (cell.hidden) continue;
+    const box = cell.querySelector('.view-body');
+    const { width, height, pixelWidth, pixelHeight } = view.layout;
+    const mmW = width * pixelWidth, mmH = height * pixelHeight;
+    const k = Math.max(0.01, Math.min((box.clientWidth - 36) / mmW, (box.clientHeight - 36) / mmH));
+    const cssW = Math.max(1, Math.floor(mmW * k)), cssH = Math.max(1, Math.floor(mmH * k));
+    view.canvas.style.width = cssW + 'px'; view.canvas.style.height = cssH + 'px';
+    const dpr = window.devicePixelRatio || 1;
+    view.canvas.width = Math.round(cssW * dpr); view.canvas.height = Math.round(cssH * dpr);
+    redraw(view);
   }
 }
 
-function redraw() {
-  if (!drawQueued) { drawQueued = true; requestAnimationFrame(draw); }
+function redraw(view) {
+  if (view.queued) return;
+  view.queued = true;
+  requestAnimationFrame(() => { view.queued = false; drawView(view); });
 }
+const redrawAll = () => PLANES.forEach((p) => S.views[p] && redraw(S.views[p]));
 
-function fitZoom() {
-  const wrap = $('canvas-wrap');
-  if (!S.rows || !S.cols) return;
-  const z = Math.floor(Math.min((wrap.clientWidth - 8) / S.cols, (wrap.clientHeight - 8) / S.rows));
-  setZoom(Math.max(1, Math.min(40, z)), false);
-}
-
-function setZoom(z, manual = true) {
-  S.zoom = Math.max(1, Math.min(40, Math.round(z)));
-  S.zoomManual = manual || S.zoomManual;
-  $('zoom').value = S.zoom;
-  $('zoom-value').textContent = S.zoom + '×';
-  redraw();
-}
-
-// ----------------------------------------------------------------------------- painting
-
-function pixelAt(event) {
-  const rect = canvas.getBoundingClientRect();
-  const x = (event.clientX - rect.left) * (canvas.width / rect.width) / S.zoom;
-  const y = (event.clientY - rect.top) * (canvas.height / rect.height) / S.zoom;
-  return [Math.floor(y), Math.floor(x)];
-}
-
-function stamp(r0, c0) {
-  const value = S.tool && S.tool.kind === 'label' ? S.tool.value : 0;
-  const rad = (S.brush - 1) / 2;
-  const lo = Math.floor(-rad), hi = Math.ceil(rad);
-  for (let dr = lo; dr <= hi; dr++) {
-    for (let dc = lo; dc <= hi; dc++) {
-      if (dr * dr + dc * dc > rad * rad + 0.25) continue;
-      const r = r0 + dr, c = c0 + dc;
-      if (r < 0 || c < 0 || r >= S.rows || c >= S.cols) continue;
-      S.mask[r * S.cols + c] = value;
-    }
+function drawView(view) {
+  if (!S.voxels || $('view-' + view.plane).hidden) return;
+  const index = indexOf(view);
+  const k = key(view.layout.axis, index);
+  const entry = sliceEntry(k);
+  const pred = predictionOf(k);
+  let fill = null, outline = null;
+  if (S.layer === 'painted') fill = entry.mask;
+  else if (S.layer === 'predicted') fill = pred;
+  else if (S.layer === 'outline') { fill = entry.mask; outline = pred; }
+  // the grey + overlay image only changes with its slice, mask, prediction or display settings; a crosshair
+  // move in another plane just redraws the lines over the kept image
+  const imageKey = [index, S.layer, entry.state, entry.version, S.paintTick, pred ? S.predModelId : 0, S.window, S.level,
+    S.opacity, [...S.hidden].join('-')].join('|');
+  const fresh = imageKey !== view.imageKey;
+  if (fresh) { paintImage(view, index, fill, outline); view.imageKey = imageKey; }
+  const cross = screenOf(view.layout, S.cursor);
+  const hover = S.hover && S.hover.view === view && isPaintTool() ? footprint(view, S.hover.sx, S.hover.sy) : null;
+  present(view, fresh, cross, hover, S.tool && S.tool.kind === 'label' ? S.tool.color : '#ffffff');
+  $('view-' + view.plane).querySelector('.slice-no').textContent = `slice ${index} of 0–${nSlices(view) - 1}`;
+  if (view.plane === S.active && entry.state === 'ready' && (!S.predReady || pred !== undefined)) {
+    document.body.dataset.slice = k;
+    S.drawnAt = performance.now();       // when the active plane last showed its slice (the browser benchmark)
   }
 }
 
-function paintLine(a, b) {
-  const steps = Math.max(Math.abs(b[0] - a[0]), Math.abs(b[1] - a[1]), 1);
-  for (let s = 0; s <= steps; s++) {
-    stamp(Math.round(a[0] + (b[0] - a[0]) * s / steps), Math.round(a[1] + (b[1] - a[1]) * s / steps));
+function refreshViews() { redrawAll(); updateSliceState(); renderMarkers(); }
+
+function setActive(plane) {
+  if (plane === S.active) return;
+  S.active = plane;
+  for (const p of PLANES) $('plane-' + p).setAttribute('aria-pressed', String(p === plane));
+  if (S.layout === 'one') fitViews();
+  else PLANES.forEach((p) => $('view-' + p).classList.toggle('active', p === plane));
+  loadSuggestions().then(() => refreshViews());
+}
+
+function setLayout(layout) {
+  S.layout = layout;
+  $('layout-three').setAttribute('aria-pressed', String(layout === 'three'));
+  $('layout-one').setAttribute('aria-pressed', String(layout === 'one'));
+  fitViews();
+}
+
+// ----------------------------------------------------------------------------- slices: masks and predictions
+
+/** The state of stored slice `k`: its mask (null = unpainted), version, and whether it is loaded. */
+function sliceEntry(k) {
+  let entry = S.slices.get(k);
+  if (!entry) {
+    const row = S.annotations.get(k);
+    entry = { mask: null, version: row ? row.version : 0, reviewed: row ? !!row.reviewed : false,
+      dirty: false, edits: 0, state: row ? 'loading' : 'ready' };
+    S.slices.set(k, entry);
+    if (row) loadMask(k, entry);
   }
-}
-
-function startMaskIfNeeded() {
-  if (S.mask) {
-    if (S.layer !== 'painted') setLayer('painted');
-    return;
-  }
-  // An unpainted slice: start from the prediction when correcting it, else from background
-  if (S.layer === 'predicted' && S.pred) {
-    S.mask = S.pred.slice();
-    say('Correcting the prediction: your edits are saved as this slice\'s annotation.', 'info');
-  } else {
-    S.mask = new Uint8Array(S.rows * S.cols);
-  }
-  setLayer('painted');
-}
-
-function markDirty() {
-  S.dirty = true;
-  S.edits++;
-  $('save-status').textContent = 'unsaved strokes';
-  clearTimeout(S.autosaveTimer);
-  S.autosaveTimer = setTimeout(() => { if (S.dirty) save().catch(() => {}); }, 2500);
-}
-
-canvas.addEventListener('pointerdown', (event) => {
-  if (event.button !== 0 || !S.rows) return;
-  event.preventDefault();
-  canvas.focus();
-  const hadMask = !!S.mask;
-  startMaskIfNeeded();
-  S.undo.push(hadMask ? S.mask.slice() : null);
-  if (S.undo.length > 50) S.undo.shift();
-  const p = pixelAt(event);
-  S.stroke = p;
-  paintLine(p, p);
-  canvas.setPointerCapture(event.pointerId);
-  redraw();
-});
-
-canvas.addEventListener('pointermove', (event) => {
-  const p = pixelAt(event);
-  S.hover = p;
-  if (S.stroke && (event.buttons & 1)) {
-    paintLine(S.stroke, p);
-    S.stroke = p;
-  }
-  redraw();
-});
-
-function endStroke() {
-  if (!S.stroke) return;
-  S.stroke = null;
-  markDirty();
-  updateSliceState();
-}
-canvas.addEventListener('pointerup', endStroke);
-canvas.addEventListener('pointercancel', endStroke);
-canvas.addEventListener('pointerleave', () => { S.hover = null; redraw(); });
-canvas.addEventListener('wheel', (event) => {
-  if (!event.ctrlKey) return;
-  event.preventDefault();
-  setZoom(S.zoom + (event.deltaY < 0 ? 1 : -1));
-}, { passive: false });
-
-function undo() {
-  if (!S.undo.length) { say('Nothing to undo on this slice.', 'info'); return; }
-  const previous = S.undo.pop();
-  if (previous === null) {
-    // undoing the first stroke of a slice that had no mask: back to all background (still a saved state if
-    // a version exists, else simply nothing painted)
-    S.mask = S.version ? new Uint8Array(S.rows * S.cols) : null;
-    if (!S.version) { S.dirty = false; $('save-status').textContent = 'nothing to save'; updateSliceState(); redraw(); return; }
-  } else {
-    S.mask = previous;
-  }
-  markDirty();
-  updateSliceState();
-  redraw();
-}
-
-function clearSlice() {
-  if (!S.mask && !S.version) { say('This slice has no painting to clear.', 'info'); return; }
-  S.undo.push(S.mask ? S.mask.slice() : null);
-  S.mask = new Uint8Array(S.rows * S.cols);
-  setLayer('painted');
-  markDirty();
-  redraw();
-}
-
-// ----------------------------------------------------------------------------- saving (PNG + If-Match)
-
-function save() {
-  S.saving = S.saving.then(() => saveNow(), () => saveNow());
-  return S.saving;
-}
-
-async function saveNow(force = false) {
-  if (!S.dirty || !S.mask) return true;
-  clearTimeout(S.autosaveTimer);
-  const { volumeId, axis, index, rows, cols } = S;
-  const edits = S.edits;
-  const snapshot = S.mask.slice();
-  $('save-status').textContent = 'saving…';
-  try {
-    const png = await encodeGreyPng(snapshot, rows, cols);
-    const response = await api(`/volumes/${volumeId}/annotations/${axis}/${index}`, {
-      method: 'PUT', body: png,
-      headers: { 'Content-Type': 'image/png', 'If-Match': force ? '*' : `"${S.version}"` },
-    });
-    const row = await response.json();
-    if (S.volumeId === volumeId && S.axis === axis && S.index === index) {
-      S.version = row.version;
-      S.reviewed = !!row.reviewed;
-      if (S.edits === edits) { S.dirty = false; }
-    }
-    S.annotations.set(key(axis, index), row);
-    $('save-status').textContent = S.dirty ? 'unsaved strokes' : `saved (version ${row.version})`;
-    $('conflict').hidden = true;
-    renderMarkers();
-    updateSliceState();
-    return true;
-  } catch (err) {
-    if (err.status === 409) {
-      S.conflict = { axis, index };
-      $('conflict-text').textContent = 'Someone else saved this slice since you opened it. ' +
-        'Your strokes are still here and not saved. ' + err.message;
-      $('conflict').hidden = false;
-      say('Not saved: this slice changed on the server (409 conflict). Choose below.', 'error');
-    } else {
-      say('Not saved: ' + err.message, 'error');
-    }
-    $('save-status').textContent = 'NOT saved';
-    return false;
-  }
-}
-
-async function leaveSlice() {
-  if (!S.dirty) return true;
-  await save();
-  return !S.dirty;
-}
-
-// ----------------------------------------------------------------------------- loading a slice
-
-function windowQuery() {
-  if (S.preset === 'auto') return '';
-  const params = new URLSearchParams();
-  if (S.window != null && S.window > 0) params.set('window', S.window);
-  if (S.level != null && isFinite(S.level)) params.set('level', S.level);
-  const q = params.toString();
-  return q ? '?' + q : '';
+  return entry;
 }
 
 async function fetchRaw(path) {
@@ -417,87 +144,412 @@ async function fetchRaw(path) {
   return { data: new Uint8Array(await response.arrayBuffer()), headers: response.headers };
 }
 
-async function loadSlice() {
-  const token = ++S.loadToken;
-  const { volumeId, axis, index } = S;
-  const n = nSlices();
-  $('slice-slider').max = n - 1;
-  $('slice-slider').value = index;
-  $('slice-label').textContent = `slice ${index} of 0–${n - 1}`;
-  const shape = S.volume.shape.filter((_, a) => a !== axis);
+async function loadMask(k, entry) {
+  const [axis, index] = parseKey(k);
+  const volumeId = S.volumeId;
   try {
-    const greyResp = await api(`/volumes/${volumeId}/slices/${axis}/${index}.png${windowQuery()}`);
-    const bitmap = await createImageBitmap(await greyResp.blob());
-    let mask = null, version = 0, reviewed = false, pred = null;
-    if (S.annotations.has(key(axis, index))) {
-      const got = await fetchRaw(`/volumes/${volumeId}/annotations/${axis}/${index}?format=raw`);
-      mask = got.data;
-      version = parseInt(got.headers.get('X-Annotation-Version'), 10);
-      reviewed = got.headers.get('X-Annotation-Reviewed') === 'true';
-    }
-    if (S.predReady) {
-      try {
-        pred = (await fetchRaw(`/volumes/${volumeId}/prediction/slices/${axis}/${index}.png?format=raw`)).data;
-      } catch (err) { pred = null; }
-    }
-    if (token !== S.loadToken) return;   // a newer slice was asked for meanwhile
-    const w = parseFloat(greyResp.headers.get('X-Window')), l = parseFloat(greyResp.headers.get('X-Level'));
-    if (S.preset === 'auto') { S.autoWindow = w; S.autoLevel = l; }
-    $('window').value = +w.toPrecision(5); $('level').value = +l.toPrecision(5);
-    if (S.grey && S.grey.close) S.grey.close();
-    S.grey = bitmap;
-    S.rows = shape[0]; S.cols = shape[1];
-    S.mask = mask; S.version = version; S.reviewed = reviewed; S.pred = pred;
-    S.dirty = false; S.undo = [];
-    $('save-status').textContent = mask ? `saved (version ${version})` : 'not painted';
-    $('conflict').hidden = true;
-    if (!S.zoomManual) fitZoom();
-    updateSliceState();
-    renderMarkers();
-    redraw();
-    document.body.dataset.slice = `${axis}:${index}`;
+    const got = await fetchRaw(`/volumes/${volumeId}/annotations/${axis}/${index}?format=raw`);
+    if (S.volumeId !== volumeId || S.slices.get(k) !== entry) return;
+    entry.mask = got.data;
+    S.paintTick++;
+    entry.version = parseInt(got.headers.get('X-Annotation-Version'), 10);
+    entry.reviewed = got.headers.get('X-Annotation-Reviewed') === 'true';
   } catch (err) {
-    if (token === S.loadToken) say('Could not load the slice: ' + err.message, 'error');
+    if (err.status !== 404) say('Could not load the painted slice: ' + err.message, 'error');
+  }
+  entry.state = 'ready';
+  refreshViews();
+}
+
+/** The prediction of slice k: a Uint8Array, null (none), or undefined while it loads. */
+function predictionOf(k) {
+  if (!S.predReady) return null;
+  if (S.predCache.has(k)) return S.predCache.get(k);
+  S.predCache.set(k, undefined);
+  const [axis, index] = parseKey(k);
+  const modelId = S.predModelId;
+  fetchRaw(`/volumes/${S.volumeId}/prediction/slices/${axis}/${index}.png?format=raw`)
+    .then((got) => got.data, () => null)
+    .then((data) => { if (S.predModelId === modelId) { S.predCache.set(k, data); refreshViews(); } });
+  return undefined;
+}
+
+function activePrediction() {
+  const view = activeView();
+  if (!view || !S.predReady) return null;
+  return predictionOf(key(view.layout.axis, indexOf(view))) || null;
+}
+
+const anyDirty = () => [...S.slices.values()].some((e) => e.dirty);
+
+// ----------------------------------------------------------------------------- moving around
+
+function goTo(index, plane = S.active) {
+  const view = S.views[plane];
+  if (!view) return;
+  index = Math.max(0, Math.min(nSlices(view) - 1, index));
+  if (index === indexOf(view)) return;
+  S.cursor[view.layout.axis] = index;
+  if (anyDirty()) saveAll();                     // changing slice saves; it never waits for the server
+  if (plane === S.active) { $('slice-slider').value = index; }
+  redraw(view);
+  PLANES.forEach((p) => p !== plane && redraw(S.views[p]));   // the crosshair moved in the other planes
+  updateSliceState(); renderMarkers(); showReadout();
+}
+
+function moveCursor(view, sx, sy) {
+  const ijk = voxelAt(view.layout, indexOf(view), sx, sy);
+  const changed = ijk.some((v, a) => v !== S.cursor[a]);
+  S.cursor = ijk;
+  if (changed && anyDirty()) saveAll();
+  refreshViews();
+}
+
+// ----------------------------------------------------------------------------- painting
+
+const isPaintTool = () => S.tool && (S.tool.kind === 'label' || S.tool.kind === 'eraser');
+
+function screenPixel(view, event) {
+  const rect = view.canvas.getBoundingClientRect();
+  const sx = Math.floor((event.clientX - rect.left) / rect.width * view.layout.width);
+  const sy = Math.floor((event.clientY - rect.top) / rect.height * view.layout.height);
+  return [sx, sy];
+}
+
+const inside = (view, sx, sy) => sx >= 0 && sy >= 0 && sx < view.layout.width && sy < view.layout.height;
+
+/** Screen pixels under a round brush of S.brush voxels (of the finer in-plane spacing), round in mm. */
+function footprint(view, sx0, sy0) {
+  const { pixelWidth: pw, pixelHeight: ph } = view.layout;
+  const unit = Math.min(pw, ph);
+  const rad = (S.brush - 1) / 2 * unit;
+  const limit = rad * rad + 0.25 * unit * unit;
+  const nx = Math.ceil(rad / pw), ny = Math.ceil(rad / ph);
+  const out = [];
+  for (let dy = -ny; dy <= ny; dy++) {
+    for (let dx = -nx; dx <= nx; dx++) {
+      if ((dx * pw) ** 2 + (dy * ph) ** 2 > limit) continue;
+      if (inside(view, sx0 + dx, sy0 + dy)) out.push([sx0 + dx, sy0 + dy]);
+    }
+  }
+  return out;
+}
+
+function stamp(view, mask, sx, sy) {
+  const value = S.tool.kind === 'label' ? S.tool.value : 0;
+  const shape = S.volume.shape;
+  for (const [x, y] of footprint(view, sx, sy)) mask[sliceOffset(view.layout, shape, x, y)] = value;
+}
+
+function paintLine(view, mask, a, b) {
+  S.paintTick++;
+  const steps = Math.max(Math.abs(b[0] - a[0]), Math.abs(b[1] - a[1]), 1);
+  for (let s = 0; s <= steps; s++) {
+    stamp(view, mask, Math.round(a[0] + (b[0] - a[0]) * s / steps), Math.round(a[1] + (b[1] - a[1]) * s / steps));
   }
 }
 
-async function goTo(index, axis = S.axis) {
-  const n = S.volume ? S.volume.shape[axis] : 0;
-  index = Math.max(0, Math.min(n - 1, index));
-  if (index === S.index && axis === S.axis && S.rows) return;
-  if (!(await leaveSlice())) {
-    $('slice-slider').value = S.index;
+/** The mask of slice k ready for an edit: an unpainted slice starts from the prediction when it is shown
+ *  (correcting it), else from background. Returns null while the slice is still loading. */
+function editableMask(k, entry) {
+  if (entry.state !== 'ready') { say('This slice is still loading; try again in a moment.', 'info'); return null; }
+  if (!entry.mask) {
+    const pred = predictionOf(k);
+    if ((S.layer === 'predicted' || S.layer === 'outline') && pred) {
+      entry.mask = pred.slice();
+      say('Correcting the prediction: your edits are saved as this slice\'s annotation.', 'info');
+    } else {
+      const [axis] = parseKey(k);
+      const [rows, cols] = sliceShape(axis);
+      entry.mask = new Uint8Array(rows * cols);
+    }
+  }
+  if (S.layer !== 'painted' && S.layer !== 'outline') setLayer('painted');
+  return entry.mask;
+}
+
+function beginEdit(k, entry) {
+  const before = entry.mask ? entry.mask.slice() : null;
+  const mask = editableMask(k, entry);
+  if (!mask) return null;
+  return { k, before, mask };
+}
+
+function commitEdit(edit) {
+  const entry = S.slices.get(edit.k);
+  S.undo.push({ k: edit.k, before: edit.before, after: entry.mask ? entry.mask.slice() : null });
+  if (S.undo.length > MAX_UNDO) S.undo.shift();
+  S.redo = [];
+  markDirty(entry);
+}
+
+function markDirty(entry) {
+  entry.dirty = true;
+  entry.edits++;
+  clearTimeout(S.autosaveTimer);
+  S.autosaveTimer = setTimeout(() => { if (anyDirty()) saveAll(); }, 2500);
+  updateSliceState(); renderMarkers();
+}
+
+/** 2D flood fill from (sx, sy): 4-connected pixels within ±tolerance of the seed's intensity. */
+function floodFill(view, sx, sy) {
+  const index = indexOf(view);
+  const k = key(view.layout.axis, index);
+  const edit = beginEdit(k, sliceEntry(k));
+  if (!edit) return;
+  const { width: w, height: h } = view.layout;
+  const shape = S.volume.shape;
+  const strides = [shape[1] * shape[2], shape[2], 1];
+  const intensity = (x, y) => {
+    const ijk = voxelAt(view.layout, index, x, y);
+    return S.offset + S.scale * S.voxels[ijk[0] * strides[0] + ijk[1] * strides[1] + ijk[2]];
+  };
+  const seed = intensity(sx, sy), tol = S.tolerance;
+  const value = S.tool.kind === 'fill' ? S.fillValue() : 0;
+  const seen = new Uint8Array(w * h);
+  const stack = [sx + sy * w];
+  seen[sx + sy * w] = 1;
+  let filled = 0;
+  while (stack.length) {
+    const p = stack.pop();
+    const x = p % w, y = (p - x) / w;
+    edit.mask[sliceOffset(view.layout, shape, x, y)] = value;
+    filled++;
+    for (const [nx, ny] of [[x - 1, y], [x + 1, y], [x, y - 1], [x, y + 1]]) {
+      if (nx < 0 || ny < 0 || nx >= w || ny >= h || seen[nx + ny * w]) continue;
+      seen[nx + ny * w] = 1;
+      if (Math.abs(intensity(nx, ny) - seed) <= tol) stack.push(nx + ny * w);
+    }
+  }
+  S.paintTick++;
+  commitEdit(edit);
+  say(`Filled ${filled} pixels within ±${tol} of ${+seed.toPrecision(5)}.`, 'info');
+  redrawAll();
+}
+
+function onPointerDown(view, event) {
+  if (!S.voxels) return;
+  event.preventDefault();
+  view.canvas.focus();
+  setActive(view.plane);
+  const [sx, sy] = screenPixel(view, event);
+  if (event.button === 1 || event.button === 2) {          // right / middle drag: window and level
+    S.wlDrag = { x: event.clientX, y: event.clientY, window: S.window, level: S.level };
+    view.canvas.setPointerCapture(event.pointerId);
     return;
   }
-  const axisChanged = axis !== S.axis;
-  S.axis = axis; S.index = index;
-  $('axis').value = String(axis);
-  if (axisChanged) { S.zoomManual = false; await loadSuggestions(); }
-  await loadSlice();
+  if (event.button !== 0 || !inside(view, sx, sy)) return;
+  if (event.shiftKey || S.tool.kind === 'cross') {
+    moveCursor(view, sx, sy);
+    S.stroke = { view, cross: true };
+    view.canvas.setPointerCapture(event.pointerId);
+    return;
+  }
+  if (S.tool.kind === 'fill') { floodFill(view, sx, sy); return; }
+  const k = key(view.layout.axis, indexOf(view));
+  const edit = beginEdit(k, sliceEntry(k));
+  if (!edit) return;
+  S.paintTick++;
+  S.stroke = { view, edit, last: [sx, sy] };
+  paintLine(view, edit.mask, [sx, sy], [sx, sy]);
+  view.canvas.setPointerCapture(event.pointerId);
+  redrawAll();
 }
+
+function onPointerMove(view, event) {
+  if (!S.voxels) return;
+  const [sx, sy] = screenPixel(view, event);
+  if (S.wlDrag) {
+    const span = Math.max(1e-6, S.autoWindow);
+    const w = S.wlDrag.window + (event.clientX - S.wlDrag.x) * span / 200;
+    const l = S.wlDrag.level - (event.clientY - S.wlDrag.y) * span / 200;
+    setWindow(Math.max(span / 1000, w), l, 'manual');
+    return;
+  }
+  S.hover = inside(view, sx, sy) ? { view, sx, sy } : null;
+  if (S.stroke && S.stroke.cross && (event.buttons & 1)) {
+    if (inside(view, sx, sy)) moveCursor(view, sx, sy);
+  } else if (S.stroke && S.stroke.edit && (event.buttons & 1)) {
+    paintLine(view, S.stroke.edit.mask, S.stroke.last, [sx, sy]);
+    S.stroke.last = [sx, sy];
+    redrawAll();
+  } else {
+    redraw(view);
+  }
+  showReadout();
+}
+
+function onPointerUp() {
+  if (S.wlDrag) { S.wlDrag = null; return; }
+  if (!S.stroke) return;
+  const { edit } = S.stroke;
+  S.stroke = null;
+  if (edit) commitEdit(edit);
+}
+
+/** Ctrl+Z / Ctrl+Shift+Z: undo and redo across slices; the slice concerned is brought back on screen. */
+function undoRedo(redo) {
+  const from = redo ? S.redo : S.undo, to = redo ? S.undo : S.redo;
+  if (!from.length) { say(redo ? 'Nothing to redo.' : 'Nothing to undo.', 'info'); return; }
+  const step = from.pop();
+  to.push(step);
+  const entry = sliceEntry(step.k);
+  const target = redo ? step.after : step.before;
+  entry.mask = target ? target.slice() : null;
+  S.paintTick++;
+  if (!entry.mask && !entry.version) { entry.dirty = false; entry.edits++; }
+  else markDirty(entry);
+  const [axis, index] = parseKey(step.k);
+  const plane = PLANES.find((p) => S.views[p].layout.axis === axis);
+  if (plane !== S.active) setActive(plane);
+  if (S.cursor[axis] !== index) goTo(index, plane);
+  say(`${redo ? 'Redone' : 'Undone'} on the ${plane} slice ${index}.`, 'info');
+  refreshViews();
+}
+
+function clearSlice() {
+  const view = activeView();
+  const k = key(view.layout.axis, indexOf(view));
+  const entry = sliceEntry(k);
+  if (!entry.mask && !entry.version) { say('This slice has no painting to clear.', 'info'); return; }
+  const edit = beginEdit(k, entry);
+  if (!edit) return;
+  edit.mask.fill(0);
+  S.paintTick++;
+  commitEdit(edit);
+  redrawAll();
+}
+
+// ----------------------------------------------------------------------------- saving (PNG + If-Match)
+
+function saveAll() {
+  S.saving = S.saving.then(saveDirty, saveDirty);
+  return S.saving;
+}
+
+async function saveDirty() {
+  let ok = true;
+  for (const [k, entry] of S.slices) if (entry.dirty) ok = (await saveNow(k, entry)) && ok;
+  return ok;
+}
+
+async function saveNow(k, entry, force = false) {
+  if (!entry.dirty) return true;
+  clearTimeout(S.autosaveTimer);
+  const [axis, index] = parseKey(k);
+  const volumeId = S.volumeId;
+  const edits = entry.edits;
+  const snapshot = entry.mask ? entry.mask.slice() : null;
+  const ifMatch = force ? '*' : `"${entry.version}"`;
+  setSaveStatus('saving…');
+  try {
+    if (snapshot) {
+      const [rows, cols] = sliceShape(axis);
+      const png = await encodeGreyPng(snapshot, rows, cols);
+      const row = await (await api(`/volumes/${volumeId}/annotations/${axis}/${index}`, {
+        method: 'PUT', body: png, headers: { 'Content-Type': 'image/png', 'If-Match': ifMatch },
+      })).json();
+      entry.version = row.version;
+      entry.reviewed = !!row.reviewed;
+      S.annotations.set(k, row);
+    } else {        // undone back to "never painted": the saved annotation goes too
+      await api(`/volumes/${volumeId}/annotations/${axis}/${index}`, { method: 'DELETE', headers: { 'If-Match': ifMatch } });
+      entry.version = 0; entry.reviewed = false;
+      S.annotations.delete(k);
+    }
+    if (entry.edits === edits) entry.dirty = false;
+    if (S.conflict === k) { S.conflict = null; $('conflict').hidden = true; }
+    updateSliceState(); renderMarkers(); showTrainingAxis();
+    return true;
+  } catch (err) {
+    if (err.status === 409) {
+      S.conflict = k;
+      $('conflict-text').textContent = `Someone else saved this slice (axis ${axis}, slice ${index}) since you opened it. ` +
+        'Your strokes are still here and not saved. ' + err.message;
+      $('conflict').hidden = false;
+      say('Not saved: this slice changed on the server (409 conflict). Choose below.', 'error');
+    } else {
+      say('Not saved: ' + err.message, 'error');
+    }
+    setSaveStatus('NOT saved');
+    return false;
+  }
+}
+
+function setSaveStatus(text) { $('save-status').textContent = text; }
+
+async function resolveConflict(keepMine) {
+  const k = S.conflict;
+  if (!k) return;
+  $('conflict').hidden = true;
+  const entry = S.slices.get(k);
+  if (keepMine) {
+    entry.dirty = true;
+    S.saving = S.saving.then(() => saveNow(k, entry, true));
+    if (await S.saving) say('Your strokes were saved over the other version.', 'ok');
+  } else {
+    S.conflict = null;
+    await loadAnnotations();
+    S.slices.delete(k);
+    sliceEntry(k);
+    say('Loaded the version saved on the server.', 'info');
+  }
+}
+
+// ----------------------------------------------------------------------------- state shown around the views
 
 function updateSliceState() {
+  const view = activeView();
+  if (!view) return;
+  const k = key(view.layout.axis, indexOf(view));
+  const entry = sliceEntry(k);
+  const painted = !!entry.mask || entry.version > 0;
   const el = $('slice-state');
-  const painted = !!S.mask || S.version > 0;
-  el.className = 'badge' + (S.reviewed ? ' reviewed' : painted ? ' painted' : '');
-  el.textContent = S.reviewed ? 'reviewed' : painted ? (S.dirty ? 'painted (unsaved)' : 'painted') : 'not painted';
+  el.className = 'badge' + (entry.reviewed ? ' reviewed' : painted ? ' painted' : '');
+  el.textContent = entry.reviewed ? 'reviewed' : painted ? (entry.dirty ? 'painted (unsaved)' : 'painted') : 'not painted';
+  if (S.conflict !== k || $('conflict').hidden) {
+    setSaveStatus(entry.dirty ? 'unsaved strokes' : entry.version ? `saved (version ${entry.version})`
+      : entry.state === 'loading' ? 'loading…' : 'not painted');
+  }
   $('undo').disabled = !S.undo.length;
-  $('delete-annotation').disabled = !S.version;
-  const canReview = S.predReady && !!S.pred;
+  $('redo').disabled = !S.redo.length;
+  $('delete-annotation').disabled = !entry.version;
+  const canReview = S.predReady && !!predictionOf(k);
   $('accept').disabled = !canReview;
   $('reject').disabled = !canReview;
+  const n = nSlices(view);
+  $('slice-slider').max = n - 1;
+  $('slice-slider').value = indexOf(view);
+  $('slice-label').textContent = `${PLANE_NAMES[view.plane]} ${indexOf(view)} of 0–${n - 1}`;
+  showReadout();
 }
 
-// ----------------------------------------------------------------------------- markers and suggestions
+function showReadout() {
+  const h = S.hover;
+  const view = h ? h.view : activeView();
+  if (!view) return;
+  const ijk = h ? voxelAt(view.layout, indexOf(view), h.sx, h.sy) : S.cursor;
+  const shape = S.volume.shape;
+  const q = S.voxels[(ijk[0] * shape[1] + ijk[1]) * shape[2] + ijk[2]];
+  const value = S.offset + S.scale * q;
+  const mm = worldPosition(S.volume.affine, ijk).map((c) => c.toFixed(1));
+  const entry = sliceEntry(key(view.layout.axis, ijk[view.layout.axis]));
+  const at = entry.mask ? entry.mask[sliceOffset(view.layout, shape, ...screenOf(view.layout, ijk))] : null;
+  const label = at == null || at === IGNORE ? 'unpainted' : at === 0 ? 'background' :
+    (S.labels.find((l) => l.value === at) || { name: String(at) }).name;
+  $('readout').textContent = `voxel ${ijk.join(', ')} · ${mm.join(', ')} mm (RAS) · ` +
+    `value ${+value.toPrecision(6)} · label ${label}`;
+}
 
 async function loadAnnotations() {
   const rows = await getJSON(`/volumes/${S.volumeId}/annotations`);
   S.annotations = new Map(rows.map((r) => [key(r.axis, r.index), r]));
 }
 
-async function loadSuggestions(axis = S.axis) {
+async function loadSuggestions() {
+  const view = activeView();
   try {
-    const got = await getJSON(`/volumes/${S.volumeId}/suggestions?axis=${axis}&limit=5`);
+    const got = await getJSON(`/volumes/${S.volumeId}/suggestions?axis=${view.layout.axis}&limit=5`);
     S.suggestions = got.slices.map((s) => s.index);
   } catch (err) {
     S.suggestions = [];
@@ -506,12 +558,14 @@ async function loadSuggestions(axis = S.axis) {
 }
 
 function renderMarkers() {
-  const n = nSlices();
+  const view = activeView();
+  if (!view) return;
+  const axis = view.layout.axis, n = nSlices(view);
   const box = $('slice-markers');
   box.textContent = '';
   const painted = [], reviewed = [];
   for (const r of S.annotations.values()) {
-    if (r.axis !== S.axis) continue;
+    if (r.axis !== axis) continue;
     (r.reviewed ? reviewed : painted).push(r.index);
   }
   painted.sort((a, b) => a - b); reviewed.sort((a, b) => a - b);
@@ -538,280 +592,138 @@ function renderMarkers() {
   });
 }
 
-// ----------------------------------------------------------------------------- tools and layers
+/** The trainer slices along one voxel axis (the one with most painted slices across the project): say which. */
+function showTrainingAxis() {
+  const counts = [0, 1, 2].map((a) => S.otherVolumeAxes[a] + [...S.annotations.values()].filter((r) => r.axis === a).length);
+  const total = counts.reduce((a, b) => a + b, 0);
+  const planeOf = (axis) => PLANES.find((p) => S.views[p].layout.axis === axis);
+  const el = $('train-axis');
+  if (!total) { el.textContent = 'Paint a few slices in any plane, then Retrain.'; el.className = 'hint'; return; }
+  const axis = counts.indexOf(Math.max(...counts));
+  const used = `The model trains on ${planeOf(axis)} slices (voxel axis ${axis}: most painted slices in the project).`;
+  const unused = counts.map((c, a) => [c, a]).filter(([c, a]) => c && a !== axis);
+  if (!unused.length) { el.textContent = used; el.className = 'hint'; return; }
+  el.textContent = used + ' Not used by this retrain: ' +
+    unused.map(([c, a]) => `${c} ${planeOf(a)} slice${c > 1 ? 's' : ''}`).join(', ') +
+    '. Paint the planes you want trained in one plane.';
+  el.className = 'hint warn';
+}
+
+async function countOtherVolumes() {
+  S.otherVolumeAxes = [0, 0, 0];
+  for (const v of S.volumes) {
+    if (v.id === S.volumeId) continue;
+    try {
+      for (const r of await getJSON(`/volumes/${v.id}/annotations`)) S.otherVolumeAxes[r.axis]++;
+    } catch (err) { /* a volume removed meanwhile */ }
+  }
+}
+
+// ----------------------------------------------------------------------------- tools, layers, window/level
 
 function renderTools() {
   const box = $('tools');
   box.textContent = '';
   const tools = S.labels.map((l) => ({ kind: 'label', value: l.value, color: l.color, name: l.name }));
-  tools.push({ kind: 'eraser', value: 0, color: '#ffffff', name: 'Eraser (background)' });
+  tools.push({ kind: 'eraser', value: 0, color: '#ffffff', name: 'Eraser' });
+  tools.push({ kind: 'fill', value: null, color: '#ffffff', name: 'Fill' });
+  tools.push({ kind: 'cross', value: null, color: '#ffffff', name: 'Crosshair' });
+  S.toolList = tools;
   for (const t of tools) {
     const b = document.createElement('button');
     b.type = 'button';
     b.className = 'tool';
-    b.id = t.kind === 'eraser' ? 'tool-eraser' : `tool-label-${t.value}`;
+    b.id = t.kind === 'label' ? `tool-label-${t.value}` : `tool-${t.kind}`;
     b.setAttribute('role', 'radio');
-    b.title = t.kind === 'eraser' ? 'Eraser: paints background (0)' : `Brush: label ${t.value} (${t.name})`;
+    b.title = { label: `Brush: label ${t.value} (${t.name}); key ${t.value}`, eraser: 'Eraser: paints background (0); key E',
+      fill: 'Fill: click fills the connected region within the tolerance with the last label; key F',
+      cross: 'Crosshair: click or drag moves the other planes (also Shift+click with any tool)' }[t.kind];
     const sw = document.createElement('span');
-    sw.className = 'swatch';
-    sw.style.background = t.kind === 'eraser' ? 'repeating-linear-gradient(45deg,#fff 0 3px,#999 3px 6px)' : t.color;
-    b.append(sw, document.createTextNode(t.kind === 'eraser' ? 'Eraser' : t.name));
+    sw.className = 'swatch ' + t.kind;
+    if (t.kind === 'label') sw.style.background = t.color;
+    b.append(sw, document.createTextNode(t.name));
     b.addEventListener('click', () => selectTool(t));
     box.appendChild(b);
   }
+  const vis = $('label-visibility');
+  vis.textContent = '';
+  for (const l of S.labels) {
+    const lab = document.createElement('label');
+    const box2 = document.createElement('input');
+    box2.type = 'checkbox'; box2.id = `visible-label-${l.value}`; box2.checked = !S.hidden.has(l.value);
+    box2.addEventListener('change', () => {
+      if (box2.checked) S.hidden.delete(l.value); else S.hidden.add(l.value);
+      redrawAll();
+    });
+    lab.append(box2, document.createTextNode(' ' + l.name));
+    vis.appendChild(lab);
+  }
+  S.lastLabel = tools[0];
   selectTool(tools[0]);
 }
 
+S.fillValue = () => (S.lastLabel && S.lastLabel.kind === 'label' ? S.lastLabel.value : 0);
+
 function selectTool(tool) {
   S.tool = tool;
+  if (tool.kind === 'label' || tool.kind === 'eraser') S.lastLabel = tool;
   for (const b of $('tools').children) {
-    const on = b.id === (tool.kind === 'eraser' ? 'tool-eraser' : `tool-label-${tool.value}`);
-    b.setAttribute('aria-checked', on ? 'true' : 'false');
+    const id = tool.kind === 'label' ? `tool-label-${tool.value}` : `tool-${tool.kind}`;
+    b.setAttribute('aria-checked', b.id === id ? 'true' : 'false');
   }
+  document.body.dataset.tool = tool.kind;
+  redrawAll();
 }
 
 function setLayer(layer) {
+  if (layer !== 'none') S.lastLayer = layer;
   S.layer = layer;
   $('show-' + layer).checked = true;
-  redraw();
+  refreshViews();
 }
 
-// ----------------------------------------------------------------------------- window / level
+function setWindow(window, level, preset) {
+  S.window = window; S.level = level; S.preset = preset;
+  $('window').value = +window.toPrecision(5); $('level').value = +level.toPrecision(5);
+  $('wl-preset').value = preset;
+  redrawAll();
+}
 
 function applyPreset(name) {
-  S.preset = name;
-  if (name === 'auto') { S.window = null; S.level = null; }
-  else if (name === 'brain-mr') {
-    // MR has no absolute units: a narrower window around the volume's own intensity range
-    const w = S.autoWindow || 1, l = S.autoLevel || 0;
-    S.window = +(w * 0.8).toPrecision(5); S.level = +(l + w * 0.05).toPrecision(5);
-  } else if (PRESETS[name]) { [S.window, S.level] = PRESETS[name]; }
-  $('wl-preset').value = name;
-  loadSlice();
+  if (name === 'auto') setWindow(S.autoWindow, S.autoLevel, name);
+  // MR has no absolute units: a narrower window around the volume's own intensity range
+  else if (name === 'brain-mr') setWindow(S.autoWindow * 0.8, S.autoLevel + S.autoWindow * 0.05, name);
+  else if (PRESETS[name]) setWindow(PRESETS[name][0], PRESETS[name][1], name);
+  else $('wl-preset').value = S.preset;
 }
 
 function manualWindow() {
   const w = parseFloat($('window').value), l = parseFloat($('level').value);
   if (!(w > 0) || !isFinite(l)) { say('Window must be a positive number and level a number.', 'error'); return; }
-  S.preset = 'manual'; S.window = w; S.level = l;
-  $('wl-preset').value = 'manual';
-  loadSlice();
+  setWindow(w, l, 'manual');
 }
 
-// ----------------------------------------------------------------------------- retrain: job + live events
-
-function showJob(job) {
-  S.job = job;
-  const pct = Math.round((job.progress || 0) * 100);
-  $('progress').setAttribute('aria-valuenow', String(pct));
-  $('progress-fill').style.width = pct + '%';
-  document.body.dataset.jobState = job.state;
-  const stage = STAGES[job.stage] || job.stage || '';
-  const parts = [];
-  if (job.state === 'queued') parts.push('Queued — waiting for the worker');
-  else if (job.state === 'running') {
-    parts.push(`${pct}%`);
-    if (stage) parts.push(stage);
-    if (job.epoch != null && job.stage !== 'predict') parts.push(`epoch ${job.epoch}`);
-    if (job.eta_s != null && job.eta_s > 0) parts.push(`about ${fmtSeconds(job.eta_s)} left`);
-  } else if (job.state === 'succeeded') parts.push('Finished');
-  else if (job.state === 'cancelled') parts.push('Cancelled: the previous model stays active');
-  else if (job.state === 'failed') parts.push('Retrain failed');
-  const mode = modeLabel(job);
-  let text = `Job ${job.id}` + (mode ? ` (${mode})` : '') + ': ' + parts.join(' · ');
-  const redundant = job.state === 'running' && /^training:/.test(job.message || '');  // stage + epoch say it
-  if (job.message && job.state !== 'failed' && !redundant) text += (job.state === 'running' ? ' — ' : ': ') + job.message;
-  $('progress-text').textContent = text;
-  const active = job.state === 'queued' || job.state === 'running';
-  $('retrain').disabled = active;
-  $('cancel-job').disabled = !active;
-  const errorBox = $('job-error');
-  if (job.state === 'failed') {
-    errorBox.textContent = 'The retrain failed: ' + (job.error || job.message || 'no reason given') +
-      '. Your annotations are kept; the previous model stays active.';
-    errorBox.hidden = false;
-  } else { errorBox.hidden = true; }
-}
-
-// what the job does: the worker decides "refresh" or "full" when it starts ("auto" until then)
-function modeLabel(job) {
-  if (job.mode === 'refresh') return job.from_model_id != null ? `Refresh: fine-tune from model ${job.from_model_id}` : 'Refresh';
-  if (job.mode === 'full') return job.global_stage === 'reused' ? 'Full retrain, global stage reused' : 'Full retrain';
-  if (job.mode === 'auto') return 'Auto';
-  return '';
-}
-
-function stopFollowing() {
-  if (S.events) { S.events.close(); S.events = null; }
-  clearTimeout(S.pollTimer);
-}
-
-function follow(jobId) {
-  stopFollowing();
-  const es = new EventSource(`${API}/jobs/${jobId}/events`);
-  S.events = es;
-  es.addEventListener('progress', (e) => showJob(JSON.parse(e.data)));
-  es.addEventListener('retry', (e) => {
-    const d = JSON.parse(e.data);
-    say('Out of memory: retrying with a smaller setting. ' + (d.message || ''), 'info');
-  });
-  es.addEventListener('end', (e) => { stopFollowing(); finished(JSON.parse(e.data)); });
-  es.onerror = () => {      // stream broke (server restart, proxy): fall back to polling
-    if (S.events !== es) return;
-    es.close(); S.events = null;
-    poll(jobId);
-  };
-}
-
-async function poll(jobId) {
-  try {
-    const job = await getJSON(`/jobs/${jobId}`);
-    if (['succeeded', 'failed', 'cancelled'].includes(job.state)) { finished(job); return; }
-    showJob(job);
-  } catch (err) { say('Lost track of the retrain: ' + err.message, 'error'); }
-  S.pollTimer = setTimeout(() => poll(jobId), 2000);
-}
-
-async function finished(job) {
-  showJob(job);
-  if (job.state === 'succeeded') say('Retrain finished: predictions are ready to review.', 'ok');
-  else if (job.state === 'failed') say('Retrain failed — see the message under the progress bar.', 'error');
-  else say('Retrain cancelled.', 'info');
-  await refreshModelsAndPrediction(job.state === 'succeeded');
-}
-
-async function retrain() {
-  if (!(await leaveSlice())) return;   // train on what is on screen, never lose the last strokes
-  const preset = $('preset').value;
-  const mode = $('retrain-mode').value;
-  const body = { mode };
-  if (preset) body.preset = preset;
-  try {
-    const response = await api(`/projects/${S.project.id}/train`, {
-      method: 'POST', headers: { 'Content-Type': 'application/json' },
-      body: JSON.stringify(body),
-    });
-    const job = await response.json();
-    showJob(job);
-    say(job.coalesced ? 'A retrain was already queued: your request joined it.' : 'Retrain started.', 'info');
-    follow(job.id);
-  } catch (err) {
-    say('Could not start the retrain: ' + err.message, 'error');
-  }
-}
-
-async function cancelJob() {
-  if (!S.job) return;
-  try {
-    showJob(await (await api(`/jobs/${S.job.id}/cancel`, { method: 'POST' })).json());
-  } catch (err) { say('Could not cancel: ' + err.message, 'error'); }
-}
-
-// ----------------------------------------------------------------------------- models, predictions, review
-
-function modelScore(m) {
-  const v = (m.metrics || {}).validation || {};
-  if (typeof v.dice_mean === 'number') {
-    const per = Array.isArray(v.dice_per_class) ? ' (' + v.dice_per_class.map((d) => d.toFixed(2)).join(' / ') + ')' : '';
-    return `validation Dice ${v.dice_mean.toFixed(3)}${per}`;
-  }
-  return 'no validation score';
-}
-
-function renderModels() {
-  const list = $('models');
-  list.textContent = '';
-  if (!S.models.length) {
-    const li = document.createElement('li');
-    li.className = 'muted'; li.textContent = 'No model yet: paint a few slices and press Retrain.';
-    list.appendChild(li);
-    return;
-  }
-  for (const m of [...S.models].reverse()) {
-    const li = document.createElement('li');
-    li.id = `model-${m.id}`;
-    li.value = m.id;
-    if (m.active) li.className = 'active';
-    const when = (m.created || '').replace('T', ' ').slice(0, 16);
-    li.append(document.createTextNode(`Model ${m.id}${m.active ? ' (active)' : ''} — ${modelScore(m)}; ` +
-      `${m.annotated_slices} painted slices; ${when}`));
-    if (!m.active) {
-      const b = document.createElement('button');
-      b.type = 'button'; b.id = `activate-${m.id}`;
-      b.textContent = 'Use this version';
-      b.title = `Roll back / switch to model ${m.id}`;
-      b.addEventListener('click', () => activate(m.id));
-      li.appendChild(b);
-    }
-    list.appendChild(li);
-  }
-}
-
-async function activate(modelId) {
-  try {
-    await api(`/projects/${S.project.id}/models/${modelId}/activate`, { method: 'POST' });
-    say(`Model ${modelId} is now active.`, 'ok');
-    await refreshModelsAndPrediction(true);
-  } catch (err) { say('Could not switch model: ' + err.message, 'error'); }
-}
-
-function setDownloads() {
-  const ready = S.predReady;
-  const set = (id, href) => {
-    const a = $(id);
-    if (ready) { a.href = href; a.classList.remove('disabled'); a.removeAttribute('aria-disabled'); a.setAttribute('download', ''); }
-    else { a.removeAttribute('href'); a.classList.add('disabled'); a.setAttribute('aria-disabled', 'true'); }
-  };
-  set('download-nifti', `${API}/volumes/${S.volumeId}/prediction.nii.gz`);
-  set('download-dicom', `${API}/volumes/${S.volumeId}/prediction.dcm`);
-  set('download-zip', `${API}/projects/${S.project.id}/predictions.zip`);
-  $('download-dicom-item').hidden = !(S.volume && S.volume.source === 'dicom');
-}
-
-let predictionPoll = null;
-async function refreshModelsAndPrediction(showPrediction = false) {
-  clearTimeout(predictionPoll);
-  try {
-    S.models = await getJSON(`/projects/${S.project.id}/models`);
-    renderModels();
-    const st = await getJSON(`/volumes/${S.volumeId}/prediction`);
-    S.predStatus = st;
-    const wasReady = S.predReady && S.predModelId === st.model_id;
-    S.predReady = st.status === 'ready';
-    S.predModelId = st.model_id;
-    const text = {
-      none: 'No prediction yet: paint a few slices and press Retrain.',
-      pending: `Model ${st.model_id} is predicting this volume…`,
-      ready: `Prediction of model ${st.model_id} is shown under “Predicted”.`,
-    }[st.status] || `Prediction: ${st.status}`;
-    $('prediction-status').textContent = text;
-    document.body.dataset.ready = String(S.predReady);
-    setDownloads();
-    if (st.status === 'pending') predictionPoll = setTimeout(() => refreshModelsAndPrediction(showPrediction), 2000);
-    if (S.predReady && !wasReady) {
-      await loadSuggestions();
-      if (showPrediction && !S.dirty) { S.layer = 'predicted'; $('show-predicted').checked = true; }
-      if (!S.dirty) await loadSlice();
-    }
-    updateSliceState();
-  } catch (err) { say('Could not load models / prediction: ' + err.message, 'error'); }
-}
+// ----------------------------------------------------------------------------- review of the slice on screen
 
 async function review(decision) {
-  if (!(await leaveSlice())) return;
-  const { axis, index } = S;
+  if (!(await saveAll())) return;
+  const view = activeView();
+  const axis = view.layout.axis, index = indexOf(view), k = key(axis, index);
+  const entry = sliceEntry(k);
   try {
     const response = await api(`/volumes/${S.volumeId}/review/${axis}/${index}`, {
       method: 'POST',
-      headers: { 'Content-Type': 'application/json', 'If-Match': `"${S.version}"` },
+      headers: { 'Content-Type': 'application/json', 'If-Match': `"${entry.version}"` },
       body: JSON.stringify({ decision }),
     });
     const out = await response.json();
     if (decision === 'accept') {
-      S.annotations.set(key(axis, index), out.annotation);
+      S.annotations.set(k, out.annotation);
+      S.slices.delete(k);
+      sliceEntry(k);
       say(`Slice ${index} accepted: the prediction is now its annotation (reviewed).`, 'ok');
-      await loadSlice();
       setLayer('painted');
+      jobs.refreshModels();
     } else {
       say(`Slice ${index} rejected: paint the correct mask, or leave it for the next retrain.`, 'info');
     }
@@ -821,36 +733,52 @@ async function review(decision) {
 }
 
 async function deleteAnnotation() {
-  if (!S.version) return;
+  const view = activeView();
+  const axis = view.layout.axis, index = indexOf(view), k = key(axis, index);
+  const entry = sliceEntry(k);
+  if (!entry.version) return;
   try {
-    await api(`/volumes/${S.volumeId}/annotations/${S.axis}/${S.index}`,
-      { method: 'DELETE', headers: { 'If-Match': `"${S.version}"` } });
-    S.annotations.delete(key(S.axis, S.index));
-    say(`Slice ${S.index} is unpainted again.`, 'info');
-    S.dirty = false;
-    await loadSlice();
+    await api(`/volumes/${S.volumeId}/annotations/${axis}/${index}`,
+      { method: 'DELETE', headers: { 'If-Match': `"${entry.version}"` } });
+    S.annotations.delete(k);
+    S.slices.delete(k);
+    say(`Slice ${index} is unpainted again.`, 'info');
+    refreshViews(); showTrainingAxis();
   } catch (err) { say('Could not remove the annotation: ' + err.message, 'error'); }
 }
 
-async function resolveConflict(keepMine) {
-  $('conflict').hidden = true;
-  if (keepMine) {
-    S.dirty = true;
-    S.saving = S.saving.then(() => saveNow(true));
-    if (await S.saving) say('Your strokes were saved over the other version.', 'ok');
-  } else {
-    S.dirty = false;
-    await loadAnnotations();
-    await loadSlice();
-    say('Loaded the version saved on the server.', 'info');
+// ----------------------------------------------------------------------------- opening a volume
+
+/** The whole volume once, with a progress readout; the views slice it in memory from then on. */
+async function loadVoxels(volumeId) {
+  const response = await api(`/volumes/${volumeId}/voxels`);
+  const total = parseInt(response.headers.get('Content-Length'), 10);
+  const buffer = new Uint8Array(total);
+  const reader = response.body.getReader();
+  let got = 0, lastShown = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    buffer.set(value, got);
+    got += value.length;
+    if (got - lastShown > total / 20) { say(`Loading the volume… ${Math.round(got / total * 100)}%`, 'info'); lastShown = got; }
   }
+  if (got !== total) throw new Error(`the volume arrived incomplete (${got} of ${total} bytes)`);
+  return {
+    voxels: new Uint16Array(buffer.buffer),
+    offset: parseFloat(response.headers.get('X-Intensity-Offset')),
+    scale: parseFloat(response.headers.get('X-Intensity-Scale')),
+    window: parseFloat(response.headers.get('X-Window')),
+    level: parseFloat(response.headers.get('X-Level')),
+  };
 }
 
-// ----------------------------------------------------------------------------- start-up and wiring
-
 async function openVolume(volumeId) {
-  stopFollowing();
+  const started = performance.now();
+  jobs.stopFollowing();
+  document.body.dataset.loaded = 'false';
   S.volumeId = volumeId;
+  S.voxels = null;
   S.volume = await getJSON(`/volumes/${volumeId}`);
   S.project = await getJSON(`/projects/${S.volume.project_id}`);
   S.labels = S.project.labels;
@@ -864,103 +792,159 @@ async function openVolume(volumeId) {
     picker.appendChild(o);
   }
   picker.value = String(volumeId);
-  $('volume-info').textContent = `${S.volume.shape.join(' × ')} voxels · ${S.volume.spacing.map((s) => +s.toFixed(3)).join(' × ')} mm · ${S.volume.orientation}`;
+  const at = S.volumes.findIndex((v) => v.id === volumeId);
+  $('prev-volume').disabled = at <= 0;
+  $('next-volume').disabled = at < 0 || at >= S.volumes.length - 1;
+  $('volume-info').textContent = `${S.volume.shape.join(' × ')} voxels · ` +
+    `${S.volume.spacing.map((s) => +s.toFixed(3)).join(' × ')} mm · ${S.volume.orientation}`;
   renderTools();
-  await loadAnnotations();
-  let axis = 0;
+  S.slices = new Map(); S.predCache = new Map(); S.undo = []; S.redo = []; S.conflict = null;
+  $('conflict').hidden = true;
+  const [data] = await Promise.all([loadVoxels(volumeId), loadAnnotations()]);
+  Object.assign(S, { voxels: data.voxels, offset: data.offset, scale: data.scale,
+    autoWindow: data.window, autoLevel: data.level });
+  setupViews();
+  applyPreset(S.preset === 'manual' ? 'auto' : S.preset);
+  S.cursor = S.volume.shape.map((n) => Math.floor(n / 2));
+  let axis = null;
   try { axis = (await getJSON(`/volumes/${volumeId}/suggestions?limit=5`)).axis; } catch (err) { /* default */ }
-  S.axis = axis; $('axis').value = String(axis);
-  S.index = Math.floor(S.volume.shape[axis] / 2);
-  S.zoomManual = false; S.rows = 0;
-  await loadSuggestions(axis);
-  await refreshModelsAndPrediction(false);
-  await loadSlice();
-  // follow a retrain already running for the project (e.g. started in another tab)
-  try {
-    const jobs = await getJSON(`/projects/${S.project.id}/jobs`);
-    const last = jobs[jobs.length - 1];
-    if (last) {
-      showJob(last);
-      if (last.state === 'queued' || last.state === 'running') follow(last.id);
-    }
-  } catch (err) { /* older server without the jobs list */ }
+  const plane = PLANES.find((p) => S.views[p].layout.axis === axis) || 'axial';
+  S.active = null;
+  setActive(plane);
+  await loadSuggestions();
+  await countOtherVolumes();
+  showTrainingAxis();
+  await jobs.refreshModelsAndPrediction(false);
+  await jobs.followRunningJob();
+  refreshViews(); showReadout();
   const url = new URL(location.href);
   url.searchParams.set('volume', volumeId);
   history.replaceState(null, '', url);
+  say(`Opened ${S.volume.name || 'volume ' + volumeId} in ${((performance.now() - started) / 1000).toFixed(1)} s.`, 'ok');
   document.body.dataset.loaded = 'true';
 }
 
+async function switchVolume(volumeId) {
+  if (anyDirty() && !(await saveAll())) { $('volume-picker').value = String(S.volumeId); return; }
+  openVolume(volumeId).catch((err) => say('Could not open the volume: ' + err.message, 'error'));
+}
+
+function stepVolume(delta) {
+  const at = S.volumes.findIndex((v) => v.id === S.volumeId);
+  const next = S.volumes[at + delta];
+  if (next) switchVolume(next.id);
+}
+
+// ----------------------------------------------------------------------------- wiring
+
+function onKey(e) {
+  const tag = (e.target.tagName || '').toLowerCase();
+  const typing = (tag === 'input' && !['range', 'radio', 'checkbox', 'button'].includes(e.target.type)) ||
+    tag === 'textarea' || tag === 'select';
+  if (typing || !S.voxels) return;
+  const ctrl = e.ctrlKey || e.metaKey;
+  const k = e.key;
+  if (ctrl && k.toLowerCase() === 'z') { e.preventDefault(); undoRedo(e.shiftKey); return; }
+  if (ctrl && k.toLowerCase() === 'y') { e.preventDefault(); undoRedo(true); return; }
+  if (ctrl && k.toLowerCase() === 's') { e.preventDefault(); $('save').click(); return; }
+  if (ctrl || e.altKey) return;
+  const step = { ArrowLeft: -1, ArrowDown: -1, PageDown: -10, ArrowRight: 1, ArrowUp: 1, PageUp: 10 }[k];
+  if (step) { e.preventDefault(); goTo(indexOf(activeView()) + step); return; }
+  if (/^[1-9]$/.test(k)) {
+    const tool = S.toolList.find((t) => t.kind === 'label' && t.value === parseInt(k, 10));
+    if (tool) selectTool(tool);
+  } else if (k === '[' || k === ']') {
+    S.brush = Math.max(1, Math.min(40, S.brush + (k === '[' ? -1 : 1)));
+    $('brush-size').value = S.brush; $('brush-size-value').textContent = S.brush + ' px';
+    redrawAll();
+  } else if (k === 'e') selectTool(S.toolList.find((t) => t.kind === 'eraser'));
+  else if (k === 'f') selectTool(S.toolList.find((t) => t.kind === 'fill'));
+  else if (k === 'o') setLayer(S.layer === 'none' ? S.lastLayer : 'none');
+  else if (k === 's') $('save').click();
+  else return;
+  e.preventDefault();
+}
+
 function wire() {
+  for (const plane of PLANES) {
+    const canvas = $('canvas-' + plane);
+    const view = () => S.views[plane];
+    canvas.addEventListener('pointerdown', (e) => view() && onPointerDown(view(), e));
+    canvas.addEventListener('pointermove', (e) => view() && onPointerMove(view(), e));
+    canvas.addEventListener('pointerup', onPointerUp);
+    canvas.addEventListener('pointercancel', onPointerUp);
+    canvas.addEventListener('pointerleave', () => { if (S.hover) { S.hover = null; redrawAll(); } });
+    canvas.addEventListener('contextmenu', (e) => e.preventDefault());
+    canvas.addEventListener('dblclick', () => { setActive(plane); setLayout(S.layout === 'one' ? 'three' : 'one'); });
+    $('view-' + plane).addEventListener('wheel', (e) => {
+      if (!view()) return;
+      e.preventDefault();
+      setActive(plane);
+      goTo(indexOf(view()) + (e.deltaY > 0 ? 1 : -1), plane);
+    }, { passive: false });
+    $('plane-' + plane).addEventListener('click', () => setActive(plane));
+  }
+  $('layout-three').addEventListener('click', () => setLayout('three'));
+  $('layout-one').addEventListener('click', () => setLayout('one'));
   $('slice-slider').addEventListener('input', (e) => goTo(parseInt(e.target.value, 10)));
-  $('prev-slice').addEventListener('click', () => goTo(S.index - 1));
-  $('next-slice').addEventListener('click', () => goTo(S.index + 1));
-  $('axis').addEventListener('change', (e) => {
-    const axis = parseInt(e.target.value, 10);
-    goTo(Math.floor(S.volume.shape[axis] / 2), axis);
-  });
+  $('prev-slice').addEventListener('click', () => goTo(indexOf(activeView()) - 1));
+  $('next-slice').addEventListener('click', () => goTo(indexOf(activeView()) + 1));
   $('wl-preset').addEventListener('change', (e) => applyPreset(e.target.value));
   $('window').addEventListener('change', manualWindow);
   $('level').addEventListener('change', manualWindow);
-  $('zoom').addEventListener('input', (e) => setZoom(parseInt(e.target.value, 10)));
-  $('zoom-fit').addEventListener('click', () => { S.zoomManual = false; fitZoom(); });
   $('brush-size').addEventListener('input', (e) => {
     S.brush = parseInt(e.target.value, 10);
     $('brush-size-value').textContent = S.brush + ' px';
   });
+  $('fill-tolerance').addEventListener('change', (e) => {
+    const t = parseFloat(e.target.value);
+    if (t >= 0) S.tolerance = t; else say('The fill tolerance must be a number ≥ 0.', 'error');
+  });
   $('opacity').addEventListener('input', (e) => {
     S.opacity = parseInt(e.target.value, 10) / 100;
     $('opacity-value').textContent = e.target.value + '%';
-    redraw();
+    redrawAll();
   });
-  for (const id of ['show-painted', 'show-predicted', 'show-none']) {
-    $(id).addEventListener('change', (e) => { if (e.target.checked) setLayer(e.target.value); });
+  for (const layer of ['painted', 'predicted', 'outline', 'none']) {
+    $('show-' + layer).addEventListener('change', (e) => { if (e.target.checked) setLayer(layer); });
   }
-  $('undo').addEventListener('click', undo);
+  $('undo').addEventListener('click', () => undoRedo(false));
+  $('redo').addEventListener('click', () => undoRedo(true));
   $('clear-slice').addEventListener('click', clearSlice);
   $('delete-annotation').addEventListener('click', deleteAnnotation);
   $('save').addEventListener('click', async () => {
-    if (!S.dirty) { say('Nothing new to save on this slice.', 'info'); return; }
-    if (await save()) say(`Slice ${S.index} saved.`, 'ok');
+    if (!anyDirty()) { say('Nothing new to save.', 'info'); return; }
+    if (await saveAll()) say(`Saved (${PLANE_NAMES[S.active]} slice ${indexOf(activeView())}).`, 'ok');
   });
   $('conflict-overwrite').addEventListener('click', () => resolveConflict(true));
   $('conflict-reload').addEventListener('click', () => resolveConflict(false));
-  $('retrain').addEventListener('click', retrain);
-  $('cancel-job').addEventListener('click', cancelJob);
+  $('retrain').addEventListener('click', jobs.retrain);
+  $('cancel-job').addEventListener('click', jobs.cancelJob);
   $('accept').addEventListener('click', () => review('accept'));
   $('reject').addEventListener('click', () => review('reject'));
-  $('volume-picker').addEventListener('change', async (e) => {
-    if (!(await leaveSlice())) { e.target.value = String(S.volumeId); return; }
-    openVolume(parseInt(e.target.value, 10)).catch((err) => say(err.message, 'error'));
-  });
-  document.addEventListener('keydown', (e) => {
-    const tag = (e.target.tagName || '').toLowerCase();
-    const typing = tag === 'input' && !['range', 'radio', 'checkbox', 'button'].includes(e.target.type) || tag === 'textarea' || tag === 'select';
-    if (typing) return;
-    if (e.key === 'ArrowLeft' || e.key === 'ArrowRight') {
-      e.preventDefault();
-      goTo(S.index + (e.key === 'ArrowLeft' ? -1 : 1));
-    } else if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === 'z') {
-      e.preventDefault(); undo();
-    }
-  });
-  window.addEventListener('resize', () => { if (!S.zoomManual) fitZoom(); });
+  $('volume-picker').addEventListener('change', (e) => switchVolume(parseInt(e.target.value, 10)));
+  $('prev-volume').addEventListener('click', () => stepVolume(-1));
+  $('next-volume').addEventListener('click', () => stepVolume(1));
+  document.addEventListener('keydown', onKey);
+  window.addEventListener('resize', fitViews);
   window.addEventListener('beforeunload', (e) => {
-    if (!S.dirty || !S.mask) return;
+    if (!anyDirty()) return;
     // unsaved strokes: ask the browser to warn before leaving (the autosave runs 2.5 s after a stroke)
     e.preventDefault();
     e.returnValue = '';
   });
+  Object.assign(S.hooks, { saveAll, anyDirty, setLayer, refreshViews, updateSliceState, loadSuggestions });
 }
 
 (async function main() {
   const params = new URLSearchParams(location.search);
   if (params.get('embed')) document.body.classList.add('embed');
+  if (params.get('layout') === 'one') S.layout = 'one';
   wire();
   let volumeId = parseInt(params.get('volume'), 10);
   try {
     if (!volumeId) {
-      const projects = await getJSON('/projects');
-      for (const p of projects) {
+      for (const p of await getJSON('/projects')) {
         const vols = await getJSON(`/projects/${p.id}/volumes`);
         if (vols.length) { volumeId = vols[0].id; break; }
       }

@@ -20,6 +20,8 @@ import pytest
 from PIL import Image
 
 from .conftest import wait_js
+from .viewer_helpers import active_plane, canvas_pixels, slice_point, stored_mask
+from .viewer_helpers import stroke as viewer_stroke
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -65,20 +67,10 @@ def project_id(http, name: str) -> int:
     return next(p["id"] for p in http.get("/api/projects").json() if p["name"] == name)
 
 
-def canvas_point(page, shape: tuple[int, int], row: int, col: int) -> tuple[float, float]:
-    """Screen position of the centre of slice pixel (row, col): the canvas shows the slice, zoomed evenly."""
-    box = page.locator("#canvas").bounding_box()
-    return box["x"] + (col + 0.5) * box["width"] / shape[1], box["y"] + (row + 0.5) * box["height"] / shape[0]
-
-
 def stroke(page, shape, points: list[tuple[int, int]]) -> None:
-    x, y = canvas_point(page, shape, *points[0])
-    page.mouse.move(x, y)
-    page.mouse.down()
-    for row, col in points[1:]:
-        x, y = canvas_point(page, shape, row, col)
-        page.mouse.move(x, y, steps=6)
-    page.mouse.up()
+    """Paint through slice pixels (row, col) of the slice shown in the active plane (`shape` = its 2D shape)."""
+    assert all(0 <= r < shape[0] and 0 <= c < shape[1] for r, c in points)
+    viewer_stroke(page, active_plane(page), points)
 
 
 def slice_of(page) -> tuple[int, int]:
@@ -90,10 +82,37 @@ def wait_slice(page, axis: int, index: int) -> None:
     wait_js(page, f"document.body.dataset.slice === '{axis}:{index}'")
 
 
-def stored_mask(http, volume_id: int, axis: int, index: int) -> np.ndarray:
-    response = http.get(f"/api/volumes/{volume_id}/annotations/{axis}/{index}")
-    assert response.status_code == 200, response.text
-    return np.array(Image.open(io.BytesIO(response.content)))
+LABEL_RGB = {1: (0xe6, 0x19, 0x4b), 2: (0x3c, 0xb4, 0x4b)}
+
+
+def check_prediction_outline(pg, http, vid: int, axis: int, index: int, shape) -> None:
+    """'Both' draws the prediction as an outline: exactly its boundary voxels in the label's colour, grey
+    elsewhere (this slice is unpainted). Read from the rendered pixels at every voxel's centre."""
+    predicted = np.array(Image.open(io.BytesIO(
+        http.get(f"/api/volumes/{vid}/prediction/slices/{axis}/{index}.png").content)))
+    pg.mouse.move(0, 0)   # no brush footprint over the image
+    pg.locator("#show-outline").check()
+    pg.wait_for_timeout(200)
+    plane = active_plane(pg)
+    pixels = canvas_pixels(pg, plane)
+    box = pg.locator(f"#canvas-{plane}").bounding_box()
+    cursor = [int(n) for n in pg.evaluate("S.cursor")]
+    padded = np.pad(predicted, 1, constant_values=-1)
+    rows_axis, cols_axis = [a for a in range(3) if a != axis]
+    for r in range(shape[0]):
+        for c in range(shape[1]):
+            if r == cursor[rows_axis] or c == cursor[cols_axis]:
+                continue  # the crosshair runs over these voxels
+            x, y = slice_point(pg, plane, r, c)
+            rgb = pixels[int(y - box["y"]), int(x - box["x"])].astype(int)
+            v = predicted[r, c]
+            around = padded[r:r + 3, c:c + 3]
+            edge = v > 0 and (around[0, 1] != v or around[2, 1] != v or around[1, 0] != v or around[1, 2] != v)
+            if edge:
+                assert np.abs(rgb - LABEL_RGB[int(v)]).max() <= 2, (r, c, rgb)
+            else:
+                assert rgb.max() - rgb.min() <= 2, (r, c, rgb)   # grey: no fill under 'Both' for a prediction
+    pg.locator("#show-predicted").check()
 
 
 def test_paint_retrain_review_download(page, server, tmp_path):
@@ -205,6 +224,7 @@ def test_paint_retrain_review_download(page, server, tmp_path):
     expect_ok = pg.locator("#accept")
     assert expect_ok.is_enabled()
     p.shot("06-prediction-overlay")
+    check_prediction_outline(pg, http, vid, axis, target, (rows, cols))
 
     # 9. accept the predicted slice: it becomes a reviewed annotation equal to the prediction
     expect_ok.click()
@@ -216,6 +236,10 @@ def test_paint_retrain_review_download(page, server, tmp_path):
     np.testing.assert_array_equal(stored_mask(http, vid, axis, target), predicted)
     pg.locator("#reviewed-list").get_by_text(f"Reviewed: {target}").wait_for()
     assert pg.locator("#models li.active").count() == 1
+    # the accepted slice is the first the model is scored on (prequential): the list says so
+    score = http.get(f"/api/models/{pg.evaluate('S.models[S.models.length - 1].id')}").json()["prequential"]
+    assert score["saved"] == 1 and score["accepted"] == 1
+    pg.locator("#models li.active").get_by_text("after it").wait_for()
     p.shot("07-accepted-and-models")
 
     # 10. download the NIfTI: same shape and affine as the upload
