@@ -217,7 +217,7 @@ def test_logged_in_the_ui_and_the_viewer_still_change_things(browser, tmp_path):
         pg.goto(server.url("/static/viewer.html"))
         pg.locator("#message").wait_for()
         body = "JSON.stringify({name: NAME, labels: [{value: 1, name: 'a', color: '#e6194b'}]})"
-        via_viewer = pg.evaluate(f"""async () => (await api('/projects', {{method: 'POST',
+        via_viewer = pg.evaluate(f"""async () => (await (await import('/static/viewer-core.js')).api('/projects', {{method: 'POST',
             headers: {{'Content-Type': 'application/json'}}, body: {body.replace('NAME', "'made in the viewer'")}}})).status""")
         bare = pg.evaluate(f"""async () => (await fetch('/api/projects', {{method: 'POST',
             headers: {{'Content-Type': 'application/json'}}, body: {body.replace('NAME', "'bare fetch'")}}})).status""")
