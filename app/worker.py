@@ -47,6 +47,7 @@ from app.jobs import (
     read_tail,
 )
 from app.predictions import Predictions
+from app.speed import speed_cache
 from data import io as volume_io
 from data.atomic import atomic_write_bytes
 from data.errors import Conflict, InvalidInput, NotFound, SlicewiseError
@@ -464,7 +465,7 @@ class Worker:
         num_classes = max(label["value"] for label in project["labels"]) + 1
         label_map = sorted(int(label["value"]) for label in project["labels"])
         template = train_config.preset(preset_name, device=self.device, num_classes=num_classes,
-                                       **stage_overrides(stages)).to_dict()
+                                       speed_cache=str(speed_cache(ws.root)), **stage_overrides(stages)).to_dict()
         mode, reason, active, base = self._choose_mode(project, params, preset_name, template, label_map, current)
         images, labels, unlabeled, seen = [], [], [], []
         for volume in volumes:

@@ -375,8 +375,9 @@ class Bench:
     def config(self, job: Job, out_dir: Path, **changes):
         from model.config import preset
 
+        # budget_s None: the fixed step counts, so a row is reproducible whatever the machine's load
         base = dict(axis=self.args.axis, num_classes=NUM_CLASSES, seed=job.seed, device=self.args.device,
-                    out_dir=str(out_dir))
+                    out_dir=str(out_dir), budget_s=None)
         if self.validate:
             base.update(val_images=[self.image(n) for n in self.split["val"]], val_labels=[self.label(n) for n in self.split["val"]])
         if self.threads:

@@ -123,7 +123,7 @@ class Bench:
             num_classes=NUM_CLASSES, out_dir=str(out_dir), device="cpu", threads=self.args.threads,
             seed=self.args.seed, global_stage=False, local_stage=False, finetune_stage=True,
             widths=tuple(self.args.widths), finetune_epochs=1, finetune_steps=steps,
-            finetune_batch=self.args.batch, init_from=init_from,
+            finetune_batch=self.args.batch, init_from=init_from, budget_s=None,  # fixed steps: reproducible rounds
         )
 
     def run_strategy(self, strategy: str) -> list[dict]:
