@@ -108,6 +108,7 @@ class Progress:
         self.path, self.total, self.done = path, max(1, total_steps), done_steps
         self.start_done, self.start_time, self.last_write = done_steps, time.monotonic(), 0.0
         self.eta_cap: Callable[[], float] | None = None
+        self.reported = 0.0
         self.file = open(path, "a", buffering=1)
 
     def eta(self) -> float | None:
@@ -121,7 +122,9 @@ class Progress:
 
     def event(self, event: str, **fields: Any) -> None:
         eta = self.eta()
-        record = {"event": event, **fields, "progress": round(self.done / self.total, 4),
+        # a budgeted stage may plan more steps once its warm-up is over: the bar never goes back
+        self.reported = max(self.reported, min(1.0, self.done / max(1, self.total)))
+        record = {"event": event, **fields, "progress": round(self.reported, 4),
                   "eta_s": None if eta is None else round(eta, 1), "time": round(time.time(), 3)}
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
@@ -461,7 +464,7 @@ def train(cfg: TrainConfig) -> dict:
                         if clock.over() and stage_done < stage_total:
                             progress.total -= stage_total - stage_done
                             totals[si] = stage_total = stage_done
-                            stage_metrics["stopped_by_budget"] = True
+                            stage_metrics.update(planned_steps=stage_done, stopped_by_budget=True)
                     ended = stage_done >= stage_total
                     shown = math.ceil(stage_total / steps)
                     progress.step(stage, ep + 1, shown, st + 1, steps, losses[-1], force=ended or st + 1 == steps)
