@@ -23,6 +23,7 @@ from app.routes import dicomweb, interop_files, monailabel
 from app.worker import Worker
 from app.schemas import HealthOut
 from app.settings import Settings
+from app.speed import speed_report
 from data.store import Workspace
 from frontend.mount import mount_ui
 
@@ -96,6 +97,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/api/health", response_model=HealthOut, tags=["server"], summary="Liveness check")
     def health() -> dict:
         return {"status": "ok", "version": app.version, "device": settings.device}
+
+    @app.get("/api/health/speed", tags=["server"], summary="Speed switches chosen for this machine, and why")
+    def health_speed() -> dict:
+        return speed_report(settings.device, settings.workspace)
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from app import suggest
+from app.speed import speed_cache
 from data import io as volume_io
 from data.annotations import take_slice
 from data.atomic import atomic_write
@@ -59,7 +60,7 @@ class Predictions:
 
         predictor = self._predictors.get(model["id"])
         if predictor is None:
-            predictor = load_predictor(model["path"], device=self.device)
+            predictor = load_predictor(model["path"], device=self.device, speed_cache=speed_cache(self.workspace.root))
             self._predictors[model["id"]] = predictor
             while len(self._predictors) > self.keep_models:
                 self._predictors.popitem(last=False)

@@ -11,6 +11,7 @@ from app.job_params import JobParams
 from data import io as volume_io
 from data.errors import NotFound
 from data.store import FINISHED_STATES, Workspace
+from app.speed import speed_cache
 from model.retrain import ActiveModel, EarlierGlobalStage, ProjectSnapshot, VolumeInput
 
 
@@ -34,6 +35,7 @@ def project_snapshot(ws: Workspace, job: dict, job_dir: Path, model_dir: Path, d
         annotations=[a for v in volumes for a in painted[v["id"]]],
         active=active_model(ws, project["id"]),
         device=device,
+        speed_cache=str(speed_cache(ws.root)),
     )
 
 

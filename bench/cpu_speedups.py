@@ -6,7 +6,8 @@ Variants: float32 baseline, channels_last, bf16 autocast, both, torch.compile (+
 runs a fine-tune step (CE + Dice, batch = finetune_batch) and a local-stage step (two views, local
 contrastive loss) at 64x64 (the hippocampus slice size) with the cpu preset's widths. Variants are
 interleaved over several rounds and the median step time is kept, so a busy machine biases no one.
-The winner per switch becomes model/device.py's CPU_DEFAULTS (by hand: a benchmark never edits code).
+This is the long version of the measurement model/device.py makes once per machine (and keeps in the
+workspace's speed.json) to choose the switches; it also covers torch.compile.
 """
 
 from __future__ import annotations
@@ -146,7 +147,9 @@ def main() -> None:
     run_s = {name: benches[name].compile_s + sum(run_steps[k] * statistics.median(times[name][k]) for k in run_steps)
              for name in VARIANTS}
     best = min(run_s, key=run_s.get)
-    from model.device import CPU_DEFAULTS
+    from model.device import choose_switches
+
+    chosen, why = choose_switches(torch.device("cpu"))
 
     command = "python -m bench.cpu_speedups " + " ".join(sys.argv[1:])
     text = "\n".join([
@@ -169,7 +172,8 @@ def main() -> None:
         "local/global steps, counted at the local step's cost, + compile time): "
         + ", ".join(f"{name} {s:.0f} s" for name, s in run_s.items()) + ".",
         "",
-        f"Fastest here: **{best}**. model/device.py CPU_DEFAULTS now: `{CPU_DEFAULTS}`.",
+        f"Fastest here: **{best}**. model/device.py chooses on this machine (without a cached measurement): "
+        f"`{chosen}` because {why['bf16']}.",
         "",
         "Compile time is the first calls of each graph in this process; with a cold inductor cache "
         "(first run on a machine) it was 130-190 s per variant on this machine, more than a whole fine-tune refresh.",

@@ -2,6 +2,8 @@
 
     python -m bench.retrain_timing            # cpu preset, 20 hippocampus volumes x 3 painted slices
     python -m bench.retrain_timing --quick    # quick preset, 3 volumes (smoke run, about a minute)
+    python -m bench.retrain_timing --grid     # budgeted vs fixed schedule, 4 project sizes, AVX-512 as-is and
+                                              # hidden, without the server (bench/retrain_grid.py)
 
 Starts `slicewise serve --device cpu` on a temporary workspace (tests/helpers_server.py), creates a
 project, uploads N train volumes of ../shared/data/hippocampus (the split of bench/label_efficiency.py:
@@ -239,7 +241,15 @@ def main(argv=None) -> int:
     parser.add_argument("--test-volumes", type=int, help="test volumes for the test Dice (default 40; --quick 5; 0 = none)")
     parser.add_argument("--preset", help="default cpu; --quick: quick")
     parser.add_argument("--md", help="markdown output (default docs/benchmarks/retrain_timing.md; --quick: bench/out)")
+    parser.add_argument("--grid", action="store_true", help="bench/retrain_grid.py: schedules x project sizes x ISA")
+    parser.add_argument("--projects", nargs="+", default=["quick", "hippocampus", "mr", "ct"])
+    parser.add_argument("--isa", nargs="+", default=["as-is", "AVX-512 hidden"], choices=["as-is", "AVX-512 hidden"])
+    parser.add_argument("--schedules", nargs="+", default=["budget", "fixed"], choices=["budget", "fixed"])
+    parser.add_argument("--fixed-cap", type=float, default=90.0, help="--grid: seconds before a fixed run is stopped")
+    parser.add_argument("--ct-volumes", type=int, default=20, help="--grid: volumes of the 512 x 512 x 200 project")
     args = parser.parse_args(argv)
+    if args.grid:
+        return grid_main(args, argv)
     args.volumes = args.volumes or (3 if args.quick else 20)
     args.test_volumes = (5 if args.quick else 40) if args.test_volumes is None else args.test_volumes
     args.preset = args.preset or ("quick" if args.quick else "cpu")
@@ -306,6 +316,33 @@ def main(argv=None) -> int:
 
 
 NOTES_MARKER = "<!-- notes: written by hand, kept when the script rewrites the table above -->"
+
+
+def grid_main(args, argv) -> int:
+    import platform
+
+    from bench.retrain_grid import render_grid, run_grid
+
+    args.test_volumes = 10 if args.test_volumes is None else args.test_volumes
+    md = Path(args.md) if args.md else ROOT / "docs" / "benchmarks" / "retrain_budget.md"
+    started, t_start, load_start = _dt.datetime.now(_dt.timezone.utc), time.monotonic(), os.getloadavg()
+    cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.lower().startswith("model name")), platform.processor())
+    with tempfile.TemporaryDirectory(prefix="retrain-grid-") as tmp:
+        rows = run_grid(args, Path(tmp))
+    meta = {"commit": _git("rev-parse", "--short", "HEAD"), "dirty": bool(_git("status", "--porcelain")),
+            "machine": _machine(), "cpu_model": cpu_model, "torch": _torch_version(),
+            "started_utc": started.strftime("%Y-%m-%d %H:%M UTC"), "elapsed_s": time.monotonic() - t_start,
+            "load_start": " / ".join(f"{x:.2f}" for x in load_start),
+            "load_end": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
+            "command": " ".join(["python", "bench/retrain_timing.py", *(argv if argv is not None else sys.argv[1:])])}
+    text = render_grid(meta, rows)
+    notes = md.read_text().split(NOTES_MARKER, 1)[1] if md.exists() and NOTES_MARKER in md.read_text() else ""
+    md.parent.mkdir(parents=True, exist_ok=True)
+    md.write_text(text + "\n" + NOTES_MARKER + notes)
+    md.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    print(text)
+    return 0
 
 
 if __name__ == "__main__":

@@ -133,6 +133,7 @@ class Bench:
             finetune_steps=steps,
             finetune_batch=self.args.batch,
             init_from=init_from,
+            budget_s=None,  # fixed steps: reproducible rounds
         )
 
     def run_strategy(self, strategy: str) -> list[dict]:

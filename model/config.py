@@ -29,12 +29,14 @@ PSEUDO_SCOPES = ("painted", "all")
 # What each field changes, so that a stage's result (a global.pt, a model to fine-tune further) is
 # reused only while every field that shapes it is the same. A field shapes every stage unless it is
 # listed here: a new field can make a reuse rarer, never silently wrong.
-RUNTIME_FIELDS = frozenset({"device", "threads", "channels_last", "compile", "bf16", "predict_chunk_pixels"})
+RUNTIME_FIELDS = frozenset(
+    {"device", "threads", "channels_last", "compile", "bf16", "predict_chunk_pixels", "speed_cache"}
+)
 INPUT_FIELDS = frozenset({"images", "labels", "unlabeled", "val_images", "val_labels", "out_dir", "init_from",
                           "axis"})  # the data and where the run starts; compared by the caller
 ARCHITECTURE_FIELDS = ("widths", "bottleneck", "num_classes")  # a model continues only into the same network
 # fields used only by stages after the global one, besides those named after their stage
-LATER_STAGE_FIELDS = frozenset({"num_classes", "dice_weight", "weight_decay", "augment"})
+LATER_STAGE_FIELDS = frozenset({"num_classes", "dice_weight", "weight_decay", "augment", "refresh_budget_s"})
 
 
 class Schedule(NamedTuple):
@@ -57,6 +59,20 @@ class TrainConfig:
     num_classes: int | None = None  # background + classes; None = max label value + 1
     # ---- slices -----------------------------------------------------------------------------
     max_size: int = 256  # in-plane extents above this are resized down, never up
+    # Training steps see square crops of this side (None = whole slices), so a step costs the same
+    # for a 512 x 512 CT as for a 128 x 128 image; inference still runs on whole slices.
+    patch_size: int | None = None
+    patch_foreground: float = 0.33  # share of crops centred on a painted structure pixel (nnU-Net style)
+    # ---- time budget ------------------------------------------------------------------------
+    # Seconds for the training stages of a run (None = the fixed schedule below). A budgeted stage runs
+    # its first steps, measures them, and then takes at most its <stage>_epochs x <stage>_steps steps,
+    # fewer when the measured step time says they would not fit in its share of the budget; it also
+    # stops at the end of that share. Reading the volumes and predicting masks are not included.
+    budget_s: float | None = None
+    refresh_budget_s: float | None = None  # budget_s of a fine-tune refresh (retrain_config)
+    # global, local, finetune, pseudo: fine-tuning makes the masks, so it gets the largest share when the
+    # budget cannot hold every stage's steps (a CPU without AVX-512: 22 fine-tune steps at (0.3, 0.25, 0.3, 0.15))
+    budget_shares: tuple[float, float, float, float] = (0.2, 0.15, 0.5, 0.15)
     # ---- model ------------------------------------------------------------------------------
     widths: tuple[int, ...] = (64, 128, 256, 512)
     bottleneck: int | None = None  # None = 2 * widths[-1]
@@ -117,9 +133,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int | None = None  # torch intra-op threads; None = torch's default
-    channels_last: str = "auto"  # "auto" = what docs/benchmarks/cpu_speedups.md found fastest
+    channels_last: str = "auto"  # "auto" = what model/device.py chooses for this machine
     compile: str = "auto"
     bf16: str = "auto"
+    speed_cache: str = ""  # JSON file keeping the per-machine speed measurement ("" = never measure)
     predict_chunk_pixels: int = 4_000_000  # slices per inference batch = this // (H*W)
 
     def __post_init__(self) -> None:
@@ -163,6 +180,18 @@ class TrainConfig:
                 problems.append(f"{stage}_steps must be >= 1 or null")
             if schedule.batch < 1:
                 problems.append(f"{stage}_batch must be >= 1")
+        if self.patch_size is not None and (self.patch_size < 2 ** (len(self.widths) + 1)
+                                            or self.patch_size % 2 ** len(self.widths)):
+            problems.append(f"patch_size must be a multiple of {2 ** len(self.widths)} and at least "
+                            f"{2 ** (len(self.widths) + 1)} for {len(self.widths)} U-Net levels, or null")
+        if not 0 <= self.patch_foreground <= 1:
+            problems.append(f"patch_foreground must be in [0, 1], got {self.patch_foreground}")
+        for name in ("budget_s", "refresh_budget_s"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                problems.append(f"{name} must be > 0 seconds or null, got {value}")
+        if len(self.budget_shares) != 4 or any(not s >= 0 for s in self.budget_shares) or not sum(self.budget_shares) > 0:
+            problems.append("budget_shares must be 4 shares >= 0 (global, local, finetune, pseudo), not all 0")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
 
@@ -233,19 +262,25 @@ class TrainConfig:
 
 _PRESETS: dict[str, dict[str, Any]] = {
     # Tiny: the whole pipeline in well under a minute on a 2-core CPU for a few hippocampus volumes.
+    # 200 fine-tune steps: 3 hippocampus volumes x 2 painted slices reach mean Dice > 0.5 on unpainted
+    # volumes (docs/benchmarks/retrain_timing.md); 20 steps gave 0.01.
     "quick": dict(
-        widths=(8, 16, 32),
+        widths=(16, 32, 64),
         global_proj_dim=32,
         local_proj_dim=32,
         global_epochs=1, global_steps=4, global_batch=8,
         local_epochs=1, local_steps=4, local_batch=4, local_lr=3e-4, local_mode="stride",
-        finetune_epochs=2, finetune_steps=10, finetune_batch=8, finetune_lr=1e-3,
+        finetune_epochs=4, finetune_steps=50, finetune_batch=8, finetune_lr=2e-3,
         pseudo_epochs=1, pseudo_steps=4, pseudo_batch=8,
-        max_size=128,
+        max_size=128, patch_size=128,
+        budget_s=40.0, refresh_budget_s=15.0,
     ),
-    # Narrow U-Net and short schedules sized for a clinician waiting on a 2-core CPU (20 hippocampus
-    # volumes: fine-tune refresh < 60 s, full pipeline < 10 min; see docs/benchmarks/).
+    # Narrow U-Net and short schedules sized for a clinician waiting on a 2-core CPU, whatever the image
+    # size (128 x 128 training patches): training at most 4 min for a full retrain, 20 s for a refresh,
+    # leaving the rest of 5 min / 30 s for reading volumes and writing masks (docs/benchmarks/).
     "cpu": dict(
+        patch_size=128,
+        budget_s=240.0, refresh_budget_s=20.0,
         widths=(16, 32, 64, 128),
         global_proj_dim=64,
         local_proj_dim=64,

@@ -110,12 +110,14 @@ def model_from_file(saved: dict[str, Any]) -> tuple[UNet, TrainConfig, dict[str,
     return net, config, saved["slices"], num_classes
 
 
-def load_predictor(model_dir: str | Path, device: str = "auto") -> Predictor:
+def load_predictor(model_dir: str | Path, device: str = "auto", speed_cache: str | Path | None = None) -> Predictor:
+    """The model of a run folder (or model.pt) ready to predict. Its "auto" speed switches are chosen the
+    way training chooses them (model.device.runtime_for), from the same `speed_cache` when given."""
     path = Path(model_dir)
     path = path / "model.pt" if path.is_dir() else path
     net, config, info, num_classes = model_from_file(checkpoint.load(path))
     # compile pays off over a long training run, not for one prediction
-    runtime = runtime_for(device, config.channels_last, "off", config.bf16)
+    runtime = runtime_for(device, config.channels_last, "off", config.bf16, cache=speed_cache)
     net.eval()
     net = prepare_model(net, runtime)
     return Predictor(net, info, config, num_classes, runtime)

@@ -12,7 +12,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 FILE_NAME = "progress.jsonl"
 STEP_WRITE_S = 0.5  # at most this often a training step is written
@@ -24,20 +24,27 @@ class ProgressWriter:
     def __init__(self, path: Path, total_steps: int, done_steps: int):
         self.path, self.total, self.done = path, max(1, total_steps), done_steps
         self.start_done, self.start_time, self.last_write = done_steps, time.monotonic(), 0.0
+        self.eta_cap: Callable[[], float] | None = None  # a budgeted run's bound on the time left
+        self.reported = 0.0
         self.file = open(path, "a", buffering=1)
 
     def eta(self) -> float | None:
+        """Seconds left at the rate of the steps run so far, bounded by `eta_cap` when set."""
         ran = self.done - self.start_done
-        if ran <= 0:
-            return None
-        return (time.monotonic() - self.start_time) / ran * (self.total - self.done)
+        rate = None if ran <= 0 else (time.monotonic() - self.start_time) / ran * (self.total - self.done)
+        if self.eta_cap is None:
+            return rate
+        cap = self.eta_cap()
+        return cap if rate is None else min(rate, cap)
 
     def event(self, event: str, **fields: Any) -> None:
         eta = self.eta()
+        # a budgeted stage may plan more steps once its warm-up is over: the bar never goes back
+        self.reported = max(self.reported, min(1.0, self.done / max(1, self.total)))
         record = {
             "event": event,
             **fields,
-            "progress": round(self.done / self.total, 4),
+            "progress": round(self.reported, 4),
             "eta_s": None if eta is None else round(eta, 1),
             "time": round(time.time(), 3),
         }

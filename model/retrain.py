@@ -152,6 +152,7 @@ class ProjectSnapshot:
     annotations: list[dict]  # every painted slice now: volume_id, axis, index, version
     active: ActiveModel | None = None
     device: str = "auto"
+    speed_cache: str | None = None  # where this machine's speed measurement is kept (model/device.py)
 
 
 @dataclass(frozen=True)
@@ -278,8 +279,9 @@ def choose_mode(
 
 def refresh_config(cfg: TrainConfig, model_pt: str, stages: dict | None = None) -> TrainConfig:
     """Fine-tune `model_pt` on the painted slices: no pretraining, half the fine-tune epochs (the model
-    already segments, it only has to take in the new slices) and no self-training, which would add a
-    prediction pass and as many steps again. A schedule or stage the request names wins."""
+    already segments, it only has to take in the new slices), within `refresh_budget_s` when the config
+    has a budget, and no self-training, which would add a prediction pass and as many steps again. A
+    schedule or stage the request names wins."""
     stages = stages or {}
     out = cfg.replace(
         init_from=str(model_pt),
@@ -288,6 +290,7 @@ def refresh_config(cfg: TrainConfig, model_pt: str, stages: dict | None = None) 
         finetune_stage=True,
         finetune_epochs=max(1, cfg.finetune_epochs // 2),
         pseudo_stage=explicitly_enabled(stages, "pseudo"),
+        budget_s=cfg.refresh_budget_s if cfg.budget_s is not None else None,
     )
     finetune = stages.get("finetune")
     if isinstance(finetune, dict):
@@ -367,7 +370,8 @@ def plan_retrain(request: RetrainRequest, project: ProjectSnapshot, history: lis
         raise Conflict("nothing is painted in this project any more: paint at least one slice, then retrain")
     label_map = sorted(int(v) for v in project.label_values)
     template = preset(
-        request.preset, device=project.device, num_classes=max(label_map) + 1, **stage_overrides(request.stages)
+        request.preset, device=project.device, num_classes=max(label_map) + 1, speed_cache=project.speed_cache,
+        **stage_overrides(request.stages),
     )
     mode, reason = choose_mode(request, project.active, template, label_map, project.annotations)
     painted = [v for v in project.volumes if v.label_path is not None]

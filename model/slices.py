@@ -216,3 +216,32 @@ def check_labels(images: list[np.ndarray], labels: list[np.ndarray | None], name
     if k > 255:
         raise InvalidInput(f"label value {k - 1} is too large: label values are 0..254, 255 means not annotated")
     return k
+
+
+def sample_patches(images: torch.Tensor, labels: torch.Tensor | None, patch: int | None, foreground: float,
+                   g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None, list[tuple[int, int]]]:
+    """Square crops of side `patch` from (n, 1, S, S) images and their (n, S, S) labels -> (images, labels,
+    top-left corner of each crop).
+
+    A share `foreground` of the crops (each one drawn independently) is centred on a random pixel of a
+    painted structure (label 1..254) of its slice, as nnU-Net oversamples foreground; the rest, and the
+    crops of slices without a painted structure, sit anywhere. Slices no larger than `patch` are returned whole.
+    """
+    n, side = images.shape[0], images.shape[-1]
+    if patch is None or patch >= side:
+        return images, labels, [(0, 0)] * n
+    corners, out_x, out_y = [], [], []
+    for i in range(n):
+        top, left = (int(v) for v in torch.randint(0, side - patch + 1, (2,), generator=g))
+        if labels is not None and float(torch.rand((), generator=g)) < foreground:
+            label = labels[i]
+            structure = ((label > 0) & (label != IGNORE)).nonzero()
+            if len(structure):
+                cy, cx = (int(v) for v in structure[int(torch.randint(0, len(structure), (), generator=g))])
+                top = min(max(0, cy - patch // 2), side - patch)
+                left = min(max(0, cx - patch // 2), side - patch)
+        corners.append((top, left))
+        out_x.append(images[i, :, top: top + patch, left: left + patch])
+        if labels is not None:
+            out_y.append(labels[i, top: top + patch, left: left + patch])
+    return torch.stack(out_x), (torch.stack(out_y) if labels is not None else None), corners

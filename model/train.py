@@ -3,7 +3,9 @@
 Stages run in order, each skippable by config: global (SimCLR on every slice) -> local (supervised
 pixel contrast on the painted slices) -> finetune (CE + Dice on the painted pixels; with config `branch`
 "cpc"/"recon" also the regularization branch of model/regularizer.py on painted and unpainted slices). One epoch is
-`<stage>_steps` steps (or one pass over the stage's samples). After every epoch the whole state goes
+`<stage>_steps` steps (or one pass over the stage's samples); with a `budget_s` each stage measures its
+first steps and takes only as many as fit in its share of the budget (model/schedule.py), and steps see
+`patch_size` crops (model/slices.sample_patches). After every epoch the whole state goes
 to <out_dir>/checkpoint.pt atomically; started again with the same config, a killed run resumes
 from there. Progress is one JSON object per line in <out_dir>/progress.jsonl, appended and flushed.
 Final artefacts: model.pt (weights + config + slice geometry), config.json, metrics.json,
@@ -18,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -36,6 +39,7 @@ from model.losses import ce_dice, local_contrastive, nt_xent
 from model.progress import FILE_NAME as PROGRESS_FILE
 from model.progress import ProgressWriter, write_error
 from model.regularizer import make_branch
+from model.schedule import Budget
 from model.unet import UNet
 
 IGNORE = slices.IGNORE
@@ -156,11 +160,24 @@ class Trainer:
     def _intensity(self, x: torch.Tensor) -> torch.Tensor:
         return random_intensity(x, g=self.g) if self.cfg.intensity else x
 
+    def _crop(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x, y, _ = slices.sample_patches(x, y, self.cfg.patch_size, self.cfg.patch_foreground, self.g)
+        return x, y
+
+    def _labeled_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.data.slices
+        idx = _batch(s.labeled, n, self.g)
+        x, y = self._crop(s.images[idx], s.labels[idx])
+        return x.to(self.runtime.device, non_blocking=True).float(), y.to(self.runtime.device).long()
+
+    def _unlabeled_images(self, idx: torch.Tensor) -> torch.Tensor:
+        x, _ = self._crop(self.data.slices.images[idx])
+        return x.to(self.runtime.device, non_blocking=True).float()
+
     def loss(self, stage: str) -> torch.Tensor:
         cfg, s, rt = self.cfg, self.data.slices, self.runtime
         if stage == "global":
-            idx = _batch(torch.arange(len(s)), cfg.global_batch, self.g)
-            x = self._images(idx)
+            x = self._unlabeled_images(_batch(torch.arange(len(s)), cfg.global_batch, self.g))
             views = []
             for _ in range(2):
                 v, _ = random_spatial(x, g=self.g, **self.spatial)
@@ -172,8 +189,7 @@ class Trainer:
         if stage == "pseudo":
             x, y = self._pseudo_batch()
         else:
-            idx = _batch(s.labeled, cfg.local_batch if stage == "local" else cfg.finetune_batch, self.g)
-            x, y = self._images(idx), s.labels[idx].to(rt.device).long()
+            x, y = self._labeled_batch(cfg.local_batch if stage == "local" else cfg.finetune_batch)
         if cfg.augment:
             x, y = random_spatial(x, y, g=self.g, **self.spatial)
         y = y.to(rt.device)
@@ -193,8 +209,10 @@ class Trainer:
 
     # ---- self-training -----------------------------------------------------------------------------
     @torch.no_grad()
-    def make_pseudo_labels(self) -> dict:
-        """Label the unpainted slices with the current network; keep only confident pixels."""
+    def make_pseudo_labels(self, max_seconds: float | None = None) -> dict:
+        """Label the unpainted slices with the current network; keep only confident pixels.
+
+        With `max_seconds`, slices are labelled in a random order until that time is used up."""
         cfg, s, rt = self.cfg, self.data.slices, self.runtime
         pool = s.unlabeled
         if cfg.pseudo_scope == "painted":
@@ -202,13 +220,20 @@ class Trainer:
         was_training = self.unet.training
         self.unet.eval()
         out = []
-        for chunk in pool.split(64):
+        if max_seconds is not None:
+            pool = pool[torch.randperm(len(pool), generator=self.g)]
+        t0, labelled = time.monotonic(), 0
+        for chunk in pool.split(64 if max_seconds is None else 8):
+            if max_seconds is not None and labelled and time.monotonic() - t0 > max_seconds:
+                break
+            labelled += len(chunk)
             with autocast(rt):
                 logits = self.net(prepare_input(self._images(chunk), rt))
             conf, label = torch.softmax(logits.float(), dim=1).max(dim=1)
             out.append(torch.where(conf >= cfg.pseudo_threshold, label, IGNORE).to(torch.uint8).cpu())
         self.unet.train(was_training)
         labels = torch.cat(out) if out else torch.empty((0, s.size, s.size), dtype=torch.uint8)
+        pool = pool[:labelled]
         keep = (labels != IGNORE).flatten(1).any(dim=1)
         self.pseudo = (pool[keep], labels[keep])
         confident = float((labels != IGNORE).float().mean()) if len(labels) else 0.0
@@ -220,9 +245,8 @@ class Trainer:
         n_pseudo = round(cfg.pseudo_batch * cfg.pseudo_fraction) if len(pool) else 0
         idx = _batch(s.labeled, cfg.pseudo_batch - n_pseudo, self.g)
         pick = torch.randint(0, max(1, len(pool)), (n_pseudo,), generator=self.g)
-        x = torch.cat([self._images(idx), self._images(pool[pick])])
-        y = torch.cat([s.labels[idx], labels[pick]]).to(rt.device).long()
-        return x, y
+        x, y = self._crop(torch.cat([s.images[idx], s.images[pool[pick]]]), torch.cat([s.labels[idx], labels[pick]]))
+        return x.to(rt.device, non_blocking=True).float(), y.to(rt.device).long()
 
     # ---- regularization branch (fine-tune stage only; model/regularizer.py) -----------------------
     def finetune_with_branch(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -236,7 +260,7 @@ class Trainer:
         bottlenecks, images = [feats["bottleneck"]], [self.unet.pad_input(x_lab)[0]]
         n_unl = cfg.finetune_batch if cfg.branch_unlabeled_batch is None else cfg.branch_unlabeled_batch
         if n_unl > 0 and len(s.unlabeled) > 0:
-            xu = self._images(_batch(s.unlabeled, n_unl, self.g))
+            xu = self._unlabeled_images(_batch(s.unlabeled, n_unl, self.g))
             if cfg.augment:
                 xu, _ = random_spatial(xu, g=self.g, **self.spatial)
             xu = prepare_input(self._intensity(xu) if cfg.augment else xu, rt)
@@ -297,7 +321,7 @@ def train(cfg: TrainConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    runtime = runtime_for(cfg.device, cfg.channels_last, cfg.compile, cfg.bf16)
+    runtime = runtime_for(cfg.device, cfg.channels_last, cfg.compile, cfg.bf16, cache=cfg.speed_cache or None)
     data = load_data(cfg)
     trainer = Trainer(cfg, data, runtime)
     plan = stage_plan(cfg, data.slices)
@@ -322,12 +346,18 @@ def train(cfg: TrainConfig) -> dict:
             raise ValueError(f"init_from {cfg.init_from} shares no weights with this U-Net (widths {list(cfg.widths)})")
         metrics["init_from"] = {"path": cfg.init_from, "tensors": loaded}
 
-    total = sum(e * s for _, e, s in plan)
-    done = sum(e * s for _, e, s in plan[:stage_index]) + (epoch * plan[stage_index][2] if stage_index < len(plan) else 0)
+    # a budgeted stage that a resumed run had already measured keeps the length it fixed then
+    totals = [metrics["stages"].get(st, {}).get("planned_steps") or e * n for st, e, n in plan]
+    total = sum(totals)
+    done = sum(totals[:stage_index]) + (epoch * plan[stage_index][2] if stage_index < len(plan) else 0)
     progress = ProgressWriter(out / PROGRESS_FILE, total, done)
+    budget = None
+    if cfg.budget_s is not None:
+        spent = sum(m.get("wall_s", 0.0) for m in metrics["stages"].values())
+        budget = Budget(max(0.0, cfg.budget_s - spent), dict(zip(STAGES, cfg.budget_shares)))
     info = {"slices": len(data.slices), "painted_slices": len(data.slices.labeled), "axis": data.info["axis"],
-            "size": data.slices.size, "num_classes": data.num_classes, "runtime": runtime.describe(),
-            "stages": [p[0] for p in plan]}
+            "size": data.slices.size, "patch_size": cfg.patch_size, "num_classes": data.num_classes,
+            "runtime": runtime.describe(), "stages": [p[0] for p in plan], "budget_s": cfg.budget_s}
     metrics["data"] = info
     if resumed:
         resumed_stage = plan[stage_index][0] if stage_index < len(plan) else "done"
@@ -338,17 +368,26 @@ def train(cfg: TrainConfig) -> dict:
     try:
         for si in range(stage_index, len(plan)):
             stage, epochs, steps = plan[si]
+            stage_total, later = totals[si], [p[0] for p in plan[si + 1:]]
             opt = trainer.optimizer(stage)
             first_epoch = epoch if si == stage_index else 0
             if si == stage_index and opt_state:
                 opt.load_state_dict(opt_state)
             stage_metrics = metrics["stages"].setdefault(stage, {"wall_s": 0.0, "epochs": epochs, "steps_per_epoch": steps})
+            clock = None
+            if budget is not None:
+                clock = budget.stage(stage, later, epochs * steps, planned=stage_metrics.get("planned_steps"))
+                stage_metrics.setdefault("budget_s", round(clock.seconds, 2))
+                progress.eta_cap = lambda: clock.eta(progress.done - sum(totals[:si])) + budget.later_eta(clock, later)
             trainer.unet.train()
-            if stage == "pseudo" and first_epoch < epochs:  # also on a resume: the labels are not checkpointed
-                metrics["pseudo"] = trainer.make_pseudo_labels()
-            if first_epoch < epochs:
-                progress.event("stage", stage=stage, epoch=first_epoch, epochs=epochs)
-            for ep in range(first_epoch, epochs):
+            if stage == "pseudo" and first_epoch * steps < stage_total:  # also on a resume: labels are not checkpointed
+                t_pseudo = time.monotonic()
+                metrics["pseudo"] = trainer.make_pseudo_labels(None if clock is None else clock.seconds / 3)
+                stage_metrics["pseudo_label_s"] = round(time.monotonic() - t_pseudo, 3)
+            if first_epoch * steps < stage_total:
+                progress.event("stage", stage=stage, epoch=first_epoch, epochs=math.ceil(stage_total / steps))
+            ep, ended = first_epoch, first_epoch * steps >= stage_total
+            while not ended:
                 t0, losses = time.monotonic(), []
                 for st in range(steps):
                     opt.zero_grad(set_to_none=True)
@@ -356,15 +395,35 @@ def train(cfg: TrainConfig) -> dict:
                     loss.backward()
                     opt.step()
                     losses.append(float(loss.detach()))
-                    progress.step(stage, ep + 1, epochs, st + 1, steps, losses[-1], force=st + 1 == steps)
+                    stage_done = ep * steps + st + 1
+                    if clock is not None:
+                        planned = clock.after_step(stage_done)
+                        if planned is not None:
+                            progress.total += planned - stage_total
+                            totals[si] = stage_total = planned
+                            stage_metrics.update(planned_steps=planned, step_s=round(clock.step_s or 0.0, 4))
+                        if clock.over() and stage_done < stage_total:
+                            progress.total -= stage_total - stage_done
+                            totals[si] = stage_total = stage_done
+                            stage_metrics.update(planned_steps=stage_done, stopped_by_budget=True)
+                    ended = stage_done >= stage_total
+                    shown = math.ceil(stage_total / steps)
+                    progress.step(stage, ep + 1, shown, st + 1, steps, losses[-1], force=ended or st + 1 == steps)
+                    if ended:
+                        break
                 stage_metrics["wall_s"] = round(stage_metrics["wall_s"] + time.monotonic() - t0, 3)
                 stage_metrics["final_loss"] = float(np.mean(losses))
-                last = ep + 1 == epochs
-                if last and stage == "global":  # before the checkpoint that marks the stage done
+                stage_metrics["steps_run"] = ep * steps + len(losses)
+                if clock is not None:
+                    stage_metrics["epochs"] = math.ceil(stage_total / steps)
+                if ended and stage == "global":  # before the checkpoint that marks the stage done
                     checkpoint.save({"format": checkpoint.GLOBAL_FORMAT, "state_dict": trainer.unet.encoder_state_dict(),
                                      "config": cfg.to_dict()}, out / "global.pt")
-                checkpoint.save(trainer.state(si + 1 if last else si, 0 if last else ep + 1, None if last else opt, metrics), ckpt_path)
-                progress.event("epoch", stage=stage, epoch=ep + 1, epochs=epochs, loss=round(stage_metrics["final_loss"], 5))
+                checkpoint.save(trainer.state(si + 1 if ended else si, 0 if ended else ep + 1, None if ended else opt, metrics), ckpt_path)
+                progress.event("epoch", stage=stage, epoch=ep + 1, epochs=math.ceil(stage_total / steps),
+                               loss=round(stage_metrics["final_loss"], 5))
+                ep += 1
+            progress.eta_cap = None
             epoch = 0
         trainer.unet.eval()
         if data.val:

@@ -92,3 +92,33 @@ def test_quick_run(shared_data, tmp_path):
     text = md.read_text()
     assert "| b | auto after 1 new slice on 2 volumes | refresh | off |" in text
     assert "| c | mode=full again, same paint as b | full | reused |" in text
+
+
+def test_synthetic_projects_have_both_structures_inside_the_body():
+    from bench.retrain_grid import painted_slices, synthetic_volume
+
+    for kind, shape, spacing in (("mr", (64, 64, 12), (4.8, 4.8, 8.0)), ("ct", (64, 64, 40), (6.4, 6.4, 7.5))):
+        image, label = synthetic_volume(shape, spacing, kind, seed=3)
+        assert image.shape == label.shape == shape and image.dtype == np.int16
+        assert set(np.unique(label)) == {0, 1, 2}
+        assert image[label == 2].mean() > image[label == 1].mean() > image[(label == 0)].mean()
+        assert not np.array_equal(label, synthetic_volume(shape, spacing, kind, seed=4)[1])
+        picks = painted_slices(label, 2, 2)
+        assert len(picks) == 2 and all(label[:, :, i].any() for i in picks)
+
+
+def test_grid_table_shows_a_stopped_fixed_run_by_its_eta():
+    from bench.retrain_grid import render_grid
+
+    meta = {"commit": "abc1234", "dirty": False, "machine": "m, 2 cores", "cpu_model": "Test CPU", "torch": "2.x",
+            "started_utc": "now", "elapsed_s": 60.0, "load_start": "1 / 1 / 1", "load_end": "2 / 2 / 2",
+            "command": "python bench/retrain_timing.py --grid"}
+    base = {"project": "ct", "volumes": 5, "painted": 3, "plane": "512 x 512", "mode": "full", "isa": "as-is"}
+    rows = [{**base, "schedule": "budget", "bf16": "on", "steps": "10/8/20/5", "train_s": 230.0, "wall_s": 260.0,
+             "budget_s": 240.0, "size": "256, patches 128", "dice": 0.71, "stopped": False},
+            {**base, "schedule": "fixed", "bf16": "on", "steps": "–", "wall_s": 90.0, "eta_total_s": 1234.0,
+             "budget_s": None, "size": "–", "dice": None, "stopped": True}]
+    text = render_grid(meta, rows)
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    assert len(lines) == 3 and all(line.count("|") == lines[0].count("|") for line in lines)
+    assert "| 230.0 | 260.0 | 240 | 0.710 |" in lines[1] and "~1234 (ETA)" in lines[2] and "Test CPU" in text

@@ -116,3 +116,46 @@ def test_check_labels_without_a_stage_that_needs_paint():
         slices.check_labels([img], [empty[:, :6]], ["a"], None, require_painted=False)
     with pytest.raises(InvalidInput, match=r"values \[2\] outside the label map"):
         slices.check_labels([img], [sparse((6, 7, 8), [1], value=2)], ["a"], 2, require_painted=False)
+
+
+def _painted_batch(n=6, side=96):
+    images = torch.randn(n, 1, side, side)
+    labels = torch.zeros(n, side, side, dtype=torch.uint8)
+    for i in range(n):  # a small structure near a corner of each slice, the rest painted background
+        labels[i, 80 + i % 3: 84 + i % 3, 5:9] = 1 + i % 2
+    labels[-1] = slices.IGNORE  # a slice with nothing painted: crops sit anywhere
+    return images, labels
+
+
+def test_patches_are_exact_crops_of_image_and_label():
+    images, labels = _painted_batch()
+    g = torch.Generator().manual_seed(0)
+    x, y, corners = slices.sample_patches(images, labels, 32, 0.5, g)
+    assert x.shape == (6, 1, 32, 32) and y.shape == (6, 32, 32)
+    for i, (top, left) in enumerate(corners):
+        assert 0 <= top <= 64 and 0 <= left <= 64
+        assert torch.equal(x[i], images[i, :, top: top + 32, left: left + 32])
+        assert torch.equal(y[i], labels[i, top: top + 32, left: left + 32])  # painted pixels kept as painted
+
+
+def test_foreground_oversampling_keeps_the_painted_structure_in_the_patch():
+    images, labels = _painted_batch()
+    g = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        _, y, _ = slices.sample_patches(images, labels, 32, 1.0, g)
+        for i in range(5):
+            assert int((y[i] == 1 + i % 2).sum()) >= 1
+    # without oversampling a structure near a corner is mostly missed
+    hits = 0
+    for _ in range(20):
+        _, y, _ = slices.sample_patches(images, labels, 32, 0.0, g)
+        hits += int(((y[:5] > 0) & (y[:5] != slices.IGNORE)).flatten(1).any(1).sum())
+    assert hits < 30
+
+
+def test_slices_that_fit_the_patch_are_left_whole():
+    images, labels = _painted_batch(side=32)
+    x, y, corners = slices.sample_patches(images, labels, 64, 1.0, torch.Generator())
+    assert x is images and y is labels and corners == [(0, 0)] * 6
+    x, y, _ = slices.sample_patches(images, None, None, 1.0, torch.Generator())
+    assert x is images and y is None

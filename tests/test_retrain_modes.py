@@ -95,6 +95,8 @@ def test_auto_full_then_refresh_then_full_and_global_reuse(project):
     assert (config["global_stage"], config["local_stage"], config["finetune_stage"]) == (False, False, True)
     assert config["finetune_epochs"] == max(1, QUICK.finetune_epochs // 2)
     assert config["finetune_steps"] == QUICK.finetune_steps and config["unlabeled"] == []
+    assert config["budget_s"] == QUICK.refresh_budget_s  # a refresh gets the preset's refresh budget
+    assert config["speed_cache"] == str(p.app.state.workspace.root / "speed.json")  # training and serving share it
     assert "refresh: fine-tuning model" in second["message"] and second["model_id"] != first["model_id"]
     assert [m["active"] for m in p.client.get(f"/api/projects/{p.id}/models").json()] == [False, True]
 
