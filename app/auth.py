@@ -78,8 +78,9 @@ def _bearer(request: Request) -> str | None:
         return None
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
-        raise HTTPException(401, "the Authorization header must be 'Bearer <token>'",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            401, "the Authorization header must be 'Bearer <token>'", headers={"WWW-Authenticate": "Bearer"}
+        )
     return value.strip()
 
 
@@ -95,14 +96,18 @@ def authenticate(request: Request, workspace) -> Principal:
         if token is not None:
             user = workspace.user_for_token(token, kind="api")
             if user is None:
-                raise HTTPException(401, "the API token is unknown, revoked or expired",
-                                    headers={"WWW-Authenticate": "Bearer"})
+                raise HTTPException(
+                    401, "the API token is unknown, revoked or expired", headers={"WWW-Authenticate": "Bearer"}
+                )
         else:
             cookie = request.cookies.get(SESSION_COOKIE)
             user = workspace.user_for_token(cookie, kind="session", idle_s=SESSION_IDLE_S) if cookie else None
             if user is None:
-                message = ("your login session has expired; log in again at /login" if cookie else
-                           "authentication required: send 'Authorization: Bearer <token>' or log in at /login")
+                message = (
+                    "your login session has expired; log in again at /login"
+                    if cookie
+                    else "authentication required: send 'Authorization: Bearer <token>' or log in at /login"
+                )
                 raise HTTPException(401, message, headers={"WWW-Authenticate": "Bearer"})
         principal = Principal(user["name"], user["role"])
     request.state.principal = principal

@@ -22,27 +22,47 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="{serve,import,users,tokens,members,train,predict}")
 
     serve = sub.add_parser("serve", help="run the web app (API at /api, docs at /docs)")
-    serve.add_argument("--workspace", type=Path, help="workspace folder (SQLite + files); default ./workspace or $SLICEWISE_WORKSPACE")
+    serve.add_argument(
+        "--workspace", type=Path, help="workspace folder (SQLite + files); default ./workspace or $SLICEWISE_WORKSPACE"
+    )
     serve.add_argument("--host", help="interface to bind; default 127.0.0.1")
     serve.add_argument("--port", type=int, help="default 8000")
-    serve.add_argument("--device", choices=DEVICES, help="where inference and training run; default auto (CUDA when present)")
+    serve.add_argument(
+        "--device", choices=DEVICES, help="where inference and training run; default auto (CUDA when present)"
+    )
     serve.add_argument("--no-demo", action="store_true", help="do not create the demo project in an empty workspace")
-    serve.add_argument("--dicomweb", action="append", metavar="NAME=URL",
-                       help="a DICOMweb server (PACS) users may search, import from and send masks to; repeatable; "
-                            "default $SLICEWISE_DICOMWEB (comma-separated)")
-    serve.add_argument("--dicomweb-credentials", type=Path, metavar="FILE",
-                       help='JSON file {"NAME": {"username": ..., "password": ...} or {"token": ...}}; '
-                            "default $SLICEWISE_DICOMWEB_CREDENTIALS")
-    serve.add_argument("--setup-token", action="store_true",
-                       help="first start without users on a public address: create user 'admin' and print a "
-                            "one-time API token (or set SLICEWISE_ADMIN_PASSWORD_FILE); see docs/deployment.md")
+    serve.add_argument(
+        "--dicomweb",
+        action="append",
+        metavar="NAME=URL",
+        help="a DICOMweb server (PACS) users may search, import from and send masks to; repeatable; "
+        "default $SLICEWISE_DICOMWEB (comma-separated)",
+    )
+    serve.add_argument(
+        "--dicomweb-credentials",
+        type=Path,
+        metavar="FILE",
+        help='JSON file {"NAME": {"username": ..., "password": ...} or {"token": ...}}; '
+        "default $SLICEWISE_DICOMWEB_CREDENTIALS",
+    )
+    serve.add_argument(
+        "--setup-token",
+        action="store_true",
+        help="first start without users on a public address: create user 'admin' and print a "
+        "one-time API token (or set SLICEWISE_ADMIN_PASSWORD_FILE); see docs/deployment.md",
+    )
     serve.set_defaults(handler=_serve)
 
     imp = sub.add_parser("import", help="import volumes into a project of a workspace (no server needed)")
     imp.add_argument("--workspace", type=Path, help="workspace folder; default ./workspace or $SLICEWISE_WORKSPACE")
     imp.add_argument("--project", required=True, help="project name; created when missing (then --label is needed)")
-    imp.add_argument("--label", action="append", default=[], metavar="VALUE:NAME:#RRGGBB",
-                     help="a label of a new project, e.g. 1:anterior:#e6194b (repeat for each label)")
+    imp.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="VALUE:NAME:#RRGGBB",
+        help="a label of a new project, e.g. 1:anterior:#e6194b (repeat for each label)",
+    )
     imp.add_argument("files", nargs="+", type=Path, help=".nii/.nii.gz files or .zip files of one DICOM series")
     imp.set_defaults(handler=_import)
 
@@ -64,9 +84,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     from app.main import create_app
 
-    settings = Settings.from_env(workspace=args.workspace, host=args.host, port=args.port, device=args.device,
-                                 dicomweb=tuple(args.dicomweb) if args.dicomweb else None,
-                                 dicomweb_credentials=args.dicomweb_credentials)
+    settings = Settings.from_env(
+        workspace=args.workspace,
+        host=args.host,
+        port=args.port,
+        device=args.device,
+        dicomweb=tuple(args.dicomweb) if args.dicomweb else None,
+        dicomweb_credentials=args.dicomweb_credentials,
+    )
     if args.no_demo:
         settings = settings.with_overrides(demo=False)
     _configure_logging(settings.log_level)
@@ -97,14 +122,18 @@ def _may_serve(settings: Settings) -> bool:
                 return True
         finally:
             ws.close()
-    print(f"slicewise serve: refusing to listen on {settings.host}: this workspace has no users, so anyone who "
-          f"can reach the port could read and change everything.\nTo serve beyond this machine, "
-          f"{HOW_TO_CONFIGURE.replace('WORKSPACE', str(settings.workspace))}\n"
-          "Or serve on 127.0.0.1 (the default) for local use without login.", file=sys.stderr)
+    print(
+        f"slicewise serve: refusing to listen on {settings.host}: this workspace has no users, so anyone who "
+        f"can reach the port could read and change everything.\nTo serve beyond this machine, "
+        f"{HOW_TO_CONFIGURE.replace('WORKSPACE', str(settings.workspace))}\n"
+        "Or serve on 127.0.0.1 (the default) for local use without login.",
+        file=sys.stderr,
+    )
     return False
 
 
 # ------------------------------------------------------------------ users, tokens, members
+
 
 def _add_access_commands(sub) -> None:
     def workspace_arg(p):
@@ -115,9 +144,12 @@ def _add_access_commands(sub) -> None:
     add = users_sub.add_parser("add", help="add a user")
     add.add_argument("name")
     add.add_argument("--role", required=True, choices=ROLES)
-    add.add_argument("--password-stdin", action="store_true",
-                     help="read the password (for the /login page) from the first line of stdin; "
-                          "without it the user logs in with API tokens only")
+    add.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password (for the /login page) from the first line of stdin; "
+        "without it the user logs in with API tokens only",
+    )
     workspace_arg(add)
     lst = users_sub.add_parser("list", help="list users")
     workspace_arg(lst)
@@ -155,8 +187,7 @@ def _add_access_commands(sub) -> None:
 
     members = sub.add_parser("members", help="manage project membership (who sees a project; admins see all)")
     members_sub = members.add_subparsers(dest="action", metavar="{add,list,remove}", required=True)
-    for action, help_text in (("add", "make a user a member of a project"),
-                              ("remove", "remove a user from a project")):
+    for action, help_text in (("add", "make a user a member of a project"), ("remove", "remove a user from a project")):
         p = members_sub.add_parser(action, help=help_text)
         p.add_argument("project_id", type=int)
         p.add_argument("name")
@@ -199,14 +230,22 @@ def _users(args) -> int:
             first = not ws.has_users()
             password = _read_password() if args.password_stdin else None
             user = ws.add_user(args.name, args.role, password, who="cli")
-            print(f"user {user['name']} ({user['role']}) added" + ("" if password else
-                  f"; no password: create an API token with `slicewise tokens create {user['name']}`"))
+            print(
+                f"user {user['name']} ({user['role']}) added"
+                + (
+                    ""
+                    if password
+                    else f"; no password: create an API token with `slicewise tokens create {user['name']}`"
+                )
+            )
             if first:
                 print("this is the first user: login is now required on every address", file=sys.stderr)
         elif args.action == "list":
             for user in ws.list_users():
-                print(f"{user['name']}\t{user['role']}\t{'password' if user['has_password'] else 'tokens only'}"
-                      f"\t{user['created']}")
+                print(
+                    f"{user['name']}\t{user['role']}\t{'password' if user['has_password'] else 'tokens only'}"
+                    f"\t{user['created']}"
+                )
         elif args.action == "set":
             password = _read_password() if args.password_stdin else None
             user = ws.set_user(args.name, role=args.role, password=password, who="cli")
@@ -233,8 +272,11 @@ def _tokens(args) -> int:
         if args.action == "create":
             secret, row = ws.create_token(args.name, label=args.label, who="cli")
             print(secret)
-            print(f"token {row['id']} for {row['user']}: shown once, store it now (only its hash is kept). "
-                  "Send it as 'Authorization: Bearer <token>'.", file=sys.stderr)
+            print(
+                f"token {row['id']} for {row['user']}: shown once, store it now (only its hash is kept). "
+                "Send it as 'Authorization: Bearer <token>'.",
+                file=sys.stderr,
+            )
         elif args.action == "list":
             for row in ws.list_tokens(args.name):
                 state = f"revoked {row['revoked']}" if row["revoked"] else "active"
@@ -286,8 +328,11 @@ def _import(args: argparse.Namespace) -> int:
     project = next((p for p in ws.list_projects() if p["name"] == args.project), None)
     if project is None:
         if not args.label:
-            print(f"slicewise import: project {args.project!r} does not exist; give its labels with --label "
-                  "VALUE:NAME:#RRGGBB to create it", file=sys.stderr)
+            print(
+                f"slicewise import: project {args.project!r} does not exist; give its labels with --label "
+                "VALUE:NAME:#RRGGBB to create it",
+                file=sys.stderr,
+            )
             return 2
         try:
             body = ProjectCreate(name=args.project, labels=[_parse_label(t) for t in args.label])
@@ -303,8 +348,10 @@ def _import(args: argparse.Namespace) -> int:
             failures += 1
             print(f"{path}: not imported: {exc}", file=sys.stderr)
             continue
-        print(f"{path}: volume {volume['id']} in project {project['id']} ({project['name']}), "
-              f"shape {tuple(volume['shape'])}, spacing {tuple(round(s, 3) for s in volume['spacing'])}")
+        print(
+            f"{path}: volume {volume['id']} in project {project['id']} ({project['name']}), "
+            f"shape {tuple(volume['shape'])}, spacing {tuple(round(s, 3) for s in volume['spacing'])}"
+        )
     return 1 if failures else 0
 
 

@@ -48,8 +48,13 @@ def seed_demo_project(ws: Workspace, settings: Settings) -> dict | None:
             ws.import_volume(project["id"], path, path.name, settings.max_expanded_bytes)
         except SlicewiseError as exc:  # a bad demo file must not stop the server
             log.warning("demo: skipped %s: %s", path, exc)
-    log.info("demo project %r (id %d) created with %d volumes from %s (MSD Task04 Hippocampus, CC-BY-SA 4.0)",
-             DEMO_NAME, project["id"], len(images), images[0].parent)
+    log.info(
+        "demo project %r (id %d) created with %d volumes from %s (MSD Task04 Hippocampus, CC-BY-SA 4.0)",
+        DEMO_NAME,
+        project["id"],
+        len(images),
+        images[0].parent,
+    )
     return project
 
 
@@ -58,8 +63,8 @@ def how_to_import(settings: Settings) -> str:
     return (
         "the workspace has no projects yet. Create one and upload a volume (NIfTI or a zip of one DICOM series), "
         f"in the UI at {url}/ui or with curl:\n"
-        f"  curl -H 'Content-Type: application/json' -d '{{\"name\": \"My project\", \"labels\": "
-        f"[{{\"value\": 1, \"name\": \"lesion\", \"color\": \"#e6194b\"}}]}}' {url}/api/projects\n"
+        f'  curl -H \'Content-Type: application/json\' -d \'{{"name": "My project", "labels": '
+        f'[{{"value": 1, "name": "lesion", "color": "#e6194b"}}]}}\' {url}/api/projects\n'
         f"  curl -F file=@scan.nii.gz {url}/api/projects/1/volumes\n"
         "or from the command line: slicewise import --workspace DIR --project NAME scan.nii.gz ..."
     )

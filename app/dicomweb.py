@@ -123,26 +123,48 @@ def _value(item: dict, tag: str):
 
 def search_studies(settings: Settings, source_name: str, filters: dict, limit: int) -> list[dict]:
     source = get_source(settings, source_name)
-    found = _call(source, "study search", client(source).search_for_studies,
-                  search_filters=check_filters(filters), limit=limit,
-                  fields=["StudyDescription", "ModalitiesInStudy", "NumberOfStudyRelatedSeries"])
-    return [{
-        "study_uid": _value(s, "0020000D"), "patient_id": _value(s, "00100020"), "patient_name": _value(s, "00100010"),
-        "study_date": _value(s, "00080020"), "description": _value(s, "00081030"),
-        "modalities": _as_list(_value(s, "00080061")), "accession_number": _value(s, "00080050"),
-        "series_count": _value(s, "00201206"),
-    } for s in found]
+    found = _call(
+        source,
+        "study search",
+        client(source).search_for_studies,
+        search_filters=check_filters(filters),
+        limit=limit,
+        fields=["StudyDescription", "ModalitiesInStudy", "NumberOfStudyRelatedSeries"],
+    )
+    return [
+        {
+            "study_uid": _value(s, "0020000D"),
+            "patient_id": _value(s, "00100020"),
+            "patient_name": _value(s, "00100010"),
+            "study_date": _value(s, "00080020"),
+            "description": _value(s, "00081030"),
+            "modalities": _as_list(_value(s, "00080061")),
+            "accession_number": _value(s, "00080050"),
+            "series_count": _value(s, "00201206"),
+        }
+        for s in found
+    ]
 
 
 def search_series(settings: Settings, source_name: str, study_uid: str) -> list[dict]:
     source = get_source(settings, source_name)
-    found = _call(source, "series search", client(source).search_for_series,
-                  study_instance_uid=check_uid(study_uid, "study_uid"),
-                  fields=["SeriesDescription", "NumberOfSeriesRelatedInstances"])
-    return [{
-        "series_uid": _value(s, "0020000E"), "modality": _value(s, "00080060"), "description": _value(s, "0008103E"),
-        "series_number": _value(s, "00200011"), "instances": _value(s, "00201209"),
-    } for s in found]
+    found = _call(
+        source,
+        "series search",
+        client(source).search_for_series,
+        study_instance_uid=check_uid(study_uid, "study_uid"),
+        fields=["SeriesDescription", "NumberOfSeriesRelatedInstances"],
+    )
+    return [
+        {
+            "series_uid": _value(s, "0020000E"),
+            "modality": _value(s, "00080060"),
+            "description": _value(s, "0008103E"),
+            "series_number": _value(s, "00200011"),
+            "instances": _value(s, "00201209"),
+        }
+        for s in found
+    ]
 
 
 def _as_list(value) -> list:
@@ -165,16 +187,24 @@ def _series_zip(source: Source, study_uid: str, series_uid: str, folder: Path, m
                 data = buffer.getvalue()
                 total += len(data)
                 if total > max_bytes:
-                    raise TooLarge(f"series {series_uid} is larger than the upload limit of "
-                                   f"{max_bytes / (1 << 20):g} MB")
+                    raise TooLarge(
+                        f"series {series_uid} is larger than the upload limit of {max_bytes / (1 << 20):g} MB"
+                    )
                 archive.writestr(f"{number:05d}.dcm", data)
 
     _call(source, "series", fetch)
     return path
 
 
-def import_study(ws: Workspace, settings: Settings, project_id: int, source_name: str, study_uid: str,
-                 series_uid: str | None, who: str) -> list[dict]:
+def import_study(
+    ws: Workspace,
+    settings: Settings,
+    project_id: int,
+    source_name: str,
+    study_uid: str,
+    series_uid: str | None,
+    who: str,
+) -> list[dict]:
     """One volume per image series of the study (or just `series_uid`); every series is fetched and checked
     before the first is imported, so a refused series adds nothing."""
     source = get_source(settings, source_name)
@@ -182,10 +212,13 @@ def import_study(ws: Workspace, settings: Settings, project_id: int, source_name
     project_id = ws.get_project(project_id)["id"]
     if series_uid is not None:
         check_uid(series_uid, "series_uid")
-    wanted = [(s["series_uid"], s["description"] or s["series_uid"])
-              for s in search_series(settings, source_name, study_uid)
-              if s["series_uid"] and str(s["modality"] or "").upper() not in NOT_IMAGES
-              and series_uid in (None, s["series_uid"])]
+    wanted = [
+        (s["series_uid"], s["description"] or s["series_uid"])
+        for s in search_series(settings, source_name, study_uid)
+        if s["series_uid"]
+        and str(s["modality"] or "").upper() not in NOT_IMAGES
+        and series_uid in (None, s["series_uid"])
+    ]
     if not wanted:
         which = "no image series" if series_uid is None else f"no image series {series_uid}"
         raise NotFound(f"study {study_uid} on {source_name!r} has {which}")
@@ -211,17 +244,28 @@ def stow_prediction(ws: Workspace, predictions, settings: Settings, volume_id: i
     source = get_source(settings, source_name)
     volume = ws.get_volume(volume_id)
     if volume["source"] != "dicom":
-        raise InvalidInput(f"volume {volume['id']} was not imported from DICOM, so there is no series for a "
-                           "DICOM-SEG to reference")
+        raise InvalidInput(
+            f"volume {volume['id']} was not imported from DICOM, so there is no series for a DICOM-SEG to reference"
+        )
     folder, model = predictions.ready_folder(volume["id"])
     labels = np.load(folder / "labels.npy")
     project = ws.get_project(volume["project_id"])
     with tempfile.TemporaryDirectory(prefix=".stow-", dir=ws.root / "tmp") as tmp:
-        path = volume_io.write_mask_dicom_seg(labels, ws.load_volume(volume["id"]), Path(tmp) / "seg.dcm",
-                                              labels=project["labels"], model_version=str(model["id"]))
+        path = volume_io.write_mask_dicom_seg(
+            labels,
+            ws.load_volume(volume["id"]),
+            Path(tmp) / "seg.dcm",
+            labels=project["labels"],
+            model_version=str(model["id"]),
+        )
         seg = pydicom.dcmread(path)
     _call(source, "store", client(source).store_instances, datasets=[seg])
-    return {"source": source.name, "volume_id": volume["id"], "model_id": model["id"],
-            "study_uid": str(seg.StudyInstanceUID), "series_uid": str(seg.SeriesInstanceUID),
-            "sop_instance_uid": str(seg.SOPInstanceUID),
-            "referenced_series_uid": str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)}
+    return {
+        "source": source.name,
+        "volume_id": volume["id"],
+        "model_id": model["id"],
+        "study_uid": str(seg.StudyInstanceUID),
+        "series_uid": str(seg.SeriesInstanceUID),
+        "sop_instance_uid": str(seg.SOPInstanceUID),
+        "referenced_series_uid": str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID),
+    }

@@ -28,7 +28,11 @@ def describe_validation_error(exc: RequestValidationError) -> str:
     parts = []
     for error in exc.errors():
         loc = [str(x) for x in error.get("loc", ())]
-        where = {"path": "path parameter", "query": "query parameter", "body": "request body"}.get(loc[0], loc[0]) if loc else ""
+        where = (
+            {"path": "path parameter", "query": "query parameter", "body": "request body"}.get(loc[0], loc[0])
+            if loc
+            else ""
+        )
         field = ".".join(loc[1:])
         message = error.get("msg", "is invalid")
         if where and field:
@@ -63,8 +67,11 @@ async def _os_error(request: Request, exc: OSError) -> JSONResponse:
     the previous version of whatever was being saved is intact."""
     if exc.errno in DISK_FULL_ERRNOS:
         log.error("disk full on %s %s: %s", request.method, request.url.path, exc)
-        return error_response(507, "the server's disk is full (or over its quota), so nothing was saved; the "
-                                   "previous version is intact. Free some space on the server and try again")
+        return error_response(
+            507,
+            "the server's disk is full (or over its quota), so nothing was saved; the "
+            "previous version is intact. Free some space on the server and try again",
+        )
     return await _unexpected_error(request, exc)
 
 

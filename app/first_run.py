@@ -44,18 +44,24 @@ def make_initial_admin(settings: Settings, setup_token: bool) -> bool:
                 ws.add_user(ADMIN, "admin", read_password_file(settings), who="first-run")
             except SlicewiseError as exc:
                 raise SystemExit(f"slicewise serve: SLICEWISE_ADMIN_PASSWORD_FILE: {exc}") from None
-            print(f"slicewise: first start: created the admin user {ADMIN!r} with the password of "
-                  f"{settings.admin_password_file}; log in at /login", file=sys.stderr)
+            print(
+                f"slicewise: first start: created the admin user {ADMIN!r} with the password of "
+                f"{settings.admin_password_file}; log in at /login",
+                file=sys.stderr,
+            )
             return True
         ws.add_user(ADMIN, "admin", None, who="first-run")
         secret, _ = ws.create_token(ADMIN, label="first-run setup token", ttl_s=SETUP_TOKEN_TTL_S, who="first-run")
-        print("slicewise: first start: created the admin user 'admin' and this one-time setup token, valid for 24 h "
-              "and shown only now:\n\n"
-              f"    {secret}\n\n"
-              "Give 'admin' a password with it, then log in at /login (and revoke the token there):\n"
-              "    curl -X PATCH http://HOST:8000/api/users/admin -H 'Authorization: Bearer <token>' \\\n"
-              "         -H 'Content-Type: application/json' -d '{\"password\": \"a long passphrase\"}'",
-              file=sys.stderr, flush=True)
+        print(
+            "slicewise: first start: created the admin user 'admin' and this one-time setup token, valid for 24 h "
+            "and shown only now:\n\n"
+            f"    {secret}\n\n"
+            "Give 'admin' a password with it, then log in at /login (and revoke the token there):\n"
+            "    curl -X PATCH http://HOST:8000/api/users/admin -H 'Authorization: Bearer <token>' \\\n"
+            "         -H 'Content-Type: application/json' -d '{\"password\": \"a long passphrase\"}'",
+            file=sys.stderr,
+            flush=True,
+        )
         return True
     finally:
         ws.close()

@@ -20,8 +20,9 @@ from data.store import Workspace
 SEG_NRRD_NAME = "prediction.seg.nrrd"
 
 
-def import_annotations(ws: Workspace, volume_id: int, path: Path, filename: str, axis: int, author: str,
-                       max_bytes: int | None) -> dict:
+def import_annotations(
+    ws: Workspace, volume_id: int, path: Path, filename: str, axis: int, author: str, max_bytes: int | None
+) -> dict:
     """Every slice along `axis` of the mask file holding a labelled voxel becomes that slice's next annotation
     version (as a PUT of the slice would); the rest of the volume stays as it was. All slices are checked
     before the first one is saved."""
@@ -34,8 +35,10 @@ def import_annotations(ws: Workspace, volume_id: int, path: Path, filename: str,
     labels = read_mask_file(path, filename, ws.load_volume(volume["id"]), project["labels"], max_bytes)
     masks = painted_masks(labels, axis)
     if not masks:
-        raise InvalidInput(f"{filename}: the mask has no labelled voxel (all background or unannotated), "
-                           "so there is no slice to import")
+        raise InvalidInput(
+            f"{filename}: the mask has no labelled voxel (all background or unannotated), "
+            "so there is no slice to import"
+        )
     saved = [ws.save_annotation(volume["id"], axis, index, mask, author=author) for index, mask in masks]
     return {"volume_id": volume["id"], "axis": axis, "slices": [index for index, _ in masks], "annotations": saved}
 

@@ -16,9 +16,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_COMMAND = (sys.executable, "-m", "model.train")
@@ -72,7 +72,9 @@ class LocalRunner(JobRunner):
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
         env.setdefault("PYTHONUNBUFFERED", "1")
         with open(log_path, "ab") as log:
-            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(self.command)} {config_path}\n".encode())
+            log.write(
+                f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(self.command)} {config_path}\n".encode()
+            )
             log.flush()
             process = subprocess.Popen(
                 [*self.command, str(config_path)],
@@ -147,9 +149,11 @@ def looks_out_of_memory(returncode: int | None, log_tail: str) -> bool:
 
 
 def oom_retry_message(returncode: int | None, halved_config: dict) -> str:
-    return (f"out of memory (exit code {returncode}); retrying once with half the batch size "
-            f"(local {halved_config['local_batch']}, fine-tune {halved_config['finetune_batch']}) and the "
-            "'block' local loss")
+    return (
+        f"out of memory (exit code {returncode}); retrying once with half the batch size "
+        f"(local {halved_config['local_batch']}, fine-tune {halved_config['finetune_batch']}) and the "
+        "'block' local loss"
+    )
 
 
 def failure_message(returncode: int | None, log_tail: str, reported: str | None, after_oom_retry: bool) -> str:
@@ -157,8 +161,11 @@ def failure_message(returncode: int | None, log_tail: str, reported: str | None,
     reason = reported or last_error_line(log_tail) or "no output"
     if returncode is not None and returncode < 0:
         reason = f"killed by signal {-returncode}; {reason}"
-    what = "out of memory again after the retry with smaller batches" if after_oom_retry and \
-        looks_out_of_memory(returncode, log_tail) else f"training stopped with exit code {returncode}"
+    what = (
+        "out of memory again after the retry with smaller batches"
+        if after_oom_retry and looks_out_of_memory(returncode, log_tail)
+        else f"training stopped with exit code {returncode}"
+    )
     return f"{what}: {reason}"
 
 

@@ -32,8 +32,10 @@ def body_limit(content_type: bytes) -> int | None:
 
 
 def too_large_message(limit: int) -> str:
-    return (f"the request body is larger than the limit of {limit / MB:g} MB for this kind of request; "
-            "volumes are uploaded as multipart/form-data")
+    return (
+        f"the request body is larger than the limit of {limit / MB:g} MB for this kind of request; "
+        "volumes are uploaded as multipart/form-data"
+    )
 
 
 class BodyLimitMiddleware:
@@ -41,8 +43,11 @@ class BodyLimitMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS") \
-                or not scope.get("path", "").startswith(API_PREFIX):  # the Gradio UI at /ui has its own rules
+        if (
+            scope["type"] != "http"
+            or scope.get("method") in ("GET", "HEAD", "OPTIONS")
+            or not scope.get("path", "").startswith(API_PREFIX)
+        ):  # the Gradio UI at /ui has its own rules
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])

@@ -16,14 +16,27 @@ from app.auth import HOW_TO_CONFIGURE, UIGuard, is_loopback
 from app.errors import install_error_handlers
 from app.limits import BodyLimitMiddleware
 from app.rendering import SliceRenderer
-from app.routes import access, info, project_admin, projects, volumes, voxels
-from app.security import SecurityMiddleware
-from app.routes import annotations, models, predictions, review, training
-from app.routes import dicomweb, interop_files, monailabel
-from app.worker import Worker
+from app.routes import (
+    access,
+    annotations,
+    dicomweb,
+    info,
+    interop_files,
+    models,
+    monailabel,
+    predictions,
+    project_admin,
+    projects,
+    review,
+    training,
+    volumes,
+    voxels,
+)
 from app.schemas import HealthOut
+from app.security import SecurityMiddleware
 from app.settings import Settings
 from app.speed import speed_report
+from app.worker import Worker
 from data.store import Workspace
 from frontend.mount import mount_ui
 
@@ -71,8 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info(demo.how_to_import(settings))
         log.info("workspace %s; API docs at %s/docs", settings.workspace.resolve(), settings.base_url)
         # the retrain worker: resumes or fails jobs a previous server left running, then runs the queue
-        app.state.worker = Worker(workspace, device=settings.device,
-                                  default_preset=settings.default_preset)
+        app.state.worker = Worker(workspace, device=settings.device, default_preset=settings.default_preset)
         app.state.worker.start(handle_signals=True)
         try:
             yield

@@ -22,12 +22,17 @@ MODEL = "slicewise"
 FINAL_TAG = "final"
 STRATEGIES = {
     "slicewise": "the volume whose best next slice helps most (model uncertainty, change since the last "
-                 "retrain, distance from painted slices)",
+    "retrain, distance from painted slices)",
     "random": "a random volume with no painted slice",
     "first": "the first volume with no painted slice",
 }
-TASK_STATUS = {"queued": "SUBMITTED", "running": "RUNNING", "succeeded": "DONE", "failed": "ERROR",
-               "cancelled": "STOPPED"}
+TASK_STATUS = {
+    "queued": "SUBMITTED",
+    "running": "RUNNING",
+    "succeeded": "DONE",
+    "failed": "ERROR",
+    "cancelled": "STOPPED",
+}
 
 
 def volume_of(ws: Workspace, project_id: int, image: str | None) -> dict:
@@ -73,11 +78,22 @@ def info(ws: Workspace, project_id: int, version: str) -> dict:
         "description": f"slicewise project {project['id']}: {description}",
         "version": version,
         "labels": list(labels),
-        "models": {MODEL: {"type": "segmentation", "labels": labels, "dimension": 3,
-                           "description": "the project's active model version (2D U-Net, slice by slice)",
-                           "model_id": None if model is None else model["id"], "config": {}}},
-        "trainers": {MODEL: {"description": "slicewise retrain (coalesces with a queued one)",
-                             "config": {"preset": "", "mode": "auto"}}},
+        "models": {
+            MODEL: {
+                "type": "segmentation",
+                "labels": labels,
+                "dimension": 3,
+                "description": "the project's active model version (2D U-Net, slice by slice)",
+                "model_id": None if model is None else model["id"],
+                "config": {},
+            }
+        },
+        "trainers": {
+            MODEL: {
+                "description": "slicewise retrain (coalesces with a queued one)",
+                "config": {"preset": "", "mode": "auto"},
+            }
+        },
         "strategies": {name: {"description": text} for name, text in STRATEGIES.items()},
         "scoring": {},
         "train_stats": {MODEL: _train_stats(model)} if model is not None else {},
@@ -88,14 +104,23 @@ def info(ws: Workspace, project_id: int, version: str) -> dict:
 def _train_stats(model: dict) -> dict:
     metrics = model.get("metrics") or {}
     dice = metrics.get("val_dice", metrics.get("dice"))
-    return {"model_id": model["id"], "created": model.get("created"),
-            "best_metric": float(dice) if isinstance(dice, (int, float)) else 0, "metrics": metrics}
+    return {
+        "model_id": model["id"],
+        "created": model.get("created"),
+        "best_metric": float(dice) if isinstance(dice, (int, float)) else 0,
+        "metrics": metrics,
+    }
 
 
 def image_info(ws: Workspace, volume: dict) -> dict:
     painted = ws.list_annotations(volume["id"])
-    return {"name": volume["name"], "source": volume["source"], "shape": volume["shape"],
-            "spacing": volume["spacing"], "painted_slices": [[a["axis"], a["index"]] for a in painted]}
+    return {
+        "name": volume["name"],
+        "source": volume["source"],
+        "shape": volume["shape"],
+        "spacing": volume["spacing"],
+        "painted_slices": [[a["axis"], a["index"]] for a in painted],
+    }
 
 
 def datastore_all(ws: Workspace, project_id: int) -> dict:
@@ -105,9 +130,14 @@ def datastore_all(ws: Workspace, project_id: int) -> dict:
         entry = {"image": {"ext": ".nii.gz", "info": image_info(ws, volume)}, "labels": {}}
         painted = ws.list_annotations(volume["id"])
         if painted:
-            entry["labels"][FINAL_TAG] = {"ext": ".nii.gz", "info": {
-                "authors": sorted({a["author"] for a in painted}), "updated": max(a["updated"] for a in painted),
-                "params": {"label_names": label_map(ws, project["id"])}}}
+            entry["labels"][FINAL_TAG] = {
+                "ext": ".nii.gz",
+                "info": {
+                    "authors": sorted({a["author"] for a in painted}),
+                    "updated": max(a["updated"] for a in painted),
+                    "params": {"label_names": label_map(ws, project["id"])},
+                },
+            }
         objects[str(volume["id"])] = entry
     return {"name": project["name"], "description": f"slicewise project {project['id']}", "objects": objects}
 
@@ -135,16 +165,25 @@ def next_sample(ws: Workspace, predictions, project_id: int, strategy: str, seed
         chosen = random.Random(seed).choice(unpainted) if unpainted else None
     else:
         for volume in volumes:
-            result = suggest.suggest(volume["shape"], volume["spacing"], painted[volume["id"]],
-                                     predictions.uncertainty(volume["id"]), limit=1,
-                                     disagreement_by_axis=predictions.disagreement(volume["id"]))
+            result = suggest.suggest(
+                volume["shape"],
+                volume["spacing"],
+                painted[volume["id"]],
+                predictions.uncertainty(volume["id"]),
+                limit=1,
+                disagreement_by_axis=predictions.disagreement(volume["id"]),
+            )
             top = result["slices"][0] if result["slices"] else None
             if top is not None and (best is None or top["score"] > best["score"]):
                 chosen, best = volume, top
     if chosen is None:
         return {}
-    sample = {"id": str(chosen["id"]), "name": f"{chosen['name']}.nii.gz", "strategy": strategy,
-              **image_info(ws, chosen)}
+    sample = {
+        "id": str(chosen["id"]),
+        "name": f"{chosen['name']}.nii.gz",
+        "strategy": strategy,
+        **image_info(ws, chosen),
+    }
     if best is not None:
         sample["slice"] = {"axis": best["axis"], "index": best["index"], "score": best["score"]}
     return sample
@@ -153,10 +192,15 @@ def next_sample(ws: Workspace, predictions, project_id: int, strategy: str, seed
 def task_view(job: dict) -> dict:
     """A slicewise job in MONAI Label's task shape (plus the slicewise fields)."""
     view = job_view(job)
-    return {**view, "name": "train", "status": TASK_STATUS.get(job["state"], job["state"].upper()),
-            "start_ts": job.get("started"), "end_ts": job.get("finished"),
-            "result": {"model_id": view.get("model_id"), "error": view.get("error")},
-            "details": [view["message"]] if view.get("message") else []}
+    return {
+        **view,
+        "name": "train",
+        "status": TASK_STATUS.get(job["state"], job["state"].upper()),
+        "start_ts": job.get("started"),
+        "end_ts": job.get("finished"),
+        "result": {"model_id": view.get("model_id"), "error": view.get("error")},
+        "details": [view["message"]] if view.get("message") else [],
+    }
 
 
 def train_jobs(ws: Workspace, project_id: int) -> list[dict]:
@@ -185,7 +229,9 @@ def filename_for(image: str | None, upload_name: str) -> str:
     """The file name an uploaded image is stored under: MONAI Label's image id when given, with the upload's
     extension (which says its format)."""
     upload_name = base_name(upload_name)
-    suffix = "".join(Path(upload_name).suffixes[-2:]) if upload_name.lower().endswith(".gz") else Path(upload_name).suffix
+    suffix = (
+        "".join(Path(upload_name).suffixes[-2:]) if upload_name.lower().endswith(".gz") else Path(upload_name).suffix
+    )
     if not image:
         return upload_name
     return f"{image}{suffix}"

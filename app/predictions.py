@@ -83,7 +83,8 @@ class Predictions:
                 # probabilities (float16, K per voxel) feed the slice suggestions; skip them where they'd be huge
                 want_probs = int(np.prod(volume["shape"])) * predictor.num_classes * 2 <= MAX_PROBS_BYTES
                 labels, probs = predictor.predict(
-                    np.asarray(self.workspace.volume_array(volume_id)), tuple(volume["spacing"]),
+                    np.asarray(self.workspace.volume_array(volume_id)),
+                    tuple(volume["spacing"]),
                     return_probs=want_probs,
                 )
                 labels = np.asarray(labels, dtype=np.uint8)
@@ -198,8 +199,9 @@ class Predictions:
             if not path.exists():
                 labels = np.load(folder / LABELS_NAME)
                 project = self.workspace.get_project(volume["project_id"])
-                volume_io.write_mask_dicom_seg(labels, self.workspace.load_volume(volume["id"]), path,
-                                               labels=project["labels"])
+                volume_io.write_mask_dicom_seg(
+                    labels, self.workspace.load_volume(volume["id"]), path, labels=project["labels"]
+                )
         return path
 
     def project_zip(self, project_id: int) -> tuple[bytes, str]:

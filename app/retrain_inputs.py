@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from app.job_params import JobParams
+from app.speed import speed_cache
 from data import io as volume_io
 from data.errors import NotFound
 from data.store import FINISHED_STATES, Workspace
-from app.speed import speed_cache
 from model.retrain import ActiveModel, EarlierGlobalStage, ProjectSnapshot, VolumeInput
 
 

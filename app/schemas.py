@@ -24,8 +24,11 @@ class HealthOut(BaseModel):
 class Label(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    value: int = Field(ge=LABEL_VALUES.start, le=LABEL_VALUES.stop - 1,
-                       description=f"Voxel value in masks; {BACKGROUND} is background, {IGNORE} means 'not annotated'.")
+    value: int = Field(
+        ge=LABEL_VALUES.start,
+        le=LABEL_VALUES.stop - 1,
+        description=f"Voxel value in masks; {BACKGROUND} is background, {IGNORE} means 'not annotated'.",
+    )
     name: str = Field(min_length=1, max_length=100)
     color: str = Field(pattern=COLOR.pattern, description="#rrggbb")
 
@@ -72,7 +75,7 @@ class ProjectCreate(BaseModel):
         return name.strip()
 
     @model_validator(mode="after")
-    def _unique_labels(self) -> "ProjectCreate":
+    def _unique_labels(self) -> ProjectCreate:
         values = [label.value for label in self.labels]
         names = [label.name.lower() for label in self.labels]
         if len(set(values)) != len(values):

@@ -30,9 +30,11 @@ CSRF_EXEMPT = frozenset({"/api/login"})  # no session yet; the origin check stil
 NONCE_PREFIX = "/ui"  # Gradio's pages: inline scripts we do not write, allowed by nonce
 SWAGGER_PATHS = ("/docs", "/redoc")  # FastAPI's API docs load Swagger UI / ReDoc from their CDN
 
-CSP = ("default-src 'self'; script-src 'self'{extra}; style-src 'self' 'unsafe-inline'; "
-       "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; "
-       "media-src 'self' blob:; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'self'")
+CSP = (
+    "default-src 'self'; script-src 'self'{extra}; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; "
+    "media-src 'self' blob:; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'self'"
+)
 SWAGGER_CDN = "https://cdn.jsdelivr.net"
 STATIC_HEADERS = {
     "x-content-type-options": "nosniff",
@@ -68,9 +70,11 @@ def cross_origin_reason(method: str, path: str, headers: dict[str, str]) -> str 
     if origin is not None:
         own = {headers.get("host", "").lower(), headers.get("x-forwarded-host", "").split(",")[0].strip().lower()}
         if origin == "null" or urlsplit(origin).netloc.lower() not in own - {""}:
-            return (f"cross-origin request refused: this page's origin {origin} is not this server "
-                    f"({headers.get('host', '?')}); use slicewise's own pages, or an API token in "
-                    "'Authorization: Bearer <token>' for scripts")
+            return (
+                f"cross-origin request refused: this page's origin {origin} is not this server "
+                f"({headers.get('host', '?')}); use slicewise's own pages, or an API token in "
+                "'Authorization: Bearer <token>' for scripts"
+            )
     elif headers.get("sec-fetch-site") in ("cross-site", "same-site"):
         return "cross-site request refused: the browser marked it as coming from another site"
     if path.startswith("/api/") and path not in CSRF_EXEMPT:
@@ -78,9 +82,11 @@ def cross_origin_reason(method: str, path: str, headers: dict[str, str]) -> str 
         if SESSION_COOKIE in cookies:
             expected, sent = cookies.get(CSRF_COOKIE, ""), headers.get(CSRF_HEADER, "")
             if not expected or not sent or not hmac.compare_digest(expected.encode(), sent.encode()):
-                return (f"missing or wrong {CSRF_HEADER} header: a request made with the login cookie must send "
-                        f"the value of the {CSRF_COOKIE} cookie in the X-CSRF-Token header (log in again if "
-                        "that cookie is gone)")
+                return (
+                    f"missing or wrong {CSRF_HEADER} header: a request made with the login cookie must send "
+                    f"the value of the {CSRF_COOKIE} cookie in the X-CSRF-Token header (log in again if "
+                    "that cookie is gone)"
+                )
     return None
 
 
@@ -115,8 +121,10 @@ class SecurityMiddleware:
         workspace = getattr(scope["app"].state, "workspace", None)
         if workspace is None or await run_in_threadpool(workspace.has_users):
             return None
-        return (f"this server has no users, so it answers browsers only at a loopback address (127.0.0.1, "
-                f"localhost), not at {headers.get('host')!r}; add users to serve it under other names")
+        return (
+            f"this server has no users, so it answers browsers only at a loopback address (127.0.0.1, "
+            f"localhost), not at {headers.get('host')!r}; add users to serve it under other names"
+        )
 
     @staticmethod
     def _with_headers(send, path: str, nonce: str | None, secure: bool):
@@ -138,7 +146,8 @@ class SecurityMiddleware:
                     add["strict-transport-security"] = HSTS
                 raw += [(k.encode(), v.encode()) for k, v in add.items() if k not in present]
                 content_type = dict((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw).get(
-                    "content-type", "")
+                    "content-type", ""
+                )
                 if nonce and content_type.startswith("text/html"):
                     state["rewrite"], state["start"] = True, {**message, "headers": raw}
                     return

@@ -25,5 +25,10 @@ def speed_report(device: str, workspace_root: str | Path) -> dict:
     runtime = speed.runtime_for(device, cache=cache, measure=False)
     measured = speed.measured_choice(cache, measure=False) if runtime.device.type == "cpu" else None
     info = speed.cpu_info()
-    return {**runtime.describe(), "cpu": info.model, "machine_key": speed.machine_key(info),
-            "measurement": measured, "inference_compile": False}
+    return {
+        **runtime.describe(),
+        "cpu": info.model,
+        "machine_key": speed.machine_key(info),
+        "measurement": measured,
+        "inference_compile": False,
+    }

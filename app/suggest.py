@@ -161,9 +161,15 @@ def _scaled(x: np.ndarray) -> np.ndarray:
     return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
 
 
-def mix_scores(n_slices: int, painted_indices: list[int], uncertainty: np.ndarray | None = None,
-               disagree: np.ndarray | None = None, extent: tuple[int, int] | None = None,
-               weights: dict[str, float] | None = None, content: np.ndarray | None = None) -> np.ndarray:
+def mix_scores(
+    n_slices: int,
+    painted_indices: list[int],
+    uncertainty: np.ndarray | None = None,
+    disagree: np.ndarray | None = None,
+    extent: tuple[int, int] | None = None,
+    weights: dict[str, float] | None = None,
+    content: np.ndarray | None = None,
+) -> np.ndarray:
     """Weighted sum of the available signals, each scaled to 0-1 over the volume. Without a model's
     signals, `content` (content_scores) multiplies the distance instead."""
     w = {**MIX_WEIGHTS, **(weights or {})}
@@ -179,10 +185,18 @@ def mix_scores(n_slices: int, painted_indices: list[int], uncertainty: np.ndarra
     return sum(weight * part for weight, part in parts) / total
 
 
-def strategy_scores(strategy: str, n_slices: int, painted_indices: list[int], *, entropy: np.ndarray | None = None,
-                    margin: np.ndarray | None = None, disagree: np.ndarray | None = None,
-                    embeddings: np.ndarray | None = None, extent: tuple[int, int] | None = None,
-                    content: np.ndarray | None = None) -> np.ndarray:
+def strategy_scores(
+    strategy: str,
+    n_slices: int,
+    painted_indices: list[int],
+    *,
+    entropy: np.ndarray | None = None,
+    margin: np.ndarray | None = None,
+    disagree: np.ndarray | None = None,
+    embeddings: np.ndarray | None = None,
+    extent: tuple[int, int] | None = None,
+    content: np.ndarray | None = None,
+) -> np.ndarray:
     """One score per slice for `strategy`; a strategy whose signal is missing falls back to "even"."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -205,8 +219,9 @@ def rank(scores: np.ndarray, painted_indices: list[int], limit: int | None = Non
     return order if limit is None else order[: max(0, limit)]
 
 
-def method_name(strategy: str, uncertainty: bool, disagree: bool = False, embeddings: bool = False,
-                content: bool = False) -> str:
+def method_name(
+    strategy: str, uncertainty: bool, disagree: bool = False, embeddings: bool = False, content: bool = False
+) -> str:
     """What actually ranked the slices (a strategy without its signal falls back to distance)."""
     if strategy == "mix":
         if content and not uncertainty and not disagree:
@@ -230,8 +245,9 @@ def rank_slices(
     per-slice mean entropy the app caches with every prediction."""
     strategy = strategy or DEFAULT_STRATEGY
     dist = distances(n_slices, painted_indices)
-    score = strategy_scores(strategy, n_slices, painted_indices, entropy=uncertainty, margin=uncertainty,
-                            disagree=disagree, content=content)
+    score = strategy_scores(
+        strategy, n_slices, painted_indices, entropy=uncertainty, margin=uncertainty, disagree=disagree, content=content
+    )
     out = []
     for i in rank(score, painted_indices, limit):
         item = {"index": int(i), "score": round(float(score[i]), 6), "distance": int(dist[i])}
@@ -282,14 +298,22 @@ def project_queue(per_volume: list[dict], limit: int = 10) -> list[dict]:
     `per_volume`: one dict per volume, {"volume_id", "painted": painted slices in it, "slices": its ranked
     suggestions (dicts with "axis", "index", "score")}. Round r takes the r-th suggestion of every volume,
     volumes with fewer painted slices first (ties: higher score, then lower id), until `limit`."""
-    order = sorted(per_volume, key=lambda v: (v["painted"], -(v["slices"][0]["score"] if v["slices"] else 0.0),
-                                              v["volume_id"]))
+    order = sorted(
+        per_volume, key=lambda v: (v["painted"], -(v["slices"][0]["score"] if v["slices"] else 0.0), v["volume_id"])
+    )
     out: list[dict] = []
     depth = max((len(v["slices"]) for v in order), default=0)
     for r in range(depth):
         for v in order:
             if r < len(v["slices"]) and len(out) < limit:
                 item = v["slices"][r]
-                out.append({"volume_id": v["volume_id"], "axis": item["axis"], "index": item["index"],
-                            "score": item["score"], "painted_in_volume": v["painted"]})
+                out.append(
+                    {
+                        "volume_id": v["volume_id"],
+                        "axis": item["axis"],
+                        "index": item["index"],
+                        "score": item["score"],
+                        "painted_in_volume": v["painted"],
+                    }
+                )
     return out

@@ -7,8 +7,8 @@ Encoded slab by slab along axis 0, so a 512 x 512 x 300 CT never needs a float64
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
@@ -35,7 +35,7 @@ def finite_range(array: np.ndarray) -> tuple[float, float]:
 def slabs(array: np.ndarray) -> Iterator[np.ndarray]:
     per_slab = max(1, SLAB_VOXELS // max(1, array[0].size)) if array.shape[0] else 1
     for start in range(0, array.shape[0], per_slab):
-        yield np.asarray(array[start:start + per_slab])
+        yield np.asarray(array[start : start + per_slab])
 
 
 def quantization(array: np.ndarray) -> Quantization:

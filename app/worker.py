@@ -123,21 +123,34 @@ class Worker:
             resumes = params.resumes
             if resumes >= self.max_resumes:
                 self.workspace.update_job(
-                    job["id"], state="failed", pid=None,
-                    error=(f"the server stopped while this job was running, {resumes + 1} times; it is not resumed "
-                           "again. Press Retrain to start a new job"),
+                    job["id"],
+                    state="failed",
+                    pid=None,
+                    error=(
+                        f"the server stopped while this job was running, {resumes + 1} times; it is not resumed "
+                        "again. Press Retrain to start a new job"
+                    ),
                     message="failed after a server restart",
                 )
                 continue
             self.workspace.update_job(
-                job["id"], state="queued", pid=None, params=params.replace(resume=True, resumes=resumes + 1).to_dict(),
+                job["id"],
+                state="queued",
+                pid=None,
+                params=params.replace(resume=True, resumes=resumes + 1).to_dict(),
                 message="the server restarted while this job was running; it resumes from its last checkpoint",
             )
 
     # ------------------------------------------------------------------ requests from routes
 
-    def submit(self, project_id: int, preset: str | None = None, stages: dict | None = None,
-               who: str = "local", mode: str | None = None) -> tuple[dict, bool]:
+    def submit(
+        self,
+        project_id: int,
+        preset: str | None = None,
+        stages: dict | None = None,
+        who: str = "local",
+        mode: str | None = None,
+    ) -> tuple[dict, bool]:
         """Queue a retrain -> (job, coalesced). A request while one is queued for the project joins it
         (the later request's preset and stages, the stronger mode: full > auto > refresh)."""
         preset, stages = retrain.check_train_request(preset, stages, self.default_preset)
@@ -146,20 +159,36 @@ class Worker:
             project = self.workspace.get_project(project_id)
             if not any(self.workspace.list_annotations(v["id"]) for v in self.workspace.list_volumes(project["id"])):
                 raise Conflict("nothing is painted in this project yet: paint at least one slice, then retrain")
-            waiting = [j for j in self.workspace.list_jobs(state="queued", project_id=project["id"])
-                       if j["kind"] == "train" and not JobParams.from_dict(j["params"]).resume]
+            waiting = [
+                j
+                for j in self.workspace.list_jobs(state="queued", project_id=project["id"])
+                if j["kind"] == "train" and not JobParams.from_dict(j["params"]).resume
+            ]
             if waiting:
                 job, params = waiting[0], JobParams.from_dict(waiting[0]["params"])
-                params = params.replace(preset=preset, stages=stages, requests=params.requests + 1,
-                                        mode_requested=retrain.stronger_mode(params.mode_requested, mode))
+                params = params.replace(
+                    preset=preset,
+                    stages=stages,
+                    requests=params.requests + 1,
+                    mode_requested=retrain.stronger_mode(params.mode_requested, mode),
+                )
                 job = self.workspace.update_job(job["id"], params=params.to_dict())
                 coalesced = True
             else:
                 params = JobParams(preset=preset, stages=stages, mode_requested=mode, who=who)
                 job = self.workspace.create_job(project["id"], "train", params.to_dict())
                 coalesced = False
-            self.workspace.record_audit(who, "retrain", {"project_id": project["id"], "job_id": job["id"],
-                                                         "preset": preset, "mode": mode, "coalesced": coalesced})
+            self.workspace.record_audit(
+                who,
+                "retrain",
+                {
+                    "project_id": project["id"],
+                    "job_id": job["id"],
+                    "preset": preset,
+                    "mode": mode,
+                    "coalesced": coalesced,
+                },
+            )
         self._wake.set()
         return job, coalesced
 
@@ -220,7 +249,9 @@ class Worker:
             job = queued[0]
             resumed = JobParams.from_dict(job["params"]).resume
             job = self.workspace.update_job(
-                job["id"], state="running", error=None,
+                job["id"],
+                state="running",
+                error=None,
                 message="resuming from the last checkpoint" if resumed else "preparing the training data",
             )
         self._emit(job)
@@ -253,16 +284,23 @@ class Worker:
         """Plan the retrain, export the sparse label volumes it reads and record the decision in the job's
         params -> (the config for model.train, the painted slices it sees)."""
         asked = JobParams.from_dict(params)
-        request = retrain.RetrainRequest(asked.preset or self.default_preset, asked.stages,
-                                         asked.mode_requested or "auto")
+        request = retrain.RetrainRequest(
+            asked.preset or self.default_preset, asked.stages, asked.mode_requested or "auto"
+        )
         snapshot = retrain_inputs.project_snapshot(self.workspace, job, job_dir, model_dir, self.device)
         plan = retrain.plan_retrain(request, snapshot, retrain_inputs.global_history(self.workspace, job))
         seen = retrain_inputs.export_labels(self.workspace, snapshot)
         if plan.global_stage.get("use") == "reused":
             link_or_copy(Path(plan.start_from), Path(plan.global_stage["path"]))
-        decided = asked.replace(mode=plan.mode, mode_reason=plan.reason, label_map=plan.label_map,
-                                from_model_id=plan.from_model_id, base_model_id=plan.base_model_id,
-                                global_stage=plan.global_stage, annotations_seen=seen)
+        decided = asked.replace(
+            mode=plan.mode,
+            mode_reason=plan.reason,
+            label_map=plan.label_map,
+            from_model_id=plan.from_model_id,
+            base_model_id=plan.base_model_id,
+            global_stage=plan.global_stage,
+            annotations_seen=seen,
+        )
         self.workspace.update_job(job["id"], params=decided.to_dict())
         return plan.config.to_dict(), seen
 
@@ -295,21 +333,33 @@ class Worker:
                 config = retrain.halve_for_memory(json.loads(config_path.read_text()))
                 atomic_write_bytes(config_path, json.dumps(config, indent=1).encode())
                 (model_dir / "checkpoint.pt").unlink(missing_ok=True)  # its batch size no longer applies
-                job = self.workspace.update_job(job["id"], params=params.replace(oom_retry=True).to_dict(),
-                                                message=oom_retry_message(returncode, config), pid=None)
+                job = self.workspace.update_job(
+                    job["id"],
+                    params=params.replace(oom_retry=True).to_dict(),
+                    message=oom_retry_message(returncode, config),
+                    pid=None,
+                )
                 self._emit(job, "retry")
                 continue
-            self._finish(job["id"], "failed", error=failure_message(returncode, tail, reported, params.oom_retry), pid=None)
+            self._finish(
+                job["id"], "failed", error=failure_message(returncode, tail, reported, params.oom_retry), pid=None
+            )
             return False
 
     def _stopped_or_cancelled(self, job: dict) -> bool:
         if job["id"] in self._cancel:
-            self._finish(job["id"], "cancelled", pid=None,
-                         message="cancelled; the previously active model stays active")
+            self._finish(
+                job["id"], "cancelled", pid=None, message="cancelled; the previously active model stays active"
+            )
             return True
         if self._stop.is_set():
-            self.workspace.update_job(job["id"], state="queued", pid=None, params=self._params_with(job, resume=True),
-                                      message="the server stopped; this job resumes from its last checkpoint")
+            self.workspace.update_job(
+                job["id"],
+                state="queued",
+                pid=None,
+                params=self._params_with(job, resume=True),
+                message="the server stopped; this job resumes from its last checkpoint",
+            )
             return True
         return False
 
@@ -349,47 +399,77 @@ class Worker:
         params = JobParams.from_dict(self.workspace.get_job(job["id"])["params"])
         metrics_path = model_dir / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-        config = json.loads((model_dir / "config.json").read_text()) if (model_dir / "config.json").exists() \
+        config = (
+            json.loads((model_dir / "config.json").read_text())
+            if (model_dir / "config.json").exists()
             else json.loads((model_dir.parent / "config.json").read_text())
-        return self.workspace.add_model(job["project_id"], job["id"], str(model_dir), config,
-                                        jsonable(metrics), params.annotations_seen)
+        )
+        return self.workspace.add_model(
+            job["project_id"], job["id"], str(model_dir), config, jsonable(metrics), params.annotations_seen
+        )
 
     def _predict_and_activate(self, job: dict, model: dict) -> None:
         volumes = self.workspace.list_volumes(job["project_id"])
         failures = []
-        job = self.workspace.update_job(job["id"], stage=PREDICTING, progress=TRAIN_SHARE, eta_s=None,
-                                        message=f"model {model['id']} trained; predicting {len(volumes)} volumes")
+        job = self.workspace.update_job(
+            job["id"],
+            stage=PREDICTING,
+            progress=TRAIN_SHARE,
+            eta_s=None,
+            message=f"model {model['id']} trained; predicting {len(volumes)} volumes",
+        )
         self._emit(job)
         for n, volume in enumerate(volumes, start=1):
             if self._stop.is_set():  # the model is registered: the resumed job goes straight to predicting
-                self.workspace.update_job(job["id"], state="queued", params=self._params_with(job, resume=True),
-                                          message="the server stopped; this job resumes predicting at next start")
+                self.workspace.update_job(
+                    job["id"],
+                    state="queued",
+                    params=self._params_with(job, resume=True),
+                    message="the server stopped; this job resumes predicting at next start",
+                )
                 return
             if job["id"] in self._cancel:
-                self._finish(job["id"], "cancelled", message=(
-                    f"cancelled while predicting; model {model['id']} is kept as a version but the previously "
-                    "active model stays active"))
+                self._finish(
+                    job["id"],
+                    "cancelled",
+                    message=(
+                        f"cancelled while predicting; model {model['id']} is kept as a version but the previously "
+                        "active model stays active"
+                    ),
+                )
                 return
             try:
                 self.predictions.predict_volume(volume["id"], model)
             except Exception as exc:
                 failures.append(f"volume {volume['id']}: {exc}")
-            job = self.workspace.update_job(job["id"], progress=TRAIN_SHARE + (1 - TRAIN_SHARE) * n / len(volumes),
-                                            message=f"predicted {n} of {len(volumes)} volumes")
+            job = self.workspace.update_job(
+                job["id"],
+                progress=TRAIN_SHARE + (1 - TRAIN_SHARE) * n / len(volumes),
+                message=f"predicted {n} of {len(volumes)} volumes",
+            )
             self._emit(job)
         if volumes and len(failures) == len(volumes):  # e.g. a full disk: keep serving the previous model's masks
-            self._finish(job["id"], "failed", error=(
-                f"model {model['id']} was trained but no mask could be written, so the previously active model "
-                "stays active: " + "; ".join(failures)[:500]))
+            self._finish(
+                job["id"],
+                "failed",
+                error=(
+                    f"model {model['id']} was trained but no mask could be written, so the previously active model "
+                    "stays active: " + "; ".join(failures)[:500]
+                ),
+            )
             return
         params = JobParams.from_dict(self.workspace.get_job(job["id"])["params"]).replace(model_id=model["id"])
         self.workspace.activate_model(job["project_id"], model["id"], who=params.who)
-        message = f"model {model['id']} is active; masks ready for {len(volumes) - len(failures)} of {len(volumes)} volumes"
+        message = (
+            f"model {model['id']} is active; masks ready for {len(volumes) - len(failures)} of {len(volumes)} volumes"
+        )
         if params.mode:
             message += "; " + params.mode_message()
         if failures:
             message += "; failed: " + "; ".join(failures)[:500]
-        self._finish(job["id"], "succeeded", progress=1.0, stage=DONE, eta_s=0.0, params=params.to_dict(), message=message)
+        self._finish(
+            job["id"], "succeeded", progress=1.0, stage=DONE, eta_s=0.0, params=params.to_dict(), message=message
+        )
 
     def _params_with(self, job: dict, **changes) -> dict:
         """The job's stored params with `changes`, as the row keeps them."""

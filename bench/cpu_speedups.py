@@ -80,8 +80,9 @@ class Bench:
             _, f2 = self.net(prepare_input(self.x_lc + 0.1, self.rt), return_features=True)
             e1, e2 = self.head(f1["decoder"]), self.head(f2["decoder"])
         cfg = self.cfg
-        local_contrastive(e1.float(), e2.float(), self.y_lc, cfg.local_temperature, cfg.local_mode,
-                          cfg.local_stride, cfg.local_block).backward()
+        local_contrastive(
+            e1.float(), e2.float(), self.y_lc, cfg.local_temperature, cfg.local_mode, cfg.local_stride, cfg.local_block
+        ).backward()
         self.opt.step()
         return time.perf_counter() - t0
 
@@ -97,14 +98,17 @@ def machine() -> str:
         bf16 = "avx512_bf16" in flags
     except OSError:
         bf16 = False
-    return (f"{cpu}, {torch.get_num_threads()} torch threads ({platform.machine()}), avx512_bf16={'yes' if bf16 else 'no'}, "
-            f"torch {torch.__version__}, Python {platform.python_version()}")
+    return (
+        f"{cpu}, {torch.get_num_threads()} torch threads ({platform.machine()}), avx512_bf16={'yes' if bf16 else 'no'}, "
+        f"torch {torch.__version__}, Python {platform.python_version()}"
+    )
 
 
 def commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "uncommitted"
 
@@ -139,46 +143,55 @@ def main() -> None:
     rows = []
     for name in VARIANTS:
         ft, lc = statistics.median(times[name]["finetune"]), statistics.median(times[name]["local"])
-        rows.append(f"| {name} | {1000 * ft:.0f} | {base['finetune'] / ft:.2f}x | {1000 * lc:.0f} | "
-                    f"{base['local'] / lc:.2f}x | {benches[name].compile_s:.0f} |")
+        rows.append(
+            f"| {name} | {1000 * ft:.0f} | {base['finetune'] / ft:.2f}x | {1000 * lc:.0f} | "
+            f"{base['local'] / lc:.2f}x | {benches[name].compile_s:.0f} |"
+        )
     # what wins over a whole cpu-preset run: compile must also pay for its compile time
-    run_steps = {"finetune": cfg.finetune_epochs * cfg.finetune_steps,
-                 "local": cfg.local_epochs * cfg.local_steps + cfg.global_epochs * cfg.global_steps}
-    run_s = {name: benches[name].compile_s + sum(run_steps[k] * statistics.median(times[name][k]) for k in run_steps)
-             for name in VARIANTS}
+    run_steps = {
+        "finetune": cfg.finetune_epochs * cfg.finetune_steps,
+        "local": cfg.local_epochs * cfg.local_steps + cfg.global_epochs * cfg.global_steps,
+    }
+    run_s = {
+        name: benches[name].compile_s + sum(run_steps[k] * statistics.median(times[name][k]) for k in run_steps)
+        for name in VARIANTS
+    }
     best = min(run_s, key=run_s.get)
     from model.device import choose_switches
 
     chosen, why = choose_switches(torch.device("cpu"))
 
     command = "python -m bench.cpu_speedups " + " ".join(sys.argv[1:])
-    text = "\n".join([
-        "# CPU speed switches for the `cpu` preset",
-        "",
-        f"Machine: {machine()}.  ",
-        f"Commit: {commit()}. Command: `{command.strip()}`.  ",
-        f"Load average (1 min) before/after each round: {', '.join(loads)} (other jobs share these 2 cores).",
-        "",
-        f"U-Net widths {'-'.join(map(str, cfg.widths))}, {args.size}x{args.size} slices, 3 classes. Fine-tune step: "
-        f"batch {cfg.finetune_batch}, CE + Dice. Local step: batch {cfg.local_batch}, two views, "
-        f"`{cfg.local_mode}` local contrastive loss. Forward + backward + Adam; median of "
-        f"{args.rounds} interleaved rounds x {args.steps} steps.",
-        "",
-        "| variant | fine-tune step (ms) | speed-up | local step (ms) | speed-up | compile time (s) |",
-        "|---|---:|---:|---:|---:|---:|",
-        *rows,
-        "",
-        f"Estimated time of one cpu-preset run ({run_steps['finetune']} fine-tune steps + {run_steps['local']} "
-        "local/global steps, counted at the local step's cost, + compile time): "
-        + ", ".join(f"{name} {s:.0f} s" for name, s in run_s.items()) + ".",
-        "",
-        f"Fastest here: **{best}**. model/device.py chooses on this machine (without a cached measurement): "
-        f"`{chosen}` because {why['bf16']}.",
-        "",
-        "Compile time is the first calls of each graph in this process; with a cold inductor cache "
-        "(first run on a machine) it was 130-190 s per variant on this machine, more than a whole fine-tune refresh.",
-        "",
-    ])
+    text = "\n".join(
+        [
+            "# CPU speed switches for the `cpu` preset",
+            "",
+            f"Machine: {machine()}.  ",
+            f"Commit: {commit()}. Command: `{command.strip()}`.  ",
+            f"Load average (1 min) before/after each round: {', '.join(loads)} (other jobs share these 2 cores).",
+            "",
+            f"U-Net widths {'-'.join(map(str, cfg.widths))}, {args.size}x{args.size} slices, 3 classes. Fine-tune step: "
+            f"batch {cfg.finetune_batch}, CE + Dice. Local step: batch {cfg.local_batch}, two views, "
+            f"`{cfg.local_mode}` local contrastive loss. Forward + backward + Adam; median of "
+            f"{args.rounds} interleaved rounds x {args.steps} steps.",
+            "",
+            "| variant | fine-tune step (ms) | speed-up | local step (ms) | speed-up | compile time (s) |",
+            "|---|---:|---:|---:|---:|---:|",
+            *rows,
+            "",
+            f"Estimated time of one cpu-preset run ({run_steps['finetune']} fine-tune steps + {run_steps['local']} "
+            "local/global steps, counted at the local step's cost, + compile time): "
+            + ", ".join(f"{name} {s:.0f} s" for name, s in run_s.items())
+            + ".",
+            "",
+            f"Fastest here: **{best}**. model/device.py chooses on this machine (without a cached measurement): "
+            f"`{chosen}` because {why['bf16']}.",
+            "",
+            "Compile time is the first calls of each graph in this process; with a cold inductor cache "
+            "(first run on a machine) it was 130-190 s per variant on this machine, more than a whole fine-tune refresh.",
+            "",
+        ]
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)

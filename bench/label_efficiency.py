@@ -415,7 +415,11 @@ class Bench:
         from model.config import preset
 
         base = dict(
-            axis=self.args.axis, num_classes=NUM_CLASSES, seed=job.seed, device=self.args.device, out_dir=str(out_dir),
+            axis=self.args.axis,
+            num_classes=NUM_CLASSES,
+            seed=job.seed,
+            device=self.args.device,
+            out_dir=str(out_dir),
             budget_s=None,  # the fixed step counts, so a row is reproducible whatever the machine's load
         )
         if self.validate:

@@ -37,8 +37,9 @@ NUM_CLASSES = 3
 # --------------------------------------------------------------------------------------------
 # synthetic projects (pure; tests/test_bench_retrain_timing.py)
 # --------------------------------------------------------------------------------------------
-def synthetic_volume(shape: tuple[int, int, int], spacing: tuple[float, float, float], kind: str,
-                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_volume(
+    shape: tuple[int, int, int], spacing: tuple[float, float, float], kind: str, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(int16 image, uint8 label 0..2) of an MR- or CT-like body with two structures at random places.
 
     A body ellipse (axis 2 is the slice axis) holds a large ellipsoid (class 1) and a small brighter
@@ -58,12 +59,16 @@ def synthetic_volume(shape: tuple[int, int, int], spacing: tuple[float, float, f
     label[np.broadcast_to(body, shape) & one] = 1
     label[np.broadcast_to(body, shape) & two & ~one] = 2
     if kind == "mr":
-        base = np.where(np.broadcast_to(body, shape), 300.0, 10.0) + np.select([label == 1, label == 2], [180.0, 420.0], 0.0)
+        base = np.where(np.broadcast_to(body, shape), 300.0, 10.0) + np.select(
+            [label == 1, label == 2], [180.0, 420.0], 0.0
+        )
         bias = 1 + 0.25 * np.cos(x / extent[0] * np.pi + rng.uniform(0, 3)) * np.cos(y / extent[1] * np.pi)
         image = base * bias + rng.normal(0, 25, shape)
         image = np.abs(image)
     else:
-        base = np.where(np.broadcast_to(body, shape), 40.0, -1000.0) + np.select([label == 1, label == 2], [25.0, 110.0], 0.0)
+        base = np.where(np.broadcast_to(body, shape), 40.0, -1000.0) + np.select(
+            [label == 1, label == 2], [25.0, 110.0], 0.0
+        )
         image = base + rng.normal(0, 18, shape).astype(np.float32)
     return image.astype(np.int16), label
 
@@ -99,8 +104,10 @@ def render_grid(meta: dict, rows: list[dict]) -> str:
         wall = f"~{r['eta_total_s']:.0f} (ETA)" if r.get("stopped") else f"{r['wall_s']:.1f}"
         dice = "–" if r.get("dice") is None else f"{r['dice']:.3f}"
         budget = "–" if r.get("budget_s") is None else f"{r['budget_s']:.0f}"
-        lines.append(f"| {r['project']} | {r['volumes']} x {r['painted']} | {r['plane']} ({r['size']}) | {r['mode']} | "
-                     f"{r['isa']} | {r['schedule']} | {r['bf16']} | {r['steps']} | {train} | {wall} | {budget} | {dice} |")
+        lines.append(
+            f"| {r['project']} | {r['volumes']} x {r['painted']} | {r['plane']} ({r['size']}) | {r['mode']} | "
+            f"{r['isa']} | {r['schedule']} | {r['bf16']} | {r['steps']} | {train} | {wall} | {budget} | {dice} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -143,9 +150,16 @@ def hippocampus_project(tmp: Path, data: Path, n: int, k: int, n_test: int, name
         labels.append(str(tmp / name / f"sparse_{v}"))
         nib.save(nib.Nifti1Image(sparse, full.affine), labels[-1])
     shape = nib.load(str(data / "imagesTr" / names[0])).shape
-    return Project(name, [str(data / "imagesTr" / v) for v in names], labels,
-                   [(str(data / "imagesTr" / v), str(data / "labelsTr" / v)) for v in test], 0, k,
-                   f"~{shape[1]} x {shape[2]}", preset)
+    return Project(
+        name,
+        [str(data / "imagesTr" / v) for v in names],
+        labels,
+        [(str(data / "imagesTr" / v), str(data / "labelsTr" / v)) for v in test],
+        0,
+        k,
+        f"~{shape[1]} x {shape[2]}",
+        preset,
+    )
 
 
 def synthetic_project(tmp: Path, kind: str, n: int, k: int, n_test: int) -> Project:
@@ -160,7 +174,11 @@ def synthetic_project(tmp: Path, kind: str, n: int, k: int, n_test: int) -> Proj
         image_path = _save(folder / f"{kind}_{i:02d}.nii", image, spacing)
         if i < n:
             images.append(image_path)
-            labels.append(_save(folder / f"{kind}_{i:02d}_sparse.nii", sparse_label(label, 2, painted_slices(label, 2, k)), spacing))
+            labels.append(
+                _save(
+                    folder / f"{kind}_{i:02d}_sparse.nii", sparse_label(label, 2, painted_slices(label, 2, k)), spacing
+                )
+            )
         else:
             test.append((image_path, _save(folder / f"{kind}_{i:02d}_label.nii", label, spacing)))
     return Project(kind, images, labels, test, 2, k, f"{shape[0]} x {shape[1]}")
@@ -169,8 +187,17 @@ def synthetic_project(tmp: Path, kind: str, n: int, k: int, n_test: int) -> Proj
 def _config(project: Project, out: Path, schedule: str, speed_cache: Path):
     from model.config import preset
 
-    cfg = preset(project.preset, images=project.images, labels=project.labels, out_dir=str(out), axis=project.axis,
-                 num_classes=NUM_CLASSES, device="cpu", threads=2, speed_cache=str(speed_cache))
+    cfg = preset(
+        project.preset,
+        images=project.images,
+        labels=project.labels,
+        out_dir=str(out),
+        axis=project.axis,
+        num_classes=NUM_CLASSES,
+        device="cpu",
+        threads=2,
+        speed_cache=str(speed_cache),
+    )
     if schedule == "fixed":  # the schedule before budgets: fixed steps, whole slices, bf16 always on
         cfg = cfg.replace(budget_s=None, refresh_budget_s=None, patch_size=None, bf16="on")
     return cfg
@@ -188,8 +215,13 @@ def train_once(cfg, env_extra: dict, cap_s: float | None) -> dict:
     config_path.write_text(json.dumps(cfg.to_dict()))
     env = {**os.environ, **env_extra}
     t0 = time.monotonic()
-    proc = subprocess.Popen(["nice", "-n", "10", sys.executable, "-m", "model.train", str(config_path)], cwd=ROOT,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        ["nice", "-n", "10", sys.executable, "-m", "model.train", str(config_path)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         _, err = proc.communicate(timeout=cap_s)
     except subprocess.TimeoutExpired:
@@ -198,8 +230,11 @@ def train_once(cfg, env_extra: dict, cap_s: float | None) -> dict:
         events = _read_progress(out)
         steps = [e for e in events if e.get("eta_s") is not None and e["event"] == "step"]
         eta = steps[-1]["eta_s"] if steps else None
-        return {"stopped": True, "wall_s": time.monotonic() - t0,
-                "eta_total_s": None if eta is None else time.monotonic() - t0 + eta}
+        return {
+            "stopped": True,
+            "wall_s": time.monotonic() - t0,
+            "eta_total_s": None if eta is None else time.monotonic() - t0 + eta,
+        }
     wall = time.monotonic() - t0
     if proc.returncode:
         raise RuntimeError(f"training failed: {err.decode()[-2000:]}")
@@ -212,8 +247,11 @@ def held_out_dice(model_dir: Path, project: Project, speed_cache: Path) -> float
     from model.inference import load_predictor
 
     predictor = load_predictor(model_dir, "cpu", speed_cache=speed_cache)
-    return float(np.mean([dice_3d(predictor.predict(_read(Path(i)))[0], _read(Path(t)).astype(np.uint8))
-                          for i, t in project.test]))
+    return float(
+        np.mean(
+            [dice_3d(predictor.predict(_read(Path(i)))[0], _read(Path(t)).astype(np.uint8)) for i, t in project.test]
+        )
+    )
 
 
 def run_cell(project: Project, schedule: str, isa: str, tmp: Path, speed_cache: Path, cap_s: float) -> list[dict]:
@@ -231,17 +269,33 @@ def run_cell(project: Project, schedule: str, isa: str, tmp: Path, speed_cache: 
                 break
             cfg = retrain_config(full_cfg.replace(out_dir=str(out / "refresh")), out / "full", refresh=True)
         result = train_once(cfg, env, cap_s if schedule == "fixed" else None)
-        row = {"project": project.name, "volumes": len(project.images), "painted": project.painted, "plane": project.plane,
-               "mode": mode, "isa": isa, "schedule": schedule, "budget_s": cfg.budget_s, **result}
+        row = {
+            "project": project.name,
+            "volumes": len(project.images),
+            "painted": project.painted,
+            "plane": project.plane,
+            "mode": mode,
+            "isa": isa,
+            "schedule": schedule,
+            "budget_s": cfg.budget_s,
+            **result,
+        }
         if not result["stopped"]:
             m = result["metrics"]
             stages = m["stages"]
             row["train_s"] = sum(s["wall_s"] + s.get("pseudo_label_s", 0.0) for s in stages.values())
-            row["steps"] = "/".join(str(stages[s].get("steps_run", stages[s]["epochs"] * stages[s]["steps_per_epoch"]))
-                                    if s in stages else "–" for s in ("global", "local", "finetune", "pseudo"))
+            row["steps"] = "/".join(
+                str(stages[s].get("steps_run", stages[s]["epochs"] * stages[s]["steps_per_epoch"]))
+                if s in stages
+                else "–"
+                for s in ("global", "local", "finetune", "pseudo")
+            )
             row["bf16"] = "on" if m["data"]["runtime"]["autocast"] else "off"
-            row["size"] = m["data"]["size"] if not m["data"].get("patch_size") or m["data"]["patch_size"] >= m["data"]["size"] \
+            row["size"] = (
+                m["data"]["size"]
+                if not m["data"].get("patch_size") or m["data"]["patch_size"] >= m["data"]["size"]
                 else f"{m['data']['size']}, patches {m['data']['patch_size']}"
+            )
             row["why_bf16"] = m["data"]["runtime"].get("why", {}).get("bf16")
             row["dice"] = held_out_dice(Path(cfg.out_dir), project, speed_cache)
         else:
@@ -261,8 +315,7 @@ def run_grid(args, tmp: Path) -> list[dict]:
         elif name == "quick":
             project = hippocampus_project(tmp, Path(args.data), 3, 2, args.test_volumes, "quick", "quick")
         else:
-            project = synthetic_project(tmp, name, args.ct_volumes if name == "ct" else 20, 3 if name == "ct" else 2,
-                                        2)
+            project = synthetic_project(tmp, name, args.ct_volumes if name == "ct" else 20, 3 if name == "ct" else 2, 2)
         for isa in args.isa:
             for schedule in args.schedules:
                 rows += run_cell(project, schedule, isa, tmp, speed_cache, args.fixed_cap)

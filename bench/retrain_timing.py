@@ -52,8 +52,11 @@ AXIS = 0
 TERMINAL = ("succeeded", "failed", "cancelled")
 STAGE_NAMES = {"global": "global", "local": "local", "finetune": "fine-tune", "pseudo": "self-training"}
 TARGETS = {"refresh": 60.0, "full": 600.0}  # seconds from Retrain to masks on the 2-core CPU
-PHASES = (("a", "full", "mode=full, first retrain"), ("b", "auto", "auto after 1 new slice on 2 volumes"),
-          ("c", "full", "mode=full again, same paint as b"))
+PHASES = (
+    ("a", "full", "mode=full, first retrain"),
+    ("b", "auto", "auto after 1 new slice on 2 volumes"),
+    ("c", "full", "mode=full again, same paint as b"),
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,13 +133,17 @@ def render_markdown(meta: dict, rows: list[dict]) -> str:
             f"| {r['phase']} | {r['request']} | {r['mode']} | {r['global_stage'] or '–'} | {r['seconds']:.1f} | "
             + "".join(f"{_fmt(stages.get(s))} | " for s in names)
             + f"{_fmt(r['predict_s'])} | {other:.1f} | {_fmt(r['dice_train'], '{:.3f}')} | "
-            f"{_fmt(r['dice_test'], '{:.3f}')} | {verdict} |")
+            f"{_fmt(r['dice_test'], '{:.3f}')} | {verdict} |"
+        )
     by = {r["phase"]: r for r in rows}
     if "b" in by and "c" in by and by["b"]["dice_test"] is not None and by["c"]["dice_test"] is not None:
-        lines += ["", f"Dice cost of the refresh (b) against a full retrain on the same paint (c): "
-                      f"{by['b']['dice_train'] - by['c']['dice_train']:+.3f} on the painted volumes, "
-                      f"{by['b']['dice_test'] - by['c']['dice_test']:+.3f} on the test volumes; the refresh took "
-                      f"{by['b']['seconds']:.0f} s against {by['c']['seconds']:.0f} s."]
+        lines += [
+            "",
+            f"Dice cost of the refresh (b) against a full retrain on the same paint (c): "
+            f"{by['b']['dice_train'] - by['c']['dice_train']:+.3f} on the painted volumes, "
+            f"{by['b']['dice_test'] - by['c']['dice_test']:+.3f} on the test volumes; the refresh took "
+            f"{by['b']['seconds']:.0f} s against {by['c']['seconds']:.0f} s.",
+        ]
     lines += ["", "Why each mode was chosen (the job's `mode_reason`):", ""]
     lines += [f"- {r['phase']}: {r['mode_reason']}" for r in rows]
     return "\n".join(lines) + "\n"
@@ -161,7 +168,9 @@ class Run:
         self.args = args
         self.data = Path(args.data)
         self.names = choose_volumes(volume_names(self.data), args.volumes)
-        self.test_names = split_volumes(volume_names(self.data), seed=0, n_val=20, n_test=40)["test"][: args.test_volumes]
+        self.test_names = split_volumes(volume_names(self.data), seed=0, n_val=20, n_test=40)["test"][
+            : args.test_volumes
+        ]
         self.truth = {n: _read(self.data / "labelsTr" / n).astype(np.uint8) for n in self.names}
         self.painted: dict[str, list[int]] = {}
         self.volume_ids: dict[str, int] = {}
@@ -183,8 +192,11 @@ class Run:
 
     def paint(self, client, name: str, index: int) -> None:
         mask = np.ascontiguousarray(np.take(self.truth[name], index, AXIS))
-        r = client.put(f"/api/volumes/{self.volume_ids[name]}/annotations/{AXIS}/{index}", content=mask.tobytes(),
-                       headers={"Content-Type": "application/octet-stream"})
+        r = client.put(
+            f"/api/volumes/{self.volume_ids[name]}/annotations/{AXIS}/{index}",
+            content=mask.tobytes(),
+            headers={"Content-Type": "application/octet-stream"},
+        )
         r.raise_for_status()
         self.painted[name].append(index)
 
@@ -227,7 +239,9 @@ class Run:
         from model.inference import load_predictor
 
         if self._test is None:
-            self._test = [(_read(self.data / "imagesTr" / n), _read(self.data / "labelsTr" / n)) for n in self.test_names]
+            self._test = [
+                (_read(self.data / "imagesTr" / n), _read(self.data / "labelsTr" / n)) for n in self.test_names
+            ]
         predictor = load_predictor(model_dir, "cpu")
         return float(np.mean([dice_3d(predictor.predict(image)[0], truth) for image, truth in self._test]))
 
@@ -238,7 +252,9 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--volumes", type=int, help="train volumes uploaded (default 20; --quick 3)")
     parser.add_argument("--slices", type=int, default=3, help="painted slices per volume")
-    parser.add_argument("--test-volumes", type=int, help="test volumes for the test Dice (default 40; --quick 5; 0 = none)")
+    parser.add_argument(
+        "--test-volumes", type=int, help="test volumes for the test Dice (default 40; --quick 5; 0 = none)"
+    )
     parser.add_argument("--preset", help="default cpu; --quick: quick")
     parser.add_argument("--md", help="markdown output (default docs/benchmarks/retrain_timing.md; --quick: bench/out)")
     parser.add_argument("--grid", action="store_true", help="bench/retrain_grid.py: schedules x project sizes x ISA")
@@ -253,17 +269,26 @@ def main(argv=None) -> int:
     args.volumes = args.volumes or (3 if args.quick else 20)
     args.test_volumes = (5 if args.quick else 40) if args.test_volumes is None else args.test_volumes
     args.preset = args.preset or ("quick" if args.quick else "cpu")
-    md = Path(args.md) if args.md else (ROOT / "bench" / "out" / "retrain_timing" / "quick.md" if args.quick
-                                        else ROOT / "docs" / "benchmarks" / "retrain_timing.md")
+    md = (
+        Path(args.md)
+        if args.md
+        else (
+            ROOT / "bench" / "out" / "retrain_timing" / "quick.md"
+            if args.quick
+            else ROOT / "docs" / "benchmarks" / "retrain_timing.md"
+        )
+    )
     from tests.helpers_server import running_server  # how the tests start a real server
 
-    started, t_start = _dt.datetime.now(_dt.timezone.utc), time.monotonic()
+    started, t_start = _dt.datetime.now(_dt.UTC), time.monotonic()
     load_start, busy_start = os.getloadavg(), _busy()
     run = Run(args)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="retrain-timing-") as tmp, \
-            running_server(Path(tmp) / "ws", extra_args=["--device", "cpu"]) as server, \
-            server.client(timeout=120) as client:
+    with (
+        tempfile.TemporaryDirectory(prefix="retrain-timing-") as tmp,
+        running_server(Path(tmp) / "ws", extra_args=["--device", "cpu"]) as server,
+        server.client(timeout=120) as client,
+    ):
         from data.store import Workspace
 
         workspace = Workspace(server.workspace)  # read-only use: the model folders, for the test Dice
@@ -283,26 +308,47 @@ def main(argv=None) -> int:
                 raise RuntimeError(f"auto chose {job['mode']} after 2 new slices: {job['mode_reason']}")
             if phase == "c" and job["global_stage"] != "reused":
                 raise RuntimeError(f"the second full retrain did not reuse the global stage: {job['global_stage']}")
-            row = {"phase": phase, "request": request, "mode": job["mode"], "mode_reason": job["mode_reason"],
-                   "global_stage": job["global_stage"], "seconds": job["seconds"], "predict_s": job["predict_s"],
-                   "stages": stage_seconds(model["metrics"]), "job_id": job["id"], "model_id": job["model_id"]}
+            row = {
+                "phase": phase,
+                "request": request,
+                "mode": job["mode"],
+                "mode_reason": job["mode_reason"],
+                "global_stage": job["global_stage"],
+                "seconds": job["seconds"],
+                "predict_s": job["predict_s"],
+                "stages": stage_seconds(model["metrics"]),
+                "job_id": job["id"],
+                "model_id": job["model_id"],
+            }
             row["dice_train"] = run.masks_dice(client, job["model_id"])
             row["dice_test"] = run.test_dice(Path(workspace.get_model(job["model_id"])["path"]))
             rows.append(row)
-            print(f"{phase}) {request}: {job['mode']} in {job['seconds']:.1f} s (stages {row['stages']}, predict "
-                  f"{_fmt(job['predict_s'])} s); Dice {row['dice_train']:.3f} painted volumes, "
-                  f"{_fmt(row['dice_test'], '{:.3f}')} test", flush=True)
+            print(
+                f"{phase}) {request}: {job['mode']} in {job['seconds']:.1f} s (stages {row['stages']}, predict "
+                f"{_fmt(job['predict_s'])} s); Dice {row['dice_train']:.3f} painted volumes, "
+                f"{_fmt(row['dice_test'], '{:.3f}')} test",
+                flush=True,
+            )
     commit = _git("rev-parse", "--short", "HEAD")
     dirty = bool(_git("status", "--porcelain"))
     busy_end = _busy()
     meta = {
-        "commit": commit, "dirty": dirty, "machine": _machine(), "torch": _torch_version(),
-        "started_utc": started.strftime("%Y-%m-%d %H:%M UTC"), "elapsed_s": time.monotonic() - t_start,
+        "commit": commit,
+        "dirty": dirty,
+        "machine": _machine(),
+        "torch": _torch_version(),
+        "started_utc": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "elapsed_s": time.monotonic() - t_start,
         "load_start": " / ".join(f"{x:.2f}" for x in load_start),
         "load_end": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "busy_note": "; ".join(x for x in (busy_start and f"at start {busy_start}", busy_end and f"at end {busy_end}") if x),
+        "busy_note": "; ".join(
+            x for x in (busy_start and f"at start {busy_start}", busy_end and f"at end {busy_end}") if x
+        ),
         "command": " ".join(["python", "-m", "bench.retrain_timing", *(argv if argv is not None else sys.argv[1:])]),
-        "n_volumes": len(run.names), "slices": args.slices, "preset": args.preset, "n_test": len(run.test_names),
+        "n_volumes": len(run.names),
+        "slices": args.slices,
+        "preset": args.preset,
+        "n_test": len(run.test_names),
     }
     text = render_markdown(meta, rows)
     md.parent.mkdir(parents=True, exist_ok=True)
@@ -325,17 +371,29 @@ def grid_main(args, argv) -> int:
 
     args.test_volumes = 10 if args.test_volumes is None else args.test_volumes
     md = Path(args.md) if args.md else ROOT / "docs" / "benchmarks" / "retrain_budget.md"
-    started, t_start, load_start = _dt.datetime.now(_dt.timezone.utc), time.monotonic(), os.getloadavg()
-    cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.lower().startswith("model name")), platform.processor())
+    started, t_start, load_start = _dt.datetime.now(_dt.UTC), time.monotonic(), os.getloadavg()
+    cpu_model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.lower().startswith("model name")
+        ),
+        platform.processor(),
+    )
     with tempfile.TemporaryDirectory(prefix="retrain-grid-") as tmp:
         rows = run_grid(args, Path(tmp))
-    meta = {"commit": _git("rev-parse", "--short", "HEAD"), "dirty": bool(_git("status", "--porcelain")),
-            "machine": _machine(), "cpu_model": cpu_model, "torch": _torch_version(),
-            "started_utc": started.strftime("%Y-%m-%d %H:%M UTC"), "elapsed_s": time.monotonic() - t_start,
-            "load_start": " / ".join(f"{x:.2f}" for x in load_start),
-            "load_end": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
-            "command": " ".join(["python", "bench/retrain_timing.py", *(argv if argv is not None else sys.argv[1:])])}
+    meta = {
+        "commit": _git("rev-parse", "--short", "HEAD"),
+        "dirty": bool(_git("status", "--porcelain")),
+        "machine": _machine(),
+        "cpu_model": cpu_model,
+        "torch": _torch_version(),
+        "started_utc": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "elapsed_s": time.monotonic() - t_start,
+        "load_start": " / ".join(f"{x:.2f}" for x in load_start),
+        "load_end": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "command": " ".join(["python", "bench/retrain_timing.py", *(argv if argv is not None else sys.argv[1:])]),
+    }
     text = render_grid(meta, rows)
     notes = md.read_text().split(NOTES_MARKER, 1)[1] if md.exists() and NOTES_MARKER in md.read_text() else ""
     md.parent.mkdir(parents=True, exist_ok=True)

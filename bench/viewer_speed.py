@@ -59,8 +59,8 @@ def synthetic_ct(path: Path, shape: tuple[int, int, int]) -> None:
     array = np.full(shape, -1000, np.int16)
     for k in range(shape[2]):
         s = np.where(body, 40, -1000).astype(np.int16)
-        s[(x - 0.3) ** 2 + y**2 < 0.04 + 0.02 * np.sin(k / 20)] = -800   # lung-like air
-        s[(x + 0.2) ** 2 + (y - 0.3) ** 2 < 0.01] = 900                    # bone
+        s[(x - 0.3) ** 2 + y**2 < 0.04 + 0.02 * np.sin(k / 20)] = -800  # lung-like air
+        s[(x + 0.2) ** 2 + (y - 0.3) ** 2 < 0.01] = 900  # bone
         array[:, :, k] = s + rng.integers(-20, 20, size=s.shape, dtype=np.int16)
     nib.save(nib.Nifti1Image(array, np.diag([0.7, 0.7, 1.5, 1.0])), str(path))
 
@@ -87,8 +87,9 @@ def main() -> None:
         process, url = start_server(tmp / "ws", tmp / "serve.log")
         try:
             http = httpx.Client(base_url=url, timeout=600)
-            project = http.post("/api/projects", json={"name": "bench", "labels": [
-                {"value": 1, "name": "organ", "color": "#e6194b"}]}).json()
+            project = http.post(
+                "/api/projects", json={"name": "bench", "labels": [{"value": 1, "name": "organ", "color": "#e6194b"}]}
+            ).json()
             with open(source, "rb") as f:
                 volume = http.post(f"/api/projects/{project['id']}/volumes", files={"file": (source.name, f)}).json()
             opens, changes = [], {}
@@ -112,8 +113,9 @@ def main() -> None:
             process.terminate()
             process.wait(timeout=30)
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     worst = max(pct(v, 95) for v in changes.values())
@@ -138,11 +140,16 @@ def main() -> None:
         f" {pct(opens, 95):.2f} s | {max(opens):.2f} s |",
     ]
     for plane, times in changes.items():
-        lines.append(f"| slice change in the {plane} plane (key -> slice drawn), {len(times)} changes |"
-                     f" {pct(times, 50):.1f} ms | {pct(times, 95):.1f} ms | {max(times):.1f} ms |")
-    lines += ["", f"Target: slice change p95 < {TARGET_MS:.0f} ms: **{'met' if worst < TARGET_MS else 'NOT met'}**"
-              f" (worst plane p95 {worst:.1f} ms). A slice change includes waiting for the next animation frame"
-              " (up to 16.7 ms at 60 Hz)."]
+        lines.append(
+            f"| slice change in the {plane} plane (key -> slice drawn), {len(times)} changes |"
+            f" {pct(times, 50):.1f} ms | {pct(times, 95):.1f} ms | {max(times):.1f} ms |"
+        )
+    lines += [
+        "",
+        f"Target: slice change p95 < {TARGET_MS:.0f} ms: **{'met' if worst < TARGET_MS else 'NOT met'}**"
+        f" (worst plane p95 {worst:.1f} ms). A slice change includes waiting for the next animation frame"
+        " (up to 16.7 ms at 60 Hz).",
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.write_text(text)

@@ -29,7 +29,9 @@ def check_slice(shape, axis, index) -> tuple[int, int, tuple[int, int]]:
     axis = int(axis)
     last = int(shape[axis]) - 1
     if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index <= last:
-        raise InvalidInput(f"slice index {index!r} is outside 0..{last} along axis {axis} (it must be between 0 and {last})")
+        raise InvalidInput(
+            f"slice index {index!r} is outside 0..{last} along axis {axis} (it must be between 0 and {last})"
+        )
     return axis, int(index), _slice_shape(tuple(int(n) for n in shape), axis)
 
 

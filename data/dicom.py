@@ -46,8 +46,7 @@ def _find_series(folder: Path) -> dict[str, list[str]]:
                 if series_id not in series_ids:
                     series_ids.append(series_id)
     return {
-        sid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid, False, True))
-        for sid in series_ids
+        sid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid, False, True)) for sid in series_ids
     }
 
 
@@ -108,8 +107,9 @@ def _check_before_gdcm(folder: Path, name: str) -> None:
         if not series_uid:
             if _is_dicomdir(path):
                 continue  # the index of an exported disc: not an image, GDCM leaves it out too
-            raise InvalidInput(f"{name}: {short} is a DICOM file without a series (SeriesInstanceUID); "
-                               "it is corrupt or not an image")
+            raise InvalidInput(
+                f"{name}: {short} is a DICOM file without a series (SeriesInstanceUID); it is corrupt or not an image"
+            )
         if not has_pixels:
             raise InvalidInput(f"{name}: {short} has no pixel data")
         try:
@@ -178,7 +178,9 @@ def _read_slice_header(file: str, name: str) -> dict:
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise InvalidInput(f"{name}: {short} has no pixel data")
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        raise InvalidInput(f"{name}: {short} is a multi-frame (enhanced) DICOM; export the series as single-frame images")
+        raise InvalidInput(
+            f"{name}: {short} is a multi-frame (enhanced) DICOM; export the series as single-frame images"
+        )
     _check_pixel_size(ds, short, name)
     position = ds.get("ImagePositionPatient")
     if position is None or len(position) != 3 or "ImageOrientationPatient" not in ds:
@@ -202,8 +204,10 @@ def _check_pixel_size(ds, short: str, name: str) -> None:
     except Exception as exc:  # also pydicom's errors for a corrupt element
         raise InvalidInput(f"{name}: {short} has an unreadable image size ({exc})") from exc
     if rows < 1 or cols < 1 or bits not in (1, 8, 16, 32, 64) or samples < 1:
-        raise InvalidInput(f"{name}: {short} has an invalid image size: {rows} x {cols} pixels, "
-                           f"{bits} bits allocated, {samples} samples per pixel")
+        raise InvalidInput(
+            f"{name}: {short} has an invalid image size: {rows} x {cols} pixels, "
+            f"{bits} bits allocated, {samples} samples per pixel"
+        )
     expected = (rows * cols * samples * bits + 7) // 8
     try:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
@@ -219,11 +223,15 @@ def _check_pixel_size(ds, short: str, name: str) -> None:
     except Exception as exc:
         raise InvalidInput(f"{name}: {short} has unreadable pixel data ({exc})") from exc
     if actual < expected:
-        raise InvalidInput(f"{name}: {short} holds {actual} bytes of pixel data but its header says {rows} x {cols} "
-                           f"pixels of {bits} bits ({expected} bytes); the file is truncated or its header is wrong")
+        raise InvalidInput(
+            f"{name}: {short} holds {actual} bytes of pixel data but its header says {rows} x {cols} "
+            f"pixels of {bits} bits ({expected} bytes); the file is truncated or its header is wrong"
+        )
 
 
-def _check_regular_slices(affine: np.ndarray, positions_lps: list[list[float]], slice_spacing: float, name: str) -> None:
+def _check_regular_slices(
+    affine: np.ndarray, positions_lps: list[list[float]], slice_spacing: float, name: str
+) -> None:
     """Every slice must sit where the affine says; otherwise slices are missing or unevenly spaced."""
     # compare in RAS, against the affine; a point's RAS position is the origin of its own LPS->RAS affine
     ras = np.array([lps_to_ras_affine(np.eye(3), np.ones(3), p)[:3, 3] for p in positions_lps])

@@ -51,16 +51,25 @@ def read_multiframe(path: Path, name: str, relative_to: Path | None = None) -> V
     if frames < 2 or rows < 2 or cols < 2 or frames * rows * cols > MAX_VOXELS:
         raise InvalidInput(f"{name}: a multi-frame image of {frames} x {rows} x {cols} pixels is not a usable volume")
     if len(ds.get("PerFrameFunctionalGroupsSequence") or []) != frames:
-        raise InvalidInput(f"{name}: the multi-frame image does not describe each of its {frames} frames "
-                           "(Per-frame Functional Groups)")
+        raise InvalidInput(
+            f"{name}: the multi-frame image does not describe each of its {frames} frames (Per-frame Functional Groups)"
+        )
     try:
-        positions = np.array([[float(v) for v in _group(ds, f, "PlanePositionSequence", name).ImagePositionPatient]
-                              for f in range(frames)])
-        orientations = np.array([[float(v) for v in
-                                  _group(ds, f, "PlaneOrientationSequence", name).ImageOrientationPatient]
-                                 for f in range(frames)])
-        spacings = np.array([[float(v) for v in _group(ds, f, "PixelMeasuresSequence", name).PixelSpacing]
-                             for f in range(frames)])
+        positions = np.array(
+            [
+                [float(v) for v in _group(ds, f, "PlanePositionSequence", name).ImagePositionPatient]
+                for f in range(frames)
+            ]
+        )
+        orientations = np.array(
+            [
+                [float(v) for v in _group(ds, f, "PlaneOrientationSequence", name).ImageOrientationPatient]
+                for f in range(frames)
+            ]
+        )
+        spacings = np.array(
+            [[float(v) for v in _group(ds, f, "PixelMeasuresSequence", name).PixelSpacing] for f in range(frames)]
+        )
     except (AttributeError, TypeError, ValueError) as exc:
         raise InvalidInput(f"{name}: the frames' position, orientation or pixel spacing is unreadable ({exc})") from exc
     if positions.shape != (frames, 3) or orientations.shape != (frames, 6) or spacings.shape != (frames, 2):
@@ -73,8 +82,10 @@ def read_multiframe(path: Path, name: str, relative_to: Path | None = None) -> V
     order = np.argsort(along, kind="stable")
     steps = np.diff(along[order])
     if (steps < 1e-3).any():
-        raise InvalidInput(f"{name}: several frames lie at the same position (several stacks, echoes or time "
-                           "points); slicewise needs one 3D volume")
+        raise InvalidInput(
+            f"{name}: several frames lie at the same position (several stacks, echoes or time "
+            "points); slicewise needs one 3D volume"
+        )
     slice_spacing = float(np.mean(steps))
     direction = np.column_stack([row_cos, col_cos, normal])
     spacing = (spacings[0][1], spacings[0][0], slice_spacing)
@@ -98,8 +109,10 @@ def read_multiframe(path: Path, name: str, relative_to: Path | None = None) -> V
             slopes.append(1.0)
             intercepts.append(0.0)
     if any(s != 1 for s in slopes) or any(i != 0 for i in intercepts):
-        array = array.astype(np.float32) * np.array(slopes, np.float32)[:, None, None] \
+        array = (
+            array.astype(np.float32) * np.array(slopes, np.float32)[:, None, None]
             + np.array(intercepts, np.float32)[:, None, None]
+        )
     array = np.ascontiguousarray(array.transpose(2, 1, 0))  # (k, j, i) -> (i, j, k)
 
     source = Path(path).relative_to(relative_to).as_posix() if relative_to is not None else str(Path(path).resolve())

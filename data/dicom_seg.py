@@ -178,8 +178,15 @@ def _source_datasets(like: Volume) -> list[pydicom.Dataset]:
 
 # Patient/study attributes DICOM lets a source leave empty (Type 2) but highdicom reads unconditionally.
 _TYPE2_PATIENT_STUDY = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
-    "AccessionNumber", "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
 )
 
 

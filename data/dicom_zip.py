@@ -36,7 +36,14 @@ def extract_dicom_zip(zip_path: str | Path, dest_dir: str | Path, max_bytes_expa
             with zipfile.ZipFile(zip_path) as archive:
                 members = _checked_members(archive, max_bytes_expanded)
                 _extract_members(archive, members, staging, max_bytes_expanded)
-        except (zipfile.BadZipFile, zlib.error, EOFError, struct.error, ValueError, OverflowError) as exc:  # broken data
+        except (
+            zipfile.BadZipFile,
+            zlib.error,
+            EOFError,
+            struct.error,
+            ValueError,
+            OverflowError,
+        ) as exc:  # broken data
             raise InvalidInput(f"{NOT_SUPPORTED}: the zip is corrupt ({exc})") from exc
         except (NotImplementedError, RuntimeError) as exc:
             raise InvalidInput(f"cannot extract the zip ({exc})") from exc
@@ -52,7 +59,9 @@ def _declared_uncompressed_size(members: list[zipfile.ZipInfo]) -> int:
     return sum(info.file_size for info in members)
 
 
-def _checked_members(archive: zipfile.ZipFile, max_bytes_expanded: int | None) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
+def _checked_members(
+    archive: zipfile.ZipFile, max_bytes_expanded: int | None
+) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
     infos = archive.infolist()
     if len(infos) > MAX_ZIP_MEMBERS:
         raise TooLarge(f"the zip holds {len(infos)} entries, more than the limit of {MAX_ZIP_MEMBERS}")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from data.errors import InvalidInput
 
-NOT_SUPPORTED = ("file is not a NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage (.mha) or a zip of one DICOM series "
-                 "(or of a .nhdr/.mhd header with its data file)")
+NOT_SUPPORTED = (
+    "file is not a NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage (.mha) or a zip of one DICOM series "
+    "(or of a .nhdr/.mhd header with its data file)"
+)
 # Streaming reads (gzip, zip members) go in pieces of this many bytes, so a size limit stops them early.
 CHUNK = 1 << 20
 

@@ -90,17 +90,22 @@ def check_data_file(path: Path, kind: str, name: str) -> None:
     data_file = data_file_of(header_text(path, kind, name), kind)
     if kind not in DETACHED:
         if data_file is not None:
-            raise InvalidInput(f"{name}: the header points to a separate data file ({data_file!r}); a .{kind} "
-                               "must hold its data (send a .nhdr/.mhd with its data file in a .zip)")
+            raise InvalidInput(
+                f"{name}: the header points to a separate data file ({data_file!r}); a .{kind} "
+                "must hold its data (send a .nhdr/.mhd with its data file in a .zip)"
+            )
         return
     if not data_file:
         raise InvalidInput(f"{name}: a .{kind} header must name its data file")
     if not _PLAIN_NAME.fullmatch(data_file):
-        raise InvalidInput(f"{name}: the header's data file {data_file!r} must be a plain file name beside the header "
-                           "(no folders, lists or patterns)")
+        raise InvalidInput(
+            f"{name}: the header's data file {data_file!r} must be a plain file name beside the header "
+            "(no folders, lists or patterns)"
+        )
     if not (path.parent / data_file).is_file():
-        raise InvalidInput(f"{name}: its data file {data_file!r} is missing; send the header and the data file "
-                           "together in a .zip")
+        raise InvalidInput(
+            f"{name}: its data file {data_file!r} is missing; send the header and the data file together in a .zip"
+        )
 
 
 def _bytes_per_voxel(pixel_id: int) -> int:
@@ -143,8 +148,7 @@ def read_itk_image(path: Path, name: str, max_bytes_expanded: int | None, vector
 
 def itk_affine(image: sitk.Image, name: str) -> np.ndarray:
     affine = lps_to_ras_affine(image.GetDirection(), image.GetSpacing(), image.GetOrigin())
-    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12 \
-            or None in nib.aff2axcodes(affine):
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12 or None in nib.aff2axcodes(affine):
         raise InvalidInput(f"{name}: the header's spacing/direction is invalid")
     return affine
 
@@ -164,8 +168,7 @@ def itk_array(image: sitk.Image, name: str) -> np.ndarray:
 def read_itk_volume(path: Path, name: str, max_bytes_expanded: int | None) -> Volume:
     image = read_itk_image(Path(path), name, max_bytes_expanded)
     kind = itk_kind(name) or itk_kind(Path(path).name)
-    return Volume(array=itk_array(image, name), affine=itk_affine(image, name), source="itk",
-                  meta={"itk_format": kind})
+    return Volume(array=itk_array(image, name), affine=itk_affine(image, name), source="itk", meta={"itk_format": kind})
 
 
 def _last_line(exc: Exception) -> str:

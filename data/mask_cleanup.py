@@ -53,7 +53,7 @@ class Cleanup:
         return {str(c): list(s) for c, s in sorted(self.steps.items())}
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "Cleanup":
+    def from_dict(cls, d: dict | None) -> Cleanup:
         steps = {}
         for key, names in (d or {}).items():
             bad = [n for n in names if n not in STEPS]
@@ -63,7 +63,7 @@ class Cleanup:
         return cls(steps)
 
     @classmethod
-    def everything(cls, num_classes: int) -> "Cleanup":
+    def everything(cls, num_classes: int) -> Cleanup:
         return cls({c: STEPS for c in range(1, num_classes)})
 
     def apply(self, labels: np.ndarray) -> np.ndarray:
@@ -107,8 +107,9 @@ def choose_cleanup(predictions: list[np.ndarray], truths: list[np.ndarray], num_
         best = before
         for step in STEPS:
             trial = (*kept, step)
-            score = float(np.mean([class_dice(clean_labels(p, {label: trial}), t, label)
-                                   for p, t in zip(predictions, truths)]))
+            score = float(
+                np.mean([class_dice(clean_labels(p, {label: trial}), t, label) for p, t in zip(predictions, truths)])
+            )
             if score >= best:
                 kept, best = trial, score
         chosen[label] = kept

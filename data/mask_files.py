@@ -37,12 +37,16 @@ def read_mask_file(path: Path, filename: str, like: Volume, labels: list[dict], 
         else:
             array = itk_array(image, filename)
             if array.ndim != 3:
-                raise InvalidInput(f"{filename}: a label map has one value per voxel, this file has "
-                                   f"{array.shape[-1]} (a .seg.nrrd names its segments in its header)")
+                raise InvalidInput(
+                    f"{filename}: a label map has one value per voxel, this file has "
+                    f"{array.shape[-1]} (a .seg.nrrd names its segments in its header)"
+                )
             array = _plain_label_map(array, labels, filename)
         return place_on_grid(array, itk_affine(image, filename), like, filename)
-    raise InvalidInput(f"{filename}: a mask must be NIfTI (.nii, .nii.gz), NRRD (.nrrd, .seg.nrrd), MetaImage "
-                       "(.mha) or DICOM-SEG (.dcm)")
+    raise InvalidInput(
+        f"{filename}: a mask must be NIfTI (.nii, .nii.gz), NRRD (.nrrd, .seg.nrrd), MetaImage "
+        "(.mha) or DICOM-SEG (.dcm)"
+    )
 
 
 def place_on_grid(array: np.ndarray, affine: np.ndarray, like: Volume, name: str) -> np.ndarray:
@@ -52,17 +56,22 @@ def place_on_grid(array: np.ndarray, affine: np.ndarray, like: Volume, name: str
         raise InvalidInput(f"{name}: a mask must be 3D, got shape {array.shape}")
     to_volume = np.linalg.inv(like.affine) @ np.asarray(affine, dtype=np.float64)
     offset = to_volume[:3, 3]
-    if not np.allclose(to_volume[:3, :3], np.eye(3), atol=GRID_TOLERANCE) or \
-            not np.allclose(offset, np.round(offset), atol=GRID_TOLERANCE):
-        raise InvalidInput(f"{name}: the mask's geometry (orientation, spacing or origin) does not match the "
-                           "volume's voxel grid; export it on the volume's grid (no resampling is done)")
+    if not np.allclose(to_volume[:3, :3], np.eye(3), atol=GRID_TOLERANCE) or not np.allclose(
+        offset, np.round(offset), atol=GRID_TOLERANCE
+    ):
+        raise InvalidInput(
+            f"{name}: the mask's geometry (orientation, spacing or origin) does not match the "
+            "volume's voxel grid; export it on the volume's grid (no resampling is done)"
+        )
     start = np.round(offset).astype(int)
     stop = start + np.array(array.shape)
     if (start < 0).any() or (stop > np.array(like.shape)).any():
-        raise InvalidInput(f"{name}: the mask (shape {array.shape} at voxel {tuple(start)}) reaches outside the "
-                           f"volume of shape {like.shape}")
+        raise InvalidInput(
+            f"{name}: the mask (shape {array.shape} at voxel {tuple(start)}) reaches outside the "
+            f"volume of shape {like.shape}"
+        )
     out = np.zeros(like.shape, dtype=np.uint8)
-    out[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]] = array
+    out[start[0] : stop[0], start[1] : stop[1], start[2] : stop[2]] = array
     return out
 
 
@@ -82,8 +91,10 @@ def _plain_label_map(array: np.ndarray, labels: list[dict], name: str) -> np.nda
     allowed = {int(item["value"]) for item in labels} | {0, IGNORE}
     unknown = sorted({int(v) for v in np.unique(array)} - allowed)
     if unknown:
-        raise InvalidInput(f"{name}: the mask holds values {unknown} that are not in the project's label map "
-                           f"(allowed: {sorted(allowed)})")
+        raise InvalidInput(
+            f"{name}: the mask holds values {unknown} that are not in the project's label map "
+            f"(allowed: {sorted(allowed)})"
+        )
     return array
 
 
@@ -104,8 +115,9 @@ def _slicer_segments(image, keys: set[str], labels: list[dict], name: str) -> np
     out = np.zeros(layers.shape[:3], dtype=np.uint8)
     number = 0
     while f"Segment{number}_Name" in keys or f"Segment{number}_LabelValue" in keys:
+
         def meta(field: str, default: str = "") -> str:
-            key = f"Segment{number}_{field}"
+            key = f"Segment{number}_{field}"  # noqa: B023 (called within this iteration)
             return image.GetMetaData(key).strip() if key in keys else default
 
         segment = meta("Name", f"Segment_{number + 1}")
@@ -119,8 +131,10 @@ def _slicer_segments(image, keys: set[str], labels: list[dict], name: str) -> np
         if value is None and value_in_file in values:
             value = value_in_file
         if value is None:
-            raise InvalidInput(f"{name}: segment {segment!r} (label value {value_in_file}) matches no label of the "
-                               f"project ({', '.join(repr(item['name']) for item in labels)}); rename it")
+            raise InvalidInput(
+                f"{name}: segment {segment!r} (label value {value_in_file}) matches no label of the "
+                f"project ({', '.join(repr(item['name']) for item in labels)}); rename it"
+            )
         out[layers[..., layer] == value_in_file] = value
         number += 1
     return out
@@ -143,20 +157,28 @@ def _dicom_seg_mask(path: Path, name: str, like: Volume, labels: list[dict]) -> 
     for description in seg.SegmentSequence:
         value = label_for_segment(description.SegmentLabel, labels)
         if value is None:
-            raise InvalidInput(f"{name}: segment {description.SegmentLabel!r} matches no label of the project "
-                               f"({', '.join(repr(item['name']) for item in labels)}); rename it")
+            raise InvalidInput(
+                f"{name}: segment {description.SegmentLabel!r} matches no label of the project "
+                f"({', '.join(repr(item['name']) for item in labels)}); rename it"
+            )
         numbers.append(int(description.SegmentNumber))
         values.append(value)
     try:
         if like.meta.get("multiframe"):  # one enhanced source: frames by source frame number, in slice order
             frames = seg.get_pixels_by_source_frame(
-                source_sop_instance_uid=sources[0], source_frame_numbers=like.meta["frame_numbers"],
-                segment_numbers=numbers, assert_missing_frames_are_empty=True, ignore_spatial_locations=True,
+                source_sop_instance_uid=sources[0],
+                source_frame_numbers=like.meta["frame_numbers"],
+                segment_numbers=numbers,
+                assert_missing_frames_are_empty=True,
+                ignore_spatial_locations=True,
             )
         else:
             frames = seg.get_pixels_by_source_instance(
-                source_sop_instance_uids=sources, segment_numbers=numbers, combine_segments=False,
-                assert_missing_frames_are_empty=True, ignore_spatial_locations=True,
+                source_sop_instance_uids=sources,
+                segment_numbers=numbers,
+                combine_segments=False,
+                assert_missing_frames_are_empty=True,
+                ignore_spatial_locations=True,
             )
     except (ValueError, RuntimeError, KeyError) as exc:
         raise InvalidInput(f"{name}: cannot map the DICOM-SEG's frames onto the volume's slices ({exc})") from exc

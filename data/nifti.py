@@ -51,8 +51,9 @@ def read_nifti(path: Path, name: str, max_bytes_expanded: int | None) -> Volume:
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise InvalidInput(f"{name}: the image contains NaN or infinite voxel values")
     affine = np.asarray(header.get_best_affine(), dtype=np.float64)
-    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12 \
-            or None in nib.aff2axcodes(affine):  # an axis with no direction of its own
+    if (
+        not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12 or None in nib.aff2axcodes(affine)
+    ):  # an axis with no direction of its own
         raise InvalidInput(f"{name}: the header's orientation (qform/sform) is invalid")
     if None in nib.aff2axcodes(affine):  # an axis nearly degenerate against the others: no orientation
         raise InvalidInput(f"{name}: the header's orientation (qform/sform) gives no direction to every axis")
@@ -127,7 +128,9 @@ def _volume_shape(shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
     while len(squeezed) > 3 and squeezed[-1] == 1:
         squeezed.pop()
     if len(squeezed) > 3:
-        raise InvalidInput(f"{name}: image has {len(squeezed)} dimensions {tuple(shape)}; slicewise needs one 3D volume")
+        raise InvalidInput(
+            f"{name}: image has {len(squeezed)} dimensions {tuple(shape)}; slicewise needs one 3D volume"
+        )
     if any(n <= 0 for n in squeezed):
         raise InvalidInput(f"{name}: image has an empty dimension {tuple(shape)}")
     if len(squeezed) < 3 or min(squeezed) < 2:

@@ -52,18 +52,22 @@ def image_nifti(volume: Volume):
     return image
 
 
-def write_nnunet_zip(cases: Iterable[tuple[str, Volume, np.ndarray]], labels: list[dict], name: str,
-                     channel: str, path: Path) -> int:
+def write_nnunet_zip(
+    cases: Iterable[tuple[str, Volume, np.ndarray]], labels: list[dict], name: str, channel: str, path: Path
+) -> int:
     """Write the zip from (case id, volume, sparse label volume in project values) -> the number of cases."""
     names, lookup = label_numbering(labels)
     count = 0
-    with tempfile.TemporaryDirectory(prefix=".nnunet-", dir=Path(path).parent) as tmp, \
-            zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+    with (
+        tempfile.TemporaryDirectory(prefix=".nnunet-", dir=Path(path).parent) as tmp,
+        zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive,
+    ):
         for case_id, volume, label_volume in cases:
             image_path = Path(tmp) / f"{case_id}_0000{FILE_ENDING}"
             nib.save(image_nifti(volume), image_path)
-            label_path = write_nifti_mask(lookup[np.asarray(label_volume, dtype=np.uint8)], volume,
-                                          Path(tmp) / f"{case_id}{FILE_ENDING}")
+            label_path = write_nifti_mask(
+                lookup[np.asarray(label_volume, dtype=np.uint8)], volume, Path(tmp) / f"{case_id}{FILE_ENDING}"
+            )
             archive.write(image_path, f"imagesTr/{image_path.name}")
             archive.write(label_path, f"labelsTr/{label_path.name}")
             image_path.unlink()

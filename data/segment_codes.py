@@ -6,8 +6,14 @@ from __future__ import annotations
 
 import re
 
-SYNONYMS = {"tumor": "Neoplasm", "tumour": "Neoplasm", "lesions": "Lesion", "oedema": "Edema", "kidneys": "Kidney",
-            "lungs": "Lung"}
+SYNONYMS = {
+    "tumor": "Neoplasm",
+    "tumour": "Neoplasm",
+    "lesions": "Lesion",
+    "oedema": "Edema",
+    "kidneys": "Kidney",
+    "lungs": "Lung",
+}
 
 
 def _keyword(name: str) -> str:

@@ -23,18 +23,28 @@ from data.errors import Conflict, InvalidInput, NotFound
 from data.store_annotations import AnnotationsMixin
 from data.store_db import Database, now, to_json
 from data.store_files import IMAGE_CACHE, fsync_dir, remove_stale_staging, remove_tree, stage_volume
-from data.store_recovery import sweep_uncommitted
-from data.store_scores import ScoresMixin
 from data.store_labels import validate_labels, validate_project_name
 from data.store_project_admin import ProjectAdminMixin
+from data.store_recovery import sweep_uncommitted
+from data.store_scores import ScoresMixin
 from data.store_users import UsersMixin
 from data.volume import IGNORE, Volume
 
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED_STATES = JOB_STATES[2:]  # a finished job never changes state again
 JOB_FIELDS = {
-    "state", "stage", "epoch", "progress", "eta_s", "message", "error", "pid", "started", "finished",
-    "out_dir", "params",
+    "state",
+    "stage",
+    "epoch",
+    "progress",
+    "eta_s",
+    "message",
+    "error",
+    "pid",
+    "started",
+    "finished",
+    "out_dir",
+    "params",
 }
 STALE_STAGING_S = 24 * 3600
 VOLUME_COLUMNS = "id, project_id, name, source, shape, spacing, orientation, affine, meta, created"
@@ -130,8 +140,15 @@ class Workspace(AnnotationsMixin, UsersMixin, ScoresMixin, ProjectAdminMixin):
                     "INSERT INTO volumes (project_id, name, source, shape, spacing, orientation, affine, meta,"
                     " path, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, '', ?)",
                     (
-                        project_id, _volume_name(filename), volume.source, to_json(volume.shape),
-                        to_json(volume.spacing), volume.orientation, to_json(volume.affine), to_json(meta), now(),
+                        project_id,
+                        _volume_name(filename),
+                        volume.source,
+                        to_json(volume.shape),
+                        to_json(volume.spacing),
+                        volume.orientation,
+                        to_json(volume.affine),
+                        to_json(meta),
+                        now(),
                     ),
                 )
                 volume_id = cur.lastrowid
@@ -334,10 +351,10 @@ class Workspace(AnnotationsMixin, UsersMixin, ScoresMixin, ProjectAdminMixin):
     def record_audit(self, who: str, what: str, details: dict | None = None) -> dict:
         with self.db.write() as con:
             audit_id = self._audit(con, who, what, details)
-        return self.db.one('SELECT * FROM audit WHERE id = ?', (audit_id,))
+        return self.db.one("SELECT * FROM audit WHERE id = ?", (audit_id,))
 
     def list_audit(self, limit: int = 100) -> list[dict]:
-        return self.db.all('SELECT * FROM audit ORDER BY id DESC LIMIT ?', (int(limit),))
+        return self.db.all("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (int(limit),))
 
     @staticmethod
     def _audit(con, who: str, what: str, details: dict | None) -> int:

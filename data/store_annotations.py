@@ -25,7 +25,13 @@ class AnnotationsMixin:
     """Saving, reading, deleting and listing slice annotations of a Workspace."""
 
     def save_annotation(
-        self, volume_id, axis, index, mask, author: str = "local", expected_version: int | None = None,
+        self,
+        volume_id,
+        axis,
+        index,
+        mask,
+        author: str = "local",
+        expected_version: int | None = None,
         reviewed: bool = False,
     ) -> dict:
         """Store a new version of one painted slice -> the annotation dict (version, author, ...).
@@ -61,8 +67,12 @@ class AnnotationsMixin:
                 " reviewed = excluded.reviewed, updated = excluded.updated",
                 (volume_id, axis, index, version, rel, author, int(bool(reviewed)), stamp),
             )
-            self._audit(con, author, "save_annotation",
-                        {"volume_id": volume_id, "axis": axis, "index": index, "version": version})
+            self._audit(
+                con,
+                author,
+                "save_annotation",
+                {"volume_id": volume_id, "axis": axis, "index": index, "version": version},
+            )
         return self._annotation_row(volume_id, axis, index)
 
     def get_annotation(self, volume_id, axis, index, version: int | None = None) -> tuple[np.ndarray, dict]:
@@ -87,8 +97,9 @@ class AnnotationsMixin:
         mask = ann.mask_from_png((self.root / row.pop("path")).read_bytes(), slice_shape)
         return mask, row
 
-    def delete_annotation(self, volume_id, axis, index, expected_version: int | None = None,
-                          author: str = "local") -> dict:
+    def delete_annotation(
+        self, volume_id, axis, index, expected_version: int | None = None, author: str = "local"
+    ) -> dict:
         """Remove the slice's annotation (its versions stay in the history) -> the removed annotation dict."""
         volume = self.get_volume(volume_id)
         volume_id = volume["id"]
@@ -109,8 +120,12 @@ class AnnotationsMixin:
             con.execute(
                 'DELETE FROM annotations WHERE volume_id = ? AND axis = ? AND "index" = ?', (volume_id, axis, index)
             )
-            self._audit(con, author, "delete_annotation",
-                        {"volume_id": volume_id, "axis": axis, "index": index, "version": removed["version"]})
+            self._audit(
+                con,
+                author,
+                "delete_annotation",
+                {"volume_id": volume_id, "axis": axis, "index": index, "version": removed["version"]},
+            )
         return removed
 
     def list_annotations(self, volume_id) -> list[dict]:
@@ -122,8 +137,10 @@ class AnnotationsMixin:
     def annotation_history(self, volume_id, axis=None, index=None) -> list[dict]:
         """Every save and delete ever made on the volume (or one slice), oldest first."""
         volume_id = self.get_volume(volume_id)["id"]
-        sql = ('SELECT volume_id, axis, "index", version, action, author, reviewed, created'
-               " FROM annotation_history WHERE volume_id = ?")
+        sql = (
+            'SELECT volume_id, axis, "index", version, action, author, reviewed, created'
+            " FROM annotation_history WHERE volume_id = ?"
+        )
         params: list = [volume_id]
         if axis is not None:
             sql, params = sql + " AND axis = ?", params + [int(axis)]
@@ -141,7 +158,9 @@ class AnnotationsMixin:
         )
         for row in rows:
             _, _, shape = ann.check_slice(labels.shape, row["axis"], row["index"])
-            ann.put_slice(labels, row["axis"], row["index"], ann.mask_from_png((self.root / row["path"]).read_bytes(), shape))
+            ann.put_slice(
+                labels, row["axis"], row["index"], ann.mask_from_png((self.root / row["path"]).read_bytes(), shape)
+            )
         return labels
 
     def _annotation_row(self, volume_id: int, axis: int, index: int) -> dict | None:
@@ -177,10 +196,13 @@ class AnnotationsMixin:
             return
         where = _slice_words(volume_id, axis, index)
         if current == 0:
-            raise Conflict(f"{where} has no annotation now (your edit was based on version {expected}); "
-                           "reload it and save again")
-        raise Conflict(f"{where} was changed meanwhile: it is at version {current}, your edit was based on "
-                       f"version {expected}; reload it and save again")
+            raise Conflict(
+                f"{where} has no annotation now (your edit was based on version {expected}); reload it and save again"
+            )
+        raise Conflict(
+            f"{where} was changed meanwhile: it is at version {current}, your edit was based on "
+            f"version {expected}; reload it and save again"
+        )
 
     @staticmethod
     def _next_version(con, volume_id: int, axis: int, index: int) -> int:

@@ -11,10 +11,10 @@ import json
 import math
 import sqlite3
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
 from data.errors import SlicewiseError
 
@@ -124,14 +124,22 @@ CREATE TABLE IF NOT EXISTS audit (
 """
 
 JSON_COLUMNS = {
-    "labels", "shape", "spacing", "affine", "meta", "config", "metrics",
-    "annotations_seen", "params", "details",
+    "labels",
+    "shape",
+    "spacing",
+    "affine",
+    "meta",
+    "config",
+    "metrics",
+    "annotations_seen",
+    "params",
+    "details",
 }
 BOOL_COLUMNS = {"reviewed"}
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def jsonable(value):

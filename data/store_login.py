@@ -11,8 +11,7 @@ Mixed into data.store.Workspace through UsersMixin (which provides `db` and `_au
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-
+from datetime import UTC, datetime, timedelta
 
 THROTTLE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS login_failures (
@@ -46,6 +45,7 @@ POLICY = LoginPolicy()
 @dataclass(frozen=True)
 class Lockout:
     """Why a login attempt is refused before its password is checked."""
+
     kind: str  # "user" | "client"
     key: str
     failures: int
@@ -53,9 +53,15 @@ class Lockout:
 
     def message(self) -> str:
         who = f"account {self.key!r} is" if self.kind == "user" else f"logins from {self.key} are"
-        unlock = f"slicewise users unlock {self.key}" if self.kind == "user" else f"slicewise users unlock --client {self.key}"
-        return (f"{who} locked for {self.retry_after_s} s after {self.failures} failed logins; try again later "
-                f"or ask an admin to unlock it ({unlock})")
+        unlock = (
+            f"slicewise users unlock {self.key}"
+            if self.kind == "user"
+            else f"slicewise users unlock --client {self.key}"
+        )
+        return (
+            f"{who} locked for {self.retry_after_s} s after {self.failures} failed logins; try again later "
+            f"or ask an admin to unlock it ({unlock})"
+        )
 
 
 def _utc(iso: str) -> datetime:
@@ -68,13 +74,14 @@ class LoginThrottleMixin:
 
     def login_lockout(self, name: str, client: str | None) -> Lockout | None:
         """The lock that refuses this attempt now (the longest one), or None."""
-        current = datetime.now(timezone.utc)
+        current = datetime.now(UTC)
         found = None
         for kind, key in (("user", str(name)), ("client", client)):
             if key is None:
                 continue
-            row = self.db.one("SELECT failures, locked_until FROM login_failures WHERE kind = ? AND key = ?",
-                              (kind, key))
+            row = self.db.one(
+                "SELECT failures, locked_until FROM login_failures WHERE kind = ? AND key = ?", (kind, key)
+            )
             if row is None or row["locked_until"] is None:
                 continue
             left = (_utc(row["locked_until"]) - current).total_seconds()
@@ -83,26 +90,37 @@ class LoginThrottleMixin:
         return found
 
     def record_login_failure(self, name: str, client: str | None, policy: LoginPolicy = POLICY) -> None:
-        current = datetime.now(timezone.utc)
+        current = datetime.now(UTC)
         with self.db.write() as con:
-            for kind, key, free in (("user", str(name), policy.free_per_user),
-                                    ("client", client, policy.free_per_client)):
+            for kind, key, free in (
+                ("user", str(name), policy.free_per_user),
+                ("client", client, policy.free_per_client),
+            ):
                 if key is None:
                     continue
-                row = con.execute("SELECT failures, last_failure FROM login_failures WHERE kind = ? AND key = ?",
-                                  (kind, key)).fetchone()
+                row = con.execute(
+                    "SELECT failures, last_failure FROM login_failures WHERE kind = ? AND key = ?", (kind, key)
+                ).fetchone()
                 failures = 1
                 if row is not None and (current - _utc(row[1])).total_seconds() < policy.forget_after_s:
                     failures = row[0] + 1
                 lock_s = policy.lock_s(failures, free)
-                locked_until = (current + timedelta(seconds=lock_s)).isoformat(timespec="milliseconds") if lock_s else None
-                con.execute("INSERT INTO login_failures (kind, key, failures, last_failure, locked_until)"
-                            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, key) DO UPDATE SET failures = excluded.failures,"
-                            " last_failure = excluded.last_failure, locked_until = excluded.locked_until",
-                            (kind, key, failures, current.isoformat(timespec="milliseconds"), locked_until))
+                locked_until = (
+                    (current + timedelta(seconds=lock_s)).isoformat(timespec="milliseconds") if lock_s else None
+                )
+                con.execute(
+                    "INSERT INTO login_failures (kind, key, failures, last_failure, locked_until)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, key) DO UPDATE SET failures = excluded.failures,"
+                    " last_failure = excluded.last_failure, locked_until = excluded.locked_until",
+                    (kind, key, failures, current.isoformat(timespec="milliseconds"), locked_until),
+                )
                 if lock_s:
-                    self._audit(con, str(name), "login_locked",
-                                {"kind": kind, "key": key, "failures": failures, "seconds": lock_s})
+                    self._audit(
+                        con,
+                        str(name),
+                        "login_locked",
+                        {"kind": kind, "key": key, "failures": failures, "seconds": lock_s},
+                    )
 
     def clear_login_failures(self, name: str) -> None:
         with self.db.write() as con:

@@ -34,8 +34,10 @@ def _painted_values(root: Path, paths: list[str]) -> set[int]:
 
 def _check_confirm(what: str, name: str, confirm: str | None) -> None:
     if confirm != name:
-        raise InvalidInput(f"deleting {what} cannot be undone: to confirm, pass its exact name "
-                           f"(confirm={name!r}){'' if confirm is None else f'; got {confirm!r}'}")
+        raise InvalidInput(
+            f"deleting {what} cannot be undone: to confirm, pass its exact name "
+            f"(confirm={name!r}){'' if confirm is None else f'; got {confirm!r}'}"
+        )
 
 
 class ProjectAdminMixin:
@@ -46,24 +48,33 @@ class ProjectAdminMixin:
         removed = {label["value"] for label in project["labels"]} - {label["value"] for label in labels}
         with self.db.write() as con:
             if removed:  # inside the write lock: no save can paint a removed value meanwhile
-                paths = [r[0] for r in con.execute(
-                    "SELECT a.path FROM annotations a JOIN volumes v ON v.id = a.volume_id WHERE v.project_id = ?",
-                    (project["id"],))]
+                paths = [
+                    r[0]
+                    for r in con.execute(
+                        "SELECT a.path FROM annotations a JOIN volumes v ON v.id = a.volume_id WHERE v.project_id = ?",
+                        (project["id"],),
+                    )
+                ]
                 used = sorted(removed & _painted_values(self.root, paths))
                 if used:
-                    raise Conflict(f"label value(s) {used} are painted in this project's annotations: repaint or "
-                                   "unpaint those slices before removing the label (renaming it is fine)")
+                    raise Conflict(
+                        f"label value(s) {used} are painted in this project's annotations: repaint or "
+                        "unpaint those slices before removing the label (renaming it is fine)"
+                    )
             con.execute("UPDATE projects SET labels = ? WHERE id = ?", (to_json(labels), project["id"]))
-            self._audit(con, who, "update_labels", {"project_id": project["id"], "before": project["labels"],
-                                                    "after": labels})
+            self._audit(
+                con, who, "update_labels", {"project_id": project["id"], "before": project["labels"], "after": labels}
+            )
         return self.get_project(project["id"])
 
     def _refuse_while_training(self, con, project_id: int, what: str) -> None:
-        job = con.execute(f"SELECT id, state FROM jobs WHERE project_id = ? AND state IN {ACTIVE_JOB_STATES}",
-                          (project_id,)).fetchone()
+        job = con.execute(
+            f"SELECT id, state FROM jobs WHERE project_id = ? AND state IN {ACTIVE_JOB_STATES}", (project_id,)
+        ).fetchone()
         if job:
-            raise Conflict(f"cannot delete {what} while retrain job {job[0]} is {job[1]}: cancel it or wait "
-                           "until it finishes")
+            raise Conflict(
+                f"cannot delete {what} while retrain job {job[0]} is {job[1]}: cancel it or wait until it finishes"
+            )
 
     def delete_volume(self, volume_id, confirm: str | None, who: str = "local") -> dict:
         """Delete one volume with its annotations (and their history) and predictions -> what was removed."""
@@ -74,8 +85,9 @@ class ProjectAdminMixin:
             self._refuse_while_training(con, volume["project_id"], f"volume {vid}")
             removed = {
                 "annotations": con.execute("DELETE FROM annotations WHERE volume_id = ?", (vid,)).rowcount,
-                "annotation_versions": con.execute("DELETE FROM annotation_history WHERE volume_id = ?",
-                                                   (vid,)).rowcount,
+                "annotation_versions": con.execute(
+                    "DELETE FROM annotation_history WHERE volume_id = ?", (vid,)
+                ).rowcount,
                 "predictions": con.execute("DELETE FROM predictions WHERE volume_id = ?", (vid,)).rowcount,
             }
             con.execute("DELETE FROM slice_scores WHERE volume_id = ?", (vid,))
@@ -97,15 +109,20 @@ class ProjectAdminMixin:
             jobs = con.execute("SELECT id, out_dir FROM jobs WHERE project_id = ?", (pid,)).fetchall()
             of_volumes = f"volume_id IN (SELECT id FROM volumes WHERE project_id = {int(pid)})"
             removed = {
-                "volumes": len(volumes), "models": len(models), "jobs": len(jobs),
+                "volumes": len(volumes),
+                "models": len(models),
+                "jobs": len(jobs),
                 "annotations": con.execute(f"DELETE FROM annotations WHERE {of_volumes}").rowcount,
                 "annotation_versions": con.execute(f"DELETE FROM annotation_history WHERE {of_volumes}").rowcount,
                 "predictions": con.execute(
                     f"DELETE FROM predictions WHERE {of_volumes} OR model_id IN "
-                    f"(SELECT id FROM models WHERE project_id = {int(pid)})").rowcount,
+                    f"(SELECT id FROM models WHERE project_id = {int(pid)})"
+                ).rowcount,
             }
-            con.execute(f"DELETE FROM slice_scores WHERE {of_volumes} OR model_id IN "
-                        f"(SELECT id FROM models WHERE project_id = {int(pid)})")
+            con.execute(
+                f"DELETE FROM slice_scores WHERE {of_volumes} OR model_id IN "
+                f"(SELECT id FROM models WHERE project_id = {int(pid)})"
+            )
             con.execute("UPDATE projects SET active_model_id = NULL WHERE id = ?", (pid,))
             con.execute("DELETE FROM models WHERE project_id = ?", (pid,))
             con.execute("DELETE FROM jobs WHERE project_id = ?", (pid,))
@@ -129,4 +146,3 @@ class ProjectAdminMixin:
             remove_tree(self.root / "annotations" / str(vid))
             for folder in (self.root / "predictions").glob(f"*/{int(vid)}"):
                 remove_tree(folder)
-

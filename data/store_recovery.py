@@ -22,8 +22,7 @@ TEMP_PREFIX = ".tmp-"
 
 def sweep_uncommitted(root: Path, db, include_predictions: bool = True) -> dict:
     """Remove uncommitted leftovers -> counts of what was removed, by kind."""
-    removed = {"temp_files": 0, "annotation_files": 0, "volume_folders": 0, "prediction_folders": 0,
-               "job_folders": 0}
+    removed = {"temp_files": 0, "annotation_files": 0, "volume_folders": 0, "prediction_folders": 0, "job_folders": 0}
     with db.write() as con:
         volume_ids = {str(r[0]) for r in con.execute("SELECT id FROM volumes")}
         model_ids = {str(r[0]) for r in con.execute("SELECT id FROM models")}

@@ -56,8 +56,9 @@ class ScoresMixin:
     def _create_scores_schema(self) -> None:
         self.db.apply_schema(SCORES_SCHEMA)
 
-    def record_slice_score(self, model_id, volume_id, axis: int, index: int, version: int, kind: str,
-                           dice: float | None) -> dict:
+    def record_slice_score(
+        self, model_id, volume_id, axis: int, index: int, version: int, kind: str, dice: float | None
+    ) -> dict:
         if kind not in SCORE_KINDS:
             raise ValueError(f"score kind must be one of {SCORE_KINDS}, got {kind!r}")
         model, volume = self.get_model(model_id), self.get_volume(volume_id)
@@ -67,13 +68,16 @@ class ScoresMixin:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (model["id"], volume["id"], int(axis), int(index), int(version), kind, dice, now()),
             )
-        return self.db.one('SELECT * FROM slice_scores WHERE model_id = ? AND volume_id = ? AND axis = ? AND "index" = ?',
-                           (model["id"], volume["id"], int(axis), int(index)))
+        return self.db.one(
+            'SELECT * FROM slice_scores WHERE model_id = ? AND volume_id = ? AND axis = ? AND "index" = ?',
+            (model["id"], volume["id"], int(axis), int(index)),
+        )
 
     def slice_scores(self, model_id) -> list[dict]:
         model = self.get_model(model_id)
-        return self.db.all('SELECT * FROM slice_scores WHERE model_id = ? ORDER BY volume_id, axis, "index"',
-                           (model["id"],))
+        return self.db.all(
+            'SELECT * FROM slice_scores WHERE model_id = ? ORDER BY volume_id, axis, "index"', (model["id"],)
+        )
 
     def prequential_summary(self, model_id) -> dict:
         """{"dice": mean over scored slices or None, "slices": slices with a score, "saved": slices saved}."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from data.errors import Conflict, InvalidInput, NotFound
 from data.passwords import burn_time, check_password, hash_password, needs_rehash
@@ -65,8 +65,10 @@ def token_hash(token: str) -> str:
 
 def _check_name(name) -> str:
     if not isinstance(name, str) or not USER_NAME.fullmatch(name):
-        raise InvalidInput("a user name is 1 to 64 letters, digits, '_', '.', '@' or '-', starting with a "
-                           f"letter or digit; got {name!r}")
+        raise InvalidInput(
+            "a user name is 1 to 64 letters, digits, '_', '.', '@' or '-', starting with a "
+            f"letter or digit; got {name!r}"
+        )
     return name
 
 
@@ -110,8 +112,10 @@ class UsersMixin(LoginThrottleMixin):
         with self.db.write() as con:
             if con.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
                 raise Conflict(f"a user named {name!r} already exists")
-            con.execute("INSERT INTO users (name, role, password_hash, created) VALUES (?, ?, ?, ?)",
-                        (name, role, hashed, now()))
+            con.execute(
+                "INSERT INTO users (name, role, password_hash, created) VALUES (?, ?, ?, ?)",
+                (name, role, hashed, now()),
+            )
             self._audit(con, who, "add_user", {"user": name, "role": role})
         return self.get_user(name)
 
@@ -131,15 +135,22 @@ class UsersMixin(LoginThrottleMixin):
             if role is not None:
                 con.execute("UPDATE users SET role = ? WHERE name = ?", (role, name))
             if password is not None:
-                con.execute("UPDATE users SET password_hash = ? WHERE name = ?",
-                            (hash_password(_check_password(password)), name))
+                con.execute(
+                    "UPDATE users SET password_hash = ? WHERE name = ?",
+                    (hash_password(_check_password(password)), name),
+                )
             if password is not None or role_changed:
                 con.execute("DELETE FROM tokens WHERE user = ? AND kind = 'session'", (name,))
             if role_changed:  # a token made for the old role must not keep acting under the new one
-                con.execute("UPDATE tokens SET revoked = ? WHERE user = ? AND kind = 'api' AND revoked IS NULL",
-                            (now(), name))
-            self._audit(con, who, "set_user", {"user": name, "role": role, "password_changed": password is not None,
-                                               "access_revoked": role_changed})
+                con.execute(
+                    "UPDATE tokens SET revoked = ? WHERE user = ? AND kind = 'api' AND revoked IS NULL", (now(), name)
+                )
+            self._audit(
+                con,
+                who,
+                "set_user",
+                {"user": name, "role": role, "password_changed": password is not None, "access_revoked": role_changed},
+            )
         return self.get_user(name)
 
     def revoke_user_access(self, name: str, who: str = "local") -> dict:
@@ -147,8 +158,9 @@ class UsersMixin(LoginThrottleMixin):
         self.get_user(name)
         with self.db.write() as con:
             sessions = con.execute("DELETE FROM tokens WHERE user = ? AND kind = 'session'", (name,)).rowcount
-            tokens = con.execute("UPDATE tokens SET revoked = ? WHERE user = ? AND kind = 'api' AND revoked IS NULL",
-                                 (now(), name)).rowcount
+            tokens = con.execute(
+                "UPDATE tokens SET revoked = ? WHERE user = ? AND kind = 'api' AND revoked IS NULL", (now(), name)
+            ).rowcount
             self._audit(con, who, "revoke_access", {"user": name, "sessions": sessions, "tokens": tokens})
         return {"user": name, "sessions_ended": sessions, "tokens_revoked": tokens}
 
@@ -170,31 +182,36 @@ class UsersMixin(LoginThrottleMixin):
             return None
         if needs_rehash(user["password_hash"]):  # an older scheme: upgrade while the password is at hand
             with self.db.write() as con:
-                con.execute("UPDATE users SET password_hash = ? WHERE name = ? AND password_hash = ?",
-                            (hash_password(str(password)), user["name"], user["password_hash"]))
+                con.execute(
+                    "UPDATE users SET password_hash = ? WHERE name = ? AND password_hash = ?",
+                    (hash_password(str(password)), user["name"], user["password_hash"]),
+                )
         return _public(user)
 
     # ---------------------------------------------------------------- tokens and sessions
 
-    def create_token(self, name: str, label: str = "", kind: str = "api", ttl_s: float | None = None,
-                     who: str = "local") -> tuple[str, dict]:
+    def create_token(
+        self, name: str, label: str = "", kind: str = "api", ttl_s: float | None = None, who: str = "local"
+    ) -> tuple[str, dict]:
         """A new secret for this user -> (the secret, shown once; its row). Only its sha256 is stored."""
         self.get_user(name)
         secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
         expires = None
         if ttl_s is not None:
-            expires = (datetime.now(timezone.utc) + timedelta(seconds=ttl_s)).isoformat(timespec="milliseconds")
+            expires = (datetime.now(UTC) + timedelta(seconds=ttl_s)).isoformat(timespec="milliseconds")
         with self.db.write() as con:
             cur = con.execute(
                 "INSERT INTO tokens (user, kind, token_hash, label, created, expires) VALUES (?, ?, ?, ?, ?, ?)",
-                (name, kind, token_hash(secret), str(label)[:200], now(), expires))
+                (name, kind, token_hash(secret), str(label)[:200], now(), expires),
+            )
             if kind == "api":
                 self._audit(con, who, "create_token", {"user": name, "token_id": cur.lastrowid, "label": label})
         return secret, self._token_row(cur.lastrowid)
 
     def _token_row(self, token_id: int) -> dict:
-        row = self.db.one("SELECT id, user, kind, label, created, expires, revoked FROM tokens WHERE id = ?",
-                          (int(token_id),))
+        row = self.db.one(
+            "SELECT id, user, kind, label, created, expires, revoked FROM tokens WHERE id = ?", (int(token_id),)
+        )
         if row is None:
             raise NotFound(f"no token with id {token_id}")
         return row
@@ -227,7 +244,9 @@ class UsersMixin(LoginThrottleMixin):
             return None
         row = self.db.one(
             "SELECT t.id, u.name, u.role, t.kind, t.expires, t.created, t.last_used FROM tokens t"
-            " JOIN users u ON u.name = t.user WHERE t.token_hash = ? AND t.revoked IS NULL", (token_hash(secret),))
+            " JOIN users u ON u.name = t.user WHERE t.token_hash = ? AND t.revoked IS NULL",
+            (token_hash(secret),),
+        )
         if row is None or (kind is not None and row["kind"] != kind):
             return None
         current = now()
@@ -261,8 +280,9 @@ class UsersMixin(LoginThrottleMixin):
         project_id = self.get_project(project_id)["id"]
         self.get_user(name)
         with self.db.write() as con:
-            con.execute("INSERT OR IGNORE INTO members (project_id, user, created) VALUES (?, ?, ?)",
-                        (project_id, name, now()))
+            con.execute(
+                "INSERT OR IGNORE INTO members (project_id, user, created) VALUES (?, ?, ?)", (project_id, name, now())
+            )
             self._audit(con, who, "add_member", {"project_id": project_id, "user": name})
         return {"project_id": project_id, "user": name}
 
@@ -276,20 +296,26 @@ class UsersMixin(LoginThrottleMixin):
 
     def list_members(self, project_id) -> list[dict]:
         project_id = self.get_project(project_id)["id"]
-        return self.db.all("SELECT m.user, u.role, m.created FROM members m JOIN users u ON u.name = m.user"
-                           " WHERE m.project_id = ? ORDER BY m.user", (project_id,))
+        return self.db.all(
+            "SELECT m.user, u.role, m.created FROM members m JOIN users u ON u.name = m.user"
+            " WHERE m.project_id = ? ORDER BY m.user",
+            (project_id,),
+        )
 
     def is_member(self, project_id: int, name: str) -> bool:
-        return self.db.one("SELECT 1 AS x FROM members WHERE project_id = ? AND user = ?",
-                           (int(project_id), str(name))) is not None
+        return (
+            self.db.one("SELECT 1 AS x FROM members WHERE project_id = ? AND user = ?", (int(project_id), str(name)))
+            is not None
+        )
 
     def member_project_ids(self, name: str) -> set[int]:
         return {r["project_id"] for r in self.db.all("SELECT project_id FROM members WHERE user = ?", (str(name),))}
 
     # ---------------------------------------------------------------- audit queries
 
-    def query_audit(self, who: str | None = None, what: str | None = None, since: str | None = None,
-                    limit: int = 100) -> list[dict]:
+    def query_audit(
+        self, who: str | None = None, what: str | None = None, since: str | None = None, limit: int = 100
+    ) -> list[dict]:
         sql, params = "SELECT * FROM audit WHERE 1 = 1", []
         for column, value in (("who", who), ("what", what)):
             if value is not None:

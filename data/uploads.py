@@ -29,8 +29,10 @@ def read_upload(path: Path, filename: str, max_bytes_expanded: int) -> Volume:
     if kind == "itk":
         return read_itk_volume(path, filename, max_bytes_expanded)
     if kind == "itk-header":
-        raise InvalidInput(f"{filename}: a .nhdr/.mhd header keeps its voxels in another file; send the header "
-                           "and its data file together in a .zip")
+        raise InvalidInput(
+            f"{filename}: a .nhdr/.mhd header keeps its voxels in another file; send the header "
+            "and its data file together in a .zip"
+        )
     if kind == "zip":
         if zip_header(_zip_names(path), filename) is not None:
             return read_itk_zip(path, filename, max_bytes_expanded)

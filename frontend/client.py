@@ -48,13 +48,18 @@ def _cookie_value(header: str, name: str) -> str | None:
 
 
 class ApiClient:
-    def __init__(self, base_url: str, *, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-                 transport: httpx.BaseTransport | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ):
         self.base_url = base_url.rstrip("/")
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
         self._headers: dict[str, str] = {}
 
-    def as_caller(self, cookie: str | None = None, token: str | None = None) -> "ApiClient":
+    def as_caller(self, cookie: str | None = None, token: str | None = None) -> ApiClient:
         """A client sharing this one's connection pool that acts for one browser user: it forwards their
         session cookie (the Cookie header of their request) or sends an API token. With no users
         configured on the server neither is needed and this client is returned unchanged."""
@@ -75,7 +80,7 @@ class ApiClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "ApiClient":
+    def __enter__(self) -> ApiClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -119,8 +124,9 @@ class ApiClient:
     def get_volume(self, volume_id: int) -> dict:
         return self._json("GET", f"/api/volumes/{int(volume_id)}")
 
-    def upload_volume(self, project_id: int, path: str | Path, *, filename: str | None = None,
-                      fileobj: BinaryIO | None = None) -> dict:
+    def upload_volume(
+        self, project_id: int, path: str | Path, *, filename: str | None = None, fileobj: BinaryIO | None = None
+    ) -> dict:
         """Upload one .nii / .nii.gz / DICOM .zip; the server decides the format from the file name."""
         path = Path(path)
         name = filename or path.name
@@ -129,13 +135,18 @@ class ApiClient:
         with open(path, "rb") as handle:
             return self._json("POST", f"/api/projects/{int(project_id)}/volumes", files={"file": (name, handle)})
 
-    def import_annotations(self, volume_id: int, path: str | Path, *, filename: str | None = None,
-                           axis: int = 2) -> dict:
+    def import_annotations(
+        self, volume_id: int, path: str | Path, *, filename: str | None = None, axis: int = 2
+    ) -> dict:
         """A mask volume made elsewhere -> its slices along `axis` with a labelled voxel become painted slices."""
         path = Path(path)
         with open(path, "rb") as handle:
-            return self._json("POST", f"/api/volumes/{int(volume_id)}/annotations/import", params={"axis": axis},
-                              files={"file": (filename or path.name, handle)})
+            return self._json(
+                "POST",
+                f"/api/volumes/{int(volume_id)}/annotations/import",
+                params={"axis": axis},
+                files={"file": (filename or path.name, handle)},
+            )
 
     def update_labels(self, project_id: int, labels: list[dict]) -> dict:
         return self._json("PUT", f"/api/projects/{int(project_id)}/labels", json={"labels": labels})

@@ -9,16 +9,28 @@ which talks to the API from the browser.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 from frontend import render
 from frontend.client import ApiClient, ApiError
 
 # distinct, readable on a grey image (Sasha Trubetskoy's palette, as the demo project uses)
-PALETTE = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6",
-           "#bfef45", "#fabed4", "#469990", "#dcbeff")
+PALETTE = (
+    "#e6194b",
+    "#3cb44b",
+    "#ffe119",
+    "#4363d8",
+    "#f58231",
+    "#911eb4",
+    "#42d4f4",
+    "#f032e6",
+    "#bfef45",
+    "#fabed4",
+    "#469990",
+    "#dcbeff",
+)
 UPLOAD_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".zip")
 MASK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".dcm")  # .seg.nrrd ends in .nrrd
 _HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
@@ -85,11 +97,11 @@ def parse_labels(text: str) -> list[dict]:
 
 
 def project_choices(projects: Iterable[dict]) -> list[tuple[str, int]]:
-    return [(f'{p["name"]} (#{p["id"]})', int(p["id"])) for p in projects]
+    return [(f"{p['name']} (#{p['id']})", int(p["id"])) for p in projects]
 
 
 def volume_choices(volumes: Iterable[dict]) -> list[tuple[str, int]]:
-    return [(f'{v["name"]} — {" × ".join(str(n) for n in v["shape"])} (#{v["id"]})', int(v["id"])) for v in volumes]
+    return [(f"{v['name']} — {' × '.join(str(n) for n in v['shape'])} (#{v['id']})", int(v["id"])) for v in volumes]
 
 
 def upload_name(path: str | Path) -> str:
@@ -121,8 +133,10 @@ def volume_progress(client: ApiClient, volumes: list[dict]) -> dict[int, dict]:
     model's validation Dice (the last score)."""
     out: dict[int, dict] = {}
     try:
-        scores = {m["id"]: ((m.get("metrics") or {}).get("validation") or {}).get("dice_mean")
-                  for m in (client.list_models(volumes[0]["project_id"]) if volumes else [])}
+        scores = {
+            m["id"]: ((m.get("metrics") or {}).get("validation") or {}).get("dice_mean")
+            for m in (client.list_models(volumes[0]["project_id"]) if volumes else [])
+        }
     except ApiError:
         scores = {}
     for v in volumes:
@@ -131,9 +145,13 @@ def volume_progress(client: ApiClient, volumes: list[dict]) -> dict[int, dict]:
             prediction = client.prediction_status(v["id"])
         except ApiError:
             continue
-        out[v["id"]] = {"painted": len(painted), "reviewed": sum(1 for a in painted if a.get("reviewed")),
-                        "prediction": prediction.get("status"), "model_id": prediction.get("model_id"),
-                        "dice": scores.get(prediction.get("model_id"))}
+        out[v["id"]] = {
+            "painted": len(painted),
+            "reviewed": sum(1 for a in painted if a.get("reviewed")),
+            "prediction": prediction.get("status"),
+            "model_id": prediction.get("model_id"),
+            "dice": scores.get(prediction.get("model_id")),
+        }
     return out
 
 
@@ -146,12 +164,22 @@ def load_projects(client: ApiClient, state: dict) -> Screen:
     ids = [p["id"] for p in projects]
     pid = state.get("project_id") if state.get("project_id") in ids else (ids[0] if ids else None)
     if pid is None:
-        return Screen(state=empty_state(), project_choices=[], project_value=None,
-                      project_message=render.message("info", "No project yet: create one below with its labels."),
-                      labels_html="", volume_choices=[], volume_value=None,
-                      volumes_html=render.volumes_table([]), viewer_html=render.viewer_frame(None))
-    screen = select_project(client, {**state, "project_id": pid} if pid == state.get("project_id") else
-                            {"project_id": pid, "volume_id": None}, pid)
+        return Screen(
+            state=empty_state(),
+            project_choices=[],
+            project_value=None,
+            project_message=render.message("info", "No project yet: create one below with its labels."),
+            labels_html="",
+            volume_choices=[],
+            volume_value=None,
+            volumes_html=render.volumes_table([]),
+            viewer_html=render.viewer_frame(None),
+        )
+    screen = select_project(
+        client,
+        {**state, "project_id": pid} if pid == state.get("project_id") else {"project_id": pid, "volume_id": None},
+        pid,
+    )
     screen.project_choices = project_choices(projects)
     screen.project_value = pid
     return screen
@@ -159,8 +187,14 @@ def load_projects(client: ApiClient, state: dict) -> Screen:
 
 def select_project(client: ApiClient, state: dict, project_id) -> Screen:
     if project_id in (None, ""):
-        return Screen(state=empty_state(), labels_html="", volume_choices=[], volume_value=None,
-                      volumes_html=render.volumes_table([]), viewer_html=render.viewer_frame(None))
+        return Screen(
+            state=empty_state(),
+            labels_html="",
+            volume_choices=[],
+            volume_value=None,
+            volumes_html=render.volumes_table([]),
+            viewer_html=render.viewer_frame(None),
+        )
     try:
         project = client.get_project(int(project_id))
         volumes = client.list_volumes(project["id"])
@@ -170,13 +204,15 @@ def select_project(client: ApiClient, state: dict, project_id) -> Screen:
     ids = [v["id"] for v in volumes]
     vid = keep if keep in ids else (ids[0] if ids else None)
     volume = next((v for v in volumes if v["id"] == vid), None)
-    text = (f'Project "{project["name"]}": {len(volumes)} volume{"s" if len(volumes) != 1 else ""}.'
-            + ("" if volumes else " Upload a volume to start."))
+    text = f'Project "{project["name"]}": {len(volumes)} volume{"s" if len(volumes) != 1 else ""}.' + (
+        "" if volumes else " Upload a volume to start."
+    )
     return Screen(
         state={"project_id": project["id"], "volume_id": vid},
         project_message=render.message("info", text),
         labels_html=render.labels_legend(project["labels"]),
-        volume_choices=volume_choices(volumes), volume_value=vid,
+        volume_choices=volume_choices(volumes),
+        volume_value=vid,
         volumes_html=render.volumes_table(volumes, vid, volume_progress(client, volumes)),
         viewer_html=render.viewer_frame(volume),
     )
@@ -194,13 +230,17 @@ def create_project(client: ApiClient, state: dict, name: str, labels_text: str) 
         project = client.create_project(name, labels)
         projects = client.list_projects()
     except ApiError as exc:
-        return Screen(state=state, project_message=render.message("error", f"Could not create the project: {exc.detail}"))
+        return Screen(
+            state=state, project_message=render.message("error", f"Could not create the project: {exc.detail}")
+        )
     screen = select_project(client, {"project_id": None, "volume_id": None}, project["id"])
     screen.project_choices = project_choices(projects)
     screen.project_value = project["id"]
     screen.project_message = render.message(
-        "ok", f'Created project "{project["name"]}" with {len(labels)} label{"s" if len(labels) != 1 else ""}. '
-              "Now upload volumes.")
+        "ok",
+        f'Created project "{project["name"]}" with {len(labels)} label{"s" if len(labels) != 1 else ""}. '
+        "Now upload volumes.",
+    )
     return screen
 
 
@@ -211,8 +251,12 @@ def upload_files(client: ApiClient, state: dict, files, progress: Callable[[floa
         return Screen(state=state, upload_message=render.message("error", "Create or pick a project first."))
     items = [files] if isinstance(files, (str, Path)) else list(files or [])
     if not items:
-        return Screen(state=state, upload_message=render.message(
-            "error", "Choose a file first: a .nii or .nii.gz volume, or a .zip of one DICOM series."))
+        return Screen(
+            state=state,
+            upload_message=render.message(
+                "error", "Choose a file first: a .nii or .nii.gz volume, or a .zip of one DICOM series."
+            ),
+        )
     added, errors = [], []
     for n, item in enumerate(items):
         path = _file_path(item)
@@ -230,12 +274,17 @@ def upload_files(client: ApiClient, state: dict, files, progress: Callable[[floa
             errors.append(f"{name}: could not read the file ({exc.strerror or exc})")
     if progress:
         progress(1.0, "done")
-    screen = select_project(client, {"project_id": pid, "volume_id": added[-1]["id"] if added else
-                                     state.get("volume_id")}, pid)
+    screen = select_project(
+        client, {"project_id": pid, "volume_id": added[-1]["id"] if added else state.get("volume_id")}, pid
+    )
     parts = []
     if added:
-        parts.append(render.message("ok", "Uploaded " + ", ".join(
-            f'{v["name"]} ({" × ".join(str(s) for s in v["shape"])})' for v in added) + "."))
+        parts.append(
+            render.message(
+                "ok",
+                "Uploaded " + ", ".join(f"{v['name']} ({' × '.join(str(s) for s in v['shape'])})" for v in added) + ".",
+            )
+        )
     for err in errors:
         parts.append(render.message("error", f"Upload refused — {err}"))
     screen.upload_message = '<div id="upload-result">' + "".join(parts) + "</div>"
@@ -249,25 +298,50 @@ def import_mask(client: ApiClient, state: dict, item) -> Screen:
     if volume_id is None:
         return Screen(state=state, extra={"mask_message": render.message("error", "Pick a volume first.")})
     if not item:
-        return Screen(state=state, extra={"mask_message": render.message(
-            "error", "Choose a mask file first: .nii, .nii.gz, .nrrd, .seg.nrrd, .mha or a DICOM-SEG .dcm.")})
+        return Screen(
+            state=state,
+            extra={
+                "mask_message": render.message(
+                    "error", "Choose a mask file first: .nii, .nii.gz, .nrrd, .seg.nrrd, .mha or a DICOM-SEG .dcm."
+                )
+            },
+        )
     path = _file_path(item)
     name = upload_name(path)
     if not name.lower().endswith(MASK_SUFFIXES):
-        return Screen(state=state, extra={"mask_message": render.message(
-            "error", f"Import refused — {name}: not a .nii, .nii.gz, .nrrd, .seg.nrrd, .mha or .dcm file")})
+        return Screen(
+            state=state,
+            extra={
+                "mask_message": render.message(
+                    "error", f"Import refused — {name}: not a .nii, .nii.gz, .nrrd, .seg.nrrd, .mha or .dcm file"
+                )
+            },
+        )
     try:
         result = client.import_annotations(volume_id, path, filename=name)
     except ApiError as exc:
         detail = exc.detail if exc.detail.startswith(name) else f"{name}: {exc.detail}"
         return Screen(state=state, extra={"mask_message": render.message("error", f"Import refused — {detail}")})
     except OSError as exc:
-        return Screen(state=state, extra={"mask_message": render.message(
-            "error", f"Import refused — {name}: could not read the file ({exc.strerror or exc})")})
+        return Screen(
+            state=state,
+            extra={
+                "mask_message": render.message(
+                    "error", f"Import refused — {name}: could not read the file ({exc.strerror or exc})"
+                )
+            },
+        )
     slices = ", ".join(str(i) for i in result["slices"])
-    return Screen(state=state, extra={"mask_message": render.message(
-        "ok", f"Imported {name}: slices {slices} on axis {result['axis']} are now painted "
-              "(reopen the volume in the viewer to see them).")})
+    return Screen(
+        state=state,
+        extra={
+            "mask_message": render.message(
+                "ok",
+                f"Imported {name}: slices {slices} on axis {result['axis']} are now painted "
+                "(reopen the volume in the viewer to see them).",
+            )
+        },
+    )
 
 
 def select_volume(client: ApiClient, state: dict, volume_id) -> Screen:
@@ -280,8 +354,13 @@ def select_volume(client: ApiClient, state: dict, volume_id) -> Screen:
         return Screen(state=state, project_message=render.message("error", exc.detail))
     volume = next((v for v in volumes if v["id"] == int(volume_id)), None)
     if volume is None:
-        return Screen(state={**state, "volume_id": None}, viewer_html=render.viewer_frame(None),
-                      project_message=render.message("error", f"volume {volume_id} is not in this project"))
-    return Screen(state={**state, "volume_id": volume["id"]},
-                  volumes_html=render.volumes_table(volumes, volume["id"], volume_progress(client, volumes)),
-                  viewer_html=render.viewer_frame(volume))
+        return Screen(
+            state={**state, "volume_id": None},
+            viewer_html=render.viewer_frame(None),
+            project_message=render.message("error", f"volume {volume_id} is not in this project"),
+        )
+    return Screen(
+        state={**state, "volume_id": volume["id"]},
+        volumes_html=render.volumes_table(volumes, volume["id"], volume_progress(client, volumes)),
+        viewer_html=render.viewer_frame(volume),
+    )

@@ -10,7 +10,7 @@ from frontend.handlers import Screen
 
 def labels_text(labels: list[dict]) -> str:
     """The label map as editable lines `value name #rrggbb` (the value keeps painted voxels attached)."""
-    return "\n".join(f'{int(label["value"])} {label["name"]} {label["color"]}' for label in labels)
+    return "\n".join(f"{int(label['value'])} {label['name']} {label['color']}" for label in labels)
 
 
 def project_labels_text(client: ApiClient, state: dict) -> str:
@@ -35,7 +35,7 @@ def save_labels(client: ApiClient, state: dict, text: str) -> Screen:
     except ApiError as exc:
         return Screen(state=state, project_message=render.message("error", f"Labels not changed: {exc.detail}"))
     screen = handlers.select_project(client, state, pid)
-    names = ", ".join(f'{label["value"]} {label["name"]}' for label in project["labels"])
+    names = ", ".join(f"{label['value']} {label['name']}" for label in project["labels"])
     screen.project_message = render.message("ok", f'Labels of "{project["name"]}" saved: {names}')
     return screen
 
@@ -50,8 +50,10 @@ def delete_volume(client: ApiClient, state: dict, confirm: str) -> Screen:
         return Screen(state=state, project_message=render.message("error", f"Not deleted: {exc.detail}"))
     screen = handlers.select_project(client, {"project_id": pid, "volume_id": None}, pid)
     screen.project_message = render.message(
-        "ok", f'Deleted volume "{removed["name"]}" with {removed["annotations"]} painted slice'
-              f'{"s" if removed["annotations"] != 1 else ""}.')
+        "ok",
+        f'Deleted volume "{removed["name"]}" with {removed["annotations"]} painted slice'
+        f"{'s' if removed['annotations'] != 1 else ''}.",
+    )
     return screen
 
 
@@ -65,7 +67,8 @@ def delete_project(client: ApiClient, state: dict, confirm: str) -> Screen:
         return Screen(state=state, project_message=render.message("error", f"Not deleted: {exc.detail}"))
     screen = handlers.load_projects(client, handlers.empty_state())
     screen.project_message = render.message(
-        "ok", f'Deleted project "{removed["name"]}": {removed["volumes"]} volumes, {removed["annotations"]} '
-              f'painted slices, {removed["models"]} models.')
+        "ok",
+        f'Deleted project "{removed["name"]}": {removed["volumes"]} volumes, {removed["annotations"]} '
+        f"painted slices, {removed['models']} models.",
+    )
     return screen
-

@@ -29,6 +29,16 @@ def mount_ui(app: FastAPI, api_url: str) -> FastAPI:
     @app.get("/login", include_in_schema=False)
     def login_page() -> FileResponse:  # posts to /api/login, then goes back to ?next= (default /ui)
         return FileResponse(STATIC_DIR / "login.html", media_type="text/html")
+
     client = ApiClient(api_url)
-    return gr.mount_gradio_app(app, build_ui(client), path=UI_PATH, theme=theme(), css=CSS, ssr_mode=False,
-                               footer_links=[], pwa=False, mcp_server=False)
+    return gr.mount_gradio_app(
+        app,
+        build_ui(client),
+        path=UI_PATH,
+        theme=theme(),
+        css=CSS,
+        ssr_mode=False,
+        footer_links=[],
+        pwa=False,
+        mcp_server=False,
+    )

@@ -41,76 +41,131 @@ def theme() -> gr.themes.Base:
 def build_ui(client: ApiClient) -> gr.Blocks:
     with gr.Blocks(title="slicewise", analytics_enabled=False) as demo:
         state = gr.State(handlers.empty_state())
-        gr.Markdown("# slicewise\nPaint a few slices, press **Retrain**, review the predicted masks, download them.",
-                    elem_id="title")
+        gr.Markdown(
+            "# slicewise\nPaint a few slices, press **Retrain**, review the predicted masks, download them.",
+            elem_id="title",
+        )
 
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=280):
                 gr.Markdown("### 1 · Project")
-                project = gr.Dropdown(label="Project", choices=[], value=None, interactive=True,
-                                      elem_id="project-select", allow_custom_value=False)
+                project = gr.Dropdown(
+                    label="Project",
+                    choices=[],
+                    value=None,
+                    interactive=True,
+                    elem_id="project-select",
+                    allow_custom_value=False,
+                )
                 refresh = gr.Button("Refresh project list", elem_id="refresh-projects", size="sm")
                 project_message = gr.HTML(elem_id="project-status")
                 labels_html = gr.HTML(elem_id="project-labels")
                 with gr.Accordion("Create a new project", open=False, elem_id="new-project-panel"):
-                    new_name = gr.Textbox(label="Project name", placeholder="e.g. Hippocampus study",
-                                          elem_id="new-project-name")
+                    new_name = gr.Textbox(
+                        label="Project name", placeholder="e.g. Hippocampus study", elem_id="new-project-name"
+                    )
                     new_labels = gr.Textbox(
                         label="Labels: one per line as 'name' or 'name #rrggbb' (0 = background is implicit)",
-                        lines=3, value="anterior #e6194b\nposterior #3cb44b", elem_id="new-project-labels")
+                        lines=3,
+                        value="anterior #e6194b\nposterior #3cb44b",
+                        elem_id="new-project-labels",
+                    )
                     create = gr.Button("Create project", variant="primary", elem_id="create-project")
                 with gr.Accordion("Manage this project", open=False, elem_id="manage-panel"):
-                    edit_labels = gr.Textbox(label="Labels: 'value name #rrggbb' per line (rename, recolour, add)",
-                                             lines=3, elem_id="edit-labels")
+                    edit_labels = gr.Textbox(
+                        label="Labels: 'value name #rrggbb' per line (rename, recolour, add)",
+                        lines=3,
+                        elem_id="edit-labels",
+                    )
                     save_labels = gr.Button("Save labels", elem_id="save-labels", size="sm")
-                    delete_volume_name = gr.Textbox(label="To delete the selected volume, type its name",
-                                                    elem_id="delete-volume-confirm")
-                    delete_volume = gr.Button("Delete the selected volume", variant="stop", size="sm",
-                                              elem_id="delete-volume")
-                    delete_project_name = gr.Textbox(label="To delete this project and everything in it, type its name",
-                                                     elem_id="delete-project-confirm")
-                    delete_project = gr.Button("Delete this project", variant="stop", size="sm",
-                                               elem_id="delete-project")
+                    delete_volume_name = gr.Textbox(
+                        label="To delete the selected volume, type its name", elem_id="delete-volume-confirm"
+                    )
+                    delete_volume = gr.Button(
+                        "Delete the selected volume", variant="stop", size="sm", elem_id="delete-volume"
+                    )
+                    delete_project_name = gr.Textbox(
+                        label="To delete this project and everything in it, type its name",
+                        elem_id="delete-project-confirm",
+                    )
+                    delete_project = gr.Button(
+                        "Delete this project", variant="stop", size="sm", elem_id="delete-project"
+                    )
 
             with gr.Column(scale=1, min_width=280):
                 gr.Markdown("### 2 · Upload volumes")
-                files = gr.File(label="NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage (.mha), or a .zip of one DICOM "
-                                      "series (or of a .nhdr/.mhd with its data file)", file_count="multiple",
-                                type="filepath", elem_id="upload-files")
+                files = gr.File(
+                    label="NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage (.mha), or a .zip of one DICOM "
+                    "series (or of a .nhdr/.mhd with its data file)",
+                    file_count="multiple",
+                    type="filepath",
+                    elem_id="upload-files",
+                )
                 upload = gr.Button("Upload to this project", variant="primary", elem_id="upload-button")
                 upload_message = gr.HTML(elem_id="upload-status")
 
             with gr.Column(scale=2, min_width=480):
                 gr.Markdown("### 3 · Volumes")
-                volume = gr.Dropdown(label="Volume to open in the viewer below", choices=[], value=None,
-                                     interactive=True, elem_id="volume-select")
+                volume = gr.Dropdown(
+                    label="Volume to open in the viewer below",
+                    choices=[],
+                    value=None,
+                    interactive=True,
+                    elem_id="volume-select",
+                )
                 volumes_html = gr.HTML(render.volumes_table([]), elem_id="volume-table")
                 with gr.Accordion("Import a mask made elsewhere onto this volume", open=False, elem_id="mask-panel"):
-                    mask_file = gr.File(label="NIfTI, NRRD, Slicer .seg.nrrd, MetaImage or DICOM-SEG (.dcm); slices "
-                                              "along the third axis with a label become painted slices",
-                                        type="filepath", elem_id="mask-file")
+                    mask_file = gr.File(
+                        label="NIfTI, NRRD, Slicer .seg.nrrd, MetaImage or DICOM-SEG (.dcm); slices "
+                        "along the third axis with a label become painted slices",
+                        type="filepath",
+                        elem_id="mask-file",
+                    )
                     mask_import = gr.Button("Import as painted slices", elem_id="mask-import")
                     mask_message = gr.HTML(elem_id="mask-status")
 
         gr.Markdown("### 4 · Paint, retrain, review, download")
         viewer_html = gr.HTML(render.viewer_frame(None), elem_id="viewer")
 
-        outputs = [state, project, project_message, labels_html, volume, volumes_html, upload_message, viewer_html,
-                   files]
+        outputs = [
+            state,
+            project,
+            project_message,
+            labels_html,
+            volume,
+            volumes_html,
+            upload_message,
+            viewer_html,
+            files,
+        ]
 
         def show(screen: handlers.Screen) -> list:
             def upd(value, **kw):
                 return gr.update() if value is None else gr.update(value=value, **kw)
 
-            project_update = gr.update() if screen.project_choices is None else gr.update(
-                choices=screen.project_choices, value=screen.project_value)
+            project_update = (
+                gr.update()
+                if screen.project_choices is None
+                else gr.update(choices=screen.project_choices, value=screen.project_value)
+            )
             if screen.project_choices is None and screen.project_value is not None:
                 project_update = gr.update(value=screen.project_value)
-            volume_update = gr.update() if screen.volume_choices is None else gr.update(
-                choices=screen.volume_choices, value=screen.volume_value)
-            return [screen.state, project_update, upd(screen.project_message), upd(screen.labels_html),
-                    volume_update, upd(screen.volumes_html), upd(screen.upload_message), upd(screen.viewer_html),
-                    gr.update(value=None) if screen.clear_upload else gr.update()]
+            volume_update = (
+                gr.update()
+                if screen.volume_choices is None
+                else gr.update(choices=screen.volume_choices, value=screen.volume_value)
+            )
+            return [
+                screen.state,
+                project_update,
+                upd(screen.project_message),
+                upd(screen.labels_html),
+                volume_update,
+                upd(screen.volumes_html),
+                upd(screen.upload_message),
+                upd(screen.viewer_html),
+                gr.update(value=None) if screen.clear_upload else gr.update(),
+            ]
 
         def caller(request: gr.Request | None):
             # the API call acts for the browser's user: forward their login cookie (no-op without users)
@@ -129,8 +184,7 @@ def build_ui(client: ApiClient) -> gr.Blocks:
             return show(handlers.create_project(caller(request), st, name, labels))
 
         def on_upload(st, paths, request: gr.Request, progress=gr.Progress()):
-            return show(handlers.upload_files(caller(request), st, paths,
-                                              progress=lambda f, d: progress(f, desc=d)))
+            return show(handlers.upload_files(caller(request), st, paths, progress=lambda f, d: progress(f, desc=d)))
 
         def on_mask(st, path, request: gr.Request):
             screen = handlers.import_mask(caller(request), st, path)
@@ -156,9 +210,11 @@ def build_ui(client: ApiClient) -> gr.Blocks:
         demo.load(on_load, [state], outputs).then(on_labels_shown, [state], [edit_labels])
         save_labels.click(on_save_labels, [state, edit_labels], outputs).then(on_labels_shown, [state], [edit_labels])
         delete_volume.click(on_delete_volume, [state, delete_volume_name], outputs).then(
-            lambda: "", None, [delete_volume_name])
+            lambda: "", None, [delete_volume_name]
+        )
         delete_project.click(on_delete_project, [state, delete_project_name], outputs).then(
-            lambda: "", None, [delete_project_name]).then(on_labels_shown, [state], [edit_labels])
+            lambda: "", None, [delete_project_name]
+        ).then(on_labels_shown, [state], [edit_labels])
         refresh.click(on_load, [state], outputs)
         project.change(on_project, [state, project], outputs).then(on_labels_shown, [state], [edit_labels])
         create.click(on_create, [state, new_name, new_labels], outputs).then(on_labels_shown, [state], [edit_labels])

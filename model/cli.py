@@ -34,8 +34,11 @@ def volume_name(path: Path) -> str:
 def _volumes_in(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise InvalidInput(f"{folder} is not a folder")
-    found = [p for p in sorted(folder.iterdir()) if not p.name.startswith(".")
-             and (p.is_dir() or p.name.lower().endswith(_SUFFIXES))]
+    found = [
+        p
+        for p in sorted(folder.iterdir())
+        if not p.name.startswith(".") and (p.is_dir() or p.name.lower().endswith(_SUFFIXES))
+    ]
     return found
 
 
@@ -55,15 +58,26 @@ def match_labels(images_dir: Path, labels_dir: Path) -> tuple[list[str], list[st
 
 # ---- train ------------------------------------------------------------------------------------
 def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--images", required=True, type=Path, help="folder of image volumes (NIfTI, DICOM folders or zips)")
-    parser.add_argument("--labels", required=True, type=Path,
-                        help="folder of sparse label volumes named like the images (255 = not annotated)")
+    parser.add_argument(
+        "--images", required=True, type=Path, help="folder of image volumes (NIfTI, DICOM folders or zips)"
+    )
+    parser.add_argument(
+        "--labels",
+        required=True,
+        type=Path,
+        help="folder of sparse label volumes named like the images (255 = not annotated)",
+    )
     parser.add_argument("--unlabeled", type=Path, default=None, help="folder of extra volumes without labels")
     parser.add_argument("--out", required=True, type=Path, help="model folder to create (or resume)")
     parser.add_argument("--preset", choices=PRESETS, default="cpu")
     parser.add_argument("--device", choices=DEVICES, default="auto")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                        help="override one config value, e.g. --set finetune_epochs=10 (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="override one config value, e.g. --set finetune_epochs=10 (repeatable)",
+    )
     return parser
 
 
@@ -80,8 +94,15 @@ def build_train_config(args: argparse.Namespace) -> dict:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = value
-    cfg = preset(args.preset, images=images, labels=labels, unlabeled=unlabeled,
-                 out_dir=str(args.out.resolve()), device=args.device, **overrides)
+    cfg = preset(
+        args.preset,
+        images=images,
+        labels=labels,
+        unlabeled=unlabeled,
+        out_dir=str(args.out.resolve()),
+        device=args.device,
+        **overrides,
+    )
     return cfg.to_dict()
 
 

@@ -32,8 +32,9 @@ PSEUDO_SCOPES = ("painted", "all")
 RUNTIME_FIELDS = frozenset(
     {"device", "threads", "channels_last", "compile", "bf16", "predict_chunk_pixels", "speed_cache"}
 )
-INPUT_FIELDS = frozenset({"images", "labels", "unlabeled", "val_images", "val_labels", "out_dir", "init_from",
-                          "axis"})  # the data and where the run starts; compared by the caller
+INPUT_FIELDS = frozenset(
+    {"images", "labels", "unlabeled", "val_images", "val_labels", "out_dir", "init_from", "axis"}
+)  # the data and where the run starts; compared by the caller
 ARCHITECTURE_FIELDS = ("widths", "bottleneck", "num_classes")  # a model continues only into the same network
 # fields used only by stages after the global one, besides those named after their stage
 LATER_STAGE_FIELDS = frozenset({"num_classes", "dice_weight", "weight_decay", "augment", "refresh_budget_s"})
@@ -180,17 +181,24 @@ class TrainConfig:
                 problems.append(f"{stage}_steps must be >= 1 or null")
             if schedule.batch < 1:
                 problems.append(f"{stage}_batch must be >= 1")
-        if self.patch_size is not None and (self.patch_size < 2 ** (len(self.widths) + 1)
-                                            or self.patch_size % 2 ** len(self.widths)):
-            problems.append(f"patch_size must be a multiple of {2 ** len(self.widths)} and at least "
-                            f"{2 ** (len(self.widths) + 1)} for {len(self.widths)} U-Net levels, or null")
+        if self.patch_size is not None and (
+            self.patch_size < 2 ** (len(self.widths) + 1) or self.patch_size % 2 ** len(self.widths)
+        ):
+            problems.append(
+                f"patch_size must be a multiple of {2 ** len(self.widths)} and at least "
+                f"{2 ** (len(self.widths) + 1)} for {len(self.widths)} U-Net levels, or null"
+            )
         if not 0 <= self.patch_foreground <= 1:
             problems.append(f"patch_foreground must be in [0, 1], got {self.patch_foreground}")
         for name in ("budget_s", "refresh_budget_s"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 problems.append(f"{name} must be > 0 seconds or null, got {value}")
-        if len(self.budget_shares) != 4 or any(not s >= 0 for s in self.budget_shares) or not sum(self.budget_shares) > 0:
+        if (
+            len(self.budget_shares) != 4
+            or any(not s >= 0 for s in self.budget_shares)
+            or not sum(self.budget_shares) > 0
+        ):
             problems.append("budget_shares must be 4 shares >= 0 (global, local, finetune, pseudo), not all 0")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
@@ -218,16 +226,20 @@ class TrainConfig:
     def fields_shaping_global(cls) -> tuple[str, ...]:
         """The fields that change what the label-free global stage learns (its encoder, global.pt)."""
         later = tuple(f"{stage}_" for stage in STAGES if stage != "global") + ("branch_", "branch")
-        return tuple(f.name for f in fields(cls)
-                     if f.name not in RUNTIME_FIELDS | INPUT_FIELDS | LATER_STAGE_FIELDS
-                     and not f.name.startswith(later) and not f.name.endswith("_stage"))
+        return tuple(
+            f.name
+            for f in fields(cls)
+            if f.name not in RUNTIME_FIELDS | INPUT_FIELDS | LATER_STAGE_FIELDS
+            and not f.name.startswith(later)
+            and not f.name.endswith("_stage")
+        )
 
     def global_signature(self) -> dict[str, Any]:
         """The values of `fields_shaping_global`, as JSON would store them."""
         return json.loads(json.dumps({name: getattr(self, name) for name in self.fields_shaping_global()}))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(d) - set(known))
         if unknown:
@@ -246,11 +258,11 @@ class TrainConfig:
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
     @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
+    def load(cls, path: str | Path) -> TrainConfig:
         try:
             d = json.loads(Path(path).read_text())
         except json.JSONDecodeError as e:
@@ -268,28 +280,56 @@ _PRESETS: dict[str, dict[str, Any]] = {
         widths=(16, 32, 64),
         global_proj_dim=32,
         local_proj_dim=32,
-        global_epochs=1, global_steps=4, global_batch=8,
-        local_epochs=1, local_steps=4, local_batch=4, local_lr=3e-4, local_mode="stride",
-        finetune_epochs=4, finetune_steps=50, finetune_batch=8, finetune_lr=2e-3,
-        pseudo_epochs=1, pseudo_steps=4, pseudo_batch=8,
-        max_size=128, patch_size=128,
-        budget_s=40.0, refresh_budget_s=15.0,
+        global_epochs=1,
+        global_steps=4,
+        global_batch=8,
+        local_epochs=1,
+        local_steps=4,
+        local_batch=4,
+        local_lr=3e-4,
+        local_mode="stride",
+        finetune_epochs=4,
+        finetune_steps=50,
+        finetune_batch=8,
+        finetune_lr=2e-3,
+        pseudo_epochs=1,
+        pseudo_steps=4,
+        pseudo_batch=8,
+        max_size=128,
+        patch_size=128,
+        budget_s=40.0,
+        refresh_budget_s=15.0,
     ),
     # Narrow U-Net and short schedules sized for a clinician waiting on a 2-core CPU, whatever the image
     # size (128 x 128 training patches): training at most 4 min for a full retrain, 20 s for a refresh,
     # leaving the rest of 5 min / 30 s for reading volumes and writing masks (docs/benchmarks/).
     "cpu": dict(
         patch_size=128,
-        budget_s=240.0, refresh_budget_s=20.0,
+        budget_s=240.0,
+        refresh_budget_s=20.0,
         widths=(16, 32, 64, 128),
         global_proj_dim=64,
         local_proj_dim=64,
-        global_epochs=8, global_steps=50, global_batch=32, global_lr=1e-3,
-        local_epochs=6, local_steps=40, local_batch=8, local_lr=5e-4, local_mode="stride",
-        finetune_epochs=8, finetune_steps=40, finetune_batch=16, finetune_lr=1e-3,
+        global_epochs=8,
+        global_steps=50,
+        global_batch=32,
+        global_lr=1e-3,
+        local_epochs=6,
+        local_steps=40,
+        local_batch=8,
+        local_lr=5e-4,
+        local_mode="stride",
+        finetune_epochs=8,
+        finetune_steps=40,
+        finetune_batch=16,
+        finetune_lr=1e-3,
         # self-training on: it beat fine-tune alone at 5x2, 10x3 and 20x5 painted slices
         # (docs/benchmarks/label_efficiency.md, rows ft+pseudo / full+pseudo)
-        pseudo_stage=True, pseudo_epochs=4, pseudo_steps=40, pseudo_batch=16, pseudo_lr=5e-4,
+        pseudo_stage=True,
+        pseudo_epochs=4,
+        pseudo_steps=40,
+        pseudo_batch=16,
+        pseudo_lr=5e-4,
     ),
     # the published schedule (docs/method.md): widths 64-512, Adam 3e-4/1e-5 100 epochs global, 1e-4
     # batch 4 ~70 epochs local, batch 8 120 epochs fine-tune. Meant for a GPU.

@@ -31,9 +31,24 @@ from data.atomic import atomic_write_bytes
 
 SWITCHES = ("channels_last", "compile", "bf16")
 # oneDNN ISA names in increasing order (ONEDNN_MAX_CPU_ISA); bf16 is native from AVX512_CORE_BF16 on
-ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
-               "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16", "AVX10_1_512_AMX", "AVX512_CORE_AMX",
-               "AVX10_1_512_AMX_FP16", "AVX512_CORE_AMX_FP16", "ALL", "DEFAULT")
+ONEDNN_ISAS = (
+    "SSE41",
+    "AVX",
+    "AVX2",
+    "AVX2_VNNI",
+    "AVX2_VNNI_2",
+    "AVX512_CORE",
+    "AVX512_CORE_VNNI",
+    "AVX512_CORE_BF16",
+    "AVX10_1_512",
+    "AVX512_CORE_FP16",
+    "AVX10_1_512_AMX",
+    "AVX512_CORE_AMX",
+    "AVX10_1_512_AMX_FP16",
+    "AVX512_CORE_AMX_FP16",
+    "ALL",
+    "DEFAULT",
+)
 MEASURE_MARGIN = 1.1  # a variant must be this much faster than float32 to be chosen
 
 
@@ -94,16 +109,22 @@ def cpu_info() -> CpuInfo:
 
 def machine_key(info: CpuInfo) -> str:
     """What a cached measurement is valid for."""
-    return (f"{info.model} | torch {torch.__version__} | aten {info.aten_capability} | "
-            f"onednn {info.onednn_max_isa or 'default'} | threads {torch.get_num_threads()}")
+    return (
+        f"{info.model} | torch {torch.__version__} | aten {info.aten_capability} | "
+        f"onednn {info.onednn_max_isa or 'default'} | threads {torch.get_num_threads()}"
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # the measurement (CPU with native bf16 only)
 # --------------------------------------------------------------------------------------------
 # (channels_last, bf16), from the simplest
-MEASURED_VARIANTS = {"float32": (False, False), "bf16": (False, True), "channels_last": (True, False),
-                     "channels_last + bf16": (True, True)}
+MEASURED_VARIANTS = {
+    "float32": (False, False),
+    "bf16": (False, True),
+    "channels_last": (True, False),
+    "channels_last + bf16": (True, True),
+}
 
 
 def measure_step_ms(steps: int = 4, size: int = 64, batch: int = 8, rounds: int = 2) -> dict[str, float]:
@@ -158,8 +179,11 @@ def measured_choice(cache: Path | None, measure: bool = True) -> dict | None:
         return entries.get(key)
     ms = measure_step_ms()
     best = pick_fastest(ms)
-    entry = {"step_ms": {k: round(v, 1) for k, v in ms.items()}, "best": best,
-             "measured_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    entry = {
+        "step_ms": {k: round(v, 1) for k, v in ms.items()},
+        "best": best,
+        "measured_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(cache, json.dumps({**entries, key: entry}, indent=1).encode())
@@ -169,19 +193,28 @@ def measured_choice(cache: Path | None, measure: bool = True) -> dict | None:
 # --------------------------------------------------------------------------------------------
 # the choice
 # --------------------------------------------------------------------------------------------
-def choose_switches(dev: torch.device, cache: Path | None = None, measure: bool = True,
-                    info: CpuInfo | None = None) -> tuple[dict[str, bool], dict[str, str]]:
+def choose_switches(
+    dev: torch.device, cache: Path | None = None, measure: bool = True, info: CpuInfo | None = None
+) -> tuple[dict[str, bool], dict[str, str]]:
     """Defaults for the "auto" switches on `dev` -> (values, why each)."""
     if dev.type == "cuda":
         bf16 = torch.cuda.is_bf16_supported()
-        return ({"channels_last": False, "compile": True, "bf16": bf16},
-                {"channels_last": "not needed on CUDA for this network", "compile": "CUDA: compiled kernels pay off",
-                 "bf16": "the GPU supports bf16" if bf16 else "the GPU does not support bf16"})
+        return (
+            {"channels_last": False, "compile": True, "bf16": bf16},
+            {
+                "channels_last": "not needed on CUDA for this network",
+                "compile": "CUDA: compiled kernels pay off",
+                "bf16": "the GPU supports bf16" if bf16 else "the GPU does not support bf16",
+            },
+        )
     info = info or cpu_info()
     native, why = info.native_bf16
     values = {"channels_last": False, "compile": False, "bf16": False}
-    reasons = {"compile": "CPU: compiling costs more than a short retrain gains",
-               "channels_last": "CPU: no measured gain", "bf16": why}
+    reasons = {
+        "compile": "CPU: compiling costs more than a short retrain gains",
+        "channels_last": "CPU: no measured gain",
+        "bf16": why,
+    }
     if not native:
         reasons["channels_last"] = "CPU: no measured gain without native bf16"
         return values, reasons
@@ -216,8 +249,14 @@ class Runtime:
         }
 
 
-def runtime_for(device: str = "auto", channels_last: str = "auto", compile: str = "auto", bf16: str = "auto",
-                cache: str | Path | None = None, measure: bool = True) -> Runtime:
+def runtime_for(
+    device: str = "auto",
+    channels_last: str = "auto",
+    compile: str = "auto",
+    bf16: str = "auto",
+    cache: str | Path | None = None,
+    measure: bool = True,
+) -> Runtime:
     """The runtime for these settings; "auto" ones follow `choose_switches` (measuring into `cache` if needed)."""
     dev = pick_device(device)
     settings = {"channels_last": channels_last, "compile": compile, "bf16": bf16}
@@ -230,8 +269,7 @@ def runtime_for(device: str = "auto", channels_last: str = "auto", compile: str 
             values[name], reasons[name] = setting == "on", f"forced {setting} by the config"
         else:
             values[name], reasons[name] = defaults[name], why[name]
-    return Runtime(dev, values["channels_last"], values["compile"],
-                   torch.bfloat16 if values["bf16"] else None, reasons)
+    return Runtime(dev, values["channels_last"], values["compile"], torch.bfloat16 if values["bf16"] else None, reasons)
 
 
 def autocast(runtime: Runtime):

@@ -24,7 +24,9 @@ class LocalHead(nn.Module):
 
     def __init__(self, in_channels: int, out_dim: int = 128):
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(in_channels, in_channels, 1), nn.ReLU(inplace=True), nn.Conv2d(in_channels, out_dim, 1))
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, in_channels, 1), nn.ReLU(inplace=True), nn.Conv2d(in_channels, out_dim, 1)
+        )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.net(features), dim=1)

@@ -71,8 +71,13 @@ class Predictor:
         training volumes at their own voxel grid.
         """
         return predict_array(
-            self.net, volume_array, self.info, self.runtime, self.num_classes,
-            chunk_pixels=self.config.predict_chunk_pixels, return_probs=return_probs,
+            self.net,
+            volume_array,
+            self.info,
+            self.runtime,
+            self.num_classes,
+            chunk_pixels=self.config.predict_chunk_pixels,
+            return_probs=return_probs,
         )
 
     def embed(self, volume_array: np.ndarray) -> np.ndarray:
@@ -81,8 +86,9 @@ class Predictor:
 
 
 @torch.no_grad()
-def embed_array(net: torch.nn.Module, array: np.ndarray, info: dict[str, Any], runtime: Runtime,
-                chunk_pixels: int = 2_000_000) -> np.ndarray:
+def embed_array(
+    net: torch.nn.Module, array: np.ndarray, info: dict[str, Any], runtime: Runtime, chunk_pixels: int = 2_000_000
+) -> np.ndarray:
     """One embedding per slice along the model's axis: the bottleneck features averaged over the slice,
     float32 (n_slices, C). Feature-space coverage (app/suggest.coverage_scores) ranks slices with it."""
     array = np.asarray(array)
@@ -93,7 +99,9 @@ def embed_array(net: torch.nn.Module, array: np.ndarray, info: dict[str, Any], r
     per_chunk = max(1, chunk_pixels // (where.size[0] * where.size[1]))
     out = []
     for start in range(0, n, per_chunk):
-        x = slices.to_network(stats.apply(slices.slab(array, axis, start, min(n, start + per_chunk))), where, stats.background)
+        x = slices.to_network(
+            stats.apply(slices.slab(array, axis, start, min(n, start + per_chunk))), where, stats.background
+        )
         with autocast(runtime):
             _, feats = net(prepare_input(x, runtime), return_features=True)
         out.append(feats["bottleneck"].float().mean(dim=(2, 3)).cpu().numpy())

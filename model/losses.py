@@ -111,11 +111,11 @@ class _ExclusiveLSE(torch.autograd.Function):
         out = q.new_empty(a_n)
         with torch.no_grad():
             for a0 in range(0, a_n, chunk):
-                qc, sc = q[a0:a0 + chunk] * inv_t, self_idx[a0:a0 + chunk]
+                qc, sc = q[a0 : a0 + chunk] * inv_t, self_idx[a0 : a0 + chunk]
                 m = q.new_full((qc.shape[0],), float("-inf"))
                 s = q.new_zeros(qc.shape[0])
                 for k0 in range(0, n, key_chunk):
-                    logits = _mask_self(qc @ k[k0:k0 + key_chunk].t(), sc, k0)
+                    logits = _mask_self(qc @ k[k0 : k0 + key_chunk].t(), sc, k0)
                     m_new = torch.maximum(m, logits.amax(dim=1))
                     # a row whose entries so far are all -inf keeps m = -inf: shift by 0 there
                     shift = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
@@ -123,7 +123,7 @@ class _ExclusiveLSE(torch.autograd.Function):
                     m = m_new
                     del logits
                 shift = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-                out[a0:a0 + chunk] = torch.log(s) + shift
+                out[a0 : a0 + chunk] = torch.log(s) + shift
         ctx.save_for_backward(q, k, self_idx, out)
         ctx.inv_t, ctx.chunk, ctx.key_chunk = inv_t, chunk, key_chunk
         return out
@@ -145,12 +145,12 @@ class _ExclusiveLSE(torch.autograd.Function):
             neg_lse = torch.where(torch.isfinite(lse[sl]), -lse[sl], torch.zeros_like(lse[sl]))[:, None]
             gq = q[sl] * g[:, None] if need_k else None
             for k0 in range(0, n, key_chunk):
-                kc = k[k0:k0 + key_chunk]
+                kc = k[k0 : k0 + key_chunk]
                 p = _mask_self(torch.addmm(neg_lse, qs, kc.t()), sc, k0).exp_()  # softmax tile
                 if need_q:
                     grad_q[sl] += (p @ kc).mul_(g[:, None])
                 if need_k:
-                    grad_k[k0:k0 + key_chunk] += p.t() @ gq
+                    grad_k[k0 : k0 + key_chunk] += p.t() @ gq
                 del p
         return grad_q, grad_k, None, None, None, None
 

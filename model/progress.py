@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 FILE_NAME = "progress.jsonl"
 STEP_WRITE_S = 0.5  # at most this often a training step is written

@@ -71,8 +71,9 @@ class CPCBranch(nn.Module):
                 break
             p = self.predict[k - 1](c[:, :, : h - k])  # predictions made at rows 0..h-k-1
             t = z[:, :, k:]  # the latents k rows below them (targets, not detached)
-            losses.append(info_nce(p.permute(0, 2, 3, 1).reshape(-1, d), t.permute(0, 2, 3, 1).reshape(-1, d),
-                                   self.temperature))
+            losses.append(
+                info_nce(p.permute(0, 2, 3, 1).reshape(-1, d), t.permute(0, 2, 3, 1).reshape(-1, d), self.temperature)
+            )
         if not losses:
             return bottleneck.sum() * 0.0
         return torch.stack(losses).mean()
@@ -97,8 +98,9 @@ class ReconBranch(nn.Module):
         return F.mse_loss(out.float(), image.float())
 
 
-def make_branch(name: str, bottleneck_channels: int, depth: int, dim: int = 64, steps_ahead: int = 2,
-                temperature: float = 0.1) -> nn.Module | None:
+def make_branch(
+    name: str, bottleneck_channels: int, depth: int, dim: int = 64, steps_ahead: int = 2, temperature: float = 0.1
+) -> nn.Module | None:
     if name == "none":
         return None
     if name == "cpc":

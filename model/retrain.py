@@ -370,7 +370,10 @@ def plan_retrain(request: RetrainRequest, project: ProjectSnapshot, history: lis
         raise Conflict("nothing is painted in this project any more: paint at least one slice, then retrain")
     label_map = sorted(int(v) for v in project.label_values)
     template = preset(
-        request.preset, device=project.device, num_classes=max(label_map) + 1, speed_cache=project.speed_cache,
+        request.preset,
+        device=project.device,
+        num_classes=max(label_map) + 1,
+        speed_cache=project.speed_cache,
         **stage_overrides(request.stages),
     )
     mode, reason = choose_mode(request, project.active, template, label_map, project.annotations)

@@ -19,8 +19,14 @@ PROBE_STEPS = 5
 
 
 class StageClock:
-    def __init__(self, seconds: float, nominal_steps: int, clock: Callable[[], float] = time.monotonic,
-                 probe: int = PROBE_STEPS, planned: int | None = None):
+    def __init__(
+        self,
+        seconds: float,
+        nominal_steps: int,
+        clock: Callable[[], float] = time.monotonic,
+        probe: int = PROBE_STEPS,
+        planned: int | None = None,
+    ):
         self.clock, self.seconds, self.nominal, self.probe = clock, seconds, nominal_steps, probe
         self.start = clock()
         self.deadline = self.start + seconds
@@ -79,8 +85,9 @@ class Budget:
         total = mine + sum(self.shares.get(s, 0.0) for s in later)
         return self.left() * (mine / total if total > 0 else 1.0)
 
-    def stage(self, stage: str, later: list[str], nominal_steps: int, planned: int | None = None,
-              probe: int = PROBE_STEPS) -> StageClock:
+    def stage(
+        self, stage: str, later: list[str], nominal_steps: int, planned: int | None = None, probe: int = PROBE_STEPS
+    ) -> StageClock:
         return StageClock(self.allot(stage, later), nominal_steps, self.clock, probe, planned)
 
     def later_eta(self, current: StageClock, later: list[str]) -> float:
@@ -88,4 +95,3 @@ class Budget:
         if not any(self.shares.get(s, 0.0) > 0 for s in later):
             return 0.0
         return max(0.0, self.start + self.seconds - max(self.clock(), current.deadline))
-

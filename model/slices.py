@@ -96,7 +96,9 @@ def training_size(shapes: list[tuple[int, int, int]], axis: int, max_size: int, 
     return max(round_up(extent, multiple), 2 * multiple)
 
 
-def placement(shape: tuple[int, int, int], axis: int, max_size: int, multiple: int, size: int | None = None) -> Placement:
+def placement(
+    shape: tuple[int, int, int], axis: int, max_size: int, multiple: int, size: int | None = None
+) -> Placement:
     """Placement of a volume; `size` (the training side) is used whenever the slices fit in it."""
     plane = _plane(shape, axis)
     resized = resized_plane(plane, max_size)
@@ -184,8 +186,13 @@ def build_slices(
     )
 
 
-def check_labels(images: list[np.ndarray], labels: list[np.ndarray | None], names: list[str], num_classes: int | None,
-                 require_painted: bool = True) -> int:
+def check_labels(
+    images: list[np.ndarray],
+    labels: list[np.ndarray | None],
+    names: list[str],
+    num_classes: int | None,
+    require_painted: bool = True,
+) -> int:
     """Validate sparse label volumes before any training; returns the number of classes (incl. background).
 
     require_painted=False (a run that learns from no label): nothing painted, or only background, is fine;
@@ -195,7 +202,9 @@ def check_labels(images: list[np.ndarray], labels: list[np.ndarray | None], name
         if label is None:
             continue
         if label.shape != image.shape:
-            raise InvalidInput(f"label volume for {name} has shape {tuple(label.shape)} but the image has {tuple(image.shape)}")
+            raise InvalidInput(
+                f"label volume for {name} has shape {tuple(label.shape)} but the image has {tuple(image.shape)}"
+            )
         values = np.unique(label)
         if np.issubdtype(values.dtype, np.floating) and not np.all(values == np.round(values)):
             raise InvalidInput(f"label volume for {name} has non-integer values")
@@ -203,12 +212,16 @@ def check_labels(images: list[np.ndarray], labels: list[np.ndarray | None], name
         if annotated.size and (annotated.min() < 0 or (num_classes is not None and annotated.max() >= num_classes)):
             limit = f"0..{num_classes - 1}" if num_classes is not None else ">= 0"
             bad = [int(x) for x in annotated if x < 0 or (num_classes is not None and x >= num_classes)]
-            raise InvalidInput(f"label volume for {name} has values {bad} outside the label map ({limit}, or 255 = not annotated)")
+            raise InvalidInput(
+                f"label volume for {name} has values {bad} outside the label map ({limit}, or 255 = not annotated)"
+            )
         if annotated.size:
             found_max = max(found_max, int(annotated.max()))
             painted_any = painted_any or any(painted_mask(label, a).any() for a in range(3))
     if not painted_any and require_painted:
-        raise InvalidInput("nothing is painted: every label volume is all 255 (not annotated) or has no fully painted slice")
+        raise InvalidInput(
+            "nothing is painted: every label volume is all 255 (not annotated) or has no fully painted slice"
+        )
     k = num_classes if num_classes is not None else found_max + 1
     if k < 2 and require_painted:
         raise InvalidInput("the painted slices contain only background (0): paint at least one structure")
@@ -218,8 +231,9 @@ def check_labels(images: list[np.ndarray], labels: list[np.ndarray | None], name
     return k
 
 
-def sample_patches(images: torch.Tensor, labels: torch.Tensor | None, patch: int | None, foreground: float,
-                   g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None, list[tuple[int, int]]]:
+def sample_patches(
+    images: torch.Tensor, labels: torch.Tensor | None, patch: int | None, foreground: float, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor | None, list[tuple[int, int]]]:
     """Square crops of side `patch` from (n, 1, S, S) images and their (n, S, S) labels -> (images, labels,
     top-left corner of each crop).
 
@@ -241,7 +255,7 @@ def sample_patches(images: torch.Tensor, labels: torch.Tensor | None, patch: int
                 top = min(max(0, cy - patch // 2), side - patch)
                 left = min(max(0, cx - patch // 2), side - patch)
         corners.append((top, left))
-        out_x.append(images[i, :, top: top + patch, left: left + patch])
+        out_x.append(images[i, :, top : top + patch, left : left + patch])
         if labels is not None:
-            out_y.append(labels[i, top: top + patch, left: left + patch])
+            out_y.append(labels[i, top : top + patch, left : left + patch])
     return torch.stack(out_x), (torch.stack(out_y) if labels is not None else None), corners

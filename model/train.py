@@ -20,7 +20,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -72,8 +71,9 @@ def load_data(cfg: TrainConfig) -> TrainData:
     if not cfg.out_dir:
         raise ValueError("out_dir is not set")
     # the global stage reads no label; every other stage (local, finetune, pseudo) learns from painted slices
-    painted_needed = any(getattr(cfg, f"{s}_stage") and getattr(cfg, f"{s}_epochs") > 0
-                         for s in STAGES if s != "global")
+    painted_needed = any(
+        getattr(cfg, f"{s}_stage") and getattr(cfg, f"{s}_epochs") > 0 for s in STAGES if s != "global"
+    )
     label_paths = list(cfg.labels) or [""] * len(cfg.images)
     images = [_read(p, "image") for p in cfg.images]
     labels = [(_read(p, "label volume") if p else None) for p in label_paths]
@@ -83,7 +83,7 @@ def load_data(cfg: TrainConfig) -> TrainData:
     images += [_read(p, "unlabeled image") for p in cfg.unlabeled]
     labels += [None] * len(cfg.unlabeled)
     axis = slices.choose_axis([lab for lab in labels if lab is not None], cfg.axis)
-    multiple = 2 ** cfg.depth
+    multiple = 2**cfg.depth
     data = slices.build_slices(images, labels, axis, cfg.max_size, multiple)
     if painted_needed and len(data.labeled) == 0:
         raise InvalidInput(f"no fully painted slice along axis {axis}: paint whole slices along one axis")
@@ -92,8 +92,13 @@ def load_data(cfg: TrainConfig) -> TrainData:
         image, label = _read(image_path, "validation image"), _read(label_path, "validation label volume")
         slices.check_labels([image], [label], [Path(image_path).name], num_classes)
         val.append((Path(image_path).name, image, label))
-    info = {"axis": axis, "size": data.size, "max_size": cfg.max_size, "multiple": multiple,
-            "normalisation": "per volume: clip to percentiles 0.5-99.5, then z-score"}
+    info = {
+        "axis": axis,
+        "size": data.size,
+        "max_size": cfg.max_size,
+        "multiple": multiple,
+        "normalisation": "per volume: clip to percentiles 0.5-99.5, then z-score",
+    }
     return TrainData(data, num_classes, info, val)
 
 
@@ -102,7 +107,12 @@ def load_data(cfg: TrainConfig) -> TrainData:
 # --------------------------------------------------------------------------------------------
 def stage_plan(cfg: TrainConfig, data: slices.SliceSet) -> list[tuple[str, int, int]]:
     """(stage, epochs, steps per epoch) of every enabled stage."""
-    pools = {"global": len(data), "local": len(data.labeled), "finetune": len(data.labeled), "pseudo": len(data.labeled)}
+    pools = {
+        "global": len(data),
+        "local": len(data.labeled),
+        "finetune": len(data.labeled),
+        "pseudo": len(data.labeled),
+    }
     plan = []
     for stage in STAGES:
         if getattr(cfg, f"{stage}_stage") and getattr(cfg, f"{stage}_epochs") > 0:
@@ -124,8 +134,14 @@ class Trainer:
         self.global_head = GlobalHead(self.unet.bottleneck_channels, cfg.global_proj_dim)
         self.local_head = LocalHead(self.unet.feature_channels, cfg.local_proj_dim)
         # optional regularization branch of the fine-tune stage (config `branch`; None when "none")
-        self.branch = make_branch(cfg.branch, self.unet.bottleneck_channels, cfg.depth, cfg.branch_dim,
-                                  cfg.branch_steps_ahead, cfg.branch_temperature)
+        self.branch = make_branch(
+            cfg.branch,
+            self.unet.bottleneck_channels,
+            cfg.depth,
+            cfg.branch_dim,
+            cfg.branch_steps_ahead,
+            cfg.branch_temperature,
+        )
         for m in (self.global_head, self.local_head, self.branch):
             if m is not None:
                 m.to(runtime.device)
@@ -147,7 +163,9 @@ class Trainer:
             return torch.optim.Adam(params, lr=cfg.global_lr, weight_decay=cfg.global_weight_decay)
         if stage == "local":
             params = [p for n, p in self.unet.named_parameters() if not n.startswith("seg_head.")]
-            return torch.optim.Adam(params + list(self.local_head.parameters()), lr=cfg.local_lr, weight_decay=cfg.weight_decay)
+            return torch.optim.Adam(
+                params + list(self.local_head.parameters()), lr=cfg.local_lr, weight_decay=cfg.weight_decay
+            )
         params = list(self.unet.parameters()) + (list(self.branch.parameters()) if self.branch is not None else [])
         lr = cfg.pseudo_lr if stage == "pseudo" else cfg.finetune_lr
         return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
@@ -199,8 +217,16 @@ class Trainer:
                 _, f1 = self.net(v1, return_features=True)
                 _, f2 = self.net(v2, return_features=True)
                 e1, e2 = self.local_head(f1["decoder"]), self.local_head(f2["decoder"])
-            return local_contrastive(e1.float(), e2.float(), y, cfg.local_temperature, cfg.local_mode,
-                                     cfg.local_stride, cfg.local_block, cfg.local_chunk)
+            return local_contrastive(
+                e1.float(),
+                e2.float(),
+                y,
+                cfg.local_temperature,
+                cfg.local_mode,
+                cfg.local_stride,
+                cfg.local_block,
+                cfg.local_chunk,
+            )
         if self.branch is not None:
             return self.finetune_with_branch(x, y)
         with autocast(rt):
@@ -303,8 +329,9 @@ class Trainer:
 def _same_run(saved: dict, cfg: TrainConfig) -> list[str]:
     now = cfg.to_dict()
     defaults = TrainConfig().to_dict()  # a key a checkpoint predates counts as its default value
-    return sorted(k for k in set(now) | set(saved)
-                  if k not in RUNTIME_FIELDS and saved.get(k, defaults.get(k)) != now.get(k))
+    return sorted(
+        k for k in set(now) | set(saved) if k not in RUNTIME_FIELDS and saved.get(k, defaults.get(k)) != now.get(k)
+    )
 
 
 def dice_per_class(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> list[float]:
@@ -335,10 +362,17 @@ def train(cfg: TrainConfig) -> dict:
         saved = checkpoint.load(ckpt_path)
         differs = _same_run(saved["config"], cfg)
         if differs:
-            raise ValueError(f"{ckpt_path} belongs to a run with another config (differs in: {', '.join(differs)}); "
-                             "use a new out_dir or delete the checkpoint")
+            raise ValueError(
+                f"{ckpt_path} belongs to a run with another config (differs in: {', '.join(differs)}); "
+                "use a new out_dir or delete the checkpoint"
+            )
         trainer.restore(saved)
-        stage_index, epoch, metrics, opt_state = saved["stage_index"], saved["epoch"], saved["metrics"], saved["optimizer"]
+        stage_index, epoch, metrics, opt_state = (
+            saved["stage_index"],
+            saved["epoch"],
+            saved["metrics"],
+            saved["optimizer"],
+        )
         resumed = True
     elif cfg.init_from:
         loaded = checkpoint.load_matching(trainer.unet, checkpoint.weights_of(checkpoint.load(cfg.init_from)))
@@ -355,9 +389,17 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.budget_s is not None:
         spent = sum(m.get("wall_s", 0.0) for m in metrics["stages"].values())
         budget = Budget(max(0.0, cfg.budget_s - spent), dict(zip(STAGES, cfg.budget_shares)))
-    info = {"slices": len(data.slices), "painted_slices": len(data.slices.labeled), "axis": data.info["axis"],
-            "size": data.slices.size, "patch_size": cfg.patch_size, "num_classes": data.num_classes,
-            "runtime": runtime.describe(), "stages": [p[0] for p in plan], "budget_s": cfg.budget_s}
+    info = {
+        "slices": len(data.slices),
+        "painted_slices": len(data.slices.labeled),
+        "axis": data.info["axis"],
+        "size": data.slices.size,
+        "patch_size": cfg.patch_size,
+        "num_classes": data.num_classes,
+        "runtime": runtime.describe(),
+        "stages": [p[0] for p in plan],
+        "budget_s": cfg.budget_s,
+    }
     metrics["data"] = info
     if resumed:
         resumed_stage = plan[stage_index][0] if stage_index < len(plan) else "done"
@@ -368,17 +410,19 @@ def train(cfg: TrainConfig) -> dict:
     try:
         for si in range(stage_index, len(plan)):
             stage, epochs, steps = plan[si]
-            stage_total, later = totals[si], [p[0] for p in plan[si + 1:]]
+            stage_total, later = totals[si], [p[0] for p in plan[si + 1 :]]
             opt = trainer.optimizer(stage)
             first_epoch = epoch if si == stage_index else 0
             if si == stage_index and opt_state:
                 opt.load_state_dict(opt_state)
-            stage_metrics = metrics["stages"].setdefault(stage, {"wall_s": 0.0, "epochs": epochs, "steps_per_epoch": steps})
+            stage_metrics = metrics["stages"].setdefault(
+                stage, {"wall_s": 0.0, "epochs": epochs, "steps_per_epoch": steps}
+            )
             clock = None
             if budget is not None:
                 clock = budget.stage(stage, later, epochs * steps, planned=stage_metrics.get("planned_steps"))
                 stage_metrics.setdefault("budget_s", round(clock.seconds, 2))
-                progress.eta_cap = lambda: clock.eta(progress.done - sum(totals[:si])) + budget.later_eta(clock, later)
+                progress.eta_cap = lambda: clock.eta(progress.done - sum(totals[:si])) + budget.later_eta(clock, later)  # noqa: B023 (reset before the loop moves on)
             trainer.unet.train()
             if stage == "pseudo" and first_epoch * steps < stage_total:  # also on a resume: labels are not checkpointed
                 t_pseudo = time.monotonic()
@@ -417,19 +461,38 @@ def train(cfg: TrainConfig) -> dict:
                 if clock is not None:
                     stage_metrics["epochs"] = math.ceil(stage_total / steps)
                 if ended and stage == "global":  # before the checkpoint that marks the stage done
-                    checkpoint.save({"format": checkpoint.GLOBAL_FORMAT, "state_dict": trainer.unet.encoder_state_dict(),
-                                     "config": cfg.to_dict()}, out / "global.pt")
-                checkpoint.save(trainer.state(si + 1 if ended else si, 0 if ended else ep + 1, None if ended else opt, metrics), ckpt_path)
-                progress.event("epoch", stage=stage, epoch=ep + 1, epochs=math.ceil(stage_total / steps),
-                               loss=round(stage_metrics["final_loss"], 5))
+                    checkpoint.save(
+                        {
+                            "format": checkpoint.GLOBAL_FORMAT,
+                            "state_dict": trainer.unet.encoder_state_dict(),
+                            "config": cfg.to_dict(),
+                        },
+                        out / "global.pt",
+                    )
+                checkpoint.save(
+                    trainer.state(si + 1 if ended else si, 0 if ended else ep + 1, None if ended else opt, metrics),
+                    ckpt_path,
+                )
+                progress.event(
+                    "epoch",
+                    stage=stage,
+                    epoch=ep + 1,
+                    epochs=math.ceil(stage_total / steps),
+                    loss=round(stage_metrics["final_loss"], 5),
+                )
                 ep += 1
             progress.eta_cap = None
             epoch = 0
         trainer.unet.eval()
         if data.val:
             metrics["validation"] = validate(trainer, data, cfg)
-        model = {"format": checkpoint.MODEL_FORMAT, "state_dict": checkpoint.cpu_state(trainer.unet),
-                 "config": cfg.to_dict(), "num_classes": data.num_classes, "slices": data.info}
+        model = {
+            "format": checkpoint.MODEL_FORMAT,
+            "state_dict": checkpoint.cpu_state(trainer.unet),
+            "config": cfg.to_dict(),
+            "num_classes": data.num_classes,
+            "slices": data.info,
+        }
         checkpoint.save(model, out / "model.pt")
         atomic_write_bytes(out / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
         atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2).encode())
@@ -444,7 +507,9 @@ def train(cfg: TrainConfig) -> dict:
 def validate(trainer: Trainer, data: TrainData, cfg: TrainConfig) -> dict:
     per_volume = {}
     for name, image, label in data.val:
-        pred, _ = predict_array(trainer.net, image, data.info, trainer.runtime, data.num_classes, cfg.predict_chunk_pixels)
+        pred, _ = predict_array(
+            trainer.net, image, data.info, trainer.runtime, data.num_classes, cfg.predict_chunk_pixels
+        )
         per_volume[name] = dice_per_class(pred, label, data.num_classes)
     per_class = np.mean(list(per_volume.values()), axis=0).tolist()
     return {"dice_per_volume": per_volume, "dice_per_class": per_class, "dice_mean": float(np.mean(per_class))}

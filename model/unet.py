@@ -24,7 +24,9 @@ def conv_block(cin: int, cout: int) -> nn.Sequential:
 
 
 class UNet(nn.Module):
-    def __init__(self, in_channels: int = 1, num_classes: int = 3, widths=(64, 128, 256, 512), bottleneck: int | None = None):
+    def __init__(
+        self, in_channels: int = 1, num_classes: int = 3, widths=(64, 128, 256, 512), bottleneck: int | None = None
+    ):
         super().__init__()
         widths = tuple(int(w) for w in widths)
         bottleneck = int(bottleneck or 2 * widths[-1])
@@ -54,7 +56,7 @@ class UNet(nn.Module):
 
     def pad_input(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         # at least 2 pixels left at the bottleneck: InstanceNorm cannot normalise a single pixel
-        m = 2 ** self.depth
+        m = 2**self.depth
         h, w = x.shape[-2:]
         ph = max(-(-h // m) * m, 2 * m) - h
         pw = max(-(-w // m) * m, 2 * m) - w

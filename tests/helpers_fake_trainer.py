@@ -15,8 +15,8 @@ service over HTTP (test_faults.py, test_retrain_api.py).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest

@@ -18,7 +18,7 @@ import numpy as np
 LABELS = [{"value": 1, "name": "anterior", "color": "#ff0000"}, {"value": 2, "name": "posterior", "color": "#00ff00"}]
 SHAPE = (12, 16, 10)
 
-FAKE_TRAINER = r'''
+FAKE_TRAINER = r"""
 import json, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 
@@ -61,7 +61,7 @@ shutil.copyfile(os.environ["FAKE_MODEL"], out / "model.pt")
 (out / "config.json").write_text(json.dumps(cfg))
 (out / "metrics.json").write_text(json.dumps({"fake": True, "dice_mean": float("nan")}))
 event(event="done", progress=1.0)
-'''
+"""
 
 
 def write_fake_trainer(folder: Path) -> Path:
@@ -81,21 +81,36 @@ def make_untrained_model(path: Path, preset: str = "quick", num_classes: int = 3
     config = make_preset(preset, num_classes=num_classes)
     torch.manual_seed(0)
     net = UNet(1, num_classes, config.widths, config.bottleneck)
-    info = {"axis": 0, "size": 2 ** config.depth, "max_size": config.max_size, "multiple": 2 ** config.depth}
-    checkpoint.save({"format": checkpoint.MODEL_FORMAT, "state_dict": checkpoint.cpu_state(net),
-                     "config": config.to_dict(), "num_classes": num_classes, "slices": info}, path)
+    info = {"axis": 0, "size": 2**config.depth, "max_size": config.max_size, "multiple": 2**config.depth}
+    checkpoint.save(
+        {
+            "format": checkpoint.MODEL_FORMAT,
+            "state_dict": checkpoint.cpu_state(net),
+            "config": config.to_dict(),
+            "num_classes": num_classes,
+            "slices": info,
+        },
+        path,
+    )
     return path
 
 
 def fake_runner_env(model_file: Path, mode: str = "ok", steps: int = 4, step_s: float = 0.02) -> dict:
-    return {**os.environ, "FAKE_MODEL": str(model_file), "FAKE_TRAIN_MODE": mode,
-            "FAKE_TRAIN_STEPS": str(steps), "FAKE_TRAIN_STEP_S": str(step_s)}
+    return {
+        **os.environ,
+        "FAKE_MODEL": str(model_file),
+        "FAKE_TRAIN_MODE": mode,
+        "FAKE_TRAIN_STEPS": str(steps),
+        "FAKE_TRAIN_STEP_S": str(step_s),
+    }
 
 
 def fake_runner(folder: Path, model_file: Path, **kwargs):
     from app.jobs import LocalRunner
 
-    return LocalRunner(command=[sys.executable, str(write_fake_trainer(folder))], env=fake_runner_env(model_file, **kwargs))
+    return LocalRunner(
+        command=[sys.executable, str(write_fake_trainer(folder))], env=fake_runner_env(model_file, **kwargs)
+    )
 
 
 def synthetic_nifti(path: Path, seed: int = 0) -> tuple[Path, np.ndarray]:

@@ -16,9 +16,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 
@@ -109,11 +109,22 @@ def running_server(
         for attempt in range(3):  # the free port can be taken by someone else between probe and bind
             port = free_port()
             log_path = log_dir / f"serve-{attempt}.log"
-            command = [*slicewise_command(), "serve", "--workspace", str(workspace), "--host", "127.0.0.1",
-                       "--port", str(port), *([] if demo else ["--no-demo"]), *extra_args]
+            command = [
+                *slicewise_command(),
+                "serve",
+                "--workspace",
+                str(workspace),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                *([] if demo else ["--no-demo"]),
+                *extra_args,
+            ]
             with open(log_path, "wb") as log_file:
-                process = subprocess.Popen(command, cwd=cwd or REPO_ROOT, env=full_env,
-                                           stdout=log_file, stderr=subprocess.STDOUT)
+                process = subprocess.Popen(
+                    command, cwd=cwd or REPO_ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT
+                )
             handle = ServerHandle(f"http://127.0.0.1:{port}", port, workspace, process, log_path)
             try:
                 _wait_healthy(handle, startup_timeout)

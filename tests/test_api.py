@@ -244,8 +244,12 @@ def test_settings_come_from_flags_then_environment_then_defaults(tmp_path):
 
     assert Settings().workspace == Path("workspace") and Settings().port == 8000 and Settings().host == "127.0.0.1"
     assert Settings().max_upload_bytes == 1024 * 1024 * 1024
-    env = {"SLICEWISE_WORKSPACE": str(tmp_path), "SLICEWISE_PORT": "9001", "SLICEWISE_MAX_UPLOAD_MB": "2",
-           "SLICEWISE_DEMO": "no"}
+    env = {
+        "SLICEWISE_WORKSPACE": str(tmp_path),
+        "SLICEWISE_PORT": "9001",
+        "SLICEWISE_MAX_UPLOAD_MB": "2",
+        "SLICEWISE_DEMO": "no",
+    }
     settings = Settings.from_env(env, port=9100, host=None)
     assert settings.workspace == tmp_path and settings.port == 9100 and settings.host == "127.0.0.1"
     assert settings.max_upload_bytes == 2 * 1024 * 1024 and settings.demo is False

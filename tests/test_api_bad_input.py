@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from helpers_bad_input import (
-    DICOM, GOOD_NIFTI, LABELS, SHAPE, assert_refused, make_api, needs_dicom, nifti_bytes, zip_bytes,
+    DICOM,
+    GOOD_NIFTI,
+    LABELS,
+    SHAPE,
+    assert_refused,
+    make_api,
+    needs_dicom,
+    nifti_bytes,
+    zip_bytes,
 )
 
 
@@ -77,8 +85,10 @@ def test_zip_without_dicom(api):
 
 def test_zip_with_several_series(api):
     needs_dicom()
-    members = {**dicom_members(DICOM / "study1_hippocampus_crop", "a"),
-               **dicom_members(DICOM / "study2_hippocampus_crop", "b")}
+    members = {
+        **dicom_members(DICOM / "study1_hippocampus_crop", "a"),
+        **dicom_members(DICOM / "study2_hippocampus_crop", "b"),
+    }
     assert_refused(api, lambda: api.upload("two.zip", zip_bytes(members)), 422, "series")
 
 
@@ -113,16 +123,22 @@ def test_upload_over_the_size_limit_without_content_length(tmp_path):
     api = make_api(tmp_path, max_upload_mb=0.01)
     try:
         boundary = "sw-boundary"
-        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.nii\"\r\n\r\n"
-                .encode() + b"\0" * 50_000 + f"\r\n--{boundary}--\r\n".encode())
+        body = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.nii"\r\n\r\n'.encode()
+            + b"\0" * 50_000
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
 
         def chunks():
             for start in range(0, len(body), 4096):
-                yield body[start:start + 4096]
+                yield body[start : start + 4096]
 
         def send():
-            return api.client.post(f"/api/projects/{api.project_id}/volumes", content=chunks(),
-                                   headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+            return api.client.post(
+                f"/api/projects/{api.project_id}/volumes",
+                content=chunks(),
+                headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+            )
 
         assert_refused(api, send, 413, "limit")
     finally:
@@ -142,8 +158,11 @@ def test_zip_expanding_over_the_limit(tmp_path):
 
 
 def test_upload_not_multipart(api):
-    send = lambda: api.client.post(f"/api/projects/{api.project_id}/volumes", content=GOOD_NIFTI,
-                                   headers={"Content-Type": "application/octet-stream"})
+    send = lambda: api.client.post(
+        f"/api/projects/{api.project_id}/volumes",
+        content=GOOD_NIFTI,
+        headers={"Content-Type": "application/octet-stream"},
+    )
     assert_refused(api, send, 422, "multipart")
 
 
@@ -158,8 +177,11 @@ def test_upload_field_without_file_name(api):
 
 
 def test_malformed_multipart(api):
-    send = lambda: api.client.post(f"/api/projects/{api.project_id}/volumes", content=b"garbage without boundaries",
-                                   headers={"Content-Type": "multipart/form-data; boundary=xyz"})
+    send = lambda: api.client.post(
+        f"/api/projects/{api.project_id}/volumes",
+        content=b"garbage without boundaries",
+        headers={"Content-Type": "multipart/form-data; boundary=xyz"},
+    )
     assert_refused(api, send, 422)
 
 
@@ -170,30 +192,36 @@ def test_upload_into_unknown_project(api):
 # ------------------------------------------------------------------ unknown ids and bad slice requests
 
 
-@pytest.mark.parametrize("path, words", [
-    ("/api/projects/999", ["project", "999"]),
-    ("/api/projects/999/volumes", ["project", "999"]),
-    ("/api/volumes/999", ["volume", "999"]),
-    ("/api/volumes/999/slices/0/0.png", ["volume", "999"]),
-    ("/api/no/such/route", ["no such endpoint"]),
-])
+@pytest.mark.parametrize(
+    "path, words",
+    [
+        ("/api/projects/999", ["project", "999"]),
+        ("/api/projects/999/volumes", ["project", "999"]),
+        ("/api/volumes/999", ["volume", "999"]),
+        ("/api/volumes/999/slices/0/0.png", ["volume", "999"]),
+        ("/api/no/such/route", ["no such endpoint"]),
+    ],
+)
 def test_unknown_ids(api, path, words):
     assert_refused(api, lambda: api.client.get(path), 404, *words)
 
 
-@pytest.mark.parametrize("query, status, words", [
-    ("slices/3/0.png", 422, ["axis", "0, 1 or 2"]),
-    ("slices/-1/0.png", 422, ["axis"]),
-    ("slices/0/12.png", 422, ["index", "0..11"]),
-    ("slices/2/-1.png", 422, ["index"]),
-    ("slices/x/0.png", 422, ["axis", "integer"]),
-    ("slices/0/1.5.png", 422, ["index", "integer"]),
-    ("slices/0/1.png?window=0", 422, ["window", "positive"]),
-    ("slices/0/1.png?window=-5&level=3", 422, ["window", "positive"]),
-    ("slices/0/1.png?window=nan", 422, ["window"]),
-    ("slices/0/1.png?window=wide", 422, ["window"]),
-    ("slices/0/1.png?level=inf", 422, ["level", "finite"]),
-])
+@pytest.mark.parametrize(
+    "query, status, words",
+    [
+        ("slices/3/0.png", 422, ["axis", "0, 1 or 2"]),
+        ("slices/-1/0.png", 422, ["axis"]),
+        ("slices/0/12.png", 422, ["index", "0..11"]),
+        ("slices/2/-1.png", 422, ["index"]),
+        ("slices/x/0.png", 422, ["axis", "integer"]),
+        ("slices/0/1.5.png", 422, ["index", "integer"]),
+        ("slices/0/1.png?window=0", 422, ["window", "positive"]),
+        ("slices/0/1.png?window=-5&level=3", 422, ["window", "positive"]),
+        ("slices/0/1.png?window=nan", 422, ["window"]),
+        ("slices/0/1.png?window=wide", 422, ["window"]),
+        ("slices/0/1.png?level=inf", 422, ["level", "finite"]),
+    ],
+)
 def test_bad_slice_requests(api, query, status, words):
     assert_refused(api, lambda: api.client.get(f"/api/volumes/{api.volume_id}/{query}"), status, *words)
 
@@ -201,18 +229,30 @@ def test_bad_slice_requests(api, query, status, words):
 # ------------------------------------------------------------------ projects
 
 
-@pytest.mark.parametrize("body, words", [
-    ({"name": "", "labels": LABELS}, ["name"]),
-    ({"name": "   ", "labels": LABELS}, ["name"]),
-    ({"labels": LABELS}, ["name"]),
-    ({"name": "X"}, ["labels"]),
-    ({"name": "X", "labels": []}, ["labels"]),
-    ({"name": "X", "labels": [{"value": 0, "name": "bg", "color": "#000000"}]}, ["value"]),
-    ({"name": "X", "labels": [{"value": 255, "name": "x", "color": "#000000"}]}, ["value"]),
-    ({"name": "X", "labels": [{"value": 1, "name": "a", "color": "red"}]}, ["color"]),
-    ({"name": "X", "labels": [{"value": 1, "name": "a", "color": "#ff0000"}, {"value": 1, "name": "b", "color": "#00ff00"}]}, ["unique"]),
-    ({"name": "X", "labels": LABELS, "colour": "#fff"}, ["colour"]),
-])
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ({"name": "", "labels": LABELS}, ["name"]),
+        ({"name": "   ", "labels": LABELS}, ["name"]),
+        ({"labels": LABELS}, ["name"]),
+        ({"name": "X"}, ["labels"]),
+        ({"name": "X", "labels": []}, ["labels"]),
+        ({"name": "X", "labels": [{"value": 0, "name": "bg", "color": "#000000"}]}, ["value"]),
+        ({"name": "X", "labels": [{"value": 255, "name": "x", "color": "#000000"}]}, ["value"]),
+        ({"name": "X", "labels": [{"value": 1, "name": "a", "color": "red"}]}, ["color"]),
+        (
+            {
+                "name": "X",
+                "labels": [
+                    {"value": 1, "name": "a", "color": "#ff0000"},
+                    {"value": 1, "name": "b", "color": "#00ff00"},
+                ],
+            },
+            ["unique"],
+        ),
+        ({"name": "X", "labels": LABELS, "colour": "#fff"}, ["colour"]),
+    ],
+)
 def test_bad_project(api, body, words):
     assert_refused(api, lambda: api.client.post("/api/projects", json=body), 422, *words)
 

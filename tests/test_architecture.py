@@ -112,12 +112,18 @@ def test_checker_sees_every_kind_of_import(tmp_path, monkeypatch):
     (fake / "__init__.py").write_text("")
     (fake / "sub" / "__init__.py").write_text("from .. import model_stub\n")
     (fake / "sub" / "deep.py").write_text("from ...frontend import ui\n")
-    (fake / "bad.py").write_text("import importlib\n\ndef f():\n    import torch.nn.functional\n"
-                                 "    importlib.import_module('model.train')\n    __import__('app.main')\n")
+    (fake / "bad.py").write_text(
+        "import importlib\n\ndef f():\n    import torch.nn.functional\n"
+        "    importlib.import_module('model.train')\n    __import__('app.main')\n"
+    )
     monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
     assert offenders("data", lambda n: is_under(n, "torch", "model", "app", "frontend")) == [
-        "data/bad.py: app.main", "data/bad.py: model.train", "data/bad.py: torch.nn.functional",
-        "data/sub/deep.py: frontend", "data/sub/deep.py: frontend.ui"]
+        "data/bad.py: app.main",
+        "data/bad.py: model.train",
+        "data/bad.py: torch.nn.functional",
+        "data/sub/deep.py: frontend",
+        "data/sub/deep.py: frontend.ui",
+    ]
     assert "data.model_stub" in imported_modules("data")["data/sub/__init__.py"]
 
 

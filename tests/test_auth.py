@@ -184,22 +184,46 @@ def test_cli_users_tokens_members(tmp_path, capsys):
 @pytest.mark.slow
 def test_serve_refuses_a_public_address_without_users_then_serves_tokens(tmp_path):
     ws_dir = tmp_path / "ws"
-    refused = subprocess.run([*slicewise_command(), "serve", "--workspace", str(ws_dir), "--host", "0.0.0.0",
-                              "--port", "1", "--no-demo"], capture_output=True, text=True, timeout=120)
+    refused = subprocess.run(
+        [*slicewise_command(), "serve", "--workspace", str(ws_dir), "--host", "0.0.0.0", "--port", "1", "--no-demo"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert refused.returncode == 2
     assert "refusing to listen on 0.0.0.0" in refused.stderr and "slicewise users add" in refused.stderr
     assert "slicewise tokens create" in refused.stderr
 
-    add = subprocess.run([*slicewise_command(), "users", "add", "ada", "--role", "admin", "--password-stdin",
-                          "--workspace", str(ws_dir)], input="ada-password\n", capture_output=True, text=True,
-                         timeout=120)
+    add = subprocess.run(
+        [
+            *slicewise_command(),
+            "users",
+            "add",
+            "ada",
+            "--role",
+            "admin",
+            "--password-stdin",
+            "--workspace",
+            str(ws_dir),
+        ],
+        input="ada-password\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert add.returncode == 0, add.stderr
-    made = subprocess.run([*slicewise_command(), "tokens", "create", "ada", "--workspace", str(ws_dir)],
-                          capture_output=True, text=True, timeout=120)
+    made = subprocess.run(
+        [*slicewise_command(), "tokens", "create", "ada", "--workspace", str(ws_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     token = made.stdout.strip()
     # with a user, any address is allowed (the last --host wins over the helper's 127.0.0.1)
-    with running_server(ws_dir, extra_args=["--host", "0.0.0.0"], startup_timeout=180) as server, \
-            server.client() as http:
+    with (
+        running_server(ws_dir, extra_args=["--host", "0.0.0.0"], startup_timeout=180) as server,
+        server.client() as http,
+    ):
         assert http.get("/api/projects").status_code == 401
         bearer = {"Authorization": f"Bearer {token}"}
         assert http.get("/api/projects", headers=bearer).status_code == 200

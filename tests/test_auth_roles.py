@@ -57,8 +57,9 @@ def wait_quiet(world: World, timeout: float = 60) -> None:
         jobs = world.call("ada", "GET", f"/api/projects/{world.p}/jobs").json()
         volumes = world.call("ada", "GET", f"/api/projects/{world.p}/volumes").json()
         if all(j["state"] in ("succeeded", "failed", "cancelled") for j in jobs) and all(
-                world.call("ada", "GET", f"/api/volumes/{v['id']}/prediction").json()["status"] in ("ready", "none")
-                for v in volumes):
+            world.call("ada", "GET", f"/api/volumes/{v['id']}/prediction").json()["status"] in ("ready", "none")
+            for v in volumes
+        ):
             return
         time.sleep(0.05)
     raise AssertionError("the workspace did not come to rest")
@@ -89,14 +90,20 @@ def world(tmp_path_factory):
         headers = {"Authorization": f"Bearer {tokens['ada']}"}
         project = client.post("/api/projects", json={"name": "roles", "labels": LABELS}, headers=headers).json()
         for name in ("vic", "anna"):
-            assert client.post(f"/api/projects/{project['id']}/members", json={"user": name},
-                               headers=headers).status_code == 201
+            assert (
+                client.post(f"/api/projects/{project['id']}/members", json={"user": name}, headers=headers).status_code
+                == 201
+            )
         path, label = synthetic_nifti(tmp_path / "v.nii.gz")
-        volume = client.post(f"/api/projects/{project['id']}/volumes", files={"file": (path.name, path.read_bytes())},
-                             headers=headers).json()
+        volume = client.post(
+            f"/api/projects/{project['id']}/volumes", files={"file": (path.name, path.read_bytes())}, headers=headers
+        ).json()
         mask = np.take(label, 5, axis=0).astype(np.uint8)
-        r = client.put(f"/api/volumes/{volume['id']}/annotations/0/5", content=mask.tobytes(),
-                       headers={**headers, "Content-Type": "application/octet-stream"})
+        r = client.put(
+            f"/api/volumes/{volume['id']}/annotations/0/5",
+            content=mask.tobytes(),
+            headers={**headers, "Content-Type": "application/octet-stream"},
+        )
         assert r.status_code == 200, r.text
         job = client.post(f"/api/projects/{project['id']}/train", headers=headers).json()
         world = World(client, app, tokens, project, volume, None, job["id"], tmp_path)
@@ -122,8 +129,7 @@ def nifti_upload(world: World) -> dict:
 def save_then(world: World, axis: int) -> int:
     """An annotation to delete, saved by the admin -> its slice index."""
     index = next(COUNTER) % SHAPE[axis]
-    world.call("ada", "PUT", f"/api/volumes/{world.v}/annotations/{axis}/{index}", content=raw_mask(axis),
-               headers=RAW)
+    world.call("ada", "PUT", f"/api/volumes/{world.v}/annotations/{axis}/{index}", content=raw_mask(axis), headers=RAW)
     return index
 
 
@@ -131,16 +137,28 @@ def save_then(world: World, axis: int) -> int:
 ENDPOINTS = [
     ("projects", "GET", "/api/projects", "viewer", 200, None),
     ("projects", "GET", "/api/projects/{p}", "viewer", 200, None),
-    ("projects", "POST", "/api/projects", "admin", 201,
-     lambda w: {"json": {"name": f"new{next(COUNTER)}", "labels": LABELS}}),
+    (
+        "projects",
+        "POST",
+        "/api/projects",
+        "admin",
+        201,
+        lambda w: {"json": {"name": f"new{next(COUNTER)}", "labels": LABELS}},
+    ),
     ("volumes", "GET", "/api/projects/{p}/volumes", "viewer", 200, None),
     ("volumes", "GET", "/api/volumes/{v}", "viewer", 200, None),
     ("volumes", "POST", "/api/projects/{p}/volumes", "annotator", 201, nifti_upload),
     ("slices", "GET", "/api/volumes/{v}/slices/0/3.png", "viewer", 200, None),
     ("annotations", "GET", "/api/volumes/{v}/annotations", "viewer", 200, None),
     ("annotations", "GET", "/api/volumes/{v}/annotations/0/5", "viewer", 200, None),
-    ("annotations", "PUT", "/api/volumes/{v}/annotations/1/{i}", "annotator", 200,
-     lambda w: {"content": raw_mask(1), "headers": RAW}),
+    (
+        "annotations",
+        "PUT",
+        "/api/volumes/{v}/annotations/1/{i}",
+        "annotator",
+        200,
+        lambda w: {"content": raw_mask(1), "headers": RAW},
+    ),
     ("annotations", "DELETE", "/api/volumes/{v}/annotations/2/{d}", "annotator", 200, None),
     ("training", "GET", "/api/jobs/{j}", "viewer", 200, None),
     ("training", "GET", "/api/projects/{p}/jobs", "viewer", 200, None),
@@ -170,8 +188,14 @@ PROJECT_SCOPED = [e for e in ENDPOINTS if any(k in e[2] for k in ("{p}", "{v}", 
 
 def request_for(world: World, endpoint) -> tuple[str, str, dict]:
     _, method, path, _, _, make = endpoint
-    fill = {"p": world.p, "v": world.v, "j": world.j, "m": world.m, "i": next(COUNTER) % SHAPE[1],
-            "d": save_then(world, 2) if "{d}" in path else 0}
+    fill = {
+        "p": world.p,
+        "v": world.v,
+        "j": world.j,
+        "m": world.m,
+        "i": next(COUNTER) % SHAPE[1],
+        "d": save_then(world, 2) if "{d}" in path else 0,
+    }
     return method, path.format(**fill), (make(world) if make else {})
 
 
@@ -187,8 +211,9 @@ def test_each_role_on_each_endpoint(world, endpoint, role):
         assert response.status_code in expected, (role, path, response.text)
     else:  # refused, and provably nothing changed: every file, folder and database row as before
         wait_quiet(world)
-        assert_refused(world, lambda: world.call(USERS[role], method, path, **kwargs), 403,
-                       f"has the {role} role", needed)
+        assert_refused(
+            world, lambda: world.call(USERS[role], method, path, **kwargs), 403, f"has the {role} role", needed
+        )
 
 
 @pytest.mark.parametrize("endpoint", PROJECT_SCOPED, ids=[f"{e[1]} {e[2]}" for e in PROJECT_SCOPED])
@@ -228,8 +253,7 @@ def test_no_credentials_is_401_everywhere(world, endpoint):
 
 
 def test_a_bad_token_is_401(world):
-    for header in ("Bearer sw_not-a-real-token", "Bearer " + world.tokens["vic"][:-2], "Basic dmljOnZpYw==",
-                   "Bearer"):
+    for header in ("Bearer sw_not-a-real-token", "Bearer " + world.tokens["vic"][:-2], "Basic dmljOnZpYw==", "Bearer"):
         response = world.client.get("/api/projects", headers={"Authorization": header})
         assert response.status_code == 401, header
     assert world.client.get("/api/health").status_code == 200  # the health check stays public
@@ -239,22 +263,41 @@ def test_the_audit_log_records_who_did_what_and_when(world):
     ws = world.app.state.workspace
     before = ws.query_audit(limit=1)[0]["id"]
     # the claimed author is ignored: the authenticated user is recorded
-    r = world.call("anna", "PUT", f"/api/volumes/{world.v}/annotations/0/7", params={"author": "mallory"},
-                   content=raw_mask(), headers=RAW)
+    r = world.call(
+        "anna",
+        "PUT",
+        f"/api/volumes/{world.v}/annotations/0/7",
+        params={"author": "mallory"},
+        content=raw_mask(),
+        headers=RAW,
+    )
     assert r.status_code == 200 and r.json()["author"] == "anna"
     version = r.json()["version"]
-    assert world.call("anna", "DELETE", f"/api/volumes/{world.v}/annotations/0/7",
-                      headers={"If-Match": f'"{version}"'}).status_code == 200
-    assert world.call("anna", "POST", f"/api/volumes/{world.v}/review/0/8",
-                      json={"decision": "accept", "author": "mallory"}).status_code == 200
+    assert (
+        world.call(
+            "anna", "DELETE", f"/api/volumes/{world.v}/annotations/0/7", headers={"If-Match": f'"{version}"'}
+        ).status_code
+        == 200
+    )
+    assert (
+        world.call(
+            "anna", "POST", f"/api/volumes/{world.v}/review/0/8", json={"decision": "accept", "author": "mallory"}
+        ).status_code
+        == 200
+    )
     job = world.call("anna", "POST", f"/api/projects/{world.p}/train").json()
     wait_job(world, job["id"])
     assert world.call("ada", "POST", f"/api/projects/{world.p}/models/{world.m}/activate").status_code == 200
 
     entries = [e for e in world.call("ada", "GET", "/api/audit", params={"limit": 1000}).json() if e["id"] > before]
     done = {(e["who"], e["what"]) for e in entries}
-    assert {("anna", "save_annotation"), ("anna", "delete_annotation"), ("anna", "review_accept"),
-            ("anna", "retrain"), ("ada", "activate_model")} <= done
+    assert {
+        ("anna", "save_annotation"),
+        ("anna", "delete_annotation"),
+        ("anna", "review_accept"),
+        ("anna", "retrain"),
+        ("ada", "activate_model"),
+    } <= done
     assert all(e["when"] and e["who"] != "mallory" for e in entries)
     only_anna = world.call("ada", "GET", "/api/audit", params={"who": "anna", "what": "retrain"}).json()
     assert only_anna and {(e["who"], e["what"]) for e in only_anna} == {("anna", "retrain")}

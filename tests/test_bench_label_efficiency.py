@@ -95,8 +95,14 @@ def test_plan_puts_every_global_before_the_rows_that_need_it():
         assert le.job_from_json(le.job_to_json(jobs[-1])) == jobs[-1]
     cpu = le.plan_jobs(le.make_grid("cpu", None, None))
     head = [j.name for j in cpu[:6]]
-    assert head == ["seed0/global", "seed0/sparse-10x3/supervised", "seed0/sparse-10x3/full",
-                    "seed1/global", "seed1/sparse-10x3/supervised", "seed1/sparse-10x3/full"]
+    assert head == [
+        "seed0/global",
+        "seed0/sparse-10x3/supervised",
+        "seed0/sparse-10x3/full",
+        "seed1/global",
+        "seed1/sparse-10x3/supervised",
+        "seed1/sparse-10x3/full",
+    ]
 
 
 def test_no_stage_sees_a_test_volume(shared_data, tmp_path):
@@ -105,7 +111,9 @@ def test_no_stage_sees_a_test_volume(shared_data, tmp_path):
         pytest.skip("no hippocampus data")
     args = le.parse_args(["--data", str(data), "--out", str(tmp_path), "--md", str(tmp_path / "t.md")])
     bench = le.Bench(args, le.make_grid("cpu", None, None))
-    test = {str(data / "imagesTr" / n) for n in bench.split["test"]} | {str(data / "labelsTr" / n) for n in bench.split["test"]}
+    test = {str(data / "imagesTr" / n) for n in bench.split["test"]} | {
+        str(data / "labelsTr" / n) for n in bench.split["test"]
+    }
     val = {str(data / "imagesTr" / n) for n in bench.split["val"]}
     for budget in (le.Budget("sparse", volumes=5, slices=2), le.Budget("paper", fraction=0.05)):
         images, labels, unlabeled, painted = bench.labels_for(0, budget)
@@ -145,7 +153,10 @@ def test_extra_rows_add_the_cpc_branch_or_the_pseudo_stage_to_a_base_row():
 
 def test_set_overrides_parse_json_and_refuse_unknown_keys():
     assert le.parse_overrides(["finetune_epochs=32", "local_mode=block", "widths=[8,16]"]) == {
-        "finetune_epochs": 32, "local_mode": "block", "widths": [8, 16]}
+        "finetune_epochs": 32,
+        "local_mode": "block",
+        "widths": [8, 16],
+    }
     with pytest.raises(SystemExit, match="not a training config key"):
         le.parse_overrides(["finetune_epoch=3"])
     with pytest.raises(SystemExit, match="KEY=VALUE"):
@@ -155,14 +166,26 @@ def test_set_overrides_parse_json_and_refuse_unknown_keys():
 def test_append_keeps_earlier_runs_and_skips_their_jobs(tmp_path, shared_data):
     out = tmp_path / "out"
     out.mkdir()
-    args = le.parse_args(["--quick", "--data", str(shared_data / "hippocampus"), "--out", str(out), "--md", str(out / "t.md")])
+    args = le.parse_args(
+        ["--quick", "--data", str(shared_data / "hippocampus"), "--out", str(out), "--md", str(out / "t.md")]
+    )
     grid = le.make_grid("quick", None, None)
     first = le.Bench(args, grid)
-    first.results = [{"job": "seed0/sparse-10x3/supervised", "kind": "row", "seed": 0, "stages": {"finetune": {
-        "wall_s": 10.0, "epochs": 2, "steps_per_epoch": 10}}, "train_wall_s": 12.0, "eval_wall_s": 1.0},
-        {"job": "seed0/global", "kind": "global", "seed": 0, "stages": {}, "train_wall_s": 1.0, "eval_wall_s": 0.0}]
+    first.results = [
+        {
+            "job": "seed0/sparse-10x3/supervised",
+            "kind": "row",
+            "seed": 0,
+            "stages": {"finetune": {"wall_s": 10.0, "epochs": 2, "steps_per_epoch": 10}},
+            "train_wall_s": 12.0,
+            "eval_wall_s": 1.0,
+        },
+        {"job": "seed0/global", "kind": "global", "seed": 0, "stages": {}, "train_wall_s": 1.0, "eval_wall_s": 0.0},
+    ]
     (out / "results.json").write_text(le.json.dumps({"meta": first.meta(), "runs": first.results}))
-    again = le.Bench(le.parse_args(["--quick", "--append", "--data", str(shared_data / "hippocampus"), "--out", str(out)]), grid)
+    again = le.Bench(
+        le.parse_args(["--quick", "--append", "--data", str(shared_data / "hippocampus"), "--out", str(out)]), grid
+    )
     assert [r["job"] for r in again.results] == ["seed0/sparse-10x3/supervised", "seed0/global"]
     assert again.done_jobs() == {"seed0/sparse-10x3/supervised"}  # the global's global.pt is gone
     assert again.rates["finetune"] == [0.5]
@@ -170,7 +193,26 @@ def test_append_keeps_earlier_runs_and_skips_their_jobs(tmp_path, shared_data):
     fresh = le.Bench(le.parse_args(["--quick", "--data", str(shared_data / "hippocampus"), "--out", str(out)]), grid)
     assert fresh.results == []
     other = tmp_path / "other.json"
-    other.write_text(le.json.dumps({"runs": [dict(first.results[0]), {**first.results[0], "job": "seed1/sparse-10x3/supervised"}]}))
-    merged = le.Bench(le.parse_args(["--quick", "--append", "--merge", str(other), "--data", str(shared_data / "hippocampus"),
-                                     "--out", str(out)]), grid)
-    assert [r["job"] for r in merged.results] == ["seed0/sparse-10x3/supervised", "seed0/global", "seed1/sparse-10x3/supervised"]
+    other.write_text(
+        le.json.dumps({"runs": [dict(first.results[0]), {**first.results[0], "job": "seed1/sparse-10x3/supervised"}]})
+    )
+    merged = le.Bench(
+        le.parse_args(
+            [
+                "--quick",
+                "--append",
+                "--merge",
+                str(other),
+                "--data",
+                str(shared_data / "hippocampus"),
+                "--out",
+                str(out),
+            ]
+        ),
+        grid,
+    )
+    assert [r["job"] for r in merged.results] == [
+        "seed0/sparse-10x3/supervised",
+        "seed0/global",
+        "seed1/sparse-10x3/supervised",
+    ]

@@ -32,8 +32,8 @@ def test_volumes_are_train_volumes_of_the_label_efficiency_split():
 
 def _label(extent=(8, 27), shape=(30, 12, 10)) -> np.ndarray:
     label = np.zeros(shape, np.uint8)
-    label[extent[0]: extent[1] + 1, 3:8, 2:6] = 1
-    label[extent[0]: extent[1] + 1, 5:8, 2:6] = 2
+    label[extent[0] : extent[1] + 1, 3:8, 2:6] = 1
+    label[extent[0] : extent[1] + 1, 5:8, 2:6] = 2
     return label
 
 
@@ -59,20 +59,59 @@ def test_dice_3d():
 
 
 def test_markdown_table_has_the_targets_and_the_refresh_cost():
-    meta = {"commit": "abc1234", "dirty": True, "machine": "AMD EPYC, 2 cores", "torch": "2.x",
-            "started_utc": "2026-11-25 18:00 UTC", "elapsed_s": 600.0, "load_start": "0.10 / 0.20 / 0.30",
-            "load_end": "2.00 / 1.50 / 1.00", "busy_note": "", "command": "python bench/retrain_timing.py",
-            "n_volumes": 20, "slices": 3, "preset": "cpu", "n_test": 40}
+    meta = {
+        "commit": "abc1234",
+        "dirty": True,
+        "machine": "AMD EPYC, 2 cores",
+        "torch": "2.x",
+        "started_utc": "2026-11-25 18:00 UTC",
+        "elapsed_s": 600.0,
+        "load_start": "0.10 / 0.20 / 0.30",
+        "load_end": "2.00 / 1.50 / 1.00",
+        "busy_note": "",
+        "command": "python bench/retrain_timing.py",
+        "n_volumes": 20,
+        "slices": 3,
+        "preset": "cpu",
+        "n_test": 40,
+    }
     rows = [
-        {"phase": "a", "request": "mode=full", "mode": "full", "mode_reason": "full retrain requested",
-         "global_stage": "trained", "seconds": 400.0, "predict_s": 10.0,
-         "stages": {"global": 150.0, "local": 120.0, "finetune": 100.0}, "dice_train": 0.8, "dice_test": 0.78},
-        {"phase": "b", "request": "auto", "mode": "refresh", "mode_reason": "auto: 2 painted slices ...",
-         "global_stage": "off", "seconds": 70.0, "predict_s": 8.0, "stages": {"finetune": 50.0},
-         "dice_train": 0.79, "dice_test": 0.77},
-        {"phase": "c", "request": "mode=full", "mode": "full", "mode_reason": "full retrain requested",
-         "global_stage": "reused", "seconds": 250.0, "predict_s": 9.0, "stages": {"local": 120.0, "finetune": 100.0},
-         "dice_train": 0.81, "dice_test": 0.8},
+        {
+            "phase": "a",
+            "request": "mode=full",
+            "mode": "full",
+            "mode_reason": "full retrain requested",
+            "global_stage": "trained",
+            "seconds": 400.0,
+            "predict_s": 10.0,
+            "stages": {"global": 150.0, "local": 120.0, "finetune": 100.0},
+            "dice_train": 0.8,
+            "dice_test": 0.78,
+        },
+        {
+            "phase": "b",
+            "request": "auto",
+            "mode": "refresh",
+            "mode_reason": "auto: 2 painted slices ...",
+            "global_stage": "off",
+            "seconds": 70.0,
+            "predict_s": 8.0,
+            "stages": {"finetune": 50.0},
+            "dice_train": 0.79,
+            "dice_test": 0.77,
+        },
+        {
+            "phase": "c",
+            "request": "mode=full",
+            "mode": "full",
+            "mode_reason": "full retrain requested",
+            "global_stage": "reused",
+            "seconds": 250.0,
+            "predict_s": 9.0,
+            "stages": {"local": 120.0, "finetune": 100.0},
+            "dice_train": 0.81,
+            "dice_test": 0.8,
+        },
     ]
     text = rt.render_markdown(meta, rows)
     assert "abc1234 + uncommitted changes" in text and "0.10 / 0.20 / 0.30" in text
@@ -110,14 +149,45 @@ def test_synthetic_projects_have_both_structures_inside_the_body():
 def test_grid_table_shows_a_stopped_fixed_run_by_its_eta():
     from bench.retrain_grid import render_grid
 
-    meta = {"commit": "abc1234", "dirty": False, "machine": "m, 2 cores", "cpu_model": "Test CPU", "torch": "2.x",
-            "started_utc": "now", "elapsed_s": 60.0, "load_start": "1 / 1 / 1", "load_end": "2 / 2 / 2",
-            "command": "python bench/retrain_timing.py --grid"}
+    meta = {
+        "commit": "abc1234",
+        "dirty": False,
+        "machine": "m, 2 cores",
+        "cpu_model": "Test CPU",
+        "torch": "2.x",
+        "started_utc": "now",
+        "elapsed_s": 60.0,
+        "load_start": "1 / 1 / 1",
+        "load_end": "2 / 2 / 2",
+        "command": "python bench/retrain_timing.py --grid",
+    }
     base = {"project": "ct", "volumes": 5, "painted": 3, "plane": "512 x 512", "mode": "full", "isa": "as-is"}
-    rows = [{**base, "schedule": "budget", "bf16": "on", "steps": "10/8/20/5", "train_s": 230.0, "wall_s": 260.0,
-             "budget_s": 240.0, "size": "256, patches 128", "dice": 0.71, "stopped": False},
-            {**base, "schedule": "fixed", "bf16": "on", "steps": "–", "wall_s": 90.0, "eta_total_s": 1234.0,
-             "budget_s": None, "size": "–", "dice": None, "stopped": True}]
+    rows = [
+        {
+            **base,
+            "schedule": "budget",
+            "bf16": "on",
+            "steps": "10/8/20/5",
+            "train_s": 230.0,
+            "wall_s": 260.0,
+            "budget_s": 240.0,
+            "size": "256, patches 128",
+            "dice": 0.71,
+            "stopped": False,
+        },
+        {
+            **base,
+            "schedule": "fixed",
+            "bf16": "on",
+            "steps": "–",
+            "wall_s": 90.0,
+            "eta_total_s": 1234.0,
+            "budget_s": None,
+            "size": "–",
+            "dice": None,
+            "stopped": True,
+        },
+    ]
     text = render_grid(meta, rows)
     lines = [line for line in text.splitlines() if line.startswith("| ")]
     assert len(lines) == 3 and all(line.count("|") == lines[0].count("|") for line in lines)

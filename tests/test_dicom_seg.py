@@ -79,7 +79,10 @@ def test_dicom_seg_reads_back_with_geometry_and_pixels(series, shared_data, tmp_
     frames = seg_frames(seg, volume)
     value_of = {1: 1, 2: 2, 3: 5}
     expected = {
-        (k, number) for number, value in value_of.items() for k in range(volume.shape[2]) if (mask[:, :, k] == value).any()
+        (k, number)
+        for number, value in value_of.items()
+        for k in range(volume.shape[2])
+        if (mask[:, :, k] == value).any()
     }
     assert {(k, number) for k, number, _, _ in frames} == expected  # empty frames omitted, no frame missing
     for k, _, position, _ in frames:
@@ -144,7 +147,9 @@ def test_seg_refuses_bad_requests(shared_data, tiny_nifti, tmp_path):
     with pytest.raises(InvalidInput, match="MANUAL or SEMIAUTOMATIC"):
         write_mask_dicom_seg(sparse_mask(volume.shape), volume, tmp_path / "m.dcm", algorithm_type="AUTOMATIC")
     with pytest.raises(InvalidInput, match="colour"):
-        write_mask_dicom_seg(sparse_mask(volume.shape), volume, tmp_path / "m.dcm", labels=[{"value": 1, "color": "red"}])
+        write_mask_dicom_seg(
+            sparse_mask(volume.shape), volume, tmp_path / "m.dcm", labels=[{"value": 1, "color": "red"}]
+        )
     nifti_volume = read_volume(tiny_nifti())
     with pytest.raises(InvalidInput, match="imported from DICOM"):
         write_mask_dicom_seg(np.ones(nifti_volume.shape, np.uint8), nifti_volume, tmp_path / "m.dcm")

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
-import json
 import os
 import signal
 import sqlite3
@@ -101,13 +99,15 @@ def test_sigkill_during_concurrent_saves_and_an_upload(tmp_path):
     with running_server(workspace) as server, server.client() as client:
         project = client.post("/api/projects", json={"name": "p", "labels": LABELS}).json()
         path, label = synthetic_nifti(tmp_path / "v.nii.gz")
-        volume = client.post(f"/api/projects/{project['id']}/volumes",
-                             files={"file": (path.name, path.read_bytes())}).json()
+        volume = client.post(
+            f"/api/projects/{project['id']}/volumes", files={"file": (path.name, path.read_bytes())}
+        ).json()
         vid = volume["id"]
 
         # two annotators, same slice, same version, same moment: one wins, the other gets 409
-        first = client.put(f"/api/volumes/{vid}/annotations/2/0", content=label[:, :, 0].tobytes(),
-                           headers={**RAW, "If-Match": '"0"'})
+        first = client.put(
+            f"/api/volumes/{vid}/annotations/2/0", content=label[:, :, 0].tobytes(), headers={**RAW, "If-Match": '"0"'}
+        )
         assert first.status_code == 200
         barrier, results = threading.Barrier(2), []
 
@@ -115,8 +115,11 @@ def test_sigkill_during_concurrent_saves_and_an_upload(tmp_path):
             body = np.full_like(label[:, :, 0], fill).tobytes()
             with server.client() as c:
                 barrier.wait()
-                results.append(c.put(f"/api/volumes/{vid}/annotations/2/0", content=body,
-                                     headers={**RAW, "If-Match": '"1"'}).status_code)
+                results.append(
+                    c.put(
+                        f"/api/volumes/{vid}/annotations/2/0", content=body, headers={**RAW, "If-Match": '"1"'}
+                    ).status_code
+                )
 
         rivals = [threading.Thread(target=rival, args=(fill,)) for fill in (1, 2)]
         [t.start() for t in rivals]
@@ -137,8 +140,11 @@ def test_sigkill_during_concurrent_saves_and_an_upload(tmp_path):
                     with lock:
                         sent[(n, version + 1)] = hashlib.sha256(body).hexdigest()
                     try:
-                        r = c.put(f"/api/volumes/{vid}/annotations/0/{n}", content=body,
-                                  headers={**RAW, "If-Match": f'"{version}"'})
+                        r = c.put(
+                            f"/api/volumes/{vid}/annotations/0/{n}",
+                            content=body,
+                            headers={**RAW, "If-Match": f'"{version}"'},
+                        )
                     except httpx.TransportError:
                         return  # the server died with this save in flight: not acknowledged
                     if r.status_code != 200:
@@ -151,18 +157,24 @@ def test_sigkill_during_concurrent_saves_and_an_upload(tmp_path):
         def uploader() -> None:
             """A 5 MB volume sent slowly (128 KB every 0.1 s), so the kill lands in the middle of it."""
             boundary = "fault-boundary"
-            body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.nii"\r\n\r\n'.encode()
-                    + upload.read_bytes() + f"\r\n--{boundary}--\r\n".encode())
+            body = (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.nii"\r\n\r\n'.encode()
+                + upload.read_bytes()
+                + f"\r\n--{boundary}--\r\n".encode()
+            )
 
             def slowly():
                 for start in range(0, len(body), 128 * 1024):
                     time.sleep(0.1)
-                    yield body[start:start + 128 * 1024]
+                    yield body[start : start + 128 * 1024]
 
             with server.client(timeout=60) as c:
                 try:
-                    c.post(f"/api/projects/{project['id']}/volumes", content=slowly(),
-                           headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+                    c.post(
+                        f"/api/projects/{project['id']}/volumes",
+                        content=slowly(),
+                        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+                    )
                 except httpx.TransportError:
                     pass
 
@@ -197,11 +209,16 @@ def test_sigkill_during_concurrent_saves_and_an_upload(tmp_path):
         # and the service goes on: the next save on top of the current version works
         n, (version, _) = next(iter(killed_with.items()))
         current = client.get(f"/api/volumes/{vid}/annotations/0/{n}").headers["ETag"]
-        r = client.put(f"/api/volumes/{vid}/annotations/0/{n}", content=np.zeros(SHAPE[1:], np.uint8).tobytes(),
-                       headers={**RAW, "If-Match": current})
+        r = client.put(
+            f"/api/volumes/{vid}/annotations/0/{n}",
+            content=np.zeros(SHAPE[1:], np.uint8).tobytes(),
+            headers={**RAW, "If-Match": current},
+        )
         assert r.status_code == 200, r.text
-    print(f"\nSIGKILL with {n_annotators} annotators saving: {sum(v for v, _ in killed_with.values())} "
-          f"acknowledged saves, all there after the restart")
+    print(
+        f"\nSIGKILL with {n_annotators} annotators saving: {sum(v for v, _ in killed_with.values())} "
+        f"acknowledged saves, all there after the restart"
+    )
 
 
 # ------------------------------------------------------------------ SIGKILL during prediction
@@ -224,16 +241,20 @@ def test_sigkill_during_prediction_then_masks_are_recomputed(tmp_path, model_fil
 
     # the server predicts the active model's missing masks at start-up; kill it in the middle
     with running_server(workspace, extra_args=["--device", "cpu"]) as server, server.client() as client:
+
         def some_ready():
             states = [client.get(f"/api/volumes/{v['id']}/prediction").json()["status"] for v in volumes]
             return "ready" in states and states != ["ready"] * len(volumes)
+
         # no escape hatch: the kill must land with some masks done and some not, or this test proves nothing
         wait_for(some_ready, 120, "a first mask, not all", interval=0.02)
         sigkill(server)
 
     with running_server(workspace, extra_args=["--device", "cpu"]) as server, server.client() as client:
+
         def all_ready():
             return all(client.get(f"/api/volumes/{v['id']}/prediction").json()["status"] == "ready" for v in volumes)
+
         wait_for(all_ready, 180, "every mask after the restart", interval=0.2)
         for v in volumes:
             r = client.get(f"/api/volumes/{v['id']}/prediction.nii.gz")
@@ -257,26 +278,37 @@ def pid_alive(pid: int) -> bool:
 
 def test_sigkill_during_real_training_then_resumed_and_succeeded(tmp_path):
     workspace = tmp_path / "ws"
-    train = {"preset": "quick", "stages": {"global": False, "local": False,
-                                           "finetune": {"epochs": 2, "steps": 30}}}
+    train = {"preset": "quick", "stages": {"global": False, "local": False, "finetune": {"epochs": 2, "steps": 30}}}
     with running_server(workspace, extra_args=["--device", "cpu"]) as server, server.client() as client:
         project = client.post("/api/projects", json={"name": "p", "labels": LABELS}).json()
         path, label = synthetic_nifti(tmp_path / "v.nii.gz")
-        vid = client.post(f"/api/projects/{project['id']}/volumes",
-                          files={"file": (path.name, path.read_bytes())}).json()["id"]
+        vid = client.post(
+            f"/api/projects/{project['id']}/volumes", files={"file": (path.name, path.read_bytes())}
+        ).json()["id"]
         for index in (4, 7):
             r = client.put(f"/api/volumes/{vid}/annotations/0/{index}", content=label[index].tobytes(), headers=RAW)
             assert r.status_code == 200
         job = client.post(f"/api/projects/{project['id']}/train", json=train).json()
-        running = wait_for(lambda: (j := client.get(f"/api/jobs/{job['id']}").json())["state"] in TERMINAL
-                           or (j["state"] == "running" and j["progress"] > 0) and j, 240, "training to start")
+        running = wait_for(
+            lambda: (
+                (j := client.get(f"/api/jobs/{job['id']}").json())["state"] in TERMINAL
+                or (j["state"] == "running" and j["progress"] > 0)
+                and j
+            ),
+            240,
+            "training to start",
+        )
         assert running["state"] == "running", running
         trainer_pid = Workspace(workspace).get_job(job["id"])["pid"]
         sigkill(server)
 
     with running_server(workspace, extra_args=["--device", "cpu"]) as server, server.client() as client:
-        done = wait_for(lambda: (j := client.get(f"/api/jobs/{job['id']}").json())["state"] in TERMINAL and j,
-                        300, "the job to end after the restart", interval=0.2)
+        done = wait_for(
+            lambda: (j := client.get(f"/api/jobs/{job['id']}").json())["state"] in TERMINAL and j,
+            300,
+            "the job to end after the restart",
+            interval=0.2,
+        )
         # the real trainer checkpoints atomically, so a server killed mid-training resumes the job to success
         assert done["state"] == "succeeded", done
         assert done["resumes"] == 1 and done["model_id"]
@@ -299,8 +331,9 @@ def api(tmp_path, model_file):
 
 
 def wait_job(client, job_id, timeout=60):
-    return wait_for(lambda: (j := client.get(f"/api/jobs/{job_id}").json())["state"] in TERMINAL and j,
-                    timeout, f"job {job_id}")
+    return wait_for(
+        lambda: (j := client.get(f"/api/jobs/{job_id}").json())["state"] in TERMINAL and j, timeout, f"job {job_id}"
+    )
 
 
 def kill_trainer_when_running(client, app, job_id, before_kill=lambda: None) -> int:
@@ -332,8 +365,11 @@ def test_trainer_sigkilled_keeps_previous_model_and_next_retrain_works(api, kill
         short = (lambda: env.update(FAKE_TRAIN_STEPS="4", FAKE_TRAIN_STEP_S="0.02")) if n == kills - 1 else None
         killed.add(kill_trainer_when_running(client, app, job["id"], short or (lambda: None)))  # later runs: short
         if n < kills - 1:
-            wait_for(lambda: (app.state.workspace.get_job(job["id"])["pid"] or 0) not in killed | {0}, 30,
-                     "the retry to start")
+            wait_for(
+                lambda: (app.state.workspace.get_job(job["id"])["pid"] or 0) not in killed | {0},
+                30,
+                "the retry to start",
+            )
     done = wait_job(client, job["id"])
     models = client.get(f"/api/projects/{pid}/models").json()
     if kills == 1:  # SIGKILL looks like the kernel's OOM killer: one retry with half the batch, which succeeds

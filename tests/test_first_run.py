@@ -24,8 +24,10 @@ def test_the_admin_password_file_makes_the_first_admin_once(tmp_path):
     with running_server(root, extra_args=PUBLIC, env=env) as server, server.client() as http:
         assert "created the admin user 'admin'" in server.log()
         assert http.get("/api/projects").status_code == 401  # login is on
-        assert http.post("/api/login", json={"name": "admin", "password": "a docker secret passphrase"}
-                         ).json()["role"] == "admin"
+        assert (
+            http.post("/api/login", json={"name": "admin", "password": "a docker secret passphrase"}).json()["role"]
+            == "admin"
+        )
     secret.write_text("another passphrase\n")
     with running_server(root, extra_args=PUBLIC, env=env) as server, server.client() as http:
         assert "created the admin user" not in server.log()  # a user exists: the file is ignored
@@ -35,9 +37,23 @@ def test_the_admin_password_file_makes_the_first_admin_once(tmp_path):
 def test_a_too_short_password_file_refuses_to_start(tmp_path):
     secret = tmp_path / "admin_password"
     secret.write_text("short\n")
-    done = subprocess.run([*slicewise_command(), "serve", "--workspace", str(tmp_path / "ws"), "--host", "0.0.0.0",
-                           "--port", "1", "--no-demo"], env={**__import__("os").environ,
-                          "SLICEWISE_ADMIN_PASSWORD_FILE": str(secret)}, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            *slicewise_command(),
+            "serve",
+            "--workspace",
+            str(tmp_path / "ws"),
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "1",
+            "--no-demo",
+        ],
+        env={**__import__("os").environ, "SLICEWISE_ADMIN_PASSWORD_FILE": str(secret)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0 and "SLICEWISE_ADMIN_PASSWORD_FILE" in done.stderr and "8 characters" in done.stderr
 
 
@@ -48,8 +64,9 @@ def test_the_setup_token_is_printed_once_and_sets_the_admin_password(tmp_path):
         assert len(found) == 1, server.log()
         bearer = {"Authorization": f"Bearer {found[0]}"}
         assert http.get("/api/me", headers=bearer).json() == {"name": "admin", "role": "admin", "auth": True}
-        assert http.patch("/api/users/admin", json={"password": "the admin passphrase"}, headers=bearer
-                          ).status_code == 200
+        assert (
+            http.patch("/api/users/admin", json={"password": "the admin passphrase"}, headers=bearer).status_code == 200
+        )
         assert http.post("/api/login", json={"name": "admin", "password": "the admin passphrase"}).status_code == 200
         token_id = http.get("/api/users/admin/tokens", headers=bearer).json()[0]["id"]
         assert http.delete(f"/api/tokens/{token_id}", headers=bearer).status_code == 200

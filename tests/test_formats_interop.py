@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import SHARED_DATA, SHARED_DATA_MISSING, oblique_affine
 from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from conftest import SHARED_DATA, SHARED_DATA_MISSING, oblique_affine
 from data.io import read_volume
 from data.itk_image import image_like
 
@@ -122,9 +122,17 @@ def test_prediction_mask_of_an_nrrd_volume_is_written_in_its_geometry(tmp_path):
 
 
 def _nrrd_header(data_file: str | None, extra: str = "") -> bytes:
-    lines = ["NRRD0004", "type: uint8", "dimension: 3", "sizes: 4 4 4", "encoding: raw", "endian: little",
-             "space: left-posterior-superior", "space directions: (1,0,0) (0,1,0) (0,0,1)",
-             "space origin: (0,0,0)"]
+    lines = [
+        "NRRD0004",
+        "type: uint8",
+        "dimension: 3",
+        "sizes: 4 4 4",
+        "encoding: raw",
+        "endian: little",
+        "space: left-posterior-superior",
+        "space directions: (1,0,0) (0,1,0) (0,0,1)",
+        "space origin: (0,0,0)",
+    ]
     if data_file is not None:
         lines.append(f"data file: {data_file}")
     return ("\n".join(lines) + extra + "\n\n").encode()
@@ -142,18 +150,25 @@ def api(tmp_path):
     api.client.__exit__(None, None, None)
 
 
-@pytest.mark.parametrize("name, body, words", [
-    ("evil.nrrd", _nrrd_header("/etc/hostname"), ["separate data file"]),
-    ("evil.nrrd", _nrrd_header("../secret.raw"), ["separate data file"]),
-    ("evil.nhdr", _nrrd_header("scan.raw"), ["zip"]),
-    ("evil.mha", b"ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_UCHAR\n"
-                 b"ElementDataFile = /etc/hostname\n", ["separate data file"]),
-    ("short.nrrd", _nrrd_header(None) + b"\x00" * 10, ["voxel data"]),
-    ("huge.nrrd", _nrrd_header(None).replace(b"sizes: 4 4 4", b"sizes: 60000 60000 60000"), ["limit"]),
-    ("flat.nrrd", _nrrd_header(None).replace(b"sizes: 4 4 4", b"sizes: 4 4 1") + b"\x00" * 16, ["3d"]),
-    ("notnrrd.nrrd", b"hello world\n\n" + b"\x00" * 64, ["nrrd"]),
-    ("nohdr.mha", b"\x00" * 128, ["metaimage"]),
-])
+@pytest.mark.parametrize(
+    "name, body, words",
+    [
+        ("evil.nrrd", _nrrd_header("/etc/hostname"), ["separate data file"]),
+        ("evil.nrrd", _nrrd_header("../secret.raw"), ["separate data file"]),
+        ("evil.nhdr", _nrrd_header("scan.raw"), ["zip"]),
+        (
+            "evil.mha",
+            b"ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_UCHAR\n"
+            b"ElementDataFile = /etc/hostname\n",
+            ["separate data file"],
+        ),
+        ("short.nrrd", _nrrd_header(None) + b"\x00" * 10, ["voxel data"]),
+        ("huge.nrrd", _nrrd_header(None).replace(b"sizes: 4 4 4", b"sizes: 60000 60000 60000"), ["limit"]),
+        ("flat.nrrd", _nrrd_header(None).replace(b"sizes: 4 4 4", b"sizes: 4 4 1") + b"\x00" * 16, ["3d"]),
+        ("notnrrd.nrrd", b"hello world\n\n" + b"\x00" * 64, ["nrrd"]),
+        ("nohdr.mha", b"\x00" * 128, ["metaimage"]),
+    ],
+)
 def test_hostile_itk_uploads_are_refused_and_change_nothing(api, name, body, words, tmp_path):
     from helpers_bad_input import assert_refused
 
@@ -161,14 +176,16 @@ def test_hostile_itk_uploads_are_refused_and_change_nothing(api, name, body, wor
     assert_refused(api, lambda: api.upload(name, body), (413, 422), name, *words)
 
 
-@pytest.mark.parametrize("members, words", [
-    ({"scan.nhdr": _nrrd_header("../secret.raw")}, ["plain file name"]),
-    ({"scan.nhdr": _nrrd_header("/etc/hostname")}, ["plain file name"]),
-    ({"scan.nhdr": _nrrd_header("missing.raw")}, ["missing"]),
-    ({"scan.nhdr": _nrrd_header("LIST")}, ["missing"]),
-    ({"a.nhdr": _nrrd_header("a.raw"), "b.mhd": b"ElementDataFile = b.raw\n", "a.raw": b"\x00" * 64},
-     ["headers"]),
-])
+@pytest.mark.parametrize(
+    "members, words",
+    [
+        ({"scan.nhdr": _nrrd_header("../secret.raw")}, ["plain file name"]),
+        ({"scan.nhdr": _nrrd_header("/etc/hostname")}, ["plain file name"]),
+        ({"scan.nhdr": _nrrd_header("missing.raw")}, ["missing"]),
+        ({"scan.nhdr": _nrrd_header("LIST")}, ["missing"]),
+        ({"a.nhdr": _nrrd_header("a.raw"), "b.mhd": b"ElementDataFile = b.raw\n", "a.raw": b"\x00" * 64}, ["headers"]),
+    ],
+)
 def test_hostile_header_zips_are_refused(api, members, words):
     from helpers_bad_input import assert_refused, zip_bytes
 
@@ -184,8 +201,12 @@ def multiframe_of(series: Path):
 
     legacy = [pydicom.dcmread(p) for p in sorted(series.iterdir())]
     return hd.legacy.LegacyConvertedEnhancedMRImage(
-        legacy_datasets=legacy, series_instance_uid=hd.UID(), series_number=99, sop_instance_uid=hd.UID(),
-        instance_number=1)
+        legacy_datasets=legacy,
+        series_instance_uid=hd.UID(),
+        series_number=99,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+    )
 
 
 def test_enhanced_multiframe_dicom_keeps_the_oblique_geometry(client, tmp_path):
@@ -196,8 +217,10 @@ def test_enhanced_multiframe_dicom_keeps_the_oblique_geometry(client, tmp_path):
     assert int(enhanced.NumberOfFrames) == 22
     path = tmp_path / "enhanced.dcm"
     enhanced.save_as(path)
-    r = client.post(f"/api/projects/{client.project_id}/volumes",
-                    files={"file": ("enhanced.zip", zip_bytes({"enhanced.dcm": path.read_bytes()}))})
+    r = client.post(
+        f"/api/projects/{client.project_id}/volumes",
+        files={"file": ("enhanced.zip", zip_bytes({"enhanced.dcm": path.read_bytes()}))},
+    )
     assert r.status_code == 201, r.text
     volume = r.json()
     single_frames = read_volume(OBLIQUE)

@@ -24,8 +24,10 @@ from helpers_server import SHARED_DATA, running_server
 
 def test_parse_labels_defaults_values_and_colours():
     labels = handlers.parse_labels("anterior\nposterior #3CB44B")
-    assert labels == [{"value": 1, "name": "anterior", "color": handlers.PALETTE[0]},
-                      {"value": 2, "name": "posterior", "color": "#3cb44b"}]
+    assert labels == [
+        {"value": 1, "name": "anterior", "color": handlers.PALETTE[0]},
+        {"value": 2, "name": "posterior", "color": "#3cb44b"},
+    ]
 
 
 def test_parse_labels_explicit_values_commas_and_multiword_names():
@@ -34,15 +36,18 @@ def test_parse_labels_explicit_values_commas_and_multiword_names():
     assert labels[0]["color"] == "#112233"
 
 
-@pytest.mark.parametrize("text, words", [
-    ("", "at least one"),
-    ("a #12345", "colour"),
-    ("1 a\n1 b", "used twice"),
-    ("a\nA", "used twice"),
-    ("255 x", "1..254"),
-    ("0 x", "1..254"),
-    ("#e6194b", "no name"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("", "at least one"),
+        ("a #12345", "colour"),
+        ("1 a\n1 b", "used twice"),
+        ("a\nA", "used twice"),
+        ("255 x", "1..254"),
+        ("0 x", "1..254"),
+        ("#e6194b", "no name"),
+    ],
+)
 def test_parse_labels_refuses_with_a_reason(text, words):
     with pytest.raises(ValueError, match=re.escape(words)):
         handlers.parse_labels(text)
@@ -55,8 +60,19 @@ def test_upload_name_and_suffixes():
 
 
 def test_render_escapes_names_and_links_the_viewer():
-    html = render.volumes_table([{"id": 4, "name": "<script>x</script>", "shape": [3, 4, 5],
-                                  "spacing": [1, 0.5, 2], "orientation": "RAS", "source": "nifti"}], selected=4)
+    html = render.volumes_table(
+        [
+            {
+                "id": 4,
+                "name": "<script>x</script>",
+                "shape": [3, 4, 5],
+                "spacing": [1, 0.5, 2],
+                "orientation": "RAS",
+                "source": "nifti",
+            }
+        ],
+        selected=4,
+    )
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert "/static/viewer.html?volume=4" in html and 'aria-current="true"' in html
     frame = render.viewer_frame({"id": 4, "name": "v"})
@@ -98,8 +114,15 @@ class FakeApi:
             name = re.search(rb'filename="([^"]+)"', request.content).group(1).decode()
             if b"CORRUPT" in request.content:
                 return httpx.Response(422, json={"detail": f"{name}: file is not a NIfTI"})
-            volume = {"id": len(self.volumes) + 1, "project_id": pid, "name": name.split(".")[0],
-                      "shape": [3, 4, 5], "spacing": [1.0, 1.0, 1.0], "orientation": "RAS", "source": "nifti"}
+            volume = {
+                "id": len(self.volumes) + 1,
+                "project_id": pid,
+                "name": name.split(".")[0],
+                "shape": [3, 4, 5],
+                "spacing": [1.0, 1.0, 1.0],
+                "orientation": "RAS",
+                "source": "nifti",
+            }
             self.volumes.append(volume)
             return httpx.Response(201, json=volume)
         return httpx.Response(404, json={"detail": "unknown path"})
@@ -146,8 +169,9 @@ def test_upload_reports_each_file_and_keeps_good_ones(fake, tmp_path):
     bad.write_bytes(b"CORRUPT")
     wrong.write_bytes(b"png")
     seen = []
-    screen = handlers.upload_files(client, state, [str(good), str(bad), str(wrong)],
-                                   progress=lambda f, d: seen.append(f))
+    screen = handlers.upload_files(
+        client, state, [str(good), str(bad), str(wrong)], progress=lambda f, d: seen.append(f)
+    )
     assert [v["name"] for v in api.volumes] == ["scan1"]
     assert screen.state == {"project_id": 1, "volume_id": 1}
     assert "Uploaded scan1" in screen.upload_message
@@ -182,8 +206,10 @@ def test_select_volume_and_unknown_ids(fake, tmp_path):
 
 
 def test_client_turns_errors_and_unreachable_servers_into_api_errors():
-    client = ApiClient("http://testserver", transport=httpx.MockTransport(
-        lambda r: httpx.Response(422, json={"detail": [{"msg": "field required"}]})))
+    client = ApiClient(
+        "http://testserver",
+        transport=httpx.MockTransport(lambda r: httpx.Response(422, json={"detail": [{"msg": "field required"}]})),
+    )
     with pytest.raises(ApiError) as info:
         client.list_projects()
     assert info.value.status == 422 and info.value.detail == "field required"
@@ -224,10 +250,18 @@ def test_handlers_against_a_real_server(tmp_path):
         assert root.status_code in (302, 307) and root.headers["location"].endswith("/ui")
         assert http.get("/ui/").status_code == 200
         page = http.get(render.viewer_url(volumes[0]["id"]))
-        assert page.status_code == 200 and all(f'id="canvas-{plane}"' in page.text
-                                               for plane in ("axial", "coronal", "sagittal"))
-        for asset in ("viewer.js", "viewer.css", "viewer-core.js", "viewer-geometry.js", "viewer-png.js",
-                      "viewer-draw.js", "viewer-jobs.js"):
+        assert page.status_code == 200 and all(
+            f'id="canvas-{plane}"' in page.text for plane in ("axial", "coronal", "sagittal")
+        )
+        for asset in (
+            "viewer.js",
+            "viewer.css",
+            "viewer-core.js",
+            "viewer-geometry.js",
+            "viewer-png.js",
+            "viewer-draw.js",
+            "viewer-jobs.js",
+        ):
             assert http.get(f"/static/{asset}").status_code == 200
         # nothing on the pages points at a CDN: scripts and styles are served by the app
         for url in (render.viewer_url(1), "/static/viewer.js", "/static/viewer.css"):
@@ -245,7 +279,9 @@ def test_viewer_png_encoder_is_lossless(tmp_path):
     rng = np.random.default_rng(1)
     mask = rng.choice([0, 1, 2, 255], size=(37, 53)).astype(np.uint8)
     script = tmp_path / "encode.mjs"
-    script.write_text(f"import {{ encodeGreyPng }} from {json.dumps((STATIC_DIR / 'viewer-png.js').as_uri())};" + f"""
+    script.write_text(
+        f"import {{ encodeGreyPng }} from {json.dumps((STATIC_DIR / 'viewer-png.js').as_uri())};"
+        + f"""
 const mask = Uint8Array.from({json.dumps(mask.ravel().tolist())});
 (async () => {{
   for (const stored of [false, true]) {{
@@ -256,7 +292,8 @@ const mask = Uint8Array.from({json.dumps(mask.ravel().tolist())});
     process.stdout.write(Buffer.from(await blob.arrayBuffer()).toString('base64') + '\\n');
   }}
 }})();
-""")
+"""
+    )
     out = subprocess.run(["node", str(script)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     for line in out.stdout.split():
@@ -269,9 +306,15 @@ def test_volume_table_shows_progress_and_the_last_score():
     from frontend import render
 
     table = render.volumes_table(
-        [{"id": 1, "name": "a", "shape": [2, 2, 2], "spacing": [1, 1, 1]},
-         {"id": 2, "name": "b", "shape": [2, 2, 2], "spacing": [1, 1, 1]}], 1,
-        {1: {"painted": 3, "reviewed": 1, "prediction": "ready", "model_id": 4, "dice": 0.8123},
-         2: {"painted": 0, "reviewed": 0, "prediction": "none", "model_id": None, "dice": None}})
+        [
+            {"id": 1, "name": "a", "shape": [2, 2, 2], "spacing": [1, 1, 1]},
+            {"id": 2, "name": "b", "shape": [2, 2, 2], "spacing": [1, 1, 1]},
+        ],
+        1,
+        {
+            1: {"painted": 3, "reviewed": 1, "prediction": "ready", "model_id": 4, "dice": 0.8123},
+            2: {"painted": 0, "reviewed": 0, "prediction": "none", "model_id": None, "dice": None},
+        },
+    )
     assert "3 painted, 1 reviewed; predicted (model 4), Dice 0.81" in table
     assert "0 painted; no prediction<" in table

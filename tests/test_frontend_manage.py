@@ -25,15 +25,19 @@ def test_labels_edit_delete_volume_and_project_from_the_project_page(tmp_path):
     with running_server(tmp_path / "ws") as server, ApiClient(server.base_url) as client:
         screen = handlers.create_project(client, handlers.empty_state(), "Lab", "liver\nspleen")
         assert manage.project_labels_text(client, screen.state) == "1 liver #e6194b\n2 spleen #3cb44b"
-        screen = handlers.upload_files(client, screen.state, [str(nifti(tmp_path / "a.nii.gz")),
-                                                              str(nifti(tmp_path / "b.nii.gz"))])
+        screen = handlers.upload_files(
+            client, screen.state, [str(nifti(tmp_path / "a.nii.gz")), str(nifti(tmp_path / "b.nii.gz"))]
+        )
         first, second = (v["id"] for v in client.list_volumes(screen.state["project_id"]))
         mask = np.zeros((7, 5), np.uint8)
         mask[2:4, 1:3] = 2
         buf = io.BytesIO()
         Image.fromarray(mask).save(buf, format="PNG")
-        server.client().put(f"/api/volumes/{first}/annotations/0/3", content=buf.getvalue(),
-                            headers={"Content-Type": "image/png", "If-Match": '"0"'}).raise_for_status()
+        server.client().put(
+            f"/api/volumes/{first}/annotations/0/3",
+            content=buf.getvalue(),
+            headers={"Content-Type": "image/png", "If-Match": '"0"'},
+        ).raise_for_status()
 
         state = handlers.select_volume(client, screen.state, first).state
         table = handlers.select_project(client, state, state["project_id"]).volumes_html
@@ -41,8 +45,11 @@ def test_labels_edit_delete_volume_and_project_from_the_project_page(tmp_path):
 
         edited = manage.save_labels(client, state, "1 liver #112233\n2 right kidney #3cb44b\n3 spleen")
         assert "saved" in edited.project_message and "right kidney" in edited.labels_html
-        assert [lab["name"] for lab in client.get_project(state["project_id"])["labels"]] == \
-            ["liver", "right kidney", "spleen"]
+        assert [lab["name"] for lab in client.get_project(state["project_id"])["labels"]] == [
+            "liver",
+            "right kidney",
+            "spleen",
+        ]
         refused = manage.save_labels(client, state, "1 liver")
         assert "not changed" in refused.project_message and "painted" in refused.project_message
         assert len(client.get_project(state["project_id"])["labels"]) == 3

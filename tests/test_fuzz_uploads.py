@@ -9,8 +9,8 @@ Derandomized with a fixed example budget, so CI runs the same inputs every time 
 from __future__ import annotations
 
 import gzip
-import resource
 import io
+import resource
 import zipfile
 from pathlib import Path
 
@@ -28,9 +28,13 @@ from helpers_bad_input import size_and_mtime, workspace_snapshot
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SERIES = SHARED_DATA / "dicom" / "study1_hippocampus_crop"
 LABELS = [{"value": 1, "name": "a", "color": "#ff0000"}]
-FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                       HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 MAX_GROWTH_MB = 500
 
@@ -48,9 +52,11 @@ def address_space_cap():
     yield
     resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
+
 RNG = np.random.default_rng(7)
-NIFTI = nib.Nifti1Image(RNG.integers(-1000, 3000, size=(9, 8, 6)).astype(np.int16),
-                        np.diag([0.8, 0.9, 2.5, 1.0])).to_bytes()
+NIFTI = nib.Nifti1Image(
+    RNG.integers(-1000, 3000, size=(9, 8, 6)).astype(np.int16), np.diag([0.8, 0.9, 2.5, 1.0])
+).to_bytes()
 NIFTI_GZ = gzip.compress(NIFTI, mtime=0)
 
 
@@ -82,8 +88,9 @@ class Target:
         assert 400 <= r.status_code < 500, r.text
         detail = r.json()["detail"]
         assert isinstance(detail, str) and detail
-        assert workspace_snapshot(self.root, size_and_mtime) == before, \
+        assert workspace_snapshot(self.root, size_and_mtime) == before, (
             f"a refused upload ({r.status_code}: {detail}) changed the workspace"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +106,10 @@ def target(tmp_path_factory):
 def mutations(size: int, header: int = 352):
     """Up to 12 byte overwrites (half of them aimed at the first `header` bytes) and maybe a truncation."""
     position = st.one_of(st.integers(0, min(header, size) - 1), st.integers(0, size - 1))
-    return st.tuples(st.lists(st.tuples(position, st.integers(0, 255)), min_size=1, max_size=12),
-                     st.one_of(st.none(), st.integers(0, size)))
+    return st.tuples(
+        st.lists(st.tuples(position, st.integers(0, 255)), min_size=1, max_size=12),
+        st.one_of(st.none(), st.integers(0, size)),
+    )
 
 
 def mutate(data: bytes, mutation) -> bytes:
@@ -146,7 +155,9 @@ def series_files() -> list[tuple[str, bytes]]:
 
 
 FILES = series_files()
-needs_series = pytest.mark.skipif(not FILES, reason=f"shared DICOM series not found at {SERIES} (../shared/data absent)")
+needs_series = pytest.mark.skipif(
+    not FILES, reason=f"shared DICOM series not found at {SERIES} (../shared/data absent)"
+)
 
 
 def zip_of(members: list[tuple[str, bytes]], compression=zipfile.ZIP_STORED) -> bytes:
@@ -168,8 +179,10 @@ def test_the_unmutated_series_is_accepted(target):
 
 @needs_series
 @FUZZ
-@given(which=st.lists(st.integers(0, max(len(FILES) - 1, 0)), min_size=1, max_size=3, unique=True),
-       mutation=mutations(FILE_SIZE, header=1024))
+@given(
+    which=st.lists(st.integers(0, max(len(FILES) - 1, 0)), min_size=1, max_size=3, unique=True),
+    mutation=mutations(FILE_SIZE, header=1024),
+)
 def test_fuzz_dicom_files_inside_the_zip(target, which, mutation):
     members = [(name, mutate(data, mutation) if n in which else data) for n, (name, data) in enumerate(FILES)]
     target.check("fuzz.zip", zip_of(members))

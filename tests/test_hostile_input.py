@@ -28,8 +28,17 @@ import pytest
 from PIL import Image
 
 from helpers_bad_input import (
-    DICOM, LABELS, SHAPE, Api, assert_refused, dicom_without_pixels, make_api, needs_dicom, nifti_bytes,
-    workspace_snapshot, zip_bytes,
+    DICOM,
+    LABELS,
+    SHAPE,
+    Api,
+    assert_refused,
+    dicom_without_pixels,
+    make_api,
+    needs_dicom,
+    nifti_bytes,
+    workspace_snapshot,
+    zip_bytes,
 )
 
 # byte offsets of NIfTI-1 header fields (little endian, as nibabel writes them)
@@ -70,25 +79,28 @@ def with_fields(**fields) -> bytes:
 # ------------------------------------------------------------------ NIfTI headers that lie
 
 
-@pytest.mark.parametrize("fields, words", [
-    ({"dims": (-12, 14, 10)}, []),
-    ({"dims": (12, -14, 10)}, []),
-    ({"dims": (12, 0, 10)}, ["empty"]),
-    ({"dims": (0, 0, 0)}, []),
-    ({"dims": (32767, 32767, 32767)}, ["limit"]),          # 70 TB of voxels: refused before reading any
-    ({"dims": (32767, 32767, 32767, 32767, 32767)}, []),   # 5D and absurd
-    ({"dims": (120, 140, 100)}, ["truncated"]),            # header says more than the file holds
-    ({"dims": (6, 7, 5)}, ["more"]),                       # header says less than the file holds
-    ({"dims": (12, 14, 10), "append": b"\0" * 4096}, ["more"]),  # trailing bytes after the voxels
-    ({"datatype": 32}, ["voxel type"]),                    # complex64
-    ({"datatype": 128}, ["voxel type"]),                   # RGB24
-    ({"datatype": 1234}, []),                              # no such code
-    ({"vox_offset": 1e9}, ["truncated"]),
-    ({"vox_offset": -400.0}, []),
-    ({"vox_offset": float("nan")}, []),
-    ({"srow": [0.0] * 12}, ["orientation"]),
-    ({"srow": [float("nan")] * 12}, ["orientation"]),
-])
+@pytest.mark.parametrize(
+    "fields, words",
+    [
+        ({"dims": (-12, 14, 10)}, []),
+        ({"dims": (12, -14, 10)}, []),
+        ({"dims": (12, 0, 10)}, ["empty"]),
+        ({"dims": (0, 0, 0)}, []),
+        ({"dims": (32767, 32767, 32767)}, ["limit"]),  # 70 TB of voxels: refused before reading any
+        ({"dims": (32767, 32767, 32767, 32767, 32767)}, []),  # 5D and absurd
+        ({"dims": (120, 140, 100)}, ["truncated"]),  # header says more than the file holds
+        ({"dims": (6, 7, 5)}, ["more"]),  # header says less than the file holds
+        ({"dims": (12, 14, 10), "append": b"\0" * 4096}, ["more"]),  # trailing bytes after the voxels
+        ({"datatype": 32}, ["voxel type"]),  # complex64
+        ({"datatype": 128}, ["voxel type"]),  # RGB24
+        ({"datatype": 1234}, []),  # no such code
+        ({"vox_offset": 1e9}, ["truncated"]),
+        ({"vox_offset": -400.0}, []),
+        ({"vox_offset": float("nan")}, []),
+        ({"srow": [0.0] * 12}, ["orientation"]),
+        ({"srow": [float("nan")] * 12}, ["orientation"]),
+    ],
+)
 @pytest.mark.parametrize("gz", [False, True], ids=["nii", "nii.gz"])
 def test_lying_nifti_header(api, fields, words, gz):
     data = with_fields(**fields)
@@ -180,8 +192,10 @@ def test_zip_bomb_many_members(tmp_path):
 # ------------------------------------------------------------------ zips with escaping paths and odd content
 
 
-@pytest.mark.parametrize("member", ["/etc/x", "/tmp/slicewise-evil.dcm", "C:/windows/x.dcm", "..\\..\\etc\\x",
-                                    "series/../../x.dcm", "a/./../../x"])
+@pytest.mark.parametrize(
+    "member",
+    ["/etc/x", "/tmp/slicewise-evil.dcm", "C:/windows/x.dcm", "..\\..\\etc\\x", "series/../../x.dcm", "a/./../../x"],
+)
 def test_zip_member_escaping_the_archive(api, member):
     needs_dicom()
     members = {f"series/{f.name}": f.read_bytes() for f in sorted((DICOM / "study1_hippocampus_crop").iterdir())}
@@ -194,7 +208,7 @@ def test_zip_with_a_symlink_member(api):
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         info = zipfile.ZipInfo("series/link.dcm")
-        info.external_attr = (0o120777 << 16)
+        info.external_attr = 0o120777 << 16
         archive.writestr(info, "/etc/passwd")
     assert_refused(api, lambda: api.upload("link.zip", buffer.getvalue()), 422, "link")
 
@@ -278,9 +292,11 @@ def test_mask_label_values_not_in_the_map(api, value):
     mask = np.zeros(slice_shape(), np.uint8)
     mask[2, 3] = value
     palette = Image.fromarray(mask, mode="L").convert("P")
-    for body, ctype in ((png_bytes(Image.fromarray(mask, mode="L")), "image/png"),
-                        (png_bytes(palette), "image/png"),
-                        (mask.tobytes(), "application/octet-stream")):
+    for body, ctype in (
+        (png_bytes(Image.fromarray(mask, mode="L")), "image/png"),
+        (png_bytes(palette), "image/png"),
+        (mask.tobytes(), "application/octet-stream"),
+    ):
         assert_refused(api, lambda: put_mask(api, body, ctype), 422, str(value))
 
 
@@ -332,41 +348,46 @@ def test_raw_mask_body_over_the_limit(api):
 
 
 def test_json_body_with_another_content_type(api):
-    send = lambda: api.client.post("/api/projects", content=b"x" * (2 * 1024 * 1024), headers={"Content-Type": "text/plain"})
+    send = lambda: api.client.post(
+        "/api/projects", content=b"x" * (2 * 1024 * 1024), headers={"Content-Type": "text/plain"}
+    )
     assert_refused(api, send, 413)
 
 
 # ------------------------------------------------------------------ unknown and absurd ids on every endpoint group
 
 
-@pytest.mark.parametrize("method, path, words", [
-    ("GET", "/api/jobs/999", ["job", "999"]),
-    ("POST", "/api/jobs/999/cancel", ["job", "999"]),
-    ("GET", "/api/jobs/999/events", ["job", "999"]),
-    ("GET", "/api/projects/999/jobs", ["project", "999"]),
-    ("POST", "/api/projects/999/train", ["project", "999"]),
-    ("GET", "/api/models/999", ["model", "999"]),
-    ("GET", "/api/projects/999/models", ["project", "999"]),
-    ("POST", "/api/projects/{p}/models/999/activate", ["model", "999"]),
-    ("POST", "/api/projects/999/models/1/activate", ["999"]),
-    ("GET", "/api/volumes/999/prediction", ["volume", "999"]),
-    ("GET", "/api/volumes/999/prediction/slices/0/0.png", ["volume", "999"]),
-    ("GET", "/api/volumes/999/prediction.nii.gz", ["volume", "999"]),
-    ("GET", "/api/volumes/999/prediction.dcm", ["volume", "999"]),
-    ("GET", "/api/projects/999/predictions.zip", ["project", "999"]),
-    ("GET", "/api/volumes/999/annotations", ["volume", "999"]),
-    ("GET", "/api/volumes/999/annotations/0/0", ["volume", "999"]),
-    ("DELETE", "/api/volumes/999/annotations/0/0", ["volume", "999"]),
-    ("GET", "/api/volumes/{v}/annotations/0/4", ["no annotation"]),
-    ("DELETE", "/api/volumes/{v}/annotations/0/4", ["no annotation"]),
-    ("GET", "/api/volumes/999/suggestions", ["volume", "999"]),
-    ("GET", "/api/volumes/{v}/prediction/slices/0/0.png", ["no prediction"]),
-    ("GET", "/api/projects/{p}/predictions.zip", ["no trained model"]),
-    ("GET", "/api/volumes/99999999999999999999999", ["volume"]),
-    ("GET", "/api/projects/99999999999999999999999/volumes", ["project"]),
-    ("GET", "/api/jobs/-1", ["job"]),
-    ("GET", "/api/models/9223372036854775808", ["model"]),
-])
+@pytest.mark.parametrize(
+    "method, path, words",
+    [
+        ("GET", "/api/jobs/999", ["job", "999"]),
+        ("POST", "/api/jobs/999/cancel", ["job", "999"]),
+        ("GET", "/api/jobs/999/events", ["job", "999"]),
+        ("GET", "/api/projects/999/jobs", ["project", "999"]),
+        ("POST", "/api/projects/999/train", ["project", "999"]),
+        ("GET", "/api/models/999", ["model", "999"]),
+        ("GET", "/api/projects/999/models", ["project", "999"]),
+        ("POST", "/api/projects/{p}/models/999/activate", ["model", "999"]),
+        ("POST", "/api/projects/999/models/1/activate", ["999"]),
+        ("GET", "/api/volumes/999/prediction", ["volume", "999"]),
+        ("GET", "/api/volumes/999/prediction/slices/0/0.png", ["volume", "999"]),
+        ("GET", "/api/volumes/999/prediction.nii.gz", ["volume", "999"]),
+        ("GET", "/api/volumes/999/prediction.dcm", ["volume", "999"]),
+        ("GET", "/api/projects/999/predictions.zip", ["project", "999"]),
+        ("GET", "/api/volumes/999/annotations", ["volume", "999"]),
+        ("GET", "/api/volumes/999/annotations/0/0", ["volume", "999"]),
+        ("DELETE", "/api/volumes/999/annotations/0/0", ["volume", "999"]),
+        ("GET", "/api/volumes/{v}/annotations/0/4", ["no annotation"]),
+        ("DELETE", "/api/volumes/{v}/annotations/0/4", ["no annotation"]),
+        ("GET", "/api/volumes/999/suggestions", ["volume", "999"]),
+        ("GET", "/api/volumes/{v}/prediction/slices/0/0.png", ["no prediction"]),
+        ("GET", "/api/projects/{p}/predictions.zip", ["no trained model"]),
+        ("GET", "/api/volumes/99999999999999999999999", ["volume"]),
+        ("GET", "/api/projects/99999999999999999999999/volumes", ["project"]),
+        ("GET", "/api/jobs/-1", ["job"]),
+        ("GET", "/api/models/9223372036854775808", ["model"]),
+    ],
+)
 def test_unknown_ids_everywhere(api, method, path, words):
     url = path.format(p=api.project_id, v=api.volume_id)
     assert_refused(api, lambda: api.client.request(method, url), 404, *words)

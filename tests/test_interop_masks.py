@@ -13,8 +13,8 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-
 from conftest import SHARED_DATA, SHARED_DATA_MISSING, oblique_affine
+
 from data.dicom_seg import write_mask_dicom_seg
 from data.itk_image import image_like
 from data.slicer_seg import write_seg_nrrd
@@ -40,8 +40,9 @@ def api(tmp_path):
     project = client.post("/api/projects", json={"name": "liver study", "labels": LABELS}).json()
     api.project_id = project["id"]
     volume = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
-    r = client.post(f"/api/projects/{project['id']}/volumes",
-                    files={"file": ("scan.nii", nifti_bytes(volume, oblique_affine()))})
+    r = client.post(
+        f"/api/projects/{project['id']}/volumes", files={"file": ("scan.nii", nifti_bytes(volume, oblique_affine()))}
+    )
     assert r.status_code == 201, r.text
     api.volume_id = r.json()["id"]
     yield api
@@ -50,8 +51,9 @@ def api(tmp_path):
 
 def imported(api, name: str, data: bytes, axis: int = 2, volume_id=None):
     volume_id = api.volume_id if volume_id is None else volume_id
-    return api.client.post(f"/api/volumes/{volume_id}/annotations/import?axis={axis}&author=ana",
-                           files={"file": (name, data)})
+    return api.client.post(
+        f"/api/volumes/{volume_id}/annotations/import?axis={axis}&author=ana", files={"file": (name, data)}
+    )
 
 
 def two_slice_mask() -> np.ndarray:
@@ -68,7 +70,10 @@ def test_nifti_mask_becomes_painted_slices_with_versions_and_author(api):
     assert r.status_code == 200, r.text
     assert r.json()["slices"] == [4, 7]
     rows = api.client.get(f"/api/volumes/{api.volume_id}/annotations").json()
-    assert [(row["axis"], row["index"], row["version"], row["author"]) for row in rows] == [(2, 4, 1, "ana"), (2, 7, 1, "ana")]
+    assert [(row["axis"], row["index"], row["version"], row["author"]) for row in rows] == [
+        (2, 4, 1, "ana"),
+        (2, 7, 1, "ana"),
+    ]
     labels = api.client.app.state.workspace.label_volume(api.volume_id)
     assert np.array_equal(labels[:, :, [4, 7]], mask[:, :, [4, 7]])
     assert (labels[:, :, [0, 1, 2, 3, 5, 6, 8, 9]] == IGNORE).all()
@@ -143,15 +148,28 @@ def test_dicom_seg_round_trip_onto_the_oblique_series_with_coded_concepts(api, t
     seg_path = write_mask_dicom_seg(mask, volume, tmp_path / "seg.dcm", labels=labels)
 
     seg = pydicom.dcmread(seg_path)
-    concepts = {s.SegmentLabel: (s.SegmentedPropertyCategoryCodeSequence[0].CodeValue,
-                                 s.SegmentedPropertyTypeCodeSequence[0].CodeValue) for s in seg.SegmentSequence}
-    assert concepts == {"liver": ("91723000", "10200004"), "anterior": ("85756007", "85756007"),
-                        "tumor": ("49755003", "108369006")}
+    concepts = {
+        s.SegmentLabel: (
+            s.SegmentedPropertyCategoryCodeSequence[0].CodeValue,
+            s.SegmentedPropertyTypeCodeSequence[0].CodeValue,
+        )
+        for s in seg.SegmentSequence
+    }
+    assert concepts == {
+        "liver": ("91723000", "10200004"),
+        "anterior": ("85756007", "85756007"),
+        "tumor": ("49755003", "108369006"),
+    }
     assert all(s.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator == "SCT" for s in seg.SegmentSequence)
 
     # "anterior" is not a label of this project: refused, nothing saved
-    assert_refused(api, lambda: imported(api, "seg.dcm", seg_path.read_bytes(), volume_id=volume_id), 422,
-                   "anterior", "matches no label")
+    assert_refused(
+        api,
+        lambda: imported(api, "seg.dcm", seg_path.read_bytes(), volume_id=volume_id),
+        422,
+        "anterior",
+        "matches no label",
+    )
     mask[mask == 2] = 0
     seg_path = write_mask_dicom_seg(mask, volume, tmp_path / "seg2.dcm", labels=LABELS)
     r = imported(api, "seg.dcm", seg_path.read_bytes(), volume_id=volume_id)
@@ -184,10 +202,16 @@ def test_hostile_mask_imports_are_refused_and_change_nothing(api, tmp_path):
         (lambda: imported(api, "m.nii", nifti_bytes(mask, half_voxel)), 422, ["grid"]),
         (lambda: imported(api, "m.nii", nifti_bytes(bad_value, oblique_affine())), 422, ["[7]", "label map"]),
         (lambda: imported(api, "m.nii", nifti_bytes(too_big, oblique_affine())), 422, ["outside"]),
-        (lambda: imported(api, "m.nii", nifti_bytes(np.zeros(SHAPE, np.uint8), oblique_affine())), 422,
-         ["no labelled voxel"]),
-        (lambda: imported(api, "m.nii", nifti_bytes(mask.astype(np.float32) + 0.5, oblique_affine())), 422,
-         ["whole-number"]),
+        (
+            lambda: imported(api, "m.nii", nifti_bytes(np.zeros(SHAPE, np.uint8), oblique_affine())),
+            422,
+            ["no labelled voxel"],
+        ),
+        (
+            lambda: imported(api, "m.nii", nifti_bytes(mask.astype(np.float32) + 0.5, oblique_affine())),
+            422,
+            ["whole-number"],
+        ),
         (lambda: imported(api, "m.nii", nifti_bytes(mask, oblique_affine()), axis=5), 422, ["axis"]),
         (lambda: imported(api, "m.png", b"\x89PNG\r\n\x1a\n"), 422, ["must be nifti"]),
         (lambda: imported(api, "m.nhdr", header), 422, ["must be nifti"]),
@@ -195,8 +219,15 @@ def test_hostile_mask_imports_are_refused_and_change_nothing(api, tmp_path):
         (lambda: imported(api, "m.nrrd", nrrd[:-40]), 422, ["m.nrrd"]),
         (lambda: imported(api, "seg.dcm", b"DICM" * 40), 422, ["dicom-seg"]),
         (lambda: imported(api, "m.nii", nifti_bytes(mask, oblique_affine()), volume_id=999), 404, ["999"]),
-        (lambda: api.client.post(f"/api/volumes/{api.volume_id}/annotations/import", content=b"x",
-                                 headers={"content-type": "application/json"}), 422, ["multipart"]),
+        (
+            lambda: api.client.post(
+                f"/api/volumes/{api.volume_id}/annotations/import",
+                content=b"x",
+                headers={"content-type": "application/json"},
+            ),
+            422,
+            ["multipart"],
+        ),
         (lambda: api.client.get(f"/api/volumes/{api.volume_id}/prediction.seg.nrrd"), 404, ["no trained model"]),
         (lambda: api.client.get("/api/volumes/999/prediction.seg.nrrd"), 404, ["999"]),
     ]
@@ -242,15 +273,16 @@ def test_nnunet_dataset_of_the_painted_slices(api):
 
 
 def test_ui_handler_imports_a_mask_and_reports_refusals(api, tmp_path):
+    import httpx
+
     from frontend import handlers
     from frontend.client import ApiClient
 
-    import httpx
-
     class ThroughTestClient(httpx.BaseTransport):
         def handle_request(self, request: httpx.Request) -> httpx.Response:
-            answer = api.client.request(request.method, str(request.url), headers=dict(request.headers),
-                                        content=request.read())
+            answer = api.client.request(
+                request.method, str(request.url), headers=dict(request.headers), content=request.read()
+            )
             return httpx.Response(answer.status_code, headers=answer.headers, content=answer.content)
 
     client = ApiClient("http://testserver", transport=ThroughTestClient())
@@ -259,14 +291,18 @@ def test_ui_handler_imports_a_mask_and_reports_refusals(api, tmp_path):
     good.write_bytes(nifti_bytes(two_slice_mask(), oblique_affine()))
     message = handlers.import_mask(client, state, str(good)).extra["mask_message"]
     assert "slices 4, 7 on axis 2" in message and "sw-ok" in message
-    assert [(a["index"], a["version"]) for a in api.client.get(f"/api/volumes/{api.volume_id}/annotations").json()] \
-        == [(4, 1), (7, 1)]
+    assert [(a["index"], a["version"]) for a in api.client.get(f"/api/volumes/{api.volume_id}/annotations").json()] == [
+        (4, 1),
+        (7, 1),
+    ]
 
     wrong_grid = tmp_path / "other.nii"
     wrong_grid.write_bytes(nifti_bytes(two_slice_mask(), np.eye(4)))
     refused = handlers.import_mask(client, state, str(wrong_grid)).extra["mask_message"]
     assert "Import refused" in refused and "grid" in refused and "sw-error" in refused
-    assert "Pick a volume" in handlers.import_mask(client, {"project_id": 1, "volume_id": None}, str(good)).extra[
-        "mask_message"]
+    assert (
+        "Pick a volume"
+        in handlers.import_mask(client, {"project_id": 1, "volume_id": None}, str(good)).extra["mask_message"]
+    )
     assert "not a .nii" in handlers.import_mask(client, state, str(tmp_path / "x.png")).extra["mask_message"]
     assert [a["version"] for a in api.client.get(f"/api/volumes/{api.volume_id}/annotations").json()] == [1, 1]

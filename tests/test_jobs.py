@@ -94,6 +94,7 @@ def test_success_registers_model_predicts_then_activates(project, tmp_path, mode
     assert progress == sorted(progress) and len(progress) >= 3
     # the training config saw the painted volume with its sparse labels and the other one as unlabeled
     import json
+
     config = json.loads((Path(done["out_dir"]) / "config.json").read_text())
     assert len(config["images"]) == 1 and len(config["unlabeled"]) == 1
     labels = np.asarray(__import__("nibabel").load(config["labels"][0]).dataobj)
@@ -214,10 +215,12 @@ def test_restart_resumes_a_running_job_once_then_fails(project, tmp_path, model_
     job_dir = Path(job["out_dir"])
     job_dir.mkdir(parents=True, exist_ok=True)
     import json
+
     config, seen = worker._build_config(job, job_dir, job_dir / "model", job["params"])
     (job_dir / "config.json").write_text(json.dumps(config))
-    leftover = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", str(job_dir / "config.json")],
-                                start_new_session=True)
+    leftover = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)", str(job_dir / "config.json")], start_new_session=True
+    )
     ws.update_job(job["id"], state="running", pid=leftover.pid, params={**job["params"], "annotations_seen": seen})
     (job_dir / "model").mkdir(exist_ok=True)
     (job_dir / "model" / "checkpoint.pt").write_text("0")
@@ -287,7 +290,9 @@ def test_kill_leftover_refuses_an_unrelated_process(tmp_path):
 def test_progress_parsing_and_helpers(tmp_path):
     path = tmp_path / "progress.jsonl"
     assert read_new_lines(path, 0) == (0, [])
-    path.write_text('{"event": "step", "stage": "local", "epoch": 2, "progress": 0.5, "eta_s": 12.5, "loss": 0.3}\n{"eve')
+    path.write_text(
+        '{"event": "step", "stage": "local", "epoch": 2, "progress": 0.5, "eta_s": 12.5, "loss": 0.3}\n{"eve'
+    )
     offset, events = read_new_lines(path, 0)
     assert len(events) == 1 and offset == path.read_text().index("\n") + 1  # half a line waits
     assert progress_fields(events[0]) == {"stage": "local", "epoch": 2, "progress": 0.5, "eta_s": 12.5, "loss": 0.3}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -66,16 +64,12 @@ def naive_local(emb1, emb2, labels, t, mode="exact", stride=4, block=16):
     if mode == "exact":
         terms = naive_supcon_terms(pixel_list(emb1, emb2, labels), t)
     elif mode == "stride":
-        terms = naive_supcon_terms(
-            pixel_list(emb1, emb2, labels, range(0, h, stride), range(0, w, stride)), t
-        )
+        terms = naive_supcon_terms(pixel_list(emb1, emb2, labels, range(0, h, stride), range(0, w, stride)), t)
     elif mode == "block":
         terms = []
         for y0 in range(0, h, block):
             for x0 in range(0, w, block):
-                pix = pixel_list(
-                    emb1, emb2, labels, range(y0, min(y0 + block, h)), range(x0, min(x0 + block, w))
-                )
+                pix = pixel_list(emb1, emb2, labels, range(y0, min(y0 + block, h)), range(x0, min(x0 + block, w)))
                 terms += naive_supcon_terms(pix, t)
     if not terms:
         return None
@@ -287,9 +281,7 @@ def test_background_is_negative_not_anchor():
 
 
 @pytest.mark.parametrize("mode", ["exact", "stride", "block"])
-@pytest.mark.parametrize(
-    "case", ["all_ignore", "all_background", "bg_and_ignore", "single_fg_pixel_per_class"]
-)
+@pytest.mark.parametrize("case", ["all_ignore", "all_background", "bg_and_ignore", "single_fg_pixel_per_class"])
 def test_no_anchor_gives_zero_with_grad(mode, case):
     e1, e2, _ = make_inputs(11)
     lab = torch.zeros(2, 6, 6, dtype=torch.long)
@@ -339,9 +331,7 @@ def test_block_averages_over_anchors_not_tiles():
     terms = []
     for y0 in (0, 3):
         for x0 in (0, 3):
-            terms.append(
-                naive_supcon_terms(pixel_list(e1, e2, lab, range(y0, y0 + 3), range(x0, x0 + 3)), 0.1)
-            )
+            terms.append(naive_supcon_terms(pixel_list(e1, e2, lab, range(y0, y0 + 3), range(x0, x0 + 3)), 0.1))
     per_anchor = sum(sum(t) for t in terms) / sum(len(t) for t in terms)
     per_tile = sum(sum(t) / len(t) for t in terms if t) / sum(1 for t in terms if t)
     assert abs(float(out) - float(per_anchor)) < 1e-12

@@ -22,8 +22,9 @@ def blobs(n=6, size=48):
 def test_label_derived_from_the_image_stays_consistent():
     labels = blobs()
     images = labels[:, None].float() * 10.0  # the image *is* its label, scaled
-    out_img, out_lab = random_spatial(images, labels, g=torch.Generator().manual_seed(3), rotate_deg=20,
-                                      scale_range=(0.8, 1.2), rot90=True)
+    out_img, out_lab = random_spatial(
+        images, labels, g=torch.Generator().manual_seed(3), rotate_deg=20, scale_range=(0.8, 1.2), rot90=True
+    )
     inside = out_lab != IGNORE
     derived = torch.round(out_img[:, 0] / 10.0).long()
     agree = (derived[inside] == out_lab[inside]).float().mean()
@@ -35,8 +36,9 @@ def test_label_derived_from_the_image_stays_consistent():
 def test_pure_flips_and_quarter_turns_are_exact_permutations():
     labels = blobs(8)
     images = labels[:, None].float() * 10.0
-    theta = spatial_params(8, torch.Generator().manual_seed(5), flip=True, rot90=True, rotate_deg=0,
-                           scale_range=(1, 1), shift=0)
+    theta = spatial_params(
+        8, torch.Generator().manual_seed(5), flip=True, rot90=True, rotate_deg=0, scale_range=(1, 1), shift=0
+    )
     out_img, out_lab = warp(theta, images, labels)
     torch.testing.assert_close(out_img[:, 0], out_lab.float() * 10.0, atol=1e-4, rtol=0)
     for i in range(8):

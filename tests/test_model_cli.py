@@ -8,10 +8,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from test_model_train import HIPPO, sparse_dataset
 
 from data.io import read_volume
 from model import cli
-from test_model_train import HIPPO, sparse_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 DICOM = ROOT.parent / "shared" / "data" / "dicom" / "study1_hippocampus_crop"
@@ -35,8 +35,21 @@ def test_labels_are_matched_to_images_by_name(tmp_path):
 
 def test_unknown_override_is_refused_before_training(tmp_path, capsys):
     images, _ = sparse_dataset(tmp_path / "d", cases=["hippocampus_001.nii.gz"])
-    rc = cli.main(["train", "--images", str(tmp_path / "d" / "images"), "--labels", str(tmp_path / "d" / "labels"),
-                   "--out", str(tmp_path / "m"), "--preset", "quick", "--set", "finetune_epoch=3"])
+    rc = cli.main(
+        [
+            "train",
+            "--images",
+            str(tmp_path / "d" / "images"),
+            "--labels",
+            str(tmp_path / "d" / "labels"),
+            "--out",
+            str(tmp_path / "m"),
+            "--preset",
+            "quick",
+            "--set",
+            "finetune_epoch=3",
+        ]
+    )
     assert rc == 2 and "unknown config keys: finetune_epoch" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
 
@@ -47,8 +60,21 @@ def test_train_then_predict_writes_masks_in_the_input_geometry(tmp_path, capfd):
     shutil.copy(HIPPO / "imagesTr" / "hippocampus_006.nii.gz", extra)  # no label: used as unlabeled
     out = tmp_path / "model"
     parser = cli.add_train_args(argparse.ArgumentParser())
-    args = parser.parse_args(["--images", str(tmp_path / "d" / "images"), "--labels", str(tmp_path / "d" / "labels"),
-                              "--out", str(out), "--preset", "quick", "--device", "cpu", *TINY])
+    args = parser.parse_args(
+        [
+            "--images",
+            str(tmp_path / "d" / "images"),
+            "--labels",
+            str(tmp_path / "d" / "labels"),
+            "--out",
+            str(out),
+            "--preset",
+            "quick",
+            "--device",
+            "cpu",
+            *TINY,
+        ]
+    )
     assert cli.run_train(args) == 0
     streamed = capfd.readouterr().out
     assert "[finetune] epoch" in streamed and "[train] done" in streamed
@@ -58,8 +84,9 @@ def test_train_then_predict_writes_masks_in_the_input_geometry(tmp_path, capfd):
 
     inputs = [extra] + ([DICOM] if DICOM.is_dir() else [])
     parser = cli.add_predict_args(argparse.ArgumentParser())
-    args = parser.parse_args(["--model", str(out), *map(str, inputs), "--out", str(tmp_path / "pred"), "--probs",
-                              "--device", "cpu"])
+    args = parser.parse_args(
+        ["--model", str(out), *map(str, inputs), "--out", str(tmp_path / "pred"), "--probs", "--device", "cpu"]
+    )
     assert cli.run_predict(args) == 0
     for source in inputs:
         volume = read_volume(source)

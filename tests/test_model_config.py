@@ -44,9 +44,14 @@ def test_frozen():
 
 @pytest.mark.parametrize(
     "bad, message",
-    [({"local_mode": "tiles"}, "local_mode"), ({"device": "tpu"}, "device"), ({"axis": 3}, "axis"),
-     ({"images": ["a"], "labels": ["a", "b"]}, "label volumes"), ({"num_classes": 1}, "num_classes"),
-     ({"finetune_steps": 0}, "finetune_steps")],
+    [
+        ({"local_mode": "tiles"}, "local_mode"),
+        ({"device": "tpu"}, "device"),
+        ({"axis": 3}, "axis"),
+        ({"images": ["a"], "labels": ["a", "b"]}, "label volumes"),
+        ({"num_classes": 1}, "num_classes"),
+        ({"finetune_steps": 0}, "finetune_steps"),
+    ],
 )
 def test_invalid_values(bad, message):
     with pytest.raises(ValueError, match=message):

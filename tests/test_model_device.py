@@ -80,12 +80,15 @@ def _no_measuring(*a, **k):
     raise AssertionError("no measurement expected")
 
 
-@pytest.mark.parametrize("cpu, why", [
-    (_cpu(), "no native bf16"),
-    (_cpu(("avx2", "avx512_bf16", "amx_bf16"), aten="AVX2"), "ATen runs at CPU capability AVX2"),
-    (_cpu(("avx2", "avx512_bf16", "amx_bf16"), onednn="AVX2"), "oneDNN is limited to AVX2"),
-    (_cpu(("avx2", "avx512_bf16"), onednn="AVX512_CORE"), "oneDNN is limited to AVX512_CORE"),
-])
+@pytest.mark.parametrize(
+    "cpu, why",
+    [
+        (_cpu(), "no native bf16"),
+        (_cpu(("avx2", "avx512_bf16", "amx_bf16"), aten="AVX2"), "ATen runs at CPU capability AVX2"),
+        (_cpu(("avx2", "avx512_bf16", "amx_bf16"), onednn="AVX2"), "oneDNN is limited to AVX2"),
+        (_cpu(("avx2", "avx512_bf16"), onednn="AVX512_CORE"), "oneDNN is limited to AVX512_CORE"),
+    ],
+)
 def test_a_cpu_without_usable_native_bf16_never_gets_bf16(monkeypatch, tmp_path, cpu, why):
     monkeypatch.setattr(device, "measure_step_ms", _no_measuring)
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
@@ -118,8 +121,11 @@ def test_native_bf16_is_measured_once_and_the_result_cached(monkeypatch, tmp_pat
     assert again.autocast_dtype == torch.bfloat16 and calls == [1]  # read from the cache, not measured again
     # another torch / CPU / ISA setting is another key: measured again, both kept
     monkeypatch.setattr(device, "cpu_info", lambda: _cpu(("avx2", "avx512_bf16"), onednn="ALL"))
-    monkeypatch.setattr(device, "measure_step_ms", lambda: {"float32": 50.0, "bf16": 49.0, "channels_last": 52.0,
-                                                             "channels_last + bf16": 51.0})
+    monkeypatch.setattr(
+        device,
+        "measure_step_ms",
+        lambda: {"float32": 50.0, "bf16": 49.0, "channels_last": 52.0, "channels_last + bf16": 51.0},
+    )
     slow = device.runtime_for("cpu", cache=cache)
     assert slow.autocast_dtype is None and "float32 fastest" in slow.reasons["bf16"]
     assert len(json.loads(cache.read_text())) == 2
@@ -133,16 +139,26 @@ def test_native_bf16_without_a_cache_is_on_without_measuring(monkeypatch):
 
 
 def test_pick_fastest_needs_a_clear_margin():
-    assert device.pick_fastest({"float32": 100, "bf16": 95, "channels_last": 97, "channels_last + bf16": 93}) == "float32"
-    assert device.pick_fastest({"float32": 100, "bf16": 50, "channels_last": 120, "channels_last + bf16": 40}) == "channels_last + bf16"
-    assert device.pick_fastest({"float32": 100, "bf16": 2500, "channels_last": 80, "channels_last + bf16": 2400}) == "channels_last"
+    assert (
+        device.pick_fastest({"float32": 100, "bf16": 95, "channels_last": 97, "channels_last + bf16": 93}) == "float32"
+    )
+    assert (
+        device.pick_fastest({"float32": 100, "bf16": 50, "channels_last": 120, "channels_last + bf16": 40})
+        == "channels_last + bf16"
+    )
+    assert (
+        device.pick_fastest({"float32": 100, "bf16": 2500, "channels_last": 80, "channels_last + bf16": 2400})
+        == "channels_last"
+    )
 
 
 def test_hiding_avx512_from_onednn_and_aten_makes_the_real_choice_float32(tmp_path):
     """The real capability check in a fresh process, with the ISA environment variables users set."""
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
-    code = ("import json; from model import device; "
-            f"print(json.dumps(device.runtime_for('cpu', cache={str(tmp_path / 'speed.json')!r}).describe()))")
+    code = (
+        "import json; from model import device; "
+        f"print(json.dumps(device.runtime_for('cpu', cache={str(tmp_path / 'speed.json')!r}).describe()))"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     chosen = json.loads(done.stdout)

@@ -55,8 +55,16 @@ def test_big_planes_are_resized_for_the_network_and_masks_come_back_full_size():
 def test_load_predictor_from_a_model_file(tmp_path):
     cfg = preset("quick")
     net = UNet(1, 3, cfg.widths)
-    checkpoint.save({"format": checkpoint.MODEL_FORMAT, "state_dict": checkpoint.cpu_state(net), "config": cfg.to_dict(),
-                     "num_classes": 3, "slices": info(0, 24, 128, 8)}, tmp_path / "model.pt")
+    checkpoint.save(
+        {
+            "format": checkpoint.MODEL_FORMAT,
+            "state_dict": checkpoint.cpu_state(net),
+            "config": cfg.to_dict(),
+            "num_classes": 3,
+            "slices": info(0, 24, 128, 8),
+        },
+        tmp_path / "model.pt",
+    )
     predictor = load_predictor(tmp_path, device="cpu")
     labels, probs = predictor.predict(np.random.rand(5, 20, 22).astype(np.float32), spacing=(1, 1, 1))
     assert labels.shape == (5, 20, 22) and probs is None

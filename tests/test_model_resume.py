@@ -6,10 +6,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
+from test_model_train import sparse_dataset
 
 from model.config import preset
-from test_model_train import sparse_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,8 +16,18 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     images, labels = sparse_dataset(tmp_path / "data", painted=2)
     out = tmp_path / "model"
-    cfg = preset("quick", images=images, labels=labels, out_dir=str(out), device="cpu", global_stage=False,
-                 local_epochs=1, local_steps=2, finetune_epochs=8, finetune_steps=2)
+    cfg = preset(
+        "quick",
+        images=images,
+        labels=labels,
+        out_dir=str(out),
+        device="cpu",
+        global_stage=False,
+        local_epochs=1,
+        local_steps=2,
+        finetune_epochs=8,
+        finetune_steps=2,
+    )
     config_path = tmp_path / "config.json"
     config_path.write_text(json.dumps(cfg.to_dict()))
     command = [sys.executable, "-m", "model.train", str(config_path)]
@@ -31,8 +40,10 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
             assert time.monotonic() < deadline, "no checkpoint within 60 s"
             time.sleep(0.05)
         # let it get into the fine-tune stage so the resume point is mid-stage
-        while not any('"stage": "finetune"' in l and '"event": "epoch"' in l
-                      for l in (out / "progress.jsonl").read_text().splitlines()):
+        while not any(
+            '"stage": "finetune"' in l and '"event": "epoch"' in l
+            for l in (out / "progress.jsonl").read_text().splitlines()
+        ):
             assert run.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
     finally:
@@ -44,7 +55,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
 
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    after = [json.loads(l) for l in (out / "progress.jsonl").read_text().splitlines()][len(before):]
+    after = [json.loads(l) for l in (out / "progress.jsonl").read_text().splitlines()][len(before) :]
     resume = after[0]
     assert resume["event"] == "resume" and resume["stage"] == "finetune"
     # the checkpoint may be one epoch ahead of the last progress line the killed run managed to write

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_model_train import sparse_dataset
 
 from model.config import preset
 from model.schedule import Budget, StageClock
 from model.train import train
-from test_model_train import sparse_dataset
 
 
 class FakeClock:
@@ -64,7 +64,7 @@ def test_budget_is_shared_among_the_stages_left_and_the_whole_run_fits():
     stages = [("global", 0.2), ("local", 0.4), ("finetune", 0.1), ("pseudo", 0.15)]
     seconds = {}
     for i, (name, step_s) in enumerate(stages):
-        later = [s for s, _ in stages[i + 1:]]
+        later = [s for s, _ in stages[i + 1 :]]
         stage = budget.stage(name, later, nominal_steps=100_000)
         if name == "global":
             assert stage.seconds == pytest.approx(60.0 * 0.3)
@@ -88,8 +88,18 @@ def test_a_stage_that_ends_early_leaves_its_time_to_the_next():
 def test_budgeted_training_run_stops_before_the_nominal_steps(tmp_path):
     images, labels = sparse_dataset(tmp_path / "data", painted=2)
     nominal = 100_000
-    cfg = preset("quick", images=images, labels=labels, out_dir=str(tmp_path / "m"), device="cpu", global_stage=False,
-                 local_stage=False, finetune_epochs=2, finetune_steps=nominal // 2, budget_s=5.0)
+    cfg = preset(
+        "quick",
+        images=images,
+        labels=labels,
+        out_dir=str(tmp_path / "m"),
+        device="cpu",
+        global_stage=False,
+        local_stage=False,
+        finetune_epochs=2,
+        finetune_steps=nominal // 2,
+        budget_s=5.0,
+    )
     metrics = train(cfg)
     stage = metrics["stages"]["finetune"]
     assert 1 <= stage["steps_run"] < nominal and 0 < stage["budget_s"] <= 5.0

@@ -122,7 +122,7 @@ def _painted_batch(n=6, side=96):
     images = torch.randn(n, 1, side, side)
     labels = torch.zeros(n, side, side, dtype=torch.uint8)
     for i in range(n):  # a small structure near a corner of each slice, the rest painted background
-        labels[i, 80 + i % 3: 84 + i % 3, 5:9] = 1 + i % 2
+        labels[i, 80 + i % 3 : 84 + i % 3, 5:9] = 1 + i % 2
     labels[-1] = slices.IGNORE  # a slice with nothing painted: crops sit anywhere
     return images, labels
 
@@ -134,8 +134,8 @@ def test_patches_are_exact_crops_of_image_and_label():
     assert x.shape == (6, 1, 32, 32) and y.shape == (6, 32, 32)
     for i, (top, left) in enumerate(corners):
         assert 0 <= top <= 64 and 0 <= left <= 64
-        assert torch.equal(x[i], images[i, :, top: top + 32, left: left + 32])
-        assert torch.equal(y[i], labels[i, top: top + 32, left: left + 32])  # painted pixels kept as painted
+        assert torch.equal(x[i], images[i, :, top : top + 32, left : left + 32])
+        assert torch.equal(y[i], labels[i, top : top + 32, left : left + 32])  # painted pixels kept as painted
 
 
 def test_foreground_oversampling_keeps_the_painted_structure_in_the_patch():

@@ -53,8 +53,15 @@ def read_progress(out: Path) -> list[dict]:
 def test_quick_preset_runs_every_stage_and_writes_the_model(data, tmp_path):
     images, labels = data
     out = tmp_path / "model"
-    cfg = preset("quick", images=images, labels=labels, out_dir=str(out), val_images=images[:1],
-                 val_labels=[str(HIPPO / "labelsTr" / CASES[0])], device="cpu")
+    cfg = preset(
+        "quick",
+        images=images,
+        labels=labels,
+        out_dir=str(out),
+        val_images=images[:1],
+        val_labels=[str(HIPPO / "labelsTr" / CASES[0])],
+        device="cpu",
+    )
     metrics = train(cfg)
 
     for name in ("model.pt", "config.json", "metrics.json", "checkpoint.pt", "global.pt", "progress.jsonl"):
@@ -91,8 +98,16 @@ def test_quick_preset_runs_every_stage_and_writes_the_model(data, tmp_path):
 
     # a later retrain can start from this run's global stage (shared across retrains)
     out2 = tmp_path / "refresh"
-    refresh = cfg.replace(out_dir=str(out2), init_from=str(out / "global.pt"), global_stage=False, local_stage=False,
-                          finetune_epochs=1, finetune_steps=2, val_images=[], val_labels=[])
+    refresh = cfg.replace(
+        out_dir=str(out2),
+        init_from=str(out / "global.pt"),
+        global_stage=False,
+        local_stage=False,
+        finetune_epochs=1,
+        finetune_steps=2,
+        val_images=[],
+        val_labels=[],
+    )
     metrics2 = train(refresh)
     assert set(metrics2["stages"]) == {"finetune"} and metrics2["init_from"]["tensors"] > 0
 
@@ -153,11 +168,15 @@ def test_global_stage_alone_needs_no_labels(data, tmp_path, labels):
     assert load_predictor(out, device="cpu").predict(volume)[0].shape == volume.shape
 
 
-@pytest.mark.parametrize("stages", [
-    dict(global_stage=False, local_stage=False, finetune_stage=True),
-    dict(global_stage=True, local_stage=False, finetune_stage=True),
-    dict(global_stage=False, local_stage=True, finetune_stage=False),
-], ids=["finetune", "global+finetune", "local"])
+@pytest.mark.parametrize(
+    "stages",
+    [
+        dict(global_stage=False, local_stage=False, finetune_stage=True),
+        dict(global_stage=True, local_stage=False, finetune_stage=True),
+        dict(global_stage=False, local_stage=True, finetune_stage=False),
+    ],
+    ids=["finetune", "global+finetune", "local"],
+)
 @pytest.mark.parametrize("labels", ["none", "all 255"])
 def test_a_stage_that_needs_labels_with_nothing_painted_fails_before_training(data, tmp_path, stages, labels):
     given = () if labels == "none" else all_ignore_labels(data, tmp_path)

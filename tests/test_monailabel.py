@@ -26,8 +26,10 @@ from helpers_server import free_port
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # the client imports cgi
-    pytest.importorskip("monailabel.client", reason="MONAI Label's client is installed by scripts/test.sh "
-                                                    "(pip install --no-deps monailabel==0.8.5)")
+    pytest.importorskip(
+        "monailabel.client",
+        reason="MONAI Label's client is installed by scripts/test.sh (pip install --no-deps monailabel==0.8.5)",
+    )
     from monailabel.client import MONAILabelClient
     from monailabel.client.client import MONAILabelClientException
 
@@ -110,7 +112,10 @@ def test_monai_label_client_flow(world):
     saved = client.save_label(image_id, str(label_path))
     assert saved["image"] == image_id and saved["slices"] == [3, 6]
     rows = ws.list_annotations(int(image_id))
-    assert [(r["axis"], r["index"], r["version"], r["author"]) for r in rows] == [(2, 3, 1, "local"), (2, 6, 1, "local")]
+    assert [(r["axis"], r["index"], r["version"], r["author"]) for r in rows] == [
+        (2, 3, 1, "local"),
+        (2, 6, 1, "local"),
+    ]
     assert client.save_label(image_id, str(label_path), tag="final")["annotations"][0]["version"] == 2
 
     stats = client._server_url and client.info()["datastore"]
@@ -127,8 +132,9 @@ def test_monai_label_client_flow(world):
         client.train_status()  # no task yet: 404
     task = client.train_start("slicewise", {"mode": "full"})
     assert task["status"] in ("SUBMITTED", "RUNNING") and task["mode"] == "full"
-    done = wait_for(lambda: (s := client.train_status()) and s["status"] in ("DONE", "ERROR", "STOPPED") and s,
-                    what="the retrain")
+    done = wait_for(
+        lambda: (s := client.train_status()) and s["status"] in ("DONE", "ERROR", "STOPPED") and s, what="the retrain"
+    )
     assert done["status"] == "DONE", done
     assert client.train_status(check_if_running=True) is False
     assert client.info()["models"]["slicewise"]["model_id"] == done["model_id"]
@@ -220,19 +226,35 @@ def test_hostile_monai_label_requests_are_refused_and_change_nothing(world):
         bad_value[0, 0, 2] = 9
         api = Api(http, ws.root, project["id"], int(image))
         cases = [
-            (lambda: http.put("/datastore/?image=../../x", files={"file": ("v.nii.gz", path.read_bytes())}), 422,
-             ["plain name"]),
+            (
+                lambda: http.put("/datastore/?image=../../x", files={"file": ("v.nii.gz", path.read_bytes())}),
+                422,
+                ["plain name"],
+            ),
             (lambda: http.put("/datastore/", files={"file": ("v.txt", b"hello")}), 422, ["v.txt"]),
             (lambda: http.put("/datastore/", files={"other": ("v.nii.gz", path.read_bytes())}), 422, ["'file'"]),
-            (lambda: http.put(f"/datastore/label?image={image}", files={"file": ("l.nii", good_label)}), 422,
-             ["'label'"]),
-            (lambda: http.put(f"/datastore/label?image={image}&tag=original", files={"label": ("l.nii", good_label)}),
-             422, ["tag"]),
+            (
+                lambda: http.put(f"/datastore/label?image={image}", files={"file": ("l.nii", good_label)}),
+                422,
+                ["'label'"],
+            ),
+            (
+                lambda: http.put(
+                    f"/datastore/label?image={image}&tag=original", files={"label": ("l.nii", good_label)}
+                ),
+                422,
+                ["tag"],
+            ),
             (lambda: http.put("/datastore/label?image=999", files={"label": ("l.nii", good_label)}), 404, ["999"]),
             (lambda: http.put("/datastore/label?image=abc", files={"label": ("l.nii", good_label)}), 404, ["abc"]),
-            (lambda: http.put(f"/datastore/label?image={image}",
-                              files={"label": ("l.nii", nib.Nifti1Image(bad_value, nib.load(path).affine).to_bytes())}),
-             422, ["[9]"]),
+            (
+                lambda: http.put(
+                    f"/datastore/label?image={image}",
+                    files={"label": ("l.nii", nib.Nifti1Image(bad_value, nib.load(path).affine).to_bytes())},
+                ),
+                422,
+                ["[9]"],
+            ),
             (lambda: http.get(f"/datastore/label?label={image}&tag=final"), 404, ["nothing is painted"]),
             (lambda: http.get("/datastore/?output=everything"), 422, ["output"]),
             (lambda: http.post(f"/infer/slicewise?image={image}"), 404, ["no model"]),
@@ -248,8 +270,11 @@ def test_hostile_monai_label_requests_are_refused_and_change_nothing(world):
             (lambda: http.post("/auth/token", data={"username": "x", "password": "y"}), 422, ["authentication is off"]),
             (lambda: http.get(f"{base}/monailabel/projects/999/info/"), 404, ["999"]),
             # an image of another project is not this project's
-            (lambda: http.get(f"{base}/monailabel/projects/{other['id']}/datastore/image?image={image}"), 404,
-             [f"no image '{image}'"]),
+            (
+                lambda: http.get(f"{base}/monailabel/projects/{other['id']}/datastore/image?image={image}"),
+                404,
+                [f"no image '{image}'"],
+            ),
         ]
         for request, status, words in cases:
             assert_refused(api, request, status, *words)

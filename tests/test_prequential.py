@@ -75,8 +75,10 @@ def test_prequential_bookkeeping_through_the_api(tmp_path, model_file):
         volume, label = upload_synthetic(client, project, tmp_path / "v.nii.gz")
         vid = volume["id"]
         put = lambda index, mask, etag=None: client.put(  # noqa: E731
-            f"/api/volumes/{vid}/annotations/0/{index}", content=np.ascontiguousarray(mask).tobytes(),
-            headers={**RAW, **({"If-Match": etag} if etag else {})})
+            f"/api/volumes/{vid}/annotations/0/{index}",
+            content=np.ascontiguousarray(mask).tobytes(),
+            headers={**RAW, **({"If-Match": etag} if etag else {})},
+        )
         # before any model: a save is not scored and nothing breaks
         assert put(3, label[3]).status_code == 200
         job = client.post(f"/api/projects/{project['id']}/train", json={}).json()

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from test_store_crash import assert_database_intact, run_child_until
 
 import data.store_project_admin as admin
 from app.main import create_app
@@ -17,7 +18,6 @@ from app.settings import Settings
 from data.errors import Conflict
 from data.store import Workspace
 from helpers_bad_input import GOOD_NIFTI, LABELS, assert_refused, make_api
-from test_store_crash import assert_database_intact, run_child_until
 
 DELETE_CHILD = textwrap.dedent(
     """
@@ -55,8 +55,11 @@ def paint(api, volume_id: int, index: int, value: int) -> None:
     mask[1:4, 2:5] = value
     buf = io.BytesIO()
     Image.fromarray(mask).save(buf, format="PNG")
-    r = api.client.put(f"/api/volumes/{volume_id}/annotations/0/{index}", content=buf.getvalue(),
-                       headers={"Content-Type": "image/png", "If-Match": '"0"'})
+    r = api.client.put(
+        f"/api/volumes/{volume_id}/annotations/0/{index}",
+        content=buf.getvalue(),
+        headers={"Content-Type": "image/png", "If-Match": '"0"'},
+    )
     assert r.status_code == 200, r.text
 
 
@@ -74,8 +77,11 @@ def stored_files(root) -> list:
 
 def test_labels_are_renamed_recoloured_and_added(api):
     paint(api, api.volume_id, 2, 1)
-    new = [{"value": 1, "name": "head", "color": "#112233"}, {"value": 2, "name": "posterior", "color": "#3cb44b"},
-           {"value": 3, "name": "tail", "color": "#AABBCC"}]
+    new = [
+        {"value": 1, "name": "head", "color": "#112233"},
+        {"value": 2, "name": "posterior", "color": "#3cb44b"},
+        {"value": 3, "name": "tail", "color": "#AABBCC"},
+    ]
     r = api.client.put(f"/api/projects/{api.project_id}/labels", json={"labels": new})
     assert r.status_code == 200, r.text
     assert r.json()["labels"][0] == {"value": 1, "name": "head", "color": "#112233"}
@@ -83,16 +89,24 @@ def test_labels_are_renamed_recoloured_and_added(api):
     assert api.client.get(f"/api/projects/{api.project_id}").json()["labels"] == r.json()["labels"]
     entry = audit(api)[0]
     assert entry["what"] == "update_labels" and entry["details"]["before"] == LABELS
-    paint(api, api.volume_id, 3, 3)   # the new label can be painted at once
+    paint(api, api.volume_id, 3, 3)  # the new label can be painted at once
 
 
 def test_a_painted_label_cannot_be_removed_but_an_unused_one_can(api):
     paint(api, api.volume_id, 2, 2)
     only_one = {"labels": [LABELS[0]]}
-    assert_refused(api, lambda: api.client.put(f"/api/projects/{api.project_id}/labels", json=only_one), 409,
-                   "[2]", "painted")
-    assert_refused(api, lambda: api.client.put(f"/api/projects/{api.project_id}/labels", json={
-        "labels": [LABELS[0], {**LABELS[1], "name": LABELS[0]["name"]}]}), 422, "twice")
+    assert_refused(
+        api, lambda: api.client.put(f"/api/projects/{api.project_id}/labels", json=only_one), 409, "[2]", "painted"
+    )
+    assert_refused(
+        api,
+        lambda: api.client.put(
+            f"/api/projects/{api.project_id}/labels",
+            json={"labels": [LABELS[0], {**LABELS[1], "name": LABELS[0]["name"]}]},
+        ),
+        422,
+        "twice",
+    )
     r = api.client.put(f"/api/projects/{api.project_id}/labels", json={"labels": [LABELS[1]]})
     assert r.status_code == 200 and [label["value"] for label in r.json()["labels"]] == [2]
 
@@ -106,8 +120,15 @@ def test_deleting_a_volume_needs_its_name_and_removes_rows_and_files(api):
     assert_refused(api, lambda: api.client.delete(url, params={"confirm": "second"}), 422, "got 'second'")
     r = api.client.delete(url, params={"confirm": "good"})
     assert r.status_code == 200, r.text
-    assert r.json() == {"deleted": "volume", "volume_id": api.volume_id, "name": "good",
-                        "project_id": api.project_id, "annotations": 1, "annotation_versions": 1, "predictions": 0}
+    assert r.json() == {
+        "deleted": "volume",
+        "volume_id": api.volume_id,
+        "name": "good",
+        "project_id": api.project_id,
+        "annotations": 1,
+        "annotation_versions": 1,
+        "predictions": 0,
+    }
     assert api.client.get(url).status_code == 404
     assert api.client.get(f"/api/volumes/{api.volume_id}/voxels").status_code == 404
     assert files_of(api.root, api.volume_id) == []
@@ -119,7 +140,7 @@ def test_deleting_a_volume_needs_its_name_and_removes_rows_and_files(api):
 
 def test_deleting_a_project_removes_everything_it_owns(api):
     paint(api, api.volume_id, 2, 1)
-    api.client.__exit__(None, None, None)   # jobs are made by hand below: no worker may pick them up
+    api.client.__exit__(None, None, None)  # jobs are made by hand below: no worker may pick them up
     ws = Workspace(api.root)
     job = ws.create_job(api.project_id, "train", {})
     ws.update_job(job["id"], state="running")
@@ -171,8 +192,8 @@ def test_a_delete_killed_after_commit_leaves_only_files_the_next_start_sweeps(ap
     with pytest.raises(SystemExit):
         ws.delete_volume(api.volume_id, "good")
     monkeypatch.undo()
-    assert ws.list_volumes(api.project_id) == []        # the rows went in one transaction
-    assert len(files_of(api.root, api.volume_id)) == 2   # the files are orphans now
+    assert ws.list_volumes(api.project_id) == []  # the rows went in one transaction
+    assert len(files_of(api.root, api.volume_id)) == 2  # the files are orphans now
     swept = Workspace(api.root).sweep_uncommitted()
     assert swept["volume_folders"] == 1 and swept["annotation_files"] == 1 and swept["prediction_folders"] == 1
     assert files_of(api.root, api.volume_id) == [] and not prediction.exists()
@@ -192,20 +213,21 @@ def test_store_refuses_while_a_job_is_queued(api):
 @pytest.mark.parametrize("point", ["before-commit", "after-commit"])
 def test_a_project_delete_killed_with_sigkill_is_all_or_nothing(api, tmp_path, point):
     paint(api, api.volume_id, 2, 1)
-    api.client.__exit__(None, None, None)   # the child is the only process using the workspace
+    api.client.__exit__(None, None, None)  # the child is the only process using the workspace
     files = stored_files(api.root)
     signal_file = tmp_path / "signal"
-    run_child_until(point, [str(api.root), str(api.project_id), point, str(signal_file)], signal_file,
-                    script=DELETE_CHILD)
+    run_child_until(
+        point, [str(api.root), str(api.project_id), point, str(signal_file)], signal_file, script=DELETE_CHILD
+    )
     assert_database_intact(api.root)
     ws = Workspace(api.root)
-    if point == "before-commit":     # nothing happened: rows, files, the annotation readable
+    if point == "before-commit":  # nothing happened: rows, files, the annotation readable
         assert ws.get_project(api.project_id)["name"] == "P"
         assert len(ws.list_annotations(api.volume_id)) == 1
         ws.get_annotation(api.volume_id, 0, 2)
         assert ws.sweep_uncommitted() == {k: 0 for k in ws.sweep_uncommitted()}
         assert stored_files(api.root) == files
-    else:                            # all rows gone; the files left are orphans the next start removes
+    else:  # all rows gone; the files left are orphans the next start removes
         assert ws.list_projects() == [] and files_of(api.root, api.volume_id)
         swept = ws.sweep_uncommitted()
         assert swept["volume_folders"] == 1 and swept["annotation_files"] == 1

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_model_train import sparse_dataset
 
 from model.config import preset
 from model.device import runtime_for
 from model.train import IGNORE, Trainer, load_data, stage_plan, train
-from test_model_train import sparse_dataset
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +19,16 @@ def data(tmp_path_factory):
 
 def _trainer(data, tmp_path, **changes):
     images, labels = data
-    cfg = preset("quick", images=images[:2], labels=[labels[0], ""], unlabeled=images[2:], out_dir=str(tmp_path / "m"),
-                 device="cpu", pseudo_stage=True, **changes)
+    cfg = preset(
+        "quick",
+        images=images[:2],
+        labels=[labels[0], ""],
+        unlabeled=images[2:],
+        out_dir=str(tmp_path / "m"),
+        device="cpu",
+        pseudo_stage=True,
+        **changes,
+    )
     return Trainer(cfg, load_data(cfg), runtime_for("cpu", "off", "off", "off"))
 
 
@@ -31,7 +39,7 @@ class FixedLogits(torch.nn.Module):
         n, _, h, w = x.shape
         logits = torch.zeros(n, 3, h, w)
         logits[:, 1, :, : w // 2] = 4.0
-        logits[:, 1, :, w // 2:] = 0.2
+        logits[:, 1, :, w // 2 :] = 0.2
         return logits
 
 
@@ -64,9 +72,19 @@ def test_a_batch_mixes_painted_and_pseudo_labelled_slices(data, tmp_path):
 
 def test_the_pseudo_stage_runs_after_fine_tune_and_is_reported(data, tmp_path):
     images, labels = data
-    cfg = preset("quick", images=images, labels=labels, out_dir=str(tmp_path / "m"), device="cpu",
-                 global_stage=False, local_stage=False, pseudo_stage=True, pseudo_epochs=1, pseudo_steps=3,
-                 pseudo_threshold=0.5)
+    cfg = preset(
+        "quick",
+        images=images,
+        labels=labels,
+        out_dir=str(tmp_path / "m"),
+        device="cpu",
+        global_stage=False,
+        local_stage=False,
+        pseudo_stage=True,
+        pseudo_epochs=1,
+        pseudo_steps=3,
+        pseudo_threshold=0.5,
+    )
     assert [p[0] for p in stage_plan(cfg, load_data(cfg).slices)] == ["finetune", "pseudo"]
     metrics = train(cfg)
     assert metrics["stages"]["pseudo"]["epochs"] == 1 and metrics["stages"]["pseudo"]["steps_per_epoch"] == 3

@@ -123,13 +123,24 @@ def test_config_rejects_unknown_branch_and_bad_weight():
 
 
 def test_quick_run_with_cpc_branch_writes_a_model(tmp_path):
-    from tests.test_model_train import sparse_dataset
     from model.train import train
+    from tests.test_model_train import sparse_dataset
 
     images, labels = sparse_dataset(tmp_path / "data", painted=2)
     out = tmp_path / "model"
-    cfg = preset("quick", images=images, labels=labels, out_dir=str(out), device="cpu", global_stage=False,
-                 local_stage=False, branch="cpc", branch_weight=0.5, branch_unlabeled_batch=4, threads=1)
+    cfg = preset(
+        "quick",
+        images=images,
+        labels=labels,
+        out_dir=str(out),
+        device="cpu",
+        global_stage=False,
+        local_stage=False,
+        branch="cpc",
+        branch_weight=0.5,
+        branch_unlabeled_batch=4,
+        threads=1,
+    )
     metrics = train(cfg)
     assert (out / "model.pt").is_file()
     assert json.loads((out / "config.json").read_text())["branch"] == "cpc"

@@ -40,7 +40,9 @@ def png(mask: np.ndarray, mode: str = "L") -> bytes:
 def state_of(client, volume_id) -> list:
     """Everything stored about a volume's annotations: rows and mask bytes."""
     rows = client.get(f"/api/volumes/{volume_id}/annotations").json()
-    masks = [client.get(f"/api/volumes/{volume_id}/annotations/{r['axis']}/{r['index']}?format=raw").content for r in rows]
+    masks = [
+        client.get(f"/api/volumes/{volume_id}/annotations/{r['axis']}/{r['index']}?format=raw").content for r in rows
+    ]
     return [rows, masks]
 
 
@@ -74,17 +76,23 @@ def test_annotation_put_get_list_delete_with_versions(api):
     # raw bytes of the slice (axis 2: shape (12, 16)), and a palette PNG on axis 1
     r = client.put(f"/api/volumes/{vid}/annotations/2/4", content=label[:, :, 4].tobytes(), headers=RAW)
     assert r.status_code == 200, r.text
-    r = client.put(f"/api/volumes/{vid}/annotations/1/6", content=png(label[:, 6, :], "P"),
-                   headers={"Content-Type": "image/png"})
+    r = client.put(
+        f"/api/volumes/{vid}/annotations/1/6", content=png(label[:, 6, :], "P"), headers={"Content-Type": "image/png"}
+    )
     assert r.status_code == 200, r.text
     raw = client.get(f"/api/volumes/{vid}/annotations/2/4?format=raw").content
     assert np.array_equal(np.frombuffer(raw, np.uint8).reshape(SHAPE[0], SHAPE[1]), label[:, :, 4])
     # a new version needs the current one in If-Match
-    r = client.put(f"/api/volumes/{vid}/annotations/0/5", content=label[5].tobytes(), headers={**RAW, "If-Match": '"1"'})
+    r = client.put(
+        f"/api/volumes/{vid}/annotations/0/5", content=label[5].tobytes(), headers={**RAW, "If-Match": '"1"'}
+    )
     assert r.status_code == 200 and r.json()["version"] == 2
     listed = client.get(f"/api/volumes/{vid}/annotations").json()
     assert [(a["axis"], a["index"], a["version"], a["author"]) for a in listed] == [
-        (0, 5, 2, "local"), (1, 6, 1, "local"), (2, 4, 1, "local")]
+        (0, 5, 2, "local"),
+        (1, 6, 1, "local"),
+        (2, 4, 1, "local"),
+    ]
     r = client.delete(f"/api/volumes/{vid}/annotations/1/6", headers={"If-Match": '"1"'})
     assert r.status_code == 200 and r.json()["deleted"] is True
     assert client.get(f"/api/volumes/{vid}/annotations/1/6").status_code == 404
@@ -101,8 +109,12 @@ def test_annotation_refusals_change_nothing(api):
     other = np.zeros_like(label[5])
     cases = {
         "stale If-Match": (url, other.tobytes(), {**RAW, "If-Match": '"1"'}, 409),
-        "If-Match on a slice never painted": (f"/api/volumes/{vid}/annotations/0/6", other.tobytes(),
-                                              {**RAW, "If-Match": '"3"'}, 409),
+        "If-Match on a slice never painted": (
+            f"/api/volumes/{vid}/annotations/0/6",
+            other.tobytes(),
+            {**RAW, "If-Match": '"3"'},
+            409,
+        ),
         "label value outside the map": (url, np.full_like(label[5], 3).tobytes(), RAW, 422),
         "label value outside the map (PNG)": (url, png(np.full_like(label[5], 7)), {"Content-Type": "image/png"}, 422),
         "wrong size (raw)": (url, other[:-1].tobytes(), RAW, 422),
@@ -271,8 +283,12 @@ def test_review_accept_and_reject(api):
     saved = client.get(f"/api/volumes/{vid}/annotations/0/3?format=raw")
     assert saved.content == predicted and saved.headers["X-Annotation-Reviewed"] == "true"
     # accepting over an edited slice needs the current version
-    assert client.post(f"/api/volumes/{vid}/review/0/3", json={"decision": "accept"},
-                       headers={"If-Match": '"0"'}).status_code == 409
+    assert (
+        client.post(
+            f"/api/volumes/{vid}/review/0/3", json={"decision": "accept"}, headers={"If-Match": '"0"'}
+        ).status_code
+        == 409
+    )
     r = client.post(f"/api/volumes/{vid}/review/0/4", json={"decision": "reject", "comment": "misses the tail"})
     assert r.status_code == 200 and r.json()["annotation"] is None
     assert [(a["axis"], a["index"]) for a in client.get(f"/api/volumes/{vid}/annotations").json()] == [(0, 3)]
@@ -284,8 +300,10 @@ def test_review_accept_and_reject(api):
     # the next retrain uses the accepted slice too
     job = wait_job(client, train(client, pid)["id"])
     seen = client.get(f"/api/projects/{pid}/models").json()[-1]["annotations_seen"]
-    assert job["state"] == "succeeded" and {"volume_id": vid, "axis": 0, "index": 3, "version": 1,
-                                            "reviewed": True} in seen
+    assert (
+        job["state"] == "succeeded"
+        and {"volume_id": vid, "axis": 0, "index": 3, "version": 1, "reviewed": True} in seen
+    )
 
 
 def test_suggestions_without_a_model_use_distance(api):
@@ -315,9 +333,13 @@ def test_dicom_upload_gets_a_dicom_seg(api, tmp_path, shared_data):
     volume = r.json()
     shape = volume["shape"]
     mask = np.zeros((shape[0], shape[1]), np.uint8)
-    mask[shape[0] // 3: shape[0] // 2, shape[1] // 3: shape[1] // 2] = 1
-    assert client.put(f"/api/volumes/{volume['id']}/annotations/2/{shape[2] // 2}", content=mask.tobytes(),
-                      headers=RAW).status_code == 200
+    mask[shape[0] // 3 : shape[0] // 2, shape[1] // 3 : shape[1] // 2] = 1
+    assert (
+        client.put(
+            f"/api/volumes/{volume['id']}/annotations/2/{shape[2] // 2}", content=mask.tobytes(), headers=RAW
+        ).status_code
+        == 200
+    )
     assert wait_job(client, train(client, project["id"])["id"])["state"] == "succeeded"
     r = client.get(f"/api/volumes/{volume['id']}/prediction.dcm")
     assert r.status_code == 200, r.text

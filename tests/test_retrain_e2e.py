@@ -69,8 +69,11 @@ def setup_project(client: httpx.Client, hippo: Path) -> tuple[int, list[dict], d
                 body, ctype = buffer.getvalue(), "image/png"
             else:
                 body, ctype = np.ascontiguousarray(mask).tobytes(), "application/octet-stream"
-            r = client.put(f"/api/volumes/{volume['id']}/annotations/{AXIS}/{index}", content=body,
-                           headers={"Content-Type": ctype, "If-Match": '"0"'})
+            r = client.put(
+                f"/api/volumes/{volume['id']}/annotations/{AXIS}/{index}",
+                content=body,
+                headers={"Content-Type": ctype, "If-Match": '"0"'},
+            )
             assert r.status_code == 200 and r.json()["version"] == 1, r.text
         volumes.append(volume)
         full_labels[volume["id"]] = label
@@ -79,8 +82,9 @@ def setup_project(client: httpx.Client, hippo: Path) -> tuple[int, list[dict], d
 
 def follow_events(server, job_id: int, timeout: float = 420) -> list[tuple[str, dict]]:
     events, name = [], None
-    with httpx.stream("GET", server.url(f"/api/jobs/{job_id}/events"),
-                      timeout=httpx.Timeout(10, read=timeout)) as stream:
+    with httpx.stream(
+        "GET", server.url(f"/api/jobs/{job_id}/events"), timeout=httpx.Timeout(10, read=timeout)
+    ) as stream:
         assert stream.status_code == 200
         for line in stream.iter_lines():
             if line.startswith("event: "):
@@ -184,8 +188,10 @@ def test_paint_retrain_predict_download(tmp_path, hippo):
         assert model["active"] and model["annotated_slices"] == 6
     model_pt = tmp_path / "ws" / "jobs" / str(job["id"]) / "model" / "model.pt"
     baseline = untrained_dice(model_pt, hippo)
-    print(f"\n3D Dice (mean of anterior/posterior over 3 volumes): trained {trained:.3f}, untrained {baseline:.3f}; "
-          f"loop took {time.monotonic() - started:.0f} s")
+    print(
+        f"\n3D Dice (mean of anterior/posterior over 3 volumes): trained {trained:.3f}, untrained {baseline:.3f}; "
+        f"loop took {time.monotonic() - started:.0f} s"
+    )
     assert trained > baseline + 0.05, (trained, baseline)
 
 
@@ -196,8 +202,12 @@ def test_sigkill_restart_cancel_and_rollback(tmp_path, hippo):
         before = annotation_snapshot(client, volumes)
         job = client.post(f"/api/projects/{project_id}/train", json=TRAIN).json()
         # kill once it is fine-tuning, so a checkpoint of the earlier stages exists
-        wait_job(client, job["id"], lambda j: j["stage"] == "finetune" and j["progress"] > 0.3 or j["state"] in TERMINAL,
-                 server=server)
+        wait_job(
+            client,
+            job["id"],
+            lambda j: j["stage"] == "finetune" and j["progress"] > 0.3 or j["state"] in TERMINAL,
+            server=server,
+        )
         trainer_pid = Workspace(workspace).get_job(job["id"])["pid"]
         os.kill(server.process.pid, signal.SIGKILL)
         server.process.wait(timeout=10)
@@ -212,14 +222,20 @@ def test_sigkill_restart_cancel_and_rollback(tmp_path, hippo):
 
         if done["state"] != "succeeded":  # rollback below needs a first model
             first = client.post(f"/api/projects/{project_id}/train", json=TRAIN).json()
-            assert wait_job(client, first["id"], lambda j: j["state"] in TERMINAL, server=server)["state"] == "succeeded"
+            assert (
+                wait_job(client, first["id"], lambda j: j["state"] in TERMINAL, server=server)["state"] == "succeeded"
+            )
         models = client.get(f"/api/projects/{project_id}/models").json()
         active_before = [m["id"] for m in models if m["active"]]
 
         # cancel a running job: it ends cancelled, no new model, the active one stays
         job = client.post(f"/api/projects/{project_id}/train", json=TRAIN).json()
-        wait_job(client, job["id"], lambda j: j["state"] == "running" and j["progress"] > 0 or j["state"] in TERMINAL,
-                 server=server)
+        wait_job(
+            client,
+            job["id"],
+            lambda j: j["state"] == "running" and j["progress"] > 0 or j["state"] in TERMINAL,
+            server=server,
+        )
         r = client.post(f"/api/jobs/{job['id']}/cancel")
         assert r.status_code == 200 and r.json()["state"] == "cancelled", r.text
         after = client.get(f"/api/projects/{project_id}/models").json()

@@ -45,8 +45,9 @@ class Project:
         vid = self.volumes[volume]
         current = self.client.get(f"/api/volumes/{vid}/annotations/0/{index}")
         headers = {**RAW, "If-Match": current.headers["ETag"]} if current.status_code == 200 else RAW
-        r = self.client.put(f"/api/volumes/{vid}/annotations/0/{index}",
-                            content=self.labels[volume][index].tobytes(), headers=headers)
+        r = self.client.put(
+            f"/api/volumes/{vid}/annotations/0/{index}", content=self.labels[volume][index].tobytes(), headers=headers
+        )
         assert r.status_code == 200, r.text
 
     def post(self, body=None):
@@ -153,7 +154,11 @@ def test_explicit_modes_fallbacks_and_stage_requests(project, tmp_path):
 
     # another preset than the active model's: its weights do not fit, refresh falls back to full
     job, config = p.retrain({"mode": "refresh", "preset": "cpu"})
-    assert job["mode"] == "full" and "quick preset" in job["mode_reason"] and config["widths"] == list(preset("cpu").widths)
+    assert (
+        job["mode"] == "full"
+        and "quick preset" in job["mode_reason"]
+        and config["widths"] == list(preset("cpu").widths)
+    )
 
     # an active model with another class count (e.g. trained before the label map changed): full
     ws = p.app.state.workspace
@@ -167,9 +172,11 @@ def test_explicit_modes_fallbacks_and_stage_requests(project, tmp_path):
 def test_bad_mode_is_refused_and_nothing_is_queued(project):
     p = project
     p.paint(0, 5)
-    for body, words in (({"mode": "fast"}, "mode must be one of auto, refresh, full"),
-                        ({"mode": 3}, "mode"),
-                        ({"mode": "refresh", "stages": {"global": True}}, "fine-tune stage only")):
+    for body, words in (
+        ({"mode": "fast"}, "mode must be one of auto, refresh, full"),
+        ({"mode": 3}, "mode"),
+        ({"mode": "refresh", "stages": {"global": True}}, "fine-tune stage only"),
+    ):
         r = p.post(body)
         assert r.status_code == 422, (body, r.text)
         assert words in json.dumps(r.json()["detail"]), r.text
@@ -190,8 +197,11 @@ def test_coalesced_requests_keep_the_strongest_mode(project):
         assert again.json()["mode"] == "full" and again.json()["requests"] == 3
     finally:
         p.worker.start()
-    assert (stronger_mode("refresh", "auto"), stronger_mode("auto", "refresh"), stronger_mode(None, "refresh")) == \
-        ("auto", "auto", "auto")
+    assert (stronger_mode("refresh", "auto"), stronger_mode("auto", "refresh"), stronger_mode(None, "refresh")) == (
+        "auto",
+        "auto",
+        "auto",
+    )
 
 
 def test_refresh_survives_the_out_of_memory_retry_and_a_restart(project):

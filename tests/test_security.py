@@ -45,8 +45,9 @@ def db(server) -> sqlite3.Connection:
 
 
 def cli(server, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*slicewise_command(), *args, "--workspace", str(server.workspace)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [*slicewise_command(), *args, "--workspace", str(server.workspace)], capture_output=True, text=True, timeout=120
+    )
 
 
 def login(http: httpx.Client, name: str, password: str | None = None) -> httpx.Response:
@@ -58,8 +59,9 @@ def lock_seconds(server, name: str) -> float:
     from datetime import datetime
 
     with db(server) as con:
-        last, until = con.execute("SELECT last_failure, locked_until FROM login_failures WHERE kind = 'user'"
-                                  " AND key = ?", (name,)).fetchone()
+        last, until = con.execute(
+            "SELECT last_failure, locked_until FROM login_failures WHERE kind = 'user' AND key = ?", (name,)
+        ).fetchone()
     return (datetime.fromisoformat(until) - datetime.fromisoformat(last)).total_seconds()
 
 
@@ -99,8 +101,10 @@ def test_failed_logins_lock_the_account_with_doubling_back_off_and_an_admin_unlo
         audit = http.get("/api/audit", params={"who": "anna", "limit": 100}, headers=served.admin).json()
         locks = [e for e in audit if e["what"] == "login_locked"]
         assert len(locks) >= 3 and {"login_failed", "login"} <= {e["what"] for e in audit}
-        assert any(e["what"] == "unlock_login" for e in http.get("/api/audit", params={"who": "ada"},
-                                                                 headers=served.admin).json())
+        assert any(
+            e["what"] == "unlock_login"
+            for e in http.get("/api/audit", params={"who": "ada"}, headers=served.admin).json()
+        )
 
 
 def test_a_success_clears_the_account_count_and_the_cli_unlocks(served):
@@ -135,23 +139,29 @@ def test_guessing_across_many_names_locks_the_client_address(served):
 
 def scrypt_hash(password: str) -> str:
     salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=2 ** 14, r=8, p=1, dklen=32)
-    return f"scrypt${2 ** 14}$8$1${salt.hex()}${digest.hex()}"
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+    return f"scrypt${2**14}$8$1${salt.hex()}${digest.hex()}"
 
 
 def test_passwords_are_argon2id_and_an_old_scrypt_hash_is_upgraded_at_login(served):
     unlock_client(served)
     with served.client() as http:
-        made = http.post("/api/users", json={"name": "olga", "role": "viewer", "password": "olga-password"},
-                         headers=served.admin)
+        made = http.post(
+            "/api/users", json={"name": "olga", "role": "viewer", "password": "olga-password"}, headers=served.admin
+        )
         assert made.status_code == 201
         with db(served) as con:
-            assert con.execute("SELECT password_hash FROM users WHERE name = 'olga'").fetchone()[0].startswith(
-                "$argon2id$v=19$m=65536,t=3,p=4$")
+            assert (
+                con.execute("SELECT password_hash FROM users WHERE name = 'olga'")
+                .fetchone()[0]
+                .startswith("$argon2id$v=19$m=65536,t=3,p=4$")
+            )
             con.execute("UPDATE users SET password_hash = ? WHERE name = 'olga'", (scrypt_hash("old-password"),))
         assert login(http, "olga", "wrong-password").status_code == 401
         with db(served) as con:  # a failed login changes nothing
-            assert con.execute("SELECT password_hash FROM users WHERE name = 'olga'").fetchone()[0].startswith("scrypt$")
+            assert (
+                con.execute("SELECT password_hash FROM users WHERE name = 'olga'").fetchone()[0].startswith("scrypt$")
+            )
         assert login(http, "olga", "old-password").status_code == 200
         with db(served) as con:
             stored = con.execute("SELECT password_hash FROM users WHERE name = 'olga'").fetchone()[0]
@@ -172,8 +182,7 @@ def test_a_cookie_session_needs_the_csrf_header_and_a_same_origin_request(served
         assert bare.status_code == 403 and "X-CSRF-Token" in bare.json()["detail"]
         wrong = http.post("/api/projects", json=body, headers={"X-CSRF-Token": csrf[:-1] + "x"})
         assert wrong.status_code == 403
-        foreign = http.post("/api/projects", json=body,
-                            headers={"X-CSRF-Token": csrf, "Origin": "http://evil.example"})
+        foreign = http.post("/api/projects", json=body, headers={"X-CSRF-Token": csrf, "Origin": "http://evil.example"})
         assert foreign.status_code == 403 and "cross-origin" in foreign.json()["detail"]
         sibling = http.post("/api/projects", json=body, headers={"X-CSRF-Token": csrf, "Sec-Fetch-Site": "same-site"})
         assert sibling.status_code == 403
@@ -183,8 +192,12 @@ def test_a_cookie_session_needs_the_csrf_header_and_a_same_origin_request(served
         assert ok.status_code == 201
         # an API token is not a cookie: no CSRF header needed, whatever the Origin says
         other = {"name": body["name"] + "-token", "labels": LABELS}
-        assert http.post("/api/projects", json=other, headers={**served.admin, "Origin": "http://evil.example"}
-                         ).status_code == 201
+        assert (
+            http.post(
+                "/api/projects", json=other, headers={**served.admin, "Origin": "http://evil.example"}
+            ).status_code
+            == 201
+        )
 
 
 def test_without_users_another_origin_or_a_rebound_host_changes_nothing(tmp_path):
@@ -192,8 +205,11 @@ def test_without_users_another_origin_or_a_rebound_host_changes_nothing(tmp_path
         body = {"name": "p", "labels": LABELS}
         evil = http.post("/api/projects", json=body, headers={"Origin": "http://evil.example", **BROWSER})
         assert evil.status_code == 403
-        form = http.post("/api/projects", content=b'{"name": "p", "labels": []}',
-                         headers={"Origin": "null", "Content-Type": "text/plain"})
+        form = http.post(
+            "/api/projects",
+            content=b'{"name": "p", "labels": []}',
+            headers={"Origin": "null", "Content-Type": "text/plain"},
+        )
         assert form.status_code == 403
         rebound = http.get("/api/projects", headers={"Host": f"evil.example:{server.port}", **BROWSER})
         assert rebound.status_code == 403 and "loopback" in rebound.json()["detail"]
@@ -244,10 +260,14 @@ def test_idle_and_absolute_session_expiry(served):
     for http in (idle, old):
         assert login(http, "vic").status_code == 200
     with db(served) as con:
-        con.execute("UPDATE tokens SET last_used = '2000-01-01T00:00:00.000+00:00' WHERE token_hash = ?",
-                    (session_of(idle),))
-        con.execute("UPDATE tokens SET expires = '2000-01-01T00:00:00.000+00:00', last_used = NULL,"
-                    " created = '2000-01-01T00:00:00.000+00:00' WHERE token_hash = ?", (session_of(old),))
+        con.execute(
+            "UPDATE tokens SET last_used = '2000-01-01T00:00:00.000+00:00' WHERE token_hash = ?", (session_of(idle),)
+        )
+        con.execute(
+            "UPDATE tokens SET expires = '2000-01-01T00:00:00.000+00:00', last_used = NULL,"
+            " created = '2000-01-01T00:00:00.000+00:00' WHERE token_hash = ?",
+            (session_of(old),),
+        )
     for http in (idle, old):
         refused = http.get("/api/me")
         assert refused.status_code == 401 and "expired" in refused.json()["detail"]
@@ -260,8 +280,7 @@ def test_logout_everywhere_ends_every_session_of_the_user(served):
     first, second, other = served.client(), served.client(), served.client()
     for http, name in ((first, "anna"), (second, "anna"), (other, "vic")):
         assert login(http, name).status_code == 200
-    out = first.post("/api/logout", params={"everywhere": "true"},
-                     headers={"X-CSRF-Token": first.cookies[CSRF_COOKIE]})
+    out = first.post("/api/logout", params={"everywhere": "true"}, headers={"X-CSRF-Token": first.cookies[CSRF_COOKIE]})
     assert out.status_code == 200 and out.json()["sessions_ended"] >= 2
     assert first.get("/api/me").status_code == 401 and second.get("/api/me").status_code == 401
     assert other.get("/api/me").json()["name"] == "vic"
@@ -270,8 +289,14 @@ def test_logout_everywhere_ends_every_session_of_the_user(served):
 def test_a_role_change_or_revoke_ends_sessions_and_tokens(served):
     unlock_client(served)
     with served.client() as admin:
-        assert admin.post("/api/users", json={"name": "rolf", "role": "annotator", "password": "rolf-password"},
-                          headers=served.admin).status_code == 201
+        assert (
+            admin.post(
+                "/api/users",
+                json={"name": "rolf", "role": "annotator", "password": "rolf-password"},
+                headers=served.admin,
+            ).status_code
+            == 201
+        )
         token = admin.post("/api/users/rolf/tokens", headers=served.admin).json()["token"]
         browser = served.client()
         assert login(browser, "rolf").status_code == 200

@@ -98,9 +98,13 @@ def test_without_shared_data_the_app_starts_empty(tmp_path):
 
 
 def test_bad_settings_are_refused_with_a_message(tmp_path):
-    result = subprocess.run([*slicewise_command(), "serve", "--workspace", str(tmp_path / "ws")],
-                            env={"PATH": "/usr/bin:/bin", "SLICEWISE_MAX_UPLOAD_MB": "lots"},
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [*slicewise_command(), "serve", "--workspace", str(tmp_path / "ws")],
+        env={"PATH": "/usr/bin:/bin", "SLICEWISE_MAX_UPLOAD_MB": "lots"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "SLICEWISE_MAX_UPLOAD_MB" in result.stderr
 
 
@@ -110,7 +114,9 @@ def test_cli_import_then_serve(tmp_path):
     base = [*slicewise_command(), "import", "--workspace", str(workspace), "--project", "Imported"]
     refused = subprocess.run([*base, str(path)], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "--label" in refused.stderr
-    done = subprocess.run([*base, "--label", "1:lesion:#ff0000", str(path)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [*base, "--label", "1:lesion:#ff0000", str(path)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert "volume 1" in done.stdout
     with running_server(workspace) as server, server.client() as http:

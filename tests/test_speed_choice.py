@@ -30,7 +30,9 @@ def test_health_speed_says_what_was_chosen_and_why(tmp_path, monkeypatch):
         expected, why = device.choose_switches(torch.device("cpu"), None, measure=False)
         assert report["device"] == "cpu" and report["autocast"] == ("bfloat16" if expected["bf16"] else None)
         assert report["why"]["bf16"] == why["bf16"] and report["cpu"] == device.cpu_info().model
-        assert report["measurement"] is None and not (tmp_path / "ws" / "speed.json").exists()  # a report never measures
+        assert (
+            report["measurement"] is None and not (tmp_path / "ws" / "speed.json").exists()
+        )  # a report never measures
 
         monkeypatch.setattr(device, "cpu_info", lambda: NATIVE)
         monkeypatch.setattr(device.platform, "machine", lambda: "x86_64")
@@ -45,9 +47,16 @@ def test_server_inference_uses_the_measurement_training_cached(tmp_path, monkeyp
     monkeypatch.setattr(device.platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(device, "measure_step_ms", lambda: (_ for _ in ()).throw(AssertionError("measured again")))
     cfg = preset("quick")
-    checkpoint.save({"format": checkpoint.MODEL_FORMAT, "state_dict": checkpoint.cpu_state(UNet(1, 3, cfg.widths)),
-                     "config": cfg.to_dict(), "num_classes": 3,
-                     "slices": {"axis": 0, "size": 32, "max_size": 128, "multiple": 8}}, tmp_path / "model.pt")
+    checkpoint.save(
+        {
+            "format": checkpoint.MODEL_FORMAT,
+            "state_dict": checkpoint.cpu_state(UNet(1, 3, cfg.widths)),
+            "config": cfg.to_dict(),
+            "num_classes": 3,
+            "slices": {"axis": 0, "size": 32, "max_size": 128, "multiple": 8},
+        },
+        tmp_path / "model.pt",
+    )
     cache = tmp_path / "ws" / "speed.json"
     for best, dtype in (("float32", None), ("bf16", torch.bfloat16)):
         _cache_with(cache, best)
@@ -56,7 +65,14 @@ def test_server_inference_uses_the_measurement_training_cached(tmp_path, monkeyp
         assert trained_with.autocast_dtype == served_with.autocast_dtype == dtype
         assert not served_with.compile
     forced = cfg.replace(bf16="off")
-    checkpoint.save({"format": checkpoint.MODEL_FORMAT, "state_dict": checkpoint.cpu_state(UNet(1, 3, cfg.widths)),
-                     "config": forced.to_dict(), "num_classes": 3,
-                     "slices": {"axis": 0, "size": 32, "max_size": 128, "multiple": 8}}, tmp_path / "model.pt")
+    checkpoint.save(
+        {
+            "format": checkpoint.MODEL_FORMAT,
+            "state_dict": checkpoint.cpu_state(UNet(1, 3, cfg.widths)),
+            "config": forced.to_dict(),
+            "num_classes": 3,
+            "slices": {"axis": 0, "size": 32, "max_size": 128, "multiple": 8},
+        },
+        tmp_path / "model.pt",
+    )
     assert load_predictor(tmp_path, "cpu", speed_cache=cache).runtime.autocast_dtype is None  # the config wins

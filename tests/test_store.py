@@ -355,7 +355,9 @@ def test_delete_keeps_history_and_versions_keep_counting(ws, volume):
     again = ws.save_annotation(vid, 0, 1, mask_for(0, 2), expected_version=0)
     assert again["version"] == 3
     assert [(h["version"], h["action"]) for h in ws.annotation_history(vid, 0, 1)] == [
-        (1, "save"), (2, "delete"), (3, "save"),
+        (1, "save"),
+        (2, "delete"),
+        (3, "save"),
     ]
     np.testing.assert_array_equal(ws.get_annotation(vid, 0, 1, version=1)[0], mask_for(0, 1))
 
@@ -430,7 +432,7 @@ def test_two_threads_saving_the_same_version_one_wins(tmp_path):
         winners = {who: r for who, r in outcomes.items() if isinstance(r, dict)}
         losers = [r for r in outcomes.values() if isinstance(r, Conflict)]
         assert len(winners) == 1 and len(losers) == 1, outcomes
-        (who, saved), = winners.items()
+        ((who, saved),) = winners.items()
         assert saved["version"] == base + 1
         mask, info = setup.get_annotation(vid, 0, index)
         assert info["author"] == who
@@ -475,7 +477,10 @@ def test_models_activate_and_roll_back(ws, project):
     assert ws.active_model(project["id"])["id"] == second["id"]
     ws.activate_model(project["id"], first["id"])
     assert ws.get_project(project["id"])["active_model_id"] == first["id"]
-    assert [(m["id"], m["active"]) for m in ws.list_models(project["id"])] == [(first["id"], True), (second["id"], False)]
+    assert [(m["id"], m["active"]) for m in ws.list_models(project["id"])] == [
+        (first["id"], True),
+        (second["id"], False),
+    ]
 
     other = ws.create_project("other", LABELS)
     with pytest.raises(NotFound, match=f"no model with id {first['id']} in project {other['id']}"):
@@ -515,7 +520,8 @@ def test_job_lifecycle(ws, project):
     second = ws.create_job(project["id"], "train", {})
     assert [j["id"] for j in ws.list_jobs()] == [job["id"], second["id"]]
     assert [j["id"] for j in ws.list_jobs(state=["queued", "failed"], project_id=project["id"])] == [
-        job["id"], second["id"],
+        job["id"],
+        second["id"],
     ]
 
 
@@ -559,5 +565,7 @@ def test_audit_records_explicit_and_automatic_events(ws, volume):
     recent = ws.list_audit()
     assert recent[0] == entry
     assert [(e["who"], e["what"]) for e in recent[1:]] == [
-        ("ana", "save_annotation"), ("local", "import_volume"), ("local", "create_project"),
+        ("ana", "save_annotation"),
+        ("local", "import_volume"),
+        ("local", "create_project"),
     ]

@@ -119,7 +119,14 @@ def test_save_killed_mid_write_leaves_the_previous_version(tmp_path, point):
     signal_file = tmp_path / "signal"
     run_child_until(
         point,
-        [str(root), str(volume["id"]), point, str(signal_file), str(tmp_path / "first.npy"), str(tmp_path / "second.npy")],
+        [
+            str(root),
+            str(volume["id"]),
+            point,
+            str(signal_file),
+            str(tmp_path / "first.npy"),
+            str(tmp_path / "second.npy"),
+        ],
         signal_file,
     )
 
@@ -152,7 +159,8 @@ def test_import_killed_after_publishing_files_leaves_no_volume(tmp_path):
 
     signal_file = tmp_path / "signal"
     run_child_until(
-        "import-published", [str(root), str(project["id"]), "import-published", str(signal_file), "-", str(upload)],
+        "import-published",
+        [str(root), str(project["id"]), "import-published", str(signal_file), "-", str(upload)],
         signal_file,
     )
 

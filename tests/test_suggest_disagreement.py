@@ -8,8 +8,8 @@ import torch
 from app import suggest
 from app.predictions import Predictions
 from data.store import Workspace
-from model import checkpoint
 from helpers_retrain import LABELS, make_untrained_model, synthetic_nifti
+from model import checkpoint
 
 
 def _other_model(src, dst):
@@ -47,6 +47,12 @@ def test_a_new_model_records_where_it_changed_the_mask(tmp_path):
     changed = predictions.disagreement(volume["id"])
     for axis in range(3):
         np.testing.assert_allclose(changed[axis], suggest.disagreement(new, old, axis))
-    result = suggest.suggest(volume["shape"], volume["spacing"], [], predictions.uncertainty(volume["id"]), axis=0,
-                             disagreement_by_axis=changed)
+    result = suggest.suggest(
+        volume["shape"],
+        volume["spacing"],
+        [],
+        predictions.uncertainty(volume["id"]),
+        axis=0,
+        disagreement_by_axis=changed,
+    )
     assert result["method"] == "uncertainty+disagreement+distance"

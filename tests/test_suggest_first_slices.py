@@ -54,10 +54,16 @@ def test_content_is_not_asked_for_when_a_model_signal_exists():
 
 def test_project_queue_spreads_across_volumes_fewest_painted_first():
     per_volume = [
-        {"volume_id": 1, "painted": 3, "slices": [{"axis": 0, "index": 5, "score": 0.9},
-                                                 {"axis": 0, "index": 6, "score": 0.8}]},
-        {"volume_id": 2, "painted": 0, "slices": [{"axis": 2, "index": 7, "score": 0.2},
-                                                 {"axis": 2, "index": 3, "score": 0.1}]},
+        {
+            "volume_id": 1,
+            "painted": 3,
+            "slices": [{"axis": 0, "index": 5, "score": 0.9}, {"axis": 0, "index": 6, "score": 0.8}],
+        },
+        {
+            "volume_id": 2,
+            "painted": 0,
+            "slices": [{"axis": 2, "index": 7, "score": 0.2}, {"axis": 2, "index": 3, "score": 0.1}],
+        },
         {"volume_id": 3, "painted": 0, "slices": [{"axis": 0, "index": 1, "score": 0.5}]},
     ]
     queue = sg.project_queue(per_volume, limit=4)

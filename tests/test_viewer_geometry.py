@@ -14,8 +14,9 @@ import pytest
 
 from frontend.mount import STATIC_DIR
 
-pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed: the layout is "
-                                                                     "checked in the browser tests instead")
+pytestmark = pytest.mark.skipif(
+    shutil.which("node") is None, reason="node is not installed: the layout is checked in the browser tests instead"
+)
 # world (RAS) direction of screen right and screen down per plane
 SCREEN = {"axial": ([-1, 0, 0], [0, -1, 0]), "coronal": ([-1, 0, 0], [0, 0, -1]), "sagittal": ([0, -1, 0], [0, 0, -1])}
 NORMAL = {"axial": 2, "coronal": 1, "sagittal": 0}
@@ -40,7 +41,7 @@ def layouts(shape, affine) -> dict:
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0)).tolist()
     volume = {"shape": list(shape), "spacing": spacing, "affine": affine.tolist()}
     script = f"""
-import * as g from {json.dumps((STATIC_DIR / 'viewer-geometry.js').as_uri())};
+import * as g from {json.dumps((STATIC_DIR / "viewer-geometry.js").as_uri())};
 const volume = {json.dumps(volume)};
 const out = {{}};
 for (const p of g.PLANES) {{
@@ -71,7 +72,7 @@ def test_planes_follow_radiological_convention_for_any_voxel_order():
             assert abs(dirs[:, lay["axis"]][NORMAL[plane]]) > 0.5
             assert (lay["width"], lay["height"]) == (shape[lay["xAxis"]], shape[lay["yAxis"]])
             assert lay["pixelWidth"] == pytest.approx(np.linalg.norm(affine[:3, lay["xAxis"]]))
-            for sx, sy, ijk, offset in got[plane]["pixels"]:
+            for sx, sy, ijk, offset in got[plane]["pixels"]:  # noqa: B007
                 assert ijk[lay["axis"]] == 1
                 rows_axis, cols_axis = [a for a in range(3) if a != lay["axis"]]
                 assert offset == ijk[rows_axis] * shape[cols_axis] + ijk[cols_axis]
@@ -80,10 +81,10 @@ def test_planes_follow_radiological_convention_for_any_voxel_order():
 
 
 def test_orientation_letters_name_the_patient_sides():
-    affine = np.diag([-1.0, 1.0, 4.0, 1.0])   # voxel i runs to the patient's Left
+    affine = np.diag([-1.0, 1.0, 4.0, 1.0])  # voxel i runs to the patient's Left
     got = layouts((4, 5, 3), affine)
     letters = {p: got[p]["layout"]["letters"] for p in got}
     assert letters["axial"] == {"left": "R", "right": "L", "top": "A", "bottom": "P"}
     assert letters["coronal"] == {"left": "R", "right": "L", "top": "S", "bottom": "I"}
     assert letters["sagittal"] == {"left": "A", "right": "P", "top": "S", "bottom": "I"}
-    assert got["axial"]["layout"]["flipX"] is False   # already runs to the Left: no flip needed
+    assert got["axial"]["layout"]["flipX"] is False  # already runs to the Left: no flip needed

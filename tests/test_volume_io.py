@@ -15,9 +15,9 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from conftest import SHARED_DATA, SHARED_DATA_MISSING, oblique_affine
 
 import data.dicom_zip as dicom_zip
-from conftest import SHARED_DATA, SHARED_DATA_MISSING, oblique_affine
 from data.atomic import atomic_write, atomic_write_bytes
 from data.errors import InvalidInput, TooLarge
 from data.io import extract_dicom_zip, lps_to_ras_affine, read_upload, read_volume, write_mask
@@ -288,7 +288,7 @@ def zip_with_link() -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         link = zipfile.ZipInfo("link.dcm")
-        link.external_attr = (0o120777 << 16)  # a symlink entry pointing at /etc/passwd
+        link.external_attr = 0o120777 << 16  # a symlink entry pointing at /etc/passwd
         archive.writestr(link, "/etc/passwd")
     return buffer.getvalue()
 
@@ -369,7 +369,9 @@ BAD_UPLOADS = bad_uploads()
 @pytest.mark.parametrize(
     "filename,content,error,fragment,needs_data", [case[1:] for case in BAD_UPLOADS], ids=[c[0] for c in BAD_UPLOADS]
 )
-def test_bad_upload_is_refused_and_leaves_nothing(filename, content, error, fragment, needs_data, tmp_path, monkeypatch):
+def test_bad_upload_is_refused_and_leaves_nothing(
+    filename, content, error, fragment, needs_data, tmp_path, monkeypatch
+):
     if needs_data:
         if not SHARED_DATA.is_dir():
             pytest.skip(SHARED_DATA_MISSING)

@@ -13,9 +13,9 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.schemas import ErrorOut
 from app.auth import Principal
 from app.deps import allow, get_workspace
+from app.schemas import ErrorOut
 from app.scores import save_and_score
 from app.worker import Worker, get_worker
 from data.annotations import check_slice, mask_from_png, mask_to_png
@@ -32,10 +32,14 @@ MASK_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "image/png": {"schema": {"type": "string", "format": "binary"},
-                          "description": "8-bit PNG (mode L or P) whose pixel values are label values."},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
-                                         "description": "Raw uint8 bytes of the slice, row-major (C order)."},
+            "image/png": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "8-bit PNG (mode L or P) whose pixel values are label values.",
+            },
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "Raw uint8 bytes of the slice, row-major (C order).",
+            },
         },
     }
 }
@@ -80,8 +84,7 @@ def annotation_headers(row: dict) -> dict:
 @router.put(
     "/volumes/{volume_id}/annotations/{axis}/{index}",
     openapi_extra=MASK_BODY,
-    responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}, 413: {"model": ErrorOut},
-               422: {"model": ErrorOut}},
+    responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}, 413: {"model": ErrorOut}, 422: {"model": ErrorOut}},
     summary="Save the painted mask of one slice (PNG or raw uint8); If-Match: the version it is based on",
 )
 async def put_annotation(
@@ -89,10 +92,14 @@ async def put_annotation(
     axis: int,
     index: int,
     request: Request,
-    if_match: str | None = Header(None, description='Version the edit is based on, e.g. "3"; "0" = none yet. '
-                                                    "A different current version -> 409."),
-    author: str = Query("local", max_length=200, description="Who painted it (recorded with the version); "
-                                                             "with authentication on, always the logged-in user."),
+    if_match: str | None = Header(
+        None, description='Version the edit is based on, e.g. "3"; "0" = none yet. A different current version -> 409.'
+    ),
+    author: str = Query(
+        "local",
+        max_length=200,
+        description="Who painted it (recorded with the version); with authentication on, always the logged-in user.",
+    ),
     ws: Workspace = Depends(get_workspace),
     worker: Worker = Depends(get_worker),
     user: Principal = Depends(allow("annotator", "saving an annotation")),
@@ -103,8 +110,15 @@ async def put_annotation(
     body = await request.body()
     mask = decode_mask(body, request.headers.get("content-type", ""), shape)
     saved = await run_in_threadpool(
-        save_and_score, ws, worker.predictions, volume["id"], axis, index, mask,
-        author=user.actor(author), expected_version=expected,
+        save_and_score,
+        ws,
+        worker.predictions,
+        volume["id"],
+        axis,
+        index,
+        mask,
+        author=user.actor(author),
+        expected_version=expected,
     )
     return JSONResponse(saved, headers=annotation_headers(saved))
 
@@ -112,9 +126,14 @@ async def put_annotation(
 @router.get(
     "/volumes/{volume_id}/annotations/{axis}/{index}",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}, "application/octet-stream": {}},
-                     "description": "The mask (PNG mode L, or raw uint8 with ?format=raw); version in ETag"},
-               404: {"model": ErrorOut}, 422: {"model": ErrorOut}},
+    responses={
+        200: {
+            "content": {"image/png": {}, "application/octet-stream": {}},
+            "description": "The mask (PNG mode L, or raw uint8 with ?format=raw); version in ETag",
+        },
+        404: {"model": ErrorOut},
+        422: {"model": ErrorOut},
+    },
     summary="The current mask of one painted slice",
 )
 def get_annotation(
@@ -128,8 +147,9 @@ def get_annotation(
     mask, row = ws.get_annotation(volume_id, axis, index)
     headers = {**annotation_headers(row), "X-Slice-Shape": f"{mask.shape[0]},{mask.shape[1]}"}
     if format == "raw":
-        return Response(np.ascontiguousarray(mask, dtype=np.uint8).tobytes(),
-                        media_type="application/octet-stream", headers=headers)
+        return Response(
+            np.ascontiguousarray(mask, dtype=np.uint8).tobytes(), media_type="application/octet-stream", headers=headers
+        )
     return Response(mask_to_png(mask), media_type="image/png", headers=headers)
 
 
@@ -147,8 +167,9 @@ def delete_annotation(
     ws: Workspace = Depends(get_workspace),
     user: Principal = Depends(allow("annotator", "deleting an annotation")),
 ) -> dict:
-    removed = ws.delete_annotation(volume_id, axis, index, expected_version=parse_version(if_match),
-                                   author=user.actor(author))
+    removed = ws.delete_annotation(
+        volume_id, axis, index, expected_version=parse_version(if_match), author=user.actor(author)
+    )
     return {"deleted": True, **removed}
 
 
@@ -157,6 +178,9 @@ def delete_annotation(
     responses={404: {"model": ErrorOut}},
     summary="Painted slices of a volume with their versions, authors and review flags",
 )
-def list_annotations(volume_id: int, ws: Workspace = Depends(get_workspace),
-                     user: Principal = Depends(allow("viewer", "listing annotations"))) -> list[dict]:
+def list_annotations(
+    volume_id: int,
+    ws: Workspace = Depends(get_workspace),
+    user: Principal = Depends(allow("viewer", "listing annotations")),
+) -> list[dict]:
     return ws.list_annotations(volume_id)

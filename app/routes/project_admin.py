@@ -21,8 +21,11 @@ CONFIRM = Query(None, description="The exact name of what is deleted: a delete c
 
 class LabelsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    labels: list[Label] = Field(min_length=1, description="The whole new label map; existing values keep their "
-                                                          "voxels (rename / recolour), new values are added.")
+    labels: list[Label] = Field(
+        min_length=1,
+        description="The whole new label map; existing values keep their "
+        "voxels (rename / recolour), new values are added.",
+    )
 
 
 @router.put(
@@ -31,8 +34,12 @@ class LabelsIn(BaseModel):
     responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}, 422: {"model": ErrorOut}},
     summary="Replace the label map: rename, recolour or add labels; remove only labels nobody painted",
 )
-def update_labels(project_id: int, body: LabelsIn, ws: Workspace = Depends(get_workspace),
-                  user: Principal = Depends(allow("admin", "editing labels"))) -> dict:
+def update_labels(
+    project_id: int,
+    body: LabelsIn,
+    ws: Workspace = Depends(get_workspace),
+    user: Principal = Depends(allow("admin", "editing labels")),
+) -> dict:
     return ws.update_labels(project_id, [label.model_dump() for label in body.labels], who=user.actor())
 
 
@@ -41,9 +48,13 @@ def update_labels(project_id: int, body: LabelsIn, ws: Workspace = Depends(get_w
     responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}, 422: {"model": ErrorOut}},
     summary="Delete a volume with its annotations and predictions (confirm = its name)",
 )
-def delete_volume(volume_id: int, confirm: str | None = CONFIRM, ws: Workspace = Depends(get_workspace),
-                  renderer: SliceRenderer = Depends(get_renderer),
-                  user: Principal = Depends(allow("admin", "deleting a volume"))) -> dict:
+def delete_volume(
+    volume_id: int,
+    confirm: str | None = CONFIRM,
+    ws: Workspace = Depends(get_workspace),
+    renderer: SliceRenderer = Depends(get_renderer),
+    user: Principal = Depends(allow("admin", "deleting a volume")),
+) -> dict:
     removed = ws.delete_volume(volume_id, confirm, who=user.actor())
     renderer.forget(removed["volume_id"])
     return {"deleted": "volume", **removed}
@@ -54,6 +65,10 @@ def delete_volume(volume_id: int, confirm: str | None = CONFIRM, ws: Workspace =
     responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}, 422: {"model": ErrorOut}},
     summary="Delete a project with all its volumes, annotations, models and jobs (confirm = its name)",
 )
-def delete_project(project_id: int, confirm: str | None = CONFIRM, ws: Workspace = Depends(get_workspace),
-                   user: Principal = Depends(allow("admin", "deleting a project"))) -> dict:
+def delete_project(
+    project_id: int,
+    confirm: str | None = CONFIRM,
+    ws: Workspace = Depends(get_workspace),
+    user: Principal = Depends(allow("admin", "deleting a project")),
+) -> dict:
     return {"deleted": "project", **ws.delete_project(project_id, confirm, who=user.actor())}

@@ -19,16 +19,21 @@ router = APIRouter(prefix="/api", tags=["projects"])
     responses={409: {"model": ErrorOut}, 422: {"model": ErrorOut}},
     summary="Create a project with its label map",
 )
-def create_project(body: ProjectCreate, response: Response, ws: Workspace = Depends(get_workspace),
-                   user: Principal = Depends(allow("admin", "creating a project"))) -> dict:
+def create_project(
+    body: ProjectCreate,
+    response: Response,
+    ws: Workspace = Depends(get_workspace),
+    user: Principal = Depends(allow("admin", "creating a project")),
+) -> dict:
     project = ws.create_project(body.name, [label.model_dump() for label in body.labels], who=user.actor())
     response.headers["Location"] = f"/api/projects/{project['id']}"
     return project
 
 
 @router.get("/projects", response_model=list[ProjectOut], summary="List projects (those you are a member of)")
-def list_projects(ws: Workspace = Depends(get_workspace),
-                  user: Principal = Depends(allow("viewer", "listing projects"))) -> list[dict]:
+def list_projects(
+    ws: Workspace = Depends(get_workspace), user: Principal = Depends(allow("viewer", "listing projects"))
+) -> list[dict]:
     projects = ws.list_projects()
     if user.is_admin:
         return projects
@@ -42,6 +47,9 @@ def list_projects(ws: Workspace = Depends(get_workspace),
     responses={404: {"model": ErrorOut}},
     summary="One project",
 )
-def get_project(project_id: int, ws: Workspace = Depends(get_workspace),
-                user: Principal = Depends(allow("viewer", "reading a project"))) -> dict:
+def get_project(
+    project_id: int,
+    ws: Workspace = Depends(get_workspace),
+    user: Principal = Depends(allow("viewer", "reading a project")),
+) -> dict:
     return ws.get_project(project_id)

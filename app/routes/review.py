@@ -15,8 +15,8 @@ from app import suggestions as suggestions_of
 from app.auth import Principal
 from app.deps import allow, get_workspace
 from app.routes.annotations import parse_version
-from app.scores import save_and_score
 from app.schemas import ErrorOut
+from app.scores import save_and_score
 from app.worker import Worker, get_worker
 from data.store import Workspace
 
@@ -26,8 +26,9 @@ router = APIRouter(prefix="/api", tags=["review"])
 class ReviewRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"decision": "accept"}]})
 
-    decision: Literal["accept", "reject"] = Field(description="accept: the predicted slice becomes an annotation "
-                                                          "(reviewed); reject: recorded, nothing saved")
+    decision: Literal["accept", "reject"] = Field(
+        description="accept: the predicted slice becomes an annotation (reviewed); reject: recorded, nothing saved"
+    )
     author: str = Field("local", min_length=1, max_length=200)
     comment: str | None = Field(None, max_length=2000)
 
@@ -50,12 +51,28 @@ def review_slice(
     expected = parse_version(if_match)
     who = user.actor(body.author)
     mask, model = worker.predictions.slice(volume_id, axis, index)
-    details = {"volume_id": int(volume_id), "axis": axis, "index": index, "model_id": model["id"],
-               "decision": body.decision, "comment": body.comment}
+    details = {
+        "volume_id": int(volume_id),
+        "axis": axis,
+        "index": index,
+        "model_id": model["id"],
+        "decision": body.decision,
+        "comment": body.comment,
+    }
     annotation = None
     if body.decision == "accept":
-        annotation = save_and_score(ws, worker.predictions, volume_id, axis, index, mask, author=who,
-                                    expected_version=expected, reviewed=True, kind="accepted")
+        annotation = save_and_score(
+            ws,
+            worker.predictions,
+            volume_id,
+            axis,
+            index,
+            mask,
+            author=who,
+            expected_version=expected,
+            reviewed=True,
+            kind="accepted",
+        )
     ws.record_audit(who, f"review_{body.decision}", details)
     return {**details, "annotation": annotation}
 
@@ -64,12 +81,13 @@ def review_slice(
     "/volumes/{volume_id}/suggestions",
     responses={404: {"model": ErrorOut}, 422: {"model": ErrorOut}},
     summary="Slices to paint next, most helpful first (model uncertainty, where the latest retrain changed the "
-            "mask, and distance from painted slices; before a model, image content near the painted structure)",
+    "mask, and distance from painted slices; before a model, image content near the painted structure)",
 )
 def suggestions(
     volume_id: int,
-    axis: int | None = Query(None, ge=0, le=2, description="Default: the axis already painted on, else the "
-                                                            "coarsest-spaced axis."),
+    axis: int | None = Query(
+        None, ge=0, le=2, description="Default: the axis already painted on, else the coarsest-spaced axis."
+    ),
     limit: int = Query(10, ge=1, le=1000),
     ws: Workspace = Depends(get_workspace),
     worker: Worker = Depends(get_worker),

@@ -29,23 +29,31 @@ RECHECK_S = 2.0
 
 
 class TrainRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"preset": "cpu"}, {"mode": "refresh"},
-                                                                              {"preset": "quick", "stages": {"global": False}}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"preset": "cpu"}, {"mode": "refresh"}, {"preset": "quick", "stages": {"global": False}}]
+        },
+    )
 
     mode: str | None = Field(
-        None, description=f"{' | '.join(MODES)} (auto is the default). refresh: fine-tune the active model on the current "
-                          "paint (fine-tune stage only, half the epochs); full: the whole pipeline, reusing the "
-                          "label-free global stage when the project's volumes have not changed since it ran; "
-                          "auto: refresh when at most max(5, half the slices the last full retrain saw) painted "
-                          "slices changed since it, else full. The chosen mode and why are in the job's mode, "
-                          "mode_reason.")
+        None,
+        description=f"{' | '.join(MODES)} (auto is the default). refresh: fine-tune the active model on the current "
+        "paint (fine-tune stage only, half the epochs); full: the whole pipeline, reusing the "
+        "label-free global stage when the project's volumes have not changed since it ran; "
+        "auto: refresh when at most max(5, half the slices the last full retrain saw) painted "
+        "slices changed since it, else full. The chosen mode and why are in the job's mode, "
+        "mode_reason.",
+    )
 
     preset: str | None = Field(None, description=f"{' | '.join(PRESETS)}; default: the server's (cpu).")
     stages: dict[str, bool | dict[str, Any]] | None = Field(
-        None, description=f"Per stage ({', '.join(STAGES)}): false to skip it, true to run it, or "
-                          '{"enabled": true, "epochs": n, "steps": n} to change its schedule, e.g. '
-                          '{"global": false, "finetune": {"epochs": 4}, "pseudo": false}. The fine-tune stage '
-                          "cannot be switched off.")
+        None,
+        description=f"Per stage ({', '.join(STAGES)}): false to skip it, true to run it, or "
+        '{"enabled": true, "epochs": n, "steps": n} to change its schedule, e.g. '
+        '{"global": false, "finetune": {"epochs": 4}, "pseudo": false}. The fine-tune stage '
+        "cannot be switched off.",
+    )
 
 
 class JobOut(BaseModel):
@@ -61,17 +69,24 @@ class JobOut(BaseModel):
     eta_s: float | None = Field(None, description="seconds left, as estimated by the trainer")
     message: str | None = None
     error: str | None = Field(None, description="why the job failed")
-    mode: str | None = Field(None, description="refresh | full once the job started; until then the request "
-                                               "(auto | refresh | full)")
-    mode_reason: str | None = Field(None, description="why this mode (auto's rule, or a refresh that fell back to full)")
+    mode: str | None = Field(
+        None, description="refresh | full once the job started; until then the request (auto | refresh | full)"
+    )
+    mode_reason: str | None = Field(
+        None, description="why this mode (auto's rule, or a refresh that fell back to full)"
+    )
 
 
 @router.post(
     "/projects/{project_id}/train",
     status_code=202,
     response_model=JobOut,
-    responses={200: {"model": JobOut, "description": "joined a retrain already queued for the project"},
-               404: {"model": ErrorOut}, 409: {"model": ErrorOut}, 422: {"model": ErrorOut}},
+    responses={
+        200: {"model": JobOut, "description": "joined a retrain already queued for the project"},
+        404: {"model": ErrorOut},
+        409: {"model": ErrorOut},
+        422: {"model": ErrorOut},
+    },
     summary="Retrain: queue a training job (joins one already queued for the project)",
 )
 def train(
@@ -89,15 +104,21 @@ def train(
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses={404: {"model": ErrorOut}}, summary="A job's state")
-def get_job(job_id: int, ws: Workspace = Depends(get_workspace),
-            user: Principal = Depends(allow("viewer", "reading a job"))) -> dict:
+def get_job(
+    job_id: int, ws: Workspace = Depends(get_workspace), user: Principal = Depends(allow("viewer", "reading a job"))
+) -> dict:
     return job_view(ws.get_job(job_id))
 
 
-@router.get("/projects/{project_id}/jobs", response_model=list[JobOut], responses={404: {"model": ErrorOut}},
-            summary="A project's jobs, oldest first")
-def list_jobs(project_id: int, ws: Workspace = Depends(get_workspace),
-              user: Principal = Depends(allow("viewer", "listing jobs"))) -> list[dict]:
+@router.get(
+    "/projects/{project_id}/jobs",
+    response_model=list[JobOut],
+    responses={404: {"model": ErrorOut}},
+    summary="A project's jobs, oldest first",
+)
+def list_jobs(
+    project_id: int, ws: Workspace = Depends(get_workspace), user: Principal = Depends(allow("viewer", "listing jobs"))
+) -> list[dict]:
     ws.get_project(project_id)
     return [job_view(job) for job in ws.list_jobs(project_id=project_id)]
 
@@ -108,8 +129,9 @@ def list_jobs(project_id: int, ws: Workspace = Depends(get_workspace),
     responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}},
     summary="Cancel a queued or running job; the previously active model stays active",
 )
-def cancel_job(job_id: int, worker: Worker = Depends(get_worker),
-               user: Principal = Depends(allow("annotator", "cancelling a job"))) -> dict:
+def cancel_job(
+    job_id: int, worker: Worker = Depends(get_worker), user: Principal = Depends(allow("annotator", "cancelling a job"))
+) -> dict:
     return job_view(worker.cancel(job_id, who=user.actor()))
 
 
@@ -120,15 +142,23 @@ def sse(event: str, data: dict, event_id: int) -> str:
 @router.get(
     "/jobs/{job_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}},
-                     "description": "event: progress (job JSON) per update, retry on an out-of-memory retry, "
-                                    "end (job JSON) once finished; then the stream closes"},
-               404: {"model": ErrorOut}},
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "event: progress (job JSON) per update, retry on an out-of-memory retry, "
+            "end (job JSON) once finished; then the stream closes",
+        },
+        404: {"model": ErrorOut},
+    },
     summary="Follow a job as Server-Sent Events",
 )
-async def job_events(job_id: int, request: Request, ws: Workspace = Depends(get_workspace),
-                     worker: Worker = Depends(get_worker),
-                     user: Principal = Depends(allow("viewer", "following a job"))) -> StreamingResponse:
+async def job_events(
+    job_id: int,
+    request: Request,
+    ws: Workspace = Depends(get_workspace),
+    worker: Worker = Depends(get_worker),
+    user: Principal = Depends(allow("viewer", "following a job")),
+) -> StreamingResponse:
     await run_in_threadpool(ws.get_job, job_id)  # 404 as JSON before the stream starts
     subscription = worker.hub.subscribe(job_id)
 
@@ -171,5 +201,6 @@ async def job_events(job_id: int, request: Request, ws: Workspace = Depends(get_
         finally:
             worker.hub.unsubscribe(job_id, subscription)
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )

@@ -69,8 +69,11 @@ async def upload_volume(
     responses={404: {"model": ErrorOut}},
     summary="List a project's volumes with shape, spacing and orientation",
 )
-def list_volumes(project_id: int, ws: Workspace = Depends(get_workspace),
-                 user: Principal = Depends(allow("viewer", "listing volumes"))) -> list[dict]:
+def list_volumes(
+    project_id: int,
+    ws: Workspace = Depends(get_workspace),
+    user: Principal = Depends(allow("viewer", "listing volumes")),
+) -> list[dict]:
     return ws.list_volumes(project_id)
 
 
@@ -80,8 +83,11 @@ def list_volumes(project_id: int, ws: Workspace = Depends(get_workspace),
     responses={404: {"model": ErrorOut}},
     summary="A volume's metadata: geometry (affine), source, DICOM UIDs",
 )
-def get_volume(volume_id: int, ws: Workspace = Depends(get_workspace),
-               user: Principal = Depends(allow("viewer", "reading a volume"))) -> dict:
+def get_volume(
+    volume_id: int,
+    ws: Workspace = Depends(get_workspace),
+    user: Principal = Depends(allow("viewer", "reading a volume")),
+) -> dict:
     volume = dict(ws.get_volume(volume_id))
     if "affine" not in volume or "meta" not in volume:
         summary = ws.load_volume(volume_id).summary()
@@ -104,8 +110,12 @@ def get_slice(
     volume_id: int,
     axis: int,
     index: int,
-    window: float | None = Query(None, description="Width of the intensity window (> 0). Default: 99th - 1st percentile."),
-    level: float | None = Query(None, description="Centre of the intensity window. Default: mid-point of the 1st and 99th percentiles."),
+    window: float | None = Query(
+        None, description="Width of the intensity window (> 0). Default: 99th - 1st percentile."
+    ),
+    level: float | None = Query(
+        None, description="Centre of the intensity window. Default: mid-point of the 1st and 99th percentiles."
+    ),
     ws: Workspace = Depends(get_workspace),
     renderer: SliceRenderer = Depends(get_renderer),
     user: Principal = Depends(allow("viewer", "reading a slice")),

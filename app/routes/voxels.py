@@ -19,16 +19,21 @@ router = APIRouter(prefix="/api", tags=["volumes"])
     "/volumes/{volume_id}/voxels",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"application/octet-stream": {}},
-              "description": "Little-endian uint16 q of every voxel in C order of the stored (i, j, k) array; "
-                             "intensity = X-Intensity-Offset + X-Intensity-Scale * q"},
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "Little-endian uint16 q of every voxel in C order of the stored (i, j, k) array; "
+            "intensity = X-Intensity-Offset + X-Intensity-Scale * q",
+        },
         404: {"model": ErrorOut},
     },
     summary="All voxels of a volume as uint16 with an offset and scale (the viewer's cache)",
 )
-def get_voxels(volume_id: int, ws: Workspace = Depends(get_workspace),
-               renderer: SliceRenderer = Depends(get_renderer),
-               user: Principal = Depends(allow("viewer", "reading a volume"))) -> StreamingResponse:
+def get_voxels(
+    volume_id: int,
+    ws: Workspace = Depends(get_workspace),
+    renderer: SliceRenderer = Depends(get_renderer),
+    user: Principal = Depends(allow("viewer", "reading a volume")),
+) -> StreamingResponse:
     array = ws.volume_array(volume_id)
     q = quantization(array)
     window, level = renderer.defaults(volume_id, array)

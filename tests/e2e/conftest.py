@@ -20,8 +20,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/helpers_se
 from helpers_server import running_server  # noqa: E402
 
 CHROMIUM = Path(os.environ.get("SLICEWISE_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
 
@@ -68,7 +75,9 @@ class Page:
         path = SCREENSHOTS / f"{name}.png"
         png = self.page.screenshot(full_page=full_page)
         with Image.open(io.BytesIO(png)) as image:  # a 256-colour palette keeps the README's images small
-            image.convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(path, optimize=True)
+            image.convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(
+                path, optimize=True
+            )
         return path
 
 

@@ -20,8 +20,11 @@ def _paint_two_slices(http, vid: int, shape) -> None:
         mask[20:30, 10:20] = 2
         buf = io.BytesIO()
         Image.fromarray(mask).save(buf, format="PNG")
-        r = http.put(f"/api/volumes/{vid}/annotations/0/{index}", content=buf.getvalue(),
-                     headers={"Content-Type": "image/png", "If-Match": '"0"'})
+        r = http.put(
+            f"/api/volumes/{vid}/annotations/0/{index}",
+            content=buf.getvalue(),
+            headers={"Content-Type": "image/png", "If-Match": '"0"'},
+        )
         assert r.status_code == 200, r.text
 
 

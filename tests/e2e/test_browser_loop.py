@@ -82,15 +82,16 @@ def wait_slice(page, axis: int, index: int) -> None:
     wait_js(page, f"document.body.dataset.slice === '{axis}:{index}'")
 
 
-LABEL_RGB = {1: (0xe6, 0x19, 0x4b), 2: (0x3c, 0xb4, 0x4b)}
+LABEL_RGB = {1: (0xE6, 0x19, 0x4B), 2: (0x3C, 0xB4, 0x4B)}
 
 
 def check_prediction_outline(pg, http, vid: int, axis: int, index: int, shape) -> None:
     """'Both' draws the prediction as an outline: exactly its boundary voxels in the label's colour, grey
     elsewhere (this slice is unpainted). Read from the rendered pixels at every voxel's centre."""
-    predicted = np.array(Image.open(io.BytesIO(
-        http.get(f"/api/volumes/{vid}/prediction/slices/{axis}/{index}.png").content)))
-    pg.mouse.move(0, 0)   # no brush footprint over the image
+    predicted = np.array(
+        Image.open(io.BytesIO(http.get(f"/api/volumes/{vid}/prediction/slices/{axis}/{index}.png").content))
+    )
+    pg.mouse.move(0, 0)  # no brush footprint over the image
     pg.locator("#show-outline").check()
     pg.wait_for_timeout(200)
     plane = active_plane(pg)
@@ -106,12 +107,12 @@ def check_prediction_outline(pg, http, vid: int, axis: int, index: int, shape) -
             x, y = slice_point(pg, plane, r, c)
             rgb = pixels[int(y - box["y"]), int(x - box["x"])].astype(int)
             v = predicted[r, c]
-            around = padded[r:r + 3, c:c + 3]
+            around = padded[r : r + 3, c : c + 3]
             edge = v > 0 and (around[0, 1] != v or around[2, 1] != v or around[1, 0] != v or around[1, 2] != v)
             if edge:
                 assert np.abs(rgb - LABEL_RGB[int(v)]).max() <= 2, (r, c, rgb)
             else:
-                assert rgb.max() - rgb.min() <= 2, (r, c, rgb)   # grey: no fill under 'Both' for a prediction
+                assert rgb.max() - rgb.min() <= 2, (r, c, rgb)  # grey: no fill under 'Both' for a prediction
     pg.locator("#show-predicted").check()
 
 
@@ -186,8 +187,14 @@ def test_paint_retrain_review_download(page, server, tmp_path):
     theirs[:3, :3] = 2
     buf = io.BytesIO()
     Image.fromarray(theirs).save(buf, format="PNG")
-    assert http.put(f"/api/volumes/{vid}/annotations/{axis}/{other}", content=buf.getvalue(),
-                    headers={"Content-Type": "image/png", "If-Match": '"0"'}).status_code == 200
+    assert (
+        http.put(
+            f"/api/volumes/{vid}/annotations/{axis}/{other}",
+            content=buf.getvalue(),
+            headers={"Content-Type": "image/png", "If-Match": '"0"'},
+        ).status_code
+        == 200
+    )
     stroke(pg, (rows, cols), [(rows // 2, cols // 2), (rows // 2 + 2, cols // 2)])
     pg.locator("#save").click()
     pg.locator("#conflict").get_by_text("Someone else saved this slice").wait_for()
@@ -203,9 +210,13 @@ def test_paint_retrain_review_download(page, server, tmp_path):
           .observe(document.getElementById('progress-text'), {childList: true, characterData: true, subtree: true}); }""")
     pg.locator("#preset").select_option("quick")
     pg.locator("#retrain").click()
-    wait_js(pg, "document.body.dataset.jobState === 'succeeded' || "
-                         "(document.body.dataset.jobState === 'running' && /epoch/.test("
-                         "document.getElementById('progress-text').textContent))", timeout=120_000)
+    wait_js(
+        pg,
+        "document.body.dataset.jobState === 'succeeded' || "
+        "(document.body.dataset.jobState === 'running' && /epoch/.test("
+        "document.getElementById('progress-text').textContent))",
+        timeout=120_000,
+    )
     p.shot("05-retrain-progress")
     wait_js(pg, "document.body.dataset.jobState === 'succeeded'", timeout=150_000)
     assert pg.locator("#progress").get_attribute("aria-valuenow") == "100"
@@ -231,8 +242,9 @@ def test_paint_retrain_review_download(page, server, tmp_path):
     pg.locator("#message").get_by_text("accepted").wait_for()
     rows_now = {(r["axis"], r["index"]): r for r in http.get(f"/api/volumes/{vid}/annotations").json()}
     assert rows_now[(axis, target)]["reviewed"]
-    predicted = np.array(Image.open(io.BytesIO(
-        http.get(f"/api/volumes/{vid}/prediction/slices/{axis}/{target}.png").content)))
+    predicted = np.array(
+        Image.open(io.BytesIO(http.get(f"/api/volumes/{vid}/prediction/slices/{axis}/{target}.png").content))
+    )
     np.testing.assert_array_equal(stored_mask(http, vid, axis, target), predicted)
     pg.locator("#reviewed-list").get_by_text(f"Reviewed: {target}").wait_for()
     assert pg.locator("#models li.active").count() == 1

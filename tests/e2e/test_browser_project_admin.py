@@ -15,8 +15,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 def test_labels_edited_and_a_volume_deleted_from_the_project_page(page, server, tmp_path):
     p, pg = page, page.page
     http = server.client()
-    project = http.post("/api/projects", json={"name": "E2E admin", "labels": [
-        {"value": 1, "name": "liver", "color": "#ff0000"}]}).json()
+    project = http.post(
+        "/api/projects", json={"name": "E2E admin", "labels": [{"value": 1, "name": "liver", "color": "#ff0000"}]}
+    ).json()
     ids = []
     for name in ("keep", "remove me"):
         path = synthetic_volume(tmp_path / f"{name}.nii.gz")
@@ -31,8 +32,10 @@ def test_labels_edited_and_a_volume_deleted_from_the_project_page(page, server, 
     labels.fill("1 liver #00ff00\n2 spleen #0000ff")
     pg.locator("#save-labels").click()
     pg.locator("#project-status").get_by_text("saved: 1 liver, 2 spleen").wait_for()
-    assert [lab["color"] for lab in http.get(f"/api/projects/{project['id']}").json()["labels"]] == \
-        ["#00ff00", "#0000ff"]
+    assert [lab["color"] for lab in http.get(f"/api/projects/{project['id']}").json()["labels"]] == [
+        "#00ff00",
+        "#0000ff",
+    ]
 
     pg.locator("#volume-select input").click()
     pg.get_by_role("option", name="remove me").click()

@@ -11,7 +11,6 @@ import http.server
 import re
 import threading
 import time
-
 from urllib.parse import urlsplit
 
 import httpx
@@ -31,6 +30,7 @@ HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</scrip
 @contextlib.contextmanager
 def evil_site(html: str):
     """Another origin (same host, another port: the same *site*, so SameSite=Lax cookies do go along)."""
+
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             body = html.encode()
@@ -101,8 +101,9 @@ def run_attack(browser, target: str, project_id: int, login: tuple[str, str] | N
         while len(statuses) < 3 and time.monotonic() < deadline:
             page.wait_for_timeout(100)
         if login:  # the visitor's own session was not touched either
-            assert page.evaluate("async () => (await fetch('" + target + "/api/me', {credentials: 'include'})).status"
-                                 ) in (0, 200)
+            assert page.evaluate(
+                "async () => (await fetch('" + target + "/api/me', {credentials: 'include'})).status"
+            ) in (0, 200)
     context.close()
     return statuses
 
@@ -121,7 +122,9 @@ def test_another_origin_changes_nothing_with_a_login_cookie(browser, tmp_path):
     ws.close()
     bearer = {"Authorization": f"Bearer {token}"}
     with running_server(root) as server:
-        target = httpx.post(server.url("/api/projects"), json={"name": "target", "labels": LABELS}, headers=bearer).json()
+        target = httpx.post(
+            server.url("/api/projects"), json={"name": "target", "labels": LABELS}, headers=bearer
+        ).json()
         statuses = run_attack(browser, server.base_url, target["id"], login=("ada", "ada-password"))
         assert len(statuses) == 3 and all(s == 403 for s in statuses), statuses  # all reached the server, refused
         assert_unchanged(server, target["id"], bearer)
@@ -159,11 +162,15 @@ def watch_csp(page) -> list[str]:
 
 def test_hostile_names_render_as_text_under_the_csp(page, server):
     http = server.client()
-    project = http.post("/api/projects", json={"name": "hostile " + HOSTILE, "labels": [
-        {"value": 1, "name": HOSTILE, "color": "#e6194b"}]})
+    project = http.post(
+        "/api/projects",
+        json={"name": "hostile " + HOSTILE, "labels": [{"value": 1, "name": HOSTILE, "color": "#e6194b"}]},
+    )
     assert project.status_code == 201, project.text
     pid = project.json()["id"]
-    volume = http.post(f"/api/projects/{pid}/volumes", files={"file": (HOSTILE.replace("/", "") + ".nii.gz", GOOD_NIFTI)})
+    volume = http.post(
+        f"/api/projects/{pid}/volumes", files={"file": (HOSTILE.replace("/", "") + ".nii.gz", GOOD_NIFTI)}
+    )
     assert volume.status_code == 201, volume.text
     vid, stored_name = volume.json()["id"], volume.json()["name"]
     assert "<script>" in stored_name
@@ -212,15 +219,16 @@ def test_logged_in_the_ui_and_the_viewer_still_change_things(browser, tmp_path):
 
         class Wrapped:  # what create_project_in_ui expects: .page and .base_url
             page, base_url = pg, server.base_url
+
         create_project_in_ui(Wrapped, "made in the UI")
 
         pg.goto(server.url("/static/viewer.html"))
         pg.locator("#message").wait_for()
         body = "JSON.stringify({name: NAME, labels: [{value: 1, name: 'a', color: '#e6194b'}]})"
         via_viewer = pg.evaluate(f"""async () => (await (await import('/static/viewer-core.js')).api('/projects', {{method: 'POST',
-            headers: {{'Content-Type': 'application/json'}}, body: {body.replace('NAME', "'made in the viewer'")}}})).status""")
+            headers: {{'Content-Type': 'application/json'}}, body: {body.replace("NAME", "'made in the viewer'")}}})).status""")
         bare = pg.evaluate(f"""async () => (await fetch('/api/projects', {{method: 'POST',
-            headers: {{'Content-Type': 'application/json'}}, body: {body.replace('NAME', "'bare fetch'")}}})).status""")
+            headers: {{'Content-Type': 'application/json'}}, body: {body.replace("NAME", "'bare fetch'")}}})).status""")
         context.close()
         assert via_viewer == 201 and bare == 403 and errors == []
         names = {p["name"] for p in httpx.get(server.url("/api/projects"), headers=bearer).json()}

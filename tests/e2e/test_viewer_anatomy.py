@@ -27,8 +27,8 @@ AFFINE = np.array([[-1.0, 0, 0, 20], [0, 1.0, 0, -24], [0, 0, 4.0, -24], [0, 0, 
 CENTRE = tuple(n // 2 for n in SHAPE)  # where the viewer's crosshair starts: (20, 24, 6)
 # one block per plane, each in that plane's starting slice only: (i range, j range, k range)
 MARKERS = {
-    "axial": ((4, 8), (36, 42), (5, 8)),      # right, anterior; contains k = 6
-    "coronal": ((4, 8), (22, 27), (9, 11)),   # right, superior; contains j = 24
+    "axial": ((4, 8), (36, 42), (5, 8)),  # right, anterior; contains k = 6
+    "coronal": ((4, 8), (22, 27), (9, 11)),  # right, superior; contains j = 24
     "sagittal": ((18, 23), (36, 42), (9, 11)),  # anterior, superior; contains i = 20
 }
 # the world axis (0 x, 1 y, 2 z) and its sign along screen right and screen down, per plane (radiological)
@@ -81,13 +81,25 @@ def measured_box(pixels: np.ndarray) -> tuple[float, float, float, float]:
     assert white.sum() > 20, "the marker is not visible"
     ys, xs = np.nonzero(white)
     h, w = white.shape
-    return ((xs.min() + xs.max() + 1) / 2 / w, (ys.min() + ys.max() + 1) / 2 / h,
-            (xs.max() + 1 - xs.min()) / w, (ys.max() + 1 - ys.min()) / h)
+    return (
+        (xs.min() + xs.max() + 1) / 2 / w,
+        (ys.min() + ys.max() + 1) / 2 / h,
+        (xs.max() + 1 - xs.min()) / w,
+        (ys.max() + 1 - ys.min()) / h,
+    )
 
 
 def upload(http, tmp_path, name="anatomy") -> dict:
-    project = http.post("/api/projects", json={"name": f"E2E {name}", "labels": [
-        {"value": 1, "name": "lesion", "color": "#ff0000"}, {"value": 2, "name": "organ", "color": "#00ff00"}]}).json()
+    project = http.post(
+        "/api/projects",
+        json={
+            "name": f"E2E {name}",
+            "labels": [
+                {"value": 1, "name": "lesion", "color": "#ff0000"},
+                {"value": 2, "name": "organ", "color": "#00ff00"},
+            ],
+        },
+    ).json()
     path = synthetic_volume(tmp_path / f"{name}.nii.gz")
     response = http.post(f"/api/projects/{project['id']}/volumes", files={"file": (path.name, path.read_bytes())})
     assert response.status_code == 201, response.text
@@ -101,11 +113,15 @@ def test_each_plane_shows_the_marker_where_radiological_convention_puts_it(page,
     for plane in PLANES:
         cell = pg.locator(f"#view-{plane}")
         left, right, top, bottom = LETTERS[plane]
-        assert [cell.locator(f".letter.{side}").inner_text() for side in ("left", "right", "top", "bottom")] == \
-            [left, right, top, bottom]
+        assert [cell.locator(f".letter.{side}").inner_text() for side in ("left", "right", "top", "bottom")] == [
+            left,
+            right,
+            top,
+            bottom,
+        ]
         box = pg.locator(f"#canvas-{plane}").bounding_box()
         mm_w = {"axial": 40, "coronal": 40, "sagittal": 48}[plane]
-        assert box["width"] / box["height"] == pytest.approx(mm_w / 48, rel=0.03)   # 4 mm voxels drawn 4x tall
+        assert box["width"] / box["height"] == pytest.approx(mm_w / 48, rel=0.03)  # 4 mm voxels drawn 4x tall
         got = measured_box(canvas_pixels(pg, plane))
         want = expected_box(plane)
         assert got[0] == pytest.approx(want[0], abs=0.03), (plane, "x", got, want)
@@ -127,8 +143,10 @@ def screen_of_voxel(pg, plane: str, ijk) -> tuple[float, float]:
     (ax, sx), (ay, sy) = SCREEN[plane]
     centre = world(ijk)
     box = pg.locator(f"#canvas-{plane}").bounding_box()
-    return (box["x"] + screen_fraction(ax, sx, centre[ax]) * box["width"],
-            box["y"] + screen_fraction(ay, sy, centre[ay]) * box["height"])
+    return (
+        box["x"] + screen_fraction(ax, sx, centre[ax]) * box["width"],
+        box["y"] + screen_fraction(ay, sy, centre[ay]) * box["height"],
+    )
 
 
 @pytest.mark.parametrize("plane,axis", [("coronal", 1), ("sagittal", 0)])
@@ -170,8 +188,9 @@ def test_the_oblique_dicom_series_opens_in_its_acquisition_planes(page, server, 
         pytest.skip(f"the oblique DICOM series is not at {OBLIQUE_SERIES} (../shared/data is absent)")
     p, pg = page, page.page
     http = server.client()
-    project = http.post("/api/projects", json={"name": "E2E oblique", "labels": [
-        {"value": 1, "name": "enhancing", "color": "#ff8800"}]}).json()
+    project = http.post(
+        "/api/projects", json={"name": "E2E oblique", "labels": [{"value": 1, "name": "enhancing", "color": "#ff8800"}]}
+    ).json()
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         for f in sorted(OBLIQUE_SERIES.iterdir()):
@@ -180,20 +199,26 @@ def test_the_oblique_dicom_series_opens_in_its_acquisition_planes(page, server, 
     assert response.status_code == 201, response.text
     volume = response.json()
     open_viewer(p, volume["id"])
-    layouts = {pl: {k: pg.locator(f"#canvas-{pl}").get_attribute(f"data-{k}") for k in ("axis", "width", "height")}
-               for pl in PLANES}
+    layouts = {
+        pl: {k: pg.locator(f"#canvas-{pl}").get_attribute(f"data-{k}") for k in ("axis", "width", "height")}
+        for pl in PLANES
+    }
     assert sorted(int(v["axis"]) for v in layouts.values()) == [0, 1, 2]
     thin = int(np.argmin(volume["spacing"]))  # the acquisition plane: 22 slices of 6.5 mm
     coarse = int(np.argmax(volume["spacing"]))
     acquisition = next(pl for pl, v in layouts.items() if int(v["axis"]) == coarse)
     assert acquisition == "axial" and thin != coarse
-    for pl in PLANES:   # every plane drawn mm-true: canvas aspect = voxels x spacing
+    for pl in PLANES:  # every plane drawn mm-true: canvas aspect = voxels x spacing
         box = pg.locator(f"#canvas-{pl}").bounding_box()
         x_axis = int(pg.locator(f"#canvas-{pl}").get_attribute("data-x-axis"))
         y_axis = int(pg.locator(f"#canvas-{pl}").get_attribute("data-y-axis"))
         mm = (volume["shape"][x_axis] * volume["spacing"][x_axis], volume["shape"][y_axis] * volume["spacing"][y_axis])
         assert box["width"] / box["height"] == pytest.approx(mm[0] / mm[1], rel=0.03)
         assert canvas_pixels(pg, pl).std() > 5, f"the {pl} view is blank"
-    assert [pg.locator(f"#view-axial .letter.{s}").inner_text() for s in ("left", "right", "top", "bottom")] == \
-        ["R", "L", "A", "P"]
+    assert [pg.locator(f"#view-axial .letter.{s}").inner_text() for s in ("left", "right", "top", "bottom")] == [
+        "R",
+        "L",
+        "A",
+        "P",
+    ]
     p.shot("11-oblique-dicom-three-planes")

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .test_viewer_anatomy import MARKERS, SHAPE, upload
 from .conftest import wait_js
+from .test_viewer_anatomy import MARKERS, SHAPE, upload
 from .viewer_helpers import canvas_pixels, open_viewer, slice_point, stored_mask
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -174,4 +174,4 @@ def test_fill_visibility_crosshair_and_undo_across_slices(page, server, tmp_path
     pg.keyboard.press("s")
     pg.locator("#train-axis").get_by_text("Not used by this retrain: 1 coronal slice").wait_for()
     assert pg.locator("#train-axis").inner_text().startswith("The model trains on axial slices")
-    assert (1, 10) in annotations(http, vid)   # the crosshair put the coronal plane at j = 10
+    assert (1, 10) in annotations(http, vid)  # the crosshair put the coronal plane at j = 10
