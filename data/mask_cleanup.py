@@ -4,7 +4,8 @@ largest connected component and fill the holes inside it.
 A 2D network predicts slice by slice, so it leaves specks on slices far from the structure and holes
 where one slice disagrees with its neighbours; both are cheap to remove in 3D. Whether a step helps is
 decided per class on volumes with a known answer (`choose_cleanup`): a step is kept only when it does
-not lower that class's mean Dice there.
+not lower that class's mean Dice there. The answer may be partial (painted slices, the rest IGNORE):
+Dice then counts only the annotated voxels, which is how the app decides without a labelled set.
 
 Connectivity is face-only (6 neighbours in 3D): two voxels touching along an edge or a corner are
 separate components, and a hole is background not reachable from the border through faces.
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
+
+from data.volume import IGNORE
 
 STEPS = ("largest", "fill")
 
@@ -89,7 +92,9 @@ def clean_labels(labels: np.ndarray, steps: dict[int, tuple[str, ...]]) -> np.nd
 
 
 def class_dice(pred: np.ndarray, truth: np.ndarray, label: int) -> float:
-    p, t = pred == label, truth == label
+    """Dice of one class over the voxels the truth annotates (IGNORE voxels do not count)."""
+    annotated = truth != IGNORE
+    p, t = (pred == label) & annotated, truth == label
     total = int(p.sum()) + int(t.sum())
     return 1.0 if total == 0 else 2.0 * int((p & t).sum()) / total
 
