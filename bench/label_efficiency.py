@@ -496,6 +496,7 @@ class Bench:
                 global_stage=True,
                 local_stage=False,
                 finetune_stage=False,
+                pseudo_stage=False,
                 val_images=[],
                 val_labels=[],
             )
