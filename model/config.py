@@ -30,7 +30,7 @@ PSEUDO_SCOPES = ("painted", "all")
 # reused only while every field that shapes it is the same. A field shapes every stage unless it is
 # listed here: a new field can make a reuse rarer, never silently wrong.
 RUNTIME_FIELDS = frozenset(
-    {"device", "threads", "channels_last", "compile", "bf16", "predict_chunk_pixels", "speed_cache"}
+    {"device", "threads", "channels_last", "compile", "bf16", "predict_chunk_pixels", "predict_flip", "speed_cache"}
 )
 INPUT_FIELDS = frozenset(
     {"images", "labels", "unlabeled", "val_images", "val_labels", "out_dir", "init_from", "axis"}
@@ -139,6 +139,8 @@ class TrainConfig:
     bf16: str = "auto"
     speed_cache: str = ""  # JSON file keeping the per-machine speed measurement ("" = never measure)
     predict_chunk_pixels: int = 4_000_000  # slices per inference batch = this // (H*W)
+    # test-time augmentation: average the prediction over each slice and its two in-plane mirrors (3x cost)
+    predict_flip: bool = False
 
     def __post_init__(self) -> None:
         problems = []

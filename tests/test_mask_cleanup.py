@@ -132,3 +132,37 @@ def test_cleanup_round_trips_and_refuses_unknown_steps():
         Cleanup.from_dict({"1": ["erode"]})
     with pytest.raises(ValueError, match="at least one pair"):
         choose_cleanup([], [], 2)
+
+
+def naive_dice_on_annotated(pred, truth, label):
+    inter = total = 0
+    for p, t in zip(pred.ravel(), truth.ravel()):
+        if t == 255:
+            continue
+        inter += int(p == label and t == label)
+        total += int(p == label) + int(t == label)
+    return 1.0 if total == 0 else 2.0 * inter / total
+
+
+def test_class_dice_counts_only_annotated_voxels():
+    rng = np.random.default_rng(3)
+    pred = rng.integers(0, 3, (6, 7, 5)).astype(np.uint8)
+    truth = rng.integers(0, 3, (6, 7, 5)).astype(np.uint8)
+    truth[:, :, 1:4] = 255  # only slices 0 and 4 along the last axis are painted
+    for label in (1, 2):
+        assert class_dice(pred, truth, label) == pytest.approx(naive_dice_on_annotated(pred, truth, label))
+    sparse = np.full((6, 7, 5), 255, np.uint8)
+    sparse[:, :, 2] = pred[:, :, 2]
+    assert class_dice(pred, sparse, 1) == 1.0  # what is predicted off the painted slice does not count
+
+
+def test_choose_cleanup_on_painted_slices_keeps_the_step_they_support():
+    truth = np.zeros((8, 8, 8), np.uint8)
+    truth[2:6, 2:6, 2:6] = 1
+    pred = truth.copy()
+    pred[0:2, 0:2, 3] = 1  # a speck on a painted slice
+    painted = np.full(truth.shape, 255, np.uint8)
+    painted[:, :, 3] = truth[:, :, 3]
+    cleanup, report = choose_cleanup([pred], [painted], num_classes=2)
+    assert "largest" in cleanup.steps[1]
+    assert report["1"]["dice_after"] == 1.0 > report["1"]["dice_before"]

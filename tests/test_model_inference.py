@@ -89,3 +89,25 @@ def test_slice_embeddings_are_one_per_slice_and_do_not_depend_on_chunks(axis):
     np.testing.assert_allclose(chunked, whole, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(whole[6], whole[2], rtol=1e-5, atol=1e-6)  # a slice's embedding is its own
     assert not np.allclose(whole[6], whole[3])
+
+
+@pytest.mark.parametrize("axis", [0, 2])
+def test_flip_averages_the_softmax_over_the_slice_and_its_two_mirrors(axis):
+    torch.manual_seed(1)
+    net = Spy(UNet(1, 3, (4, 8)).eval())
+    volume = np.random.default_rng(1).normal(size=(16, 16, 16)).astype(np.float32)
+    rt = runtime_for("cpu", "off", "off", "off")
+    labels, probs = predict_array(net, volume, info(axis, 16), rt, 3, return_probs=True, flip=True)
+    assert len(net.shapes) == 3  # one pass as it is, one per mirrored in-plane axis
+    plain, plain_probs = predict_array(net, volume, info(axis, 16), rt, 3, return_probs=True)
+    # naive reference: mirror the volume in each in-plane axis, predict, mirror back, average
+    in_plane = [a for a in range(3) if a != axis]
+    mirrored = [
+        np.flip(predict_array(net, np.flip(volume, a).copy(), info(axis, 16), rt, 3, return_probs=True)[1], a + 1)
+        for a in in_plane
+    ]
+    expected = (plain_probs.astype(np.float32) + sum(m.astype(np.float32) for m in mirrored)) / 3
+    np.testing.assert_allclose(probs.astype(np.float32), expected, atol=2e-3)
+    assert not np.array_equal(probs, plain_probs)  # the untrained net is not mirror-symmetric
+    agree = labels == expected.argmax(axis=0)
+    assert agree.mean() > 0.99  # ties within float16 rounding may break either way
