@@ -612,7 +612,10 @@ class Bench:
         predictor = load_predictor(model_dir, self.args.device)
 
         def base(image):
-            return {"plain": predictor.predict(image, flip=False)[0], "flip": predictor.predict(image, flip=True)[0]}
+            return {
+                "plain": predictor.predict(image, flip=False, clean=False)[0],
+                "flip": predictor.predict(image, flip=True, clean=False)[0],
+            }
 
         labelled = []
         for image_path, label_path in zip(images, label_paths):

@@ -25,6 +25,9 @@ DEVICES = ("auto", "cpu", "cuda")
 TRISTATE = ("auto", "on", "off")
 BRANCHES = ("none", "cpc", "recon")  # model/regularizer.py
 PSEUDO_SCOPES = ("painted", "all")
+# 3D clean-up of predicted masks (data/mask_cleanup.py): "auto" decides per class at the end of training
+# on the painted voxels, "all" always keeps the largest component and fills holes, "off" never cleans
+CLEANUP_MODES = ("auto", "all", "off")
 
 # What each field changes, so that a stage's result (a global.pt, a model to fine-tune further) is
 # reused only while every field that shapes it is the same. A field shapes every stage unless it is
@@ -37,7 +40,9 @@ INPUT_FIELDS = frozenset(
 )  # the data and where the run starts; compared by the caller
 ARCHITECTURE_FIELDS = ("widths", "bottleneck", "num_classes")  # a model continues only into the same network
 # fields used only by stages after the global one, besides those named after their stage
-LATER_STAGE_FIELDS = frozenset({"num_classes", "dice_weight", "weight_decay", "augment", "refresh_budget_s"})
+LATER_STAGE_FIELDS = frozenset(
+    {"num_classes", "dice_weight", "weight_decay", "augment", "refresh_budget_s", "cleanup", "cleanup_volumes"}
+)
 
 
 class Schedule(NamedTuple):
@@ -141,6 +146,8 @@ class TrainConfig:
     predict_chunk_pixels: int = 4_000_000  # slices per inference batch = this // (H*W)
     # test-time augmentation: average the prediction over each slice and its two in-plane mirrors (3x cost)
     predict_flip: bool = False
+    cleanup: str = "off"  # one of CLEANUP_MODES
+    cleanup_volumes: int = 10  # "auto" predicts at most this many painted volumes to decide
 
     def __post_init__(self) -> None:
         problems = []
@@ -163,6 +170,10 @@ class TrainConfig:
             problems.append("pseudo_threshold must be in (0, 1] and pseudo_fraction in [0, 1]")
         if self.pseudo_scope not in PSEUDO_SCOPES:
             problems.append(f"pseudo_scope must be one of {PSEUDO_SCOPES}, got {self.pseudo_scope!r}")
+        if self.cleanup not in CLEANUP_MODES:
+            problems.append(f"cleanup must be one of {CLEANUP_MODES}, got {self.cleanup!r}")
+        if self.cleanup_volumes < 1:
+            problems.append("cleanup_volumes must be >= 1")
         if self.axis not in ("auto", 0, 1, 2):
             problems.append(f"axis must be 'auto', 0, 1 or 2, got {self.axis!r}")
         if not self.widths or any(int(w) < 1 for w in self.widths):

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from data.mask_cleanup import Cleanup
 from model import checkpoint, slices
 from model.config import TrainConfig
 from model.device import Runtime, autocast, prepare_input, prepare_model, runtime_for
@@ -78,14 +79,25 @@ class Predictor:
     config: TrainConfig
     num_classes: int
     runtime: Runtime
+    cleanup: Cleanup | None = None  # chosen at the end of training (model/postprocess.py)
 
-    def predict(self, volume_array: np.ndarray, spacing=None, return_probs: bool = False, flip: bool | None = None):
+    def predict(
+        self,
+        volume_array: np.ndarray,
+        spacing=None,
+        return_probs: bool = False,
+        flip: bool | None = None,
+        clean: bool = True,
+    ):
         """Labels (uint8, same (i, j, k) shape) and, when asked, float16 probabilities (K, i, j, k).
+
+        `flip` (default: the model's `predict_flip`) averages over mirrored slices; `clean` applies the
+        model's 3D clean-up to the labels (the probabilities stay as the network gave them).
 
         `spacing` is accepted for the API's sake; slices are not resampled, the model saw the
         training volumes at their own voxel grid.
         """
-        return predict_array(
+        labels, probs = predict_array(
             self.net,
             volume_array,
             self.info,
@@ -95,6 +107,9 @@ class Predictor:
             return_probs=return_probs,
             flip=self.config.predict_flip if flip is None else flip,
         )
+        if self.cleanup is not None and clean:
+            labels = self.cleanup.apply(labels)
+        return labels, probs
 
     def embed(self, volume_array: np.ndarray) -> np.ndarray:
         """Per-slice bottleneck embeddings (n_slices, C) along the model's axis."""
@@ -139,9 +154,11 @@ def load_predictor(model_dir: str | Path, device: str = "auto", speed_cache: str
     way training chooses them (model.device.runtime_for), from the same `speed_cache` when given."""
     path = Path(model_dir)
     path = path / "model.pt" if path.is_dir() else path
-    net, config, info, num_classes = model_from_file(checkpoint.load(path))
+    saved = checkpoint.load(path)
+    net, config, info, num_classes = model_from_file(saved)
     # compile pays off over a long training run, not for one prediction
     runtime = runtime_for(device, config.channels_last, "off", config.bf16, cache=speed_cache)
     net.eval()
     net = prepare_model(net, runtime)
-    return Predictor(net, info, config, num_classes, runtime)
+    cleanup = Cleanup.from_dict(saved["cleanup"]) if saved.get("cleanup") else None
+    return Predictor(net, info, config, num_classes, runtime, cleanup)

@@ -35,6 +35,7 @@ from model.device import Runtime, autocast, prepare_input, prepare_model, runtim
 from model.heads import GlobalHead, LocalHead
 from model.inference import predict_array
 from model.losses import ce_dice, local_contrastive, nt_xent
+from model.postprocess import decide_cleanup
 from model.progress import FILE_NAME as PROGRESS_FILE
 from model.progress import ProgressWriter, write_error
 from model.regularizer import make_branch
@@ -486,12 +487,14 @@ def train(cfg: TrainConfig) -> dict:
         trainer.unet.eval()
         if data.val:
             metrics["validation"] = validate(trainer, data, cfg)
+        cleanup, metrics["cleanup"] = decide_cleanup(trainer.net, cfg, data.info, trainer.runtime, data.num_classes)
         model = {
             "format": checkpoint.MODEL_FORMAT,
             "state_dict": checkpoint.cpu_state(trainer.unet),
             "config": cfg.to_dict(),
             "num_classes": data.num_classes,
             "slices": data.info,
+            "cleanup": cleanup.to_dict() if cleanup else None,
         }
         checkpoint.save(model, out / "model.pt")
         atomic_write_bytes(out / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())

@@ -1,0 +1,46 @@
+"""Which 3D clean-up a trained model's masks get, decided once at the end of training.
+
+With `cleanup="auto"` the model predicts (a few of) the volumes the clinician painted and keeps, per
+class, each clean-up step that does not lower the Dice over the painted voxels (data/mask_cleanup.py):
+no labelled set is needed, and a structure that really has several parts on a painted slice keeps them.
+The decision travels in model.pt, so every later prediction (server, CLI, benchmarks) applies the same.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from data.io import read_volume
+from data.mask_cleanup import Cleanup, choose_cleanup
+from data.volume import IGNORE
+from model.config import TrainConfig
+from model.device import Runtime
+from model.inference import predict_array
+
+
+def decide_cleanup(
+    net: torch.nn.Module, cfg: TrainConfig, info: dict, runtime: Runtime, num_classes: int
+) -> tuple[Cleanup | None, dict]:
+    """(the clean-up to store with the model or None, a report for metrics.json)."""
+    if cfg.cleanup == "off":
+        return None, {"mode": "off"}
+    if cfg.cleanup == "all":
+        return Cleanup.everything(num_classes), {"mode": "all"}
+    predictions, painted = [], []
+    for image_path, label_path in zip(cfg.images, cfg.labels):
+        if len(predictions) >= cfg.cleanup_volumes:
+            break
+        if not label_path:
+            continue
+        label = np.asarray(read_volume(label_path).array)
+        if not (label != IGNORE).any():
+            continue
+        image = np.asarray(read_volume(image_path).array)
+        pred, _ = predict_array(net, image, info, runtime, num_classes, cfg.predict_chunk_pixels, flip=cfg.predict_flip)
+        predictions.append(pred)
+        painted.append(label)
+    if not predictions:
+        return None, {"mode": "auto", "volumes": 0, "reason": "no painted volume to decide on"}
+    cleanup, report = choose_cleanup(predictions, painted, num_classes)
+    return cleanup, {"mode": "auto", "volumes": len(predictions), "classes": report}
