@@ -67,11 +67,13 @@ def active_model(ws: Workspace, project_id: int) -> ActiveModel | None:
         return None
     trained_by = job_params(ws, active.get("job_id"))
     base = active
-    if trained_by.mode == "refresh" and trained_by.base_model_id:
+    refresh = trained_by.mode == "refresh"
+    if refresh and trained_by.base_model_id:
         try:
             base = ws.get_model(trained_by.base_model_id)
         except NotFound:
             pass
+    refreshed_from = trained_by.from_model_id if refresh else None
     return ActiveModel(
         id=active["id"],
         path=active["path"],
@@ -81,6 +83,9 @@ def active_model(ws: Workspace, project_id: int) -> ActiveModel | None:
         label_map=trained_by.label_map,
         base_id=base["id"],
         base_annotations_seen=base.get("annotations_seen") or [],
+        refreshed_from=refreshed_from,
+        prequential=ws.prequential_summary(active["id"]) if refreshed_from else None,
+        previous_prequential=ws.prequential_summary(refreshed_from) if refreshed_from else None,
     )
 
 

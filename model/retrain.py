@@ -12,7 +12,9 @@ Retrain modes (the request's `mode`, decided when the job starts, not when it is
              (same preset and network, same label map); without one the job runs full and says why.
     auto     refresh when a compatible active model exists and the painted slices differ from those the
              last full retrain behind it saw by at most max(5, 50 %) of them (added, repainted and
-             erased slices count; see `refresh_limit`), else full.
+             erased slices count; see `refresh_limit`), else full. Also full when the active model is
+             a refresh whose prequential Dice fell below that of the model it fine-tuned
+             (`refresh_did_not_help`): refreshing again would build on a model that got worse.
 
 Everything the decision needs comes in as values (the worker reads the store and the file system), so
 each rule is a plain function call to test.
@@ -32,6 +34,10 @@ MODES = ("auto", "refresh", "full")
 MODE_STRENGTH = {"refresh": 0, "auto": 1, "full": 2}  # coalesced requests keep the strongest
 REFRESH_MIN_CHANGES = 5  # auto refreshes while at most max(this, REFRESH_SHARE x slices) changed
 REFRESH_SHARE = 0.5
+# auto goes full after a refresh that scores this much lower than the model it fine-tuned, each scored on
+# at least PREQUENTIAL_MIN_SLICES slices (fewer say too little; Dice on one slice varies by more)
+PREQUENTIAL_DROP = 0.05
+PREQUENTIAL_MIN_SLICES = 3
 STAGE_KEYS = {"enabled", "epochs", "steps"}
 MAX_EPOCHS, MAX_STEPS = 10_000, 100_000
 PRETRAINING = ("global", "local")  # what a refresh never runs
@@ -141,6 +147,11 @@ class ActiveModel:
     label_map: list[int] | None  # the project's label values when it was trained
     base_id: int  # the last full retrain behind it (itself unless it is a refresh)
     base_annotations_seen: list[dict]  # the painted slices that full retrain saw
+    # a refresh: the model it fine-tuned, and the prequential scores (app/scores.py) of both, i.e. the Dice
+    # of each on the slices painted or accepted while it was the active model
+    refreshed_from: int | None = None
+    prequential: dict | None = None
+    previous_prequential: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -272,9 +283,29 @@ def choose_mode(
     asked = [name for name in PRETRAINING if explicitly_enabled(request.stages, name)]
     if asked:
         return "full", f"auto: the request enables the {' and '.join(asked)} stage"
+    no_help = refresh_did_not_help(active)
+    if no_help:
+        return "full", f"auto: {no_help}"
     if changed <= limit:
         return "refresh", f"auto: {since}, at most {limit} refresh the active model"
     return "full", f"auto: {since}, more than the {limit} a refresh takes in"
+
+
+def refresh_did_not_help(active: ActiveModel) -> str | None:
+    """Why the active model, a refresh, did worse than the model it fine-tuned, by their prequential
+    Dice; None when it did not, when it is no refresh, or when either score rests on too few slices."""
+    mine, before = active.prequential or {}, active.previous_prequential or {}
+    if active.refreshed_from is None or mine.get("dice") is None or before.get("dice") is None:
+        return None
+    if min(mine.get("slices", 0), before.get("slices", 0)) < PREQUENTIAL_MIN_SLICES:
+        return None
+    if mine["dice"] >= before["dice"] - PREQUENTIAL_DROP:
+        return None
+    return (
+        f"model {active.id}, a refresh of model {active.refreshed_from}, scored Dice {mine['dice']:.3f} on the "
+        f"{mine['slices']} slices painted since it was trained, below model {active.refreshed_from}'s "
+        f"{before['dice']:.3f}: the refresh did not help"
+    )
 
 
 def refresh_config(cfg: TrainConfig, model_pt: str, stages: dict | None = None) -> TrainConfig:

@@ -275,3 +275,30 @@ def test_out_of_memory_retry_halves_the_batches():
     halved = halve_for_memory(full)
     assert halved["local_batch"] == full["local_batch"] // 2 and halved["local_mode"] == "block"
     assert halved["pseudo_batch"] == full["pseudo_batch"]
+
+
+def test_auto_goes_full_when_the_active_refresh_scores_below_the_model_it_fine_tuned():
+    seen, now = slices(4), slices(6)  # 2 changes: auto would refresh
+    refreshed = active(seen, id=4, base_id=3, refreshed_from=3)
+    worse = dataclasses.replace(
+        refreshed, prequential={"dice": 0.70, "slices": 3}, previous_prequential={"dice": 0.80, "slices": 5}
+    )
+    plan = plan_retrain(request(), snapshot(annotations=now, active=worse), [])
+    assert plan.mode == "full"
+    assert plan.reason == (
+        "auto: model 4, a refresh of model 3, scored Dice 0.700 on the 3 slices painted since it was trained, "
+        "below model 3's 0.800: the refresh did not help"
+    )
+    # a drop within PREQUENTIAL_DROP, too few scored slices, no score, or no refresh: auto refreshes as before
+    for prequential, previous, refreshed_from in (
+        ({"dice": 0.76, "slices": 3}, {"dice": 0.80, "slices": 5}, 3),
+        ({"dice": 0.50, "slices": 2}, {"dice": 0.80, "slices": 5}, 3),
+        ({"dice": None, "slices": 0}, {"dice": 0.80, "slices": 5}, 3),
+        ({"dice": 0.50, "slices": 3}, {"dice": 0.80, "slices": 5}, None),
+    ):
+        model = dataclasses.replace(
+            refreshed, prequential=prequential, previous_prequential=previous, refreshed_from=refreshed_from
+        )
+        assert plan_retrain(request(), snapshot(annotations=now, active=model), []).mode == "refresh"
+    # asked for by name, a refresh still runs
+    assert plan_retrain(request("refresh"), snapshot(annotations=now, active=worse), []).mode == "refresh"
