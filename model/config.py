@@ -41,7 +41,16 @@ INPUT_FIELDS = frozenset(
 ARCHITECTURE_FIELDS = ("widths", "bottleneck", "num_classes")  # a model continues only into the same network
 # fields used only by stages after the global one, besides those named after their stage
 LATER_STAGE_FIELDS = frozenset(
-    {"num_classes", "dice_weight", "weight_decay", "augment", "refresh_budget_s", "cleanup", "cleanup_volumes"}
+    {
+        "num_classes",
+        "dice_weight",
+        "weight_decay",
+        "augment",
+        "refresh_budget_s",
+        "cleanup",
+        "cleanup_volumes",
+        "partial_slices",
+    }
 )
 
 
@@ -62,6 +71,9 @@ class TrainConfig:
     val_labels: tuple[str, ...] = ()
     out_dir: str = ""
     axis: str | int = "auto"  # "auto" = the axis with most painted slices, else 0/1/2
+    # train on every slice along `axis` with an annotated pixel: with slices painted along another axis,
+    # the network learns from the lines they cross this axis' slices in
+    partial_slices: bool = False
     num_classes: int | None = None  # background + classes; None = max label value + 1
     # ---- slices -----------------------------------------------------------------------------
     max_size: int = 256  # in-plane extents above this are resized down, never up

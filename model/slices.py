@@ -60,6 +60,13 @@ def painted_mask(labels: np.ndarray, axis: int) -> np.ndarray:
     return (np.asarray(labels) != IGNORE).all(axis=other)
 
 
+def annotated_mask(labels: np.ndarray, axis: int) -> np.ndarray:
+    """Bool per index along `axis`: the slice has at least one annotated pixel (a line of a slice painted
+    along another axis is enough)."""
+    other = tuple(a for a in range(3) if a != axis)
+    return (np.asarray(labels) != IGNORE).any(axis=other)
+
+
 def choose_axis(label_volumes: list[np.ndarray], axis: str | int = "auto") -> int:
     """The axis to slice along: the given one, or the one with most painted slices over all volumes."""
     if axis != "auto":
@@ -159,7 +166,11 @@ def build_slices(
     axis: int,
     max_size: int,
     multiple: int,
+    partial: bool = False,
 ) -> SliceSet:
+    """`partial`: a slice with any annotated pixel counts as labelled (training across painted slices, on
+    the lines they leave in this axis' slices), not only a fully painted one."""
+    labelled_along = annotated_mask if partial else painted_mask
     size = training_size([im.shape for im in images], axis, max_size, multiple)
     all_images, all_labels, painted, owner = [], [], [], []
     for v, (image, label) in enumerate(zip(images, labels)):
@@ -172,7 +183,7 @@ def build_slices(
             painted.append(torch.zeros(n, dtype=torch.bool))
         else:
             all_labels.append(to_network(slab(label, axis), where, IGNORE, labels=True))
-            painted.append(torch.from_numpy(painted_mask(label, axis)))
+            painted.append(torch.from_numpy(labelled_along(label, axis)))
         owner.append(torch.full((n,), v, dtype=torch.long))
     painted_all = torch.cat(painted)
     return SliceSet(

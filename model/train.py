@@ -85,9 +85,10 @@ def load_data(cfg: TrainConfig) -> TrainData:
     labels += [None] * len(cfg.unlabeled)
     axis = slices.choose_axis([lab for lab in labels if lab is not None], cfg.axis)
     multiple = 2**cfg.depth
-    data = slices.build_slices(images, labels, axis, cfg.max_size, multiple)
+    data = slices.build_slices(images, labels, axis, cfg.max_size, multiple, partial=cfg.partial_slices)
     if painted_needed and len(data.labeled) == 0:
-        raise InvalidInput(f"no fully painted slice along axis {axis}: paint whole slices along one axis")
+        what = "annotated pixel" if cfg.partial_slices else "fully painted slice"
+        raise InvalidInput(f"no {what} along axis {axis}: paint whole slices along one axis")
     val = []
     for image_path, label_path in zip(cfg.val_images, cfg.val_labels):
         image, label = _read(image_path, "validation image"), _read(label_path, "validation label volume")
