@@ -12,6 +12,8 @@ job followed to success from where it was (not started again) with every annotat
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -133,3 +135,62 @@ def test_loop_over_http_trains_in_a_ray_worker_that_cannot_see_the_workspace(tmp
         assert model["active"] and model["annotated_slices"] == 2
         config = json.loads((workspace / "jobs" / str(job["id"]) / "model" / "config.json").read_text())
         assert config["out_dir"] == str(workspace / "jobs" / str(job["id"]) / "model")  # the server's paths again
+
+
+def training_started(client, job_id):
+    return lambda: (
+        (j := client.get(f"/api/jobs/{job_id}").json())["state"] in TERMINAL
+        or (j["state"] == "running" and j["stage"] == "finetune" and j["progress"] > 0)
+    )
+
+
+def test_two_projects_train_at_once_on_two_workers_and_cancel_ends_the_remote_run(tmp_path, cluster):
+    workspace = tmp_path / "ws"
+    with ray_server(workspace, cluster) as server, server.client() as client:
+        first, _, _ = painted_project(client, tmp_path, "first")
+        second, _, _ = painted_project(client, tmp_path, "second")
+        jobs = [client.post(f"/api/projects/{p}/train", json=QUICK).json() for p in (first, second)]
+        done = [wait_job(client, j["id"], lambda j: j["state"] in TERMINAL, server=server) for j in jobs]
+        assert [j["state"] for j in done] == ["succeeded", "succeeded"], done
+        spans = []
+        for job in done:
+            times = [e["time"] for e in progress_events(workspace, job["id"])]
+            spans.append((min(times), max(times)))
+        (a_start, a_end), (b_start, b_end) = spans
+        assert a_start < b_end and b_start < a_end, spans  # the two trainings overlapped in time
+        nodes = {actor_of(cluster, j["engine_id"])["node_id"] for j in done}
+        assert len(nodes) == 2  # one CPU per worker node: each ran on its own
+
+        job = client.post(f"/api/projects/{first}/train", json=LONG).json()
+        wait_job(client, job["id"], lambda j: j["state"] in TERMINAL or j["progress"] > 0, server=server)
+        r = client.post(f"/api/jobs/{job['id']}/cancel")
+        assert r.status_code == 200 and r.json()["state"] == "cancelled", r.text
+        engine_id = client.get(f"/api/jobs/{job['id']}").json()["engine_id"]
+        assert actor_of(cluster, engine_id)["state"] == "DEAD"
+        active = [m for m in client.get(f"/api/projects/{first}/models").json() if m["active"]]
+        assert active and active[0]["job_id"] == done[0]["id"]  # the previous model stays active
+
+
+def test_sigkill_the_server_while_a_job_trains_on_ray_then_the_restarted_server_follows_it(tmp_path, cluster):
+    workspace = tmp_path / "ws"
+    with ray_server(workspace, cluster) as server, server.client() as client:
+        project_id, volume_id, _ = painted_project(client, tmp_path)
+        job = client.post(f"/api/projects/{project_id}/train", json=LONG).json()
+        wait_job(client, job["id"], lambda j: j["state"] in TERMINAL or j["progress"] > 0, server=server)
+        before = client.get(f"/api/jobs/{job['id']}").json()
+        assert before["state"] == "running", before
+        annotations = client.get(f"/api/volumes/{volume_id}/annotations").json()
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+    assert actor_of(cluster, before["engine_id"])["state"] == "ALIVE"  # the run went on without the server
+
+    with ray_server(workspace, cluster) as server, server.client() as client:
+        done = wait_job(client, job["id"], lambda j: j["state"] in TERMINAL, server=server)
+        assert done["state"] == "succeeded", (done, server.log()[-3000:])
+        assert done["engine_id"] == before["engine_id"] and done["resumes"] == 0  # the same run, followed again
+        starts = [e for e in progress_events(workspace, job["id"]) if e["event"] in ("start", "resume")]
+        assert len(starts) == 1  # not started again, from zero or from a checkpoint
+        steps = [e["progress"] for e in progress_events(workspace, job["id"]) if e["event"] == "step"]
+        assert steps == sorted(steps)  # each progress line came back once, in order
+        assert client.get(f"/api/volumes/{volume_id}/annotations").json() == annotations
+        assert client.get(f"/api/volumes/{volume_id}/prediction").json()["status"] == "ready"
