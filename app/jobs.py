@@ -43,6 +43,8 @@ class JobRunner(abc.ABC):
     name = "abstract"
     outlives_server = False  # True: a run goes on when the server stops, and start() attaches to it again
     parallel_jobs = 1  # how many jobs (of different projects) the worker runs at the same time
+    # True: predict_many(model_path, volumes) infers a new model's masks on the engine's workers
+    fans_out_predictions = False
 
     @abc.abstractmethod
     def start(self, config_path: Path, log_path: Path) -> RunHandle: ...

@@ -60,6 +60,7 @@ class RayRun:
 class RayRunner(JobRunner):
     name = "ray"
     outlives_server = True
+    fans_out_predictions = True
 
     def __init__(self, address: str, cpus_per_job: int = 1, gpus_per_job: int = 1, parallel_jobs: int = 8):
         self.address = address
@@ -195,6 +196,17 @@ class RayRunner(JobRunner):
             except Exception:
                 pass  # gone already, or stuck: the kill below ends it (its trainer dies with it)
         self._end(run, -signal.SIGTERM)
+
+    def predict_many(self, model_path: Path, volumes: list[tuple[int, object, tuple, bool]]) -> dict:
+        """Start one Ray task per volume (volume id, array, spacing, want probs) -> {volume id: a callable
+        that waits for its (labels, probs)}: the volumes are predicted across the cluster at once."""
+        ray = self.connect()
+        task = ray.remote(ray_training.predict_on_worker).options(
+            **self.resources({"device": "auto"}), name="slicewise-predict"
+        )
+        model = ray.put(Path(model_path).read_bytes())
+        refs = {vid: task.remote(model, ray.put(array), spacing, probs) for vid, array, spacing, probs in volumes}
+        return {vid: (lambda ref=ref: ray.get(ref, timeout=3600)) for vid, ref in refs.items()}
 
     def kill_leftover(self, pid: int, config_path: Path) -> bool:
         return False  # a run on Ray outlives the server: start() attaches to it again

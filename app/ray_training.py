@@ -191,6 +191,20 @@ def own_group_dying_with_parent() -> None:
         pass  # not Linux: cancel still ends the group
 
 
+def predict_on_worker(model_bytes: bytes, array, spacing: tuple, want_probs: bool):
+    """A Ray task: one volume's (labels, probs) with the model given as its model.pt bytes."""
+    import numpy as np
+
+    from model.inference import load_predictor
+
+    with tempfile.TemporaryDirectory(prefix="slicewise-predict-") as folder:
+        path = Path(folder) / "model.pt"
+        path.write_bytes(model_bytes)
+        predictor = load_predictor(path, device="auto")
+        labels, probs = predictor.predict(np.asarray(array), tuple(spacing), return_probs=want_probs)
+    return np.asarray(labels, dtype=np.uint8), probs
+
+
 def input_paths(config: dict) -> list[str]:
     """Every server path a training config reads."""
     paths = [p for key in PATH_LIST_FIELDS for p in config.get(key) or () if p]

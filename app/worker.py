@@ -448,6 +448,7 @@ class Worker:
             message=f"model {model['id']} trained; predicting {len(volumes)} volumes",
         )
         self._emit(job)
+        remote = self._remote_predictions(model, volumes)
         for n, volume in enumerate(volumes, start=1):
             if self._stop.is_set():  # the model is registered: the resumed job goes straight to predicting
                 self.workspace.update_job(
@@ -468,7 +469,7 @@ class Worker:
                 )
                 return
             try:
-                self.predictions.predict_volume(volume["id"], model)
+                self.predictions.predict_volume(volume["id"], model, computed=remote.get(volume["id"]))
             except Exception as exc:
                 failures.append(f"volume {volume['id']}: {exc}")
             job = self.workspace.update_job(
@@ -499,6 +500,27 @@ class Worker:
         self._finish(
             job["id"], "succeeded", progress=1.0, stage=DONE, eta_s=0.0, params=params.to_dict(), message=message
         )
+
+    def _remote_predictions(self, model: dict, volumes: list[dict]) -> dict:
+        """The runner's fan-out of the volumes' inference across its workers, when it has one, else {}."""
+        pending = [v for v in volumes if not self.predictions.is_ready(v["id"], model["id"])]
+        if not pending or not self.runner.fans_out_predictions:
+            return {}
+        num_classes = int((model.get("config") or {}).get("num_classes") or 1)
+        try:
+            inputs = [
+                (
+                    v["id"],
+                    self.workspace.volume_array(v["id"]),
+                    tuple(v["spacing"]),
+                    self.predictions.wants_probs(v, num_classes),
+                )
+                for v in pending
+            ]
+            return self.runner.predict_many(Path(model["path"]) / "model.pt", inputs)
+        except SlicewiseError as exc:
+            log.warning("predicting on the runner's workers failed (%s); predicting here", exc)
+            return {}
 
     def _params_with(self, job: dict, **changes) -> dict:
         """The job's stored params with `changes`, as the row keeps them."""

@@ -4,7 +4,7 @@ test workspace lives in (an empty tmpfs over it in their own mount namespace). S
 trains on a Ray worker that cannot read the server's workspace.
 
 Covered: the whole loop (upload, paint, retrain, progress events, predictions, download) with the
-training in a Ray actor on a worker node; two projects training at the same time on the two workers;
+training in a Ray actor on a worker node and the masks inferred by Ray tasks; two projects training at the same time on the two workers;
 cancel ending the remote run; the server SIGKILLed while a job trains on Ray, started again, and the
 job followed to success from where it was (not started again) with every annotation kept.
 """
@@ -126,6 +126,11 @@ def test_loop_over_http_trains_in_a_ray_worker_that_cannot_see_the_workspace(tmp
         assert actor["class_name"] == "TrainingRun" and actor["state"] == "DEAD"  # ran, collected, ended
         assert actor["node_id"] in worker_nodes(cluster) and actor["pid"] != server.process.pid
 
+        predicted = cluster.python(
+            "from ray.util.state import list_tasks\n"
+            "print(len(list_tasks(filters=[('name', '=', 'slicewise-predict'), ('state', '=', 'FINISHED')])))"
+        )
+        assert int(predicted.strip().splitlines()[-1]) >= 1  # the masks were inferred by a Ray task too
         r = client.get(f"/api/volumes/{volume_id}/prediction.nii.gz")
         assert r.status_code == 200, r.text
         (tmp_path / "pred.nii.gz").write_bytes(r.content)
