@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from app.settings import Settings, SettingsError
+from app.settings import RUNNERS, Settings, SettingsError
 from data.store_users import ROLES
 from model.config import DEVICES
 
@@ -29,6 +29,17 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="default 8000")
     serve.add_argument(
         "--device", choices=DEVICES, help="where inference and training run; default auto (CUDA when present)"
+    )
+    serve.add_argument(
+        "--runner",
+        choices=RUNNERS,
+        help="where training jobs run: local (a subprocess per job, the default) or ray (a Ray cluster, "
+        "see --ray-address); default $SLICEWISE_RUNNER",
+    )
+    serve.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="the Ray cluster's head (GCS) address for --runner ray; default $SLICEWISE_RAY_ADDRESS",
     )
     serve.add_argument("--no-demo", action="store_true", help="do not create the demo project in an empty workspace")
     serve.add_argument(
@@ -91,6 +102,8 @@ def _serve(args: argparse.Namespace) -> int:
         device=args.device,
         dicomweb=tuple(args.dicomweb) if args.dicomweb else None,
         dicomweb_credentials=args.dicomweb_credentials,
+        runner=args.runner,
+        ray_address=args.ray_address,
     )
     if args.no_demo:
         settings = settings.with_overrides(demo=False)

@@ -41,6 +41,8 @@ class JobParams:
     oom_retry: bool = False  # runs again with half the batch sizes after running out of memory
     model_id: int | None = None  # the model it made, once active
     loss: float | None = None  # the latest training loss
+    runner: str | None = None  # which JobRunner ran the training: "local" | "ray"
+    engine_id: str | None = None  # that engine's id of the run (a Ray actor id); None for a local process
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> JobParams:
@@ -94,6 +96,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "oom_retry": (bool,),
     "model_id": (int, *_OPTIONAL),
     "loss": (*_NUMBER, *_OPTIONAL),
+    "runner": (str, *_OPTIONAL),
+    "engine_id": (str, *_OPTIONAL),
 }
 _CHOICES = {"mode_requested": (*MODES, None), "mode": ("refresh", "full", None)}
 

@@ -2,8 +2,8 @@
 
 Training never runs in the web process: `LocalRunner` starts `python -m model.train CONFIG.json` in its
 own process group (so cancel can end it and everything it spawned), with stdout/stderr appended to a
-log file that the worker reads to explain a failure. Another engine (Ray, torchrun) can take over by
-implementing the same four methods.
+log file that the worker reads to explain a failure. `RayRunner` (app/ray_runner.py) implements the
+same methods on a Ray cluster; `runner_for` picks one from the settings.
 """
 
 from __future__ import annotations
@@ -33,12 +33,18 @@ class RunHandle:
     config_path: Path
     log_path: Path
     process: subprocess.Popen | None = field(default=None, repr=False)
+    engine_id: str | None = None  # the engine's own id of the run (a Ray actor id); None for a local process
+    state: object = field(default=None, repr=False)  # what the runner keeps between polls
 
 
 class JobRunner(abc.ABC):
     """Runs one training config to completion somewhere; the worker only talks to this."""
 
     name = "abstract"
+    outlives_server = False  # True: a run goes on when the server stops, and start() attaches to it again
+    parallel_jobs = 1  # how many jobs (of different projects) the worker runs at the same time
+    # True: predict_many(model_path, volumes) infers a new model's masks on the engine's workers
+    fans_out_predictions = False
 
     @abc.abstractmethod
     def start(self, config_path: Path, log_path: Path) -> RunHandle: ...
@@ -54,6 +60,10 @@ class JobRunner(abc.ABC):
     @abc.abstractmethod
     def kill_leftover(self, pid: int, config_path: Path) -> bool:
         """After a server crash: end a run of this config still alive under `pid`; True if one was."""
+
+    def reattachable(self, config_path: Path) -> bool:
+        """After a server restart: whether a run of this config still goes on, so start() follows it."""
+        return False
 
 
 class LocalRunner(JobRunner):
@@ -110,6 +120,17 @@ class LocalRunner(JobRunner):
         while process_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         return True
+
+
+def runner_for(settings) -> JobRunner:
+    """The runner `slicewise serve` was asked for (--runner, SLICEWISE_RUNNER)."""
+    if settings.runner == "ray":
+        from app.ray_runner import RayRunner
+
+        return RayRunner(
+            settings.ray_address, cpus_per_job=settings.ray_cpus_per_job, gpus_per_job=settings.ray_gpus_per_job
+        )
+    return LocalRunner()
 
 
 def signal_group(pid: int, sig: int) -> None:

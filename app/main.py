@@ -14,6 +14,7 @@ from fastapi.responses import RedirectResponse
 from app import demo
 from app.auth import HOW_TO_CONFIGURE, UIGuard, is_loopback
 from app.errors import install_error_handlers
+from app.jobs import runner_for
 from app.limits import BodyLimitMiddleware
 from app.rendering import SliceRenderer
 from app.routes import (
@@ -84,7 +85,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info(demo.how_to_import(settings))
         log.info("workspace %s; API docs at %s/docs", settings.workspace.resolve(), settings.base_url)
         # the retrain worker: resumes or fails jobs a previous server left running, then runs the queue
-        app.state.worker = Worker(workspace, device=settings.device, default_preset=settings.default_preset)
+        runner = runner_for(settings)
+        connect = getattr(runner, "connect", None)
+        if callable(connect):
+            connect()  # a cluster that cannot be reached stops the start, saying so
+        app.state.worker = Worker(
+            workspace, runner=runner, device=settings.device, default_preset=settings.default_preset
+        )
         app.state.worker.start(handle_signals=True)
         try:
             yield

@@ -71,22 +71,28 @@ class Predictions:
         row = self.workspace.get_prediction(volume_id, model_id)
         return bool(row and row["status"] == READY and (Path(row["path"]) / LABELS_NAME).exists())
 
-    def predict_volume(self, volume_id: int, model: dict, force: bool = False) -> dict:
-        """Predict one volume with one model version and cache the result -> the prediction row."""
+    def wants_probs(self, volume: dict, num_classes: int) -> bool:
+        """Probabilities (float16, K per voxel) feed the slice suggestions; skipped where they'd be huge."""
+        return int(np.prod(volume["shape"])) * num_classes * 2 <= MAX_PROBS_BYTES
+
+    def predict_volume(self, volume_id: int, model: dict, force: bool = False, computed=None) -> dict:
+        """Predict one volume with one model version and cache the result -> the prediction row.
+        computed: a callable giving (labels, probs) inferred elsewhere (a Ray worker), instead of here."""
         with self._compute_lock:
             if not force and self.is_ready(volume_id, model["id"]):
                 return self.workspace.get_prediction(volume_id, model["id"])
             folder = self.folder(model["id"], volume_id)
             try:
                 volume = self.workspace.get_volume(volume_id)
-                predictor = self._predictor(model)
-                # probabilities (float16, K per voxel) feed the slice suggestions; skip them where they'd be huge
-                want_probs = int(np.prod(volume["shape"])) * predictor.num_classes * 2 <= MAX_PROBS_BYTES
-                labels, probs = predictor.predict(
-                    np.asarray(self.workspace.volume_array(volume_id)),
-                    tuple(volume["spacing"]),
-                    return_probs=want_probs,
-                )
+                if computed is not None:
+                    labels, probs = computed()
+                else:
+                    predictor = self._predictor(model)
+                    labels, probs = predictor.predict(
+                        np.asarray(self.workspace.volume_array(volume_id)),
+                        tuple(volume["spacing"]),
+                        return_probs=self.wants_probs(volume, predictor.num_classes),
+                    )
                 labels = np.asarray(labels, dtype=np.uint8)
                 folder.mkdir(parents=True, exist_ok=True)
                 volume_io.write_mask(labels, like=self.workspace.load_volume(volume_id), path=folder / MASK_NAME)

@@ -13,6 +13,7 @@ from pathlib import Path
 from model.config import DEVICES, PRESETS
 
 MB = 1024 * 1024
+RUNNERS = ("local", "ray")
 
 
 class SettingsError(ValueError):
@@ -37,6 +38,11 @@ class Settings:
     # DICOMweb servers (PACS) the admin allows, "NAME=URL"; requests name a source, never a URL
     dicomweb: tuple[str, ...] = ()
     dicomweb_credentials: Path | None = None  # JSON {"NAME": {"username", "password"} | {"token"}}
+    # where training runs: "local" (a subprocess per job) or "ray" (a Ray cluster at ray_address, HOST:PORT)
+    runner: str = "local"
+    ray_address: str | None = None
+    ray_cpus_per_job: int = 1  # what a job without a GPU asks Ray for
+    ray_gpus_per_job: int = 1  # what a job on CUDA asks Ray for; more than 1 trains it data-parallel
     # first start of an empty workspace: the initial admin's password from this file (a Docker secret)
     admin_password_file: Path | None = None
 
@@ -57,6 +63,15 @@ class Settings:
             name, _, url = str(entry).partition("=")
             if not name.strip() or not url.strip().lower().startswith(("http://", "https://")):
                 raise SettingsError(f"a DICOMweb source is NAME=http(s)://..., got {entry!r}")
+        if self.runner not in RUNNERS:
+            raise SettingsError(f"runner must be one of {', '.join(RUNNERS)}, got {self.runner!r}")
+        if self.runner == "ray" and not self.ray_address:
+            raise SettingsError(
+                "--runner ray needs the cluster's address: --ray-address HOST:PORT (or SLICEWISE_RAY_ADDRESS)"
+            )
+        for name in ("ray_cpus_per_job", "ray_gpus_per_job"):
+            if int(getattr(self, name)) < 1:
+                raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("max_upload_mb", "max_expanded_mb"):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{name} must be a positive number of megabytes, got {getattr(self, name)}")
@@ -90,8 +105,8 @@ class Settings:
                 values[name] = parse(raw)
             except ValueError as exc:
                 raise SettingsError(f"environment variable {env}={raw!r} is invalid: {exc}") from None
-        settings = cls(**values)
-        return settings.with_overrides(**overrides)
+        # one construction from env and flags together: a flag may complete what a variable started
+        return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
 
 
 def _parse_bool(raw: str) -> bool:
@@ -125,6 +140,10 @@ _ENV = {
     "dicomweb": ("SLICEWISE_DICOMWEB", lambda raw: tuple(e.strip() for e in raw.split(",") if e.strip())),
     "dicomweb_credentials": ("SLICEWISE_DICOMWEB_CREDENTIALS", Path),
     "admin_password_file": ("SLICEWISE_ADMIN_PASSWORD_FILE", Path),
+    "runner": ("SLICEWISE_RUNNER", str),
+    "ray_address": ("SLICEWISE_RAY_ADDRESS", str),
+    "ray_cpus_per_job": ("SLICEWISE_RAY_CPUS_PER_JOB", int),
+    "ray_gpus_per_job": ("SLICEWISE_RAY_GPUS_PER_JOB", int),
 }
 
 assert set(_ENV) <= {f.name for f in fields(Settings)}

@@ -52,6 +52,8 @@ def job_view(job: dict) -> dict:
         "oom_retry": params.oom_retry,
         "model_id": params.model_id,
         "loss": params.loss,
+        "runner": params.runner,
+        "engine_id": params.engine_id,
     }
 
 

@@ -1,4 +1,5 @@
-"""The job worker: a thread in the server process that runs queued training jobs one at a time.
+"""The job worker: threads in the server process that run queued training jobs, one per project at a time
+and as many projects at once as the runner allows (`JobRunner.parallel_jobs`: 1 locally).
 
 For each job it asks `model.retrain.plan_retrain` how to train (mode, config, where the run starts),
 exports the project's sparse label volumes into the job folder, writes the config, runs
@@ -14,7 +15,8 @@ exist).
 
 States (data.store.JOB_STATES): queued -> running -> succeeded | failed | cancelled. After a crash of
 the server, jobs still marked running are resumed once from their checkpoint (same config, model.train
-picks up checkpoint.pt), and failed with the reason if they were resumed before.
+picks up checkpoint.pt), and failed with the reason if they were resumed before. A runner whose runs
+outlive the server (Ray) keeps them going instead: the job is followed again where it got to.
 """
 
 from __future__ import annotations
@@ -82,7 +84,8 @@ class Worker:
         self._stop = threading.Event()
         self.shutting_down = threading.Event()  # SIGTERM/SIGINT seen: event streams close
         self._cancel: set[int] = set()
-        self._current: tuple[int, object] | None = None  # (job id, RunHandle) while a subprocess runs
+        self._current: dict[int, object] = {}  # job id -> RunHandle while its training runs
+        self._job_threads: dict[int, threading.Thread] = {}
         self.prediction_queue = PredictionQueue(workspace, self.predictions)
         self._threads: list[threading.Thread] = []
 
@@ -106,10 +109,10 @@ class Worker:
         self.shutting_down.set()
         self._wake.set()
         self.prediction_queue.stop()
-        current = self._current
-        if current is not None:
-            self.runner.cancel(current[1], grace_s=3)
-        for thread in self._threads:
+        if not self.runner.outlives_server:  # a run on a cluster goes on; the next start follows it again
+            for handle in list(self._current.values()):
+                self.runner.cancel(handle, grace_s=3)
+        for thread in [*self._threads, *list(self._job_threads.values())]:
             thread.join(timeout)
         self._threads.clear()
 
@@ -117,9 +120,17 @@ class Worker:
         """Jobs marked running belong to a server that died: end leftovers, resume once, else fail."""
         for job in self.workspace.list_jobs(state="running"):
             job_dir = Path(job["out_dir"])
+            params = JobParams.from_dict(job["params"])
+            if self.runner.outlives_server and self.runner.reattachable(job_dir / "config.json"):
+                self.workspace.update_job(
+                    job["id"],
+                    state="queued",
+                    params=params.replace(resume=True).to_dict(),
+                    message=f"the server restarted while this job was running on {self.runner.name}; it is followed again",
+                )
+                continue
             if job.get("pid") and self.runner.kill_leftover(job["pid"], job_dir / "config.json"):
                 log.warning("job %s: ended its training process %s left by the previous server", job["id"], job["pid"])
-            params = JobParams.from_dict(job["params"])
             resumes = params.resumes
             if resumes >= self.max_resumes:
                 self.workspace.update_job(
@@ -203,9 +214,9 @@ class Worker:
                 self._emit(job, "end")
                 return job
             self._cancel.add(job["id"])
-            current = self._current
-        if current is not None and current[0] == job["id"]:
-            self.runner.cancel(current[1])
+            handle = self._current.get(job["id"])
+        if handle is not None:
+            self.runner.cancel(handle)
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             job = self.workspace.get_job(job_id)
@@ -221,11 +232,20 @@ class Worker:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            job = self._claim()
+            for job_id, thread in list(self._job_threads.items()):
+                if not thread.is_alive():
+                    del self._job_threads[job_id]
+            job = self._claim() if len(self._job_threads) < self.runner.parallel_jobs else None
             if job is None:
                 self._wake.wait(self.poll_s)
                 self._wake.clear()
                 continue
+            thread = threading.Thread(target=self._run_job, args=(job,), name=f"slicewise-job-{job['id']}", daemon=True)
+            self._job_threads[job["id"]] = thread
+            thread.start()
+
+    def _run_job(self, job: dict) -> None:
+        try:
             try:
                 self._run(job)
             except SlicewiseError as exc:  # e.g. everything unpainted meanwhile, a volume that no longer reads
@@ -237,13 +257,16 @@ class Worker:
                 else:
                     error = f"internal error: {exc}"
                 self._finish(job["id"], "failed", error=error)
-            finally:
-                self._cancel.discard(job["id"])
-                self._current = None
+        finally:
+            self._cancel.discard(job["id"])
+            self._current.pop(job["id"], None)
+            self._wake.set()  # a slot is free
 
     def _claim(self) -> dict | None:
+        """The oldest queued job of a project that has none running, now marked running."""
         with self._lock:
-            queued = self.workspace.list_jobs(state="queued")
+            busy = {j["project_id"] for j in self.workspace.list_jobs(state="running")}
+            queued = [j for j in self.workspace.list_jobs(state="queued") if j["project_id"] not in busy]
             if not queued:
                 return None
             job = queued[0]
@@ -317,12 +340,16 @@ class Worker:
             progress_path = model_dir / PROGRESS_FILE
             start_offset = progress_path.stat().st_size if progress_path.exists() else 0  # a resume appends
             handle = self.runner.start(config_path, log_path)
-            self._current = (job["id"], handle)
-            self.workspace.update_job(job["id"], pid=handle.pid)
+            self._current[job["id"]] = handle
+            self.workspace.update_job(
+                job["id"],
+                pid=handle.pid,
+                params=self._params_with(job, runner=self.runner.name, engine_id=handle.engine_id),
+            )
             if job["id"] in self._cancel:  # cancel arrived between the check and the start
                 self.runner.cancel(handle)
             returncode, reported = self._follow(job, handle, progress_path, start_offset)
-            self._current = None
+            self._current.pop(job["id"], None)
             if self._stopped_or_cancelled(job):
                 return False
             if returncode == 0 and (model_dir / "model.pt").exists():
@@ -367,6 +394,8 @@ class Worker:
         """Follow the run until it exits -> (exit code, the error it reported in progress.jsonl, if any)."""
         last_row_update, pending, error = 0.0, {}, None
         while True:
+            if self._stop.is_set() and self.runner.outlives_server:
+                return None, error  # the run goes on without this server; the next one follows it
             returncode = self.runner.poll(handle)
             offset, events = read_new_lines(progress_path, offset)
             for event in events:
@@ -419,6 +448,7 @@ class Worker:
             message=f"model {model['id']} trained; predicting {len(volumes)} volumes",
         )
         self._emit(job)
+        remote = self._remote_predictions(model, volumes)
         for n, volume in enumerate(volumes, start=1):
             if self._stop.is_set():  # the model is registered: the resumed job goes straight to predicting
                 self.workspace.update_job(
@@ -439,7 +469,7 @@ class Worker:
                 )
                 return
             try:
-                self.predictions.predict_volume(volume["id"], model)
+                self.predictions.predict_volume(volume["id"], model, computed=remote.get(volume["id"]))
             except Exception as exc:
                 failures.append(f"volume {volume['id']}: {exc}")
             job = self.workspace.update_job(
@@ -470,6 +500,27 @@ class Worker:
         self._finish(
             job["id"], "succeeded", progress=1.0, stage=DONE, eta_s=0.0, params=params.to_dict(), message=message
         )
+
+    def _remote_predictions(self, model: dict, volumes: list[dict]) -> dict:
+        """The runner's fan-out of the volumes' inference across its workers, when it has one, else {}."""
+        pending = [v for v in volumes if not self.predictions.is_ready(v["id"], model["id"])]
+        if not pending or not self.runner.fans_out_predictions:
+            return {}
+        num_classes = int((model.get("config") or {}).get("num_classes") or 1)
+        try:
+            inputs = [
+                (
+                    v["id"],
+                    self.workspace.volume_array(v["id"]),
+                    tuple(v["spacing"]),
+                    self.predictions.wants_probs(v, num_classes),
+                )
+                for v in pending
+            ]
+            return self.runner.predict_many(Path(model["path"]) / "model.pt", inputs)
+        except SlicewiseError as exc:
+            log.warning("predicting on the runner's workers failed (%s); predicting here", exc)
+            return {}
 
     def _params_with(self, job: dict, **changes) -> dict:
         """The job's stored params with `changes`, as the row keeps them."""

@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # Creates .venv and installs slicewise into it from the hash-pinned lock, so an install today and one in
-# a month get the same bytes. Usage: scripts/setup.sh [test]
-#   requirements.lock (serve) / requirements-test.lock (with the test extra): made by scripts/lock.sh
+# a month get the same bytes. Usage: scripts/setup.sh [EXTRAS], EXTRAS a comma-separated list of test, ray
+#   requirements.lock (serve) / requirements-ray.lock (with the ray extra, for --runner ray) /
+#   requirements-test.lock (with the test and ray extras): made by scripts/lock.sh
 # On a GPU server set TORCH_INDEX_URL (e.g. https://download.pytorch.org/whl/cu128) first: torch and its
 # CUDA libraries then come from that index (pinned to torch==2.13.0 by version, not by hash); see README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
-case "$extras" in
-    "") lock=requirements.lock ;;
-    test) lock=requirements-test.lock ;;
-    *) echo "setup.sh: unknown extra '$extras' (use: test, or nothing)" >&2; exit 2 ;;
-esac
+lock=requirements.lock
+for extra in ${extras//,/ }; do
+    case "$extra" in
+        test) lock=requirements-test.lock ;;  # holds the ray extra too
+        ray) [ "$lock" = requirements-test.lock ] || lock=requirements-ray.lock ;;
+        *) echo "setup.sh: unknown extra '$extra' (use a comma-separated list of: test, ray)" >&2; exit 2 ;;
+    esac
+done
 if [ ! -x .venv/bin/python ] || [ ! -x .venv/bin/pip ]; then
     rm -rf .venv
     python3.11 -m venv .venv 2>/dev/null || python3 -m venv .venv

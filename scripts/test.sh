@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Fresh machine -> all tests: installs into .venv (with test extras), the system packages the
+# Fresh machine -> all tests: installs into .venv (with the test and ray extras), the system packages the
 # browser and DICOM tests need (Debian's chromium, dicom3tools, nodejs), audits the lock
 # for known vulnerabilities (scripts/audit.sh), then runs pytest (args pass through).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh test
+bash scripts/setup.sh test,ray
 # MONAI Label's own client for the compatibility tests; --no-deps: the client needs only requests (a test extra)
 .venv/bin/python -c "import monailabel.client" 2>/dev/null \
     || .venv/bin/pip install --quiet --disable-pip-version-check --no-deps monailabel==0.8.5

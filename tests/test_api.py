@@ -257,3 +257,17 @@ def test_settings_come_from_flags_then_environment_then_defaults(tmp_path):
     for bad in ({"SLICEWISE_PORT": "eighty"}, {"SLICEWISE_MAX_UPLOAD_MB": "-1"}, {"SLICEWISE_DEVICE": "tpu"}):
         with pytest.raises(SettingsError, match="SLICEWISE_|device"):
             Settings.from_env(bad)
+
+
+def test_runner_settings_default_to_local_and_ray_needs_an_address():
+    from app.jobs import LocalRunner, runner_for
+    from app.settings import SettingsError
+
+    assert Settings().runner == "local" and isinstance(runner_for(Settings()), LocalRunner)
+    settings = Settings.from_env({"SLICEWISE_RUNNER": "ray"}, ray_address="127.0.0.1:6379")  # env and flag together
+    assert settings.runner == "ray" and settings.ray_address == "127.0.0.1:6379"
+    assert Settings.from_env({"SLICEWISE_RUNNER": "ray", "SLICEWISE_RAY_ADDRESS": "10.0.0.1:6379"}).ray_address
+    with pytest.raises(SettingsError, match="--ray-address"):
+        Settings.from_env({"SLICEWISE_RUNNER": "ray"})
+    with pytest.raises(SettingsError, match="runner must be one of"):
+        Settings.from_env({"SLICEWISE_RUNNER": "slurm"})

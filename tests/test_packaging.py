@@ -47,7 +47,10 @@ def locked_versions(lock: Path) -> dict[str, str]:
     return {re.sub(r"[-_.]+", "-", name).lower(): version for name, version, _ in entries}
 
 
-@pytest.mark.parametrize("lock_name, extras", [("requirements.lock", ()), ("requirements-test.lock", ("test",))])
+@pytest.mark.parametrize(
+    "lock_name, extras",
+    [("requirements.lock", ()), ("requirements-ray.lock", ("ray",)), ("requirements-test.lock", ("test", "ray"))],
+)
 def test_the_lock_pins_every_dependency_of_pyproject_with_hashes(lock_name, extras):
     """The lock (scripts/lock.sh) is what setup.sh and the Dockerfile install: it must agree with pyproject."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]

@@ -75,6 +75,8 @@ class JobOut(BaseModel):
     mode_reason: str | None = Field(
         None, description="why this mode (auto's rule, or a refresh that fell back to full)"
     )
+    runner: str | None = Field(None, description="where the training ran: local | ray (once it started)")
+    engine_id: str | None = Field(None, description="the engine's id of the run: the Ray actor id (null locally)")
 
 
 @router.post(

@@ -1,0 +1,201 @@
+"""Training on a real Ray cluster (`slicewise serve --runner ray`), over HTTP, against a loopback cluster
+started here: a head without CPUs and two worker nodes with one CPU each, both blind to the folder every
+test workspace lives in (an empty tmpfs over it in their own mount namespace). So each job here
+trains on a Ray worker that cannot read the server's workspace.
+
+Covered: the whole loop (upload, paint, retrain, progress events, predictions, download) with the
+training in a Ray actor on a worker node and the masks inferred by Ray tasks; two projects training at the same time on the two workers;
+cancel ending the remote run; the server SIGKILLed while a job trains on Ray, started again, and the
+job followed to success from where it was (not started again) with every annotation kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import nibabel as nib
+import numpy as np
+import pytest
+
+from helpers_ray import ray_cluster
+from helpers_retrain import LABELS, synthetic_nifti
+from helpers_server import running_server
+
+pytestmark = pytest.mark.slow
+
+RAW = {"Content-Type": "application/octet-stream", "If-Match": '"0"'}
+TERMINAL = ("succeeded", "failed", "cancelled")
+QUICK = {"preset": "quick", "stages": {"global": False, "local": False, "finetune": {"epochs": 2, "steps": 6}}}
+LONG = {"preset": "quick", "stages": {"global": False, "local": False, "finetune": {"epochs": 4, "steps": 40}}}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    pytest.importorskip("ray")
+    with ray_cluster(workers=2, cpus=1, blind_to=tmp_path_factory.getbasetemp()) as cluster:
+        yield cluster
+
+
+def ray_server(workspace: Path, cluster):
+    return running_server(
+        workspace, extra_args=["--device", "cpu", "--runner", "ray", "--ray-address", cluster.address], env=cluster.env
+    )
+
+
+def painted_project(client: httpx.Client, folder: Path, name: str = "p") -> tuple[int, int, np.ndarray]:
+    project = client.post("/api/projects", json={"name": name, "labels": LABELS}).json()
+    path, label = synthetic_nifti(folder / f"{name}.nii.gz")
+    r = client.post(f"/api/projects/{project['id']}/volumes", files={"file": (path.name, path.read_bytes())})
+    assert r.status_code == 201, r.text
+    volume_id = r.json()["id"]
+    for index in (4, 7):
+        r = client.put(f"/api/volumes/{volume_id}/annotations/0/{index}", content=label[index].tobytes(), headers=RAW)
+        assert r.status_code == 200, r.text
+    return project["id"], volume_id, label
+
+
+def wait_job(client, job_id, predicate, timeout=240, server=None) -> dict:
+    deadline = time.monotonic() + timeout
+    job = None
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/jobs/{job_id}").json()
+        if predicate(job):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} never got there: {job}\n{server.log()[-3000:] if server else ''}")
+
+
+def follow_events(server, job_id: int, timeout: float = 300) -> list[tuple[str, dict]]:
+    events, name = [], None
+    with httpx.stream("GET", server.url(f"/api/jobs/{job_id}/events"), timeout=httpx.Timeout(10, read=timeout)) as s:
+        for line in s.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line[6:])))
+    return events
+
+
+def actor_of(cluster, actor_id: str) -> dict:
+    """What Ray's own state API says about a job's actor (dead ones are kept in its list)."""
+    out = cluster.python(
+        "import json\nfrom ray.util.state import get_actor\n"
+        f"a = get_actor({actor_id!r})\n"
+        "print(json.dumps({k: getattr(a, k) for k in ('class_name', 'name', 'node_id', 'pid', 'state')}))"
+    )
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def worker_nodes(cluster) -> set[str]:
+    out = cluster.python(
+        "print(','.join(n['NodeID'] for n in ray.nodes() if n['Alive'] and n['Resources'].get('CPU', 0) > 0))"
+    )
+    return set(out.strip().split(","))
+
+
+def progress_events(workspace: Path, job_id: int) -> list[dict]:
+    path = workspace / "jobs" / str(job_id) / "model" / "progress.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_loop_over_http_trains_in_a_ray_worker_that_cannot_see_the_workspace(tmp_path, cluster):
+    workspace = tmp_path / "ws"
+    blind = cluster.python(
+        "import os\n@ray.remote(num_cpus=1)\ndef sees(path): return os.path.exists(path)\n"
+        f"print([ray.get(sees.remote({str(workspace.parent)!r})) for _ in range(4)])"
+    )
+    assert "True" not in blind and "False" in blind, blind  # the workers see an empty folder there
+    with ray_server(workspace, cluster) as server, server.client() as client:
+        project_id, volume_id, label = painted_project(client, tmp_path)
+        r = client.post(f"/api/projects/{project_id}/train", json=QUICK)
+        assert r.status_code == 202, r.text
+        events = follow_events(server, r.json()["id"])
+        assert events[-1][0] == "end" and events[-1][1]["state"] == "succeeded", (events[-3:], server.log()[-3000:])
+        job = events[-1][1]
+        assert job["runner"] == "ray" and job["engine_id"]
+        steps = [data for name, data in events if name == "progress" and data.get("stage") == "finetune"]
+        assert steps and any(data["eta_s"] is not None for data in steps)
+        assert max(data["progress"] for data in steps) < 1.0  # training streams before the job ends
+
+        actor = actor_of(cluster, job["engine_id"])
+        assert actor["class_name"] == "TrainingRun" and actor["state"] == "DEAD"  # ran, collected, ended
+        assert actor["node_id"] in worker_nodes(cluster) and actor["pid"] != server.process.pid
+
+        predicted = cluster.python(
+            "from ray.util.state import list_tasks\n"
+            "print(len(list_tasks(filters=[('name', '=', 'slicewise-predict'), ('state', '=', 'FINISHED')])))"
+        )
+        assert int(predicted.strip().splitlines()[-1]) >= 1  # the masks were inferred by a Ray task too
+        r = client.get(f"/api/volumes/{volume_id}/prediction.nii.gz")
+        assert r.status_code == 200, r.text
+        (tmp_path / "pred.nii.gz").write_bytes(r.content)
+        mask = nib.load(tmp_path / "pred.nii.gz")
+        assert mask.shape == label.shape and set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2}
+        model = client.get(f"/api/projects/{project_id}/models").json()[0]
+        assert model["active"] and model["annotated_slices"] == 2
+        config = json.loads((workspace / "jobs" / str(job["id"]) / "model" / "config.json").read_text())
+        assert config["out_dir"] == str(workspace / "jobs" / str(job["id"]) / "model")  # the server's paths again
+
+
+def training_started(client, job_id):
+    return lambda: (
+        (j := client.get(f"/api/jobs/{job_id}").json())["state"] in TERMINAL
+        or (j["state"] == "running" and j["stage"] == "finetune" and j["progress"] > 0)
+    )
+
+
+def test_two_projects_train_at_once_on_two_workers_and_cancel_ends_the_remote_run(tmp_path, cluster):
+    workspace = tmp_path / "ws"
+    with ray_server(workspace, cluster) as server, server.client() as client:
+        first, _, _ = painted_project(client, tmp_path, "first")
+        second, _, _ = painted_project(client, tmp_path, "second")
+        jobs = [client.post(f"/api/projects/{p}/train", json=QUICK).json() for p in (first, second)]
+        done = [wait_job(client, j["id"], lambda j: j["state"] in TERMINAL, server=server) for j in jobs]
+        assert [j["state"] for j in done] == ["succeeded", "succeeded"], done
+        spans = []
+        for job in done:
+            times = [e["time"] for e in progress_events(workspace, job["id"])]
+            spans.append((min(times), max(times)))
+        (a_start, a_end), (b_start, b_end) = spans
+        assert a_start < b_end and b_start < a_end, spans  # the two trainings overlapped in time
+        nodes = {actor_of(cluster, j["engine_id"])["node_id"] for j in done}
+        assert len(nodes) == 2  # one CPU per worker node: each ran on its own
+
+        job = client.post(f"/api/projects/{first}/train", json=LONG).json()
+        wait_job(client, job["id"], lambda j: j["state"] in TERMINAL or j["progress"] > 0, server=server)
+        r = client.post(f"/api/jobs/{job['id']}/cancel")
+        assert r.status_code == 200 and r.json()["state"] == "cancelled", r.text
+        engine_id = client.get(f"/api/jobs/{job['id']}").json()["engine_id"]
+        assert actor_of(cluster, engine_id)["state"] == "DEAD"
+        active = [m for m in client.get(f"/api/projects/{first}/models").json() if m["active"]]
+        assert active and active[0]["job_id"] == done[0]["id"]  # the previous model stays active
+
+
+def test_sigkill_the_server_while_a_job_trains_on_ray_then_the_restarted_server_follows_it(tmp_path, cluster):
+    workspace = tmp_path / "ws"
+    with ray_server(workspace, cluster) as server, server.client() as client:
+        project_id, volume_id, _ = painted_project(client, tmp_path)
+        job = client.post(f"/api/projects/{project_id}/train", json=LONG).json()
+        wait_job(client, job["id"], lambda j: j["state"] in TERMINAL or j["progress"] > 0, server=server)
+        before = client.get(f"/api/jobs/{job['id']}").json()
+        assert before["state"] == "running", before
+        annotations = client.get(f"/api/volumes/{volume_id}/annotations").json()
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+    assert actor_of(cluster, before["engine_id"])["state"] == "ALIVE"  # the run went on without the server
+
+    with ray_server(workspace, cluster) as server, server.client() as client:
+        done = wait_job(client, job["id"], lambda j: j["state"] in TERMINAL, server=server)
+        assert done["state"] == "succeeded", (done, server.log()[-3000:])
+        assert done["engine_id"] == before["engine_id"] and done["resumes"] == 0  # the same run, followed again
+        starts = [e for e in progress_events(workspace, job["id"]) if e["event"] in ("start", "resume")]
+        assert len(starts) == 1  # not started again, from zero or from a checkpoint
+        steps = [e["progress"] for e in progress_events(workspace, job["id"]) if e["event"] == "step"]
+        assert steps == sorted(steps)  # each progress line came back once, in order
+        assert client.get(f"/api/volumes/{volume_id}/annotations").json() == annotations
+        assert client.get(f"/api/volumes/{volume_id}/prediction").json()["status"] == "ready"
