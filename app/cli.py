@@ -72,7 +72,8 @@ def _build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="VALUE:NAME:#RRGGBB",
-        help="a label of a new project, e.g. 1:anterior:#e6194b (repeat for each label)",
+        help="a label of a new project, e.g. 1:anterior:#e6194b or 'anterior' (repeat for each label; "
+        "value and colour default as in the UI's label box)",
     )
     imp.add_argument("files", nargs="+", type=Path, help=".nii/.nii.gz files or .zip files of one DICOM series")
     imp.set_defaults(handler=_import)
@@ -323,17 +324,10 @@ def _members(args) -> int:
     return _run_access(run)
 
 
-def _parse_label(text: str) -> dict:
-    try:
-        value, name, color = text.split(":", 2)
-        return {"value": int(value), "name": name, "color": color}
-    except ValueError:
-        raise SystemExit(f"slicewise import: --label must look like 1:anterior:#e6194b, got {text!r}") from None
-
-
 def _import(args: argparse.Namespace) -> int:
     from app.schemas import ProjectCreate
-    from data.errors import SlicewiseError
+    from data.errors import InvalidInput, SlicewiseError
+    from data.label_text import parse_label_text
     from data.store import Workspace
 
     settings = Settings.from_env(workspace=args.workspace)
@@ -348,7 +342,10 @@ def _import(args: argparse.Namespace) -> int:
             )
             return 2
         try:
-            body = ProjectCreate(name=args.project, labels=[_parse_label(t) for t in args.label])
+            body = ProjectCreate(name=args.project, labels=parse_label_text("\n".join(args.label)))
+        except InvalidInput as exc:
+            print(f"slicewise import: --label: {exc}", file=sys.stderr)
+            return 2
         except ValueError as exc:
             print(f"slicewise import: {exc}", file=sys.stderr)
             return 2

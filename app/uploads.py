@@ -22,6 +22,27 @@ from starlette.requests import ClientDisconnect, Request
 from data.errors import InvalidInput, TooLarge
 
 FIELD = "file"
+
+
+def upload_body(description: str) -> dict:
+    """The OpenAPI request body of a route that reads its upload with `received_file`: one multipart file
+    in field `file` (the route reads the raw stream, so FastAPI cannot describe it on its own)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": [FIELD],
+                        "properties": {FIELD: {"type": "string", "format": "binary", "description": description}},
+                    }
+                }
+            },
+        }
+    }
+
+
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file's bytes
 WRITE_CHUNK = 1024 * 1024
 

@@ -14,64 +14,25 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-import nibabel as nib
 import numpy as np
 
+from bench.common import (
+    ONE_LABEL,
+    report_header,
+    start_background_training,
+    start_server,
+    synthetic_volume,
+    train_predicting_model,
+)
 from bench.common import ROOT as REPO
-from bench.common import command, commit, cpu_model, wait_job
-from data.store import FINISHED_STATES
 
-LABELS = [{"value": 1, "name": "structure", "color": "#e6194b"}]
 TARGET_MS = 100.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(workspace: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    script = Path(sys.executable).with_name("slicewise")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
-    log = open(log_path, "wb")
-    process = subprocess.Popen(
-        [*command, "serve", "--workspace", str(workspace), "--port", str(port), "--no-demo", "--device", "cpu"],
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "SLICEWISE_LOG_LEVEL": "warning"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/api/health", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    raise SystemExit(f"server did not start:\n{log_path.read_text()}")
-
-
-def synthetic_volume(path: Path, shape) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    zz = np.linspace(-1, 1, shape[0])[:, None, None] ** 2 + np.linspace(-1, 1, shape[1])[None, :, None] ** 2
-    image = (1000 * (zz < 0.3) + rng.normal(0, 50, (shape[0], shape[1], 1))).astype(np.int16)
-    image = np.repeat(image, shape[2], axis=2)
-    nib.save(nib.Nifti1Image(image, np.diag([0.7, 0.7, 1.5, 1.0])), path)
-    return (image > 500).astype(np.uint8)
 
 
 def timed(client: httpx.Client, n: int, request) -> list[float]:
@@ -104,7 +65,7 @@ def main() -> None:
         server, url = start_server(tmp / "ws", tmp / "server.log")
         try:
             with httpx.Client(base_url=url, timeout=120) as client:
-                project = client.post("/api/projects", json={"name": "bench", "labels": LABELS}).json()
+                project = client.post("/api/projects", json={"name": "bench", "labels": ONE_LABEL}).json()
                 with open(tmp / "big.nii.gz", "rb") as f:
                     volume = client.post(
                         f"/api/projects/{project['id']}/volumes", files={"file": ("big.nii.gz", f)}
@@ -118,16 +79,7 @@ def main() -> None:
                         headers={"Content-Type": "application/octet-stream"},
                     )
                 t0 = time.monotonic()
-                job = client.post(
-                    f"/api/projects/{project['id']}/train",
-                    json={
-                        "preset": "quick",
-                        "stages": {"global": False, "local": False, "finetune": {"epochs": 1, "steps": 2}},
-                    },
-                ).json()
-                job = wait_job(client, job["id"], lambda j: j["state"] in FINISHED_STATES)
-                if job["state"] != "succeeded":
-                    raise SystemExit(f"set-up training failed: {job}")
+                train_predicting_model(client, project["id"])
                 setup_train_s = time.monotonic() - t0
 
                 masks = [
@@ -152,15 +104,7 @@ def main() -> None:
                     timed(client, 3, op)
                 idle = {name: percentiles(timed(client, args.requests, op)) for name, op in ops.items()}
 
-                busy_job = client.post(
-                    f"/api/projects/{project['id']}/train",
-                    json={"preset": "cpu", "stages": {"finetune": {"epochs": 50}}},
-                ).json()
-                wait_job(
-                    client,
-                    busy_job["id"],
-                    lambda j: j["state"] == "running" and j["progress"] > 0 or j["state"] in FINISHED_STATES,
-                )
+                busy_job = start_background_training(client, project["id"], finetune_epochs=50)
                 busy = {name: percentiles(timed(client, args.requests, op)) for name, op in ops.items()}
                 still_running = client.get(f"/api/jobs/{busy_job['id']}").json()["state"] == "running"
                 client.post(f"/api/jobs/{busy_job['id']}/cancel")
@@ -173,7 +117,6 @@ def main() -> None:
     for name in idle:
         (i50, i95), (b50, b95) = idle[name], busy[name]
         rows.append(f"| {name} | {i50:.1f} | {i95:.1f} | {b50:.1f} | {b95:.1f} |")
-    cpu = cpu_model()
     table = "\n".join(
         [
             "| request | idle p50 (ms) | idle p95 (ms) | training p50 (ms) | training p95 (ms) |",
@@ -184,10 +127,7 @@ def main() -> None:
     meets = all(idle[n][1] < TARGET_MS and busy[n][1] < TARGET_MS for n in list(idle)[:2])
     text = f"""# API latency on a {shape[0]}x{shape[1]}x{shape[2]} volume
 
-- machine: {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, no GPU
-- commit: {commit()}
-- date: {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))}
-- command: `{command()}` (wall time {time.time() - started:.0f} s)
+{report_header(started)}
 - load average (1 min) before / after: {load_before:.2f} / {load_after:.2f} (the machine may be shared)
 - one client, sequential requests over loopback to a real `slicewise serve`; {args.requests} requests per row;
   slices along axis 2 (512x512), random indices; saves alternate between 20 slices (each save a new version).

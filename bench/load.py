@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import tempfile
 import threading
@@ -26,15 +25,21 @@ import time
 from pathlib import Path
 
 import httpx
+import nibabel as nib
 import numpy as np
 
-from bench.api_latency import start_server, synthetic_volume
+from bench.common import (
+    ONE_LABEL,
+    SHARED_DATA,
+    report_header,
+    start_background_training,
+    start_server,
+    synthetic_volume,
+    train_predicting_model,
+)
 from bench.common import ROOT as REPO
-from bench.common import command, commit, cpu_model, wait_job
-from data.store import FINISHED_STATES
 
-HIPPO = REPO.parent / "shared" / "data" / "hippocampus" / "imagesTr" / "hippocampus_001.nii.gz"
-LABELS = [{"value": 1, "name": "structure", "color": "#e6194b"}]
+HIPPO = SHARED_DATA / "hippocampus" / "imagesTr" / "hippocampus_001.nii.gz"
 SHAPE = (256, 256, 100)
 TARGET_P95_MS = 250.0
 RAW = {"Content-Type": "application/octet-stream"}
@@ -148,7 +153,7 @@ def main() -> None:
         server, url = start_server(tmp / "ws", tmp / "server.log")
         try:
             with httpx.Client(base_url=url, timeout=120) as client:
-                project = client.post("/api/projects", json={"name": "load", "labels": LABELS}).json()
+                project = client.post("/api/projects", json={"name": "load", "labels": ONE_LABEL}).json()
                 uploads = [tmp / "synthetic.nii.gz"] + ([HIPPO] if HIPPO.exists() else [])
                 volumes, masks = [], {}
                 for path in uploads:
@@ -159,8 +164,6 @@ def main() -> None:
                     volumes.append(volume)
                     rows, cols = volume["shape"][0], volume["shape"][1]
                     if path == HIPPO:
-                        import nibabel as nib
-
                         label = np.asarray(nib.load(path).dataobj) > np.percentile(nib.load(path).dataobj, 80)
                         painted = label.astype(np.uint8)
                     else:
@@ -175,25 +178,8 @@ def main() -> None:
                             content=np.ascontiguousarray(painted[:, :, k]).tobytes(),
                             headers=RAW,
                         ).raise_for_status()
-                job = client.post(
-                    f"/api/projects/{project['id']}/train",
-                    json={
-                        "preset": "quick",
-                        "stages": {"global": False, "local": False, "finetune": {"epochs": 1, "steps": 2}},
-                    },
-                ).json()
-                job = wait_job(client, job["id"], lambda j: j["state"] in FINISHED_STATES)
-                if job["state"] != "succeeded":
-                    raise SystemExit(f"set-up training failed: {job}")
-                busy = client.post(
-                    f"/api/projects/{project['id']}/train",
-                    json={"preset": "cpu", "stages": {"finetune": {"epochs": 200}}},
-                ).json()
-                wait_job(
-                    client,
-                    busy["id"],
-                    lambda j: j["state"] == "running" and j["progress"] > 0 or j["state"] in FINISHED_STATES,
-                )
+                train_predicting_model(client, project["id"])
+                busy = start_background_training(client, project["id"], finetune_epochs=200)
                 for n in args.annotators:
                     result = measure(url, n, volumes, masks, args.seconds, args.max_actions, args.think)
                     result["training"] = client.get(f"/api/jobs/{busy['id']}").json()["state"] == "running"
@@ -220,10 +206,7 @@ def main() -> None:
     first_errors = [e for r in results for e in r["errors"]][:5]
     text = f"""# Load: simulated annotators while a training job runs
 
-- machine: {os.cpu_count()} cores ({cpu_model()}), Python {platform.python_version()}, no GPU
-- commit: {commit()}
-- date: {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))}
-- command: `{command()}` (wall time {time.time() - started:.0f} s)
+{report_header(started)}
 - load average (1/5/15 min) before: {load_before[0]:.2f} / {load_before[1]:.2f} / {load_before[2]:.2f};
   after: {load_after[0]:.2f} / {load_after[1]:.2f} / {load_after[2]:.2f} (the machine is shared with other work)
 - one real `slicewise serve` (uvicorn, default settings) over loopback; volumes: synthetic 256x256x100 int16

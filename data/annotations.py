@@ -64,13 +64,6 @@ def _check_label_values(array: np.ndarray, what: str) -> np.ndarray:
     return array.astype(np.uint8, copy=False)
 
 
-def merge_slice(labels: np.ndarray, axis: int, index: int, mask: np.ndarray) -> np.ndarray:
-    """A copy of `labels` with slice (axis, index) replaced by `mask`."""
-    merged = _check_label_values(np.asarray(labels), "label volume").copy()
-    put_slice(merged, axis, index, mask)
-    return merged
-
-
 def put_slice(labels: np.ndarray, axis: int, index: int, mask: np.ndarray) -> None:
     """Replace slice (axis, index) of the uint8 label volume `labels` by `mask`, in place."""
     axis, index = _check_axis_index(labels, axis, index)
@@ -84,20 +77,13 @@ def put_slice(labels: np.ndarray, axis: int, index: int, mask: np.ndarray) -> No
     labels[tuple(where)] = mask
 
 
-def painted_slices(labels: np.ndarray) -> list[tuple[int, int]]:
-    """(axis, index) of every slice holding no IGNORE; axes with more painted slices come first."""
+def painted_mask(labels: np.ndarray, axis: int) -> np.ndarray:
+    """Bool per index along `axis`: that slice is painted, i.e. fully annotated (holds no IGNORE pixel)."""
     labels = np.asarray(labels)
     if labels.ndim != 3:
         raise InvalidInput(f"expected a 3D label volume, got shape {labels.shape}")
-    labels = _check_label_values(labels, "label volume")
-    unpainted = labels == IGNORE
-    per_axis = []
-    for axis in range(3):
-        other_axes = tuple(a for a in range(3) if a != axis)
-        painted = np.flatnonzero(~unpainted.any(axis=other_axes))
-        per_axis.append((axis, [int(i) for i in painted]))
-    per_axis.sort(key=lambda item: (-len(item[1]), item[0]))
-    return [(axis, index) for axis, indices in per_axis for index in indices]
+    other = tuple(a for a in range(3) if a != axis)
+    return (labels != IGNORE).all(axis=other)
 
 
 def validate_mask(mask, expected_shape, allowed_values: set[int]) -> np.ndarray:

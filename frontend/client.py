@@ -115,6 +115,10 @@ class ApiClient:
     def get_project(self, project_id: int) -> dict:
         return self._json("GET", f"/api/projects/{int(project_id)}")
 
+    def parse_labels(self, text: str) -> list[dict]:
+        """The label map typed as text (one syntax, defined by the server) -> [{"value", "name", "color"}]."""
+        return self._json("GET", "/api/labels/parse", params={"text": text})
+
     def create_project(self, name: str, labels: list[dict]) -> dict:
         return self._json("POST", "/api/projects", json={"name": name, "labels": labels})
 

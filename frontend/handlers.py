@@ -8,7 +8,6 @@ which talks to the API from the browser.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,24 +15,8 @@ from pathlib import Path
 from frontend import render
 from frontend.client import ApiClient, ApiError
 
-# distinct, readable on a grey image (Sasha Trubetskoy's palette, as the demo project uses)
-PALETTE = (
-    "#e6194b",
-    "#3cb44b",
-    "#ffe119",
-    "#4363d8",
-    "#f58231",
-    "#911eb4",
-    "#42d4f4",
-    "#f032e6",
-    "#bfef45",
-    "#fabed4",
-    "#469990",
-    "#dcbeff",
-)
 UPLOAD_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".zip")
 MASK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".dcm")  # .seg.nrrd ends in .nrrd
-_HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
 
 
 def empty_state() -> dict:
@@ -59,41 +42,15 @@ class Screen:
 # ---------------------------------------------------------------------------- pure helpers
 
 
-def parse_labels(text: str) -> list[dict]:
-    """One label per line or comma-separated: `name`, `name #rrggbb`, `value name`, `value name #rrggbb`.
-
-    Values default to 1, 2, ...; colours to a readable palette. Raises ValueError saying what is wrong.
-    """
-    items = [part.strip() for line in (text or "").splitlines() for part in line.split(",")]
-    items = [item for item in items if item]
-    if not items:
-        raise ValueError("give at least one label name, e.g. 'tumour' (one per line)")
-    labels, used_values, used_names = [], set(), set()
-    for n, item in enumerate(items, start=1):
-        words = item.split()
-        color = None
-        if words and words[-1].startswith("#"):
-            color = words.pop()
-            if not _HEX.match(color):
-                raise ValueError(f"label {item!r}: colour {color!r} must look like #e6194b")
-        value = None
-        if words and words[0].isdigit():
-            value = int(words.pop(0))
-        name = " ".join(words)
-        if not name:
-            raise ValueError(f"label {item!r} has no name")
-        if value is None:
-            value = next(v for v in range(1, 255) if v not in used_values)
-        if not 1 <= value <= 254:
-            raise ValueError(f"label {name!r}: value {value} must be 1..254 (0 is background, 255 'not painted')")
-        if value in used_values:
-            raise ValueError(f"label value {value} is used twice")
-        if name.lower() in used_names:
-            raise ValueError(f"label name {name!r} is used twice")
-        used_values.add(value)
-        used_names.add(name.lower())
-        labels.append({"value": value, "name": name, "color": (color or PALETTE[(n - 1) % len(PALETTE)]).lower()})
-    return labels
+def parse_labels(client: ApiClient, text: str) -> list[dict]:
+    """The label box's text as a label map; the server owns the syntax. Raises ValueError saying what is wrong
+    (ApiError, a refusal other than the text's, passes through)."""
+    try:
+        return client.parse_labels(text or "")
+    except ApiError as exc:
+        if exc.status == 422:
+            raise ValueError(exc.detail) from None
+        raise
 
 
 def project_choices(projects: Iterable[dict]) -> list[tuple[str, int]]:
@@ -223,12 +180,11 @@ def create_project(client: ApiClient, state: dict, name: str, labels_text: str) 
     if not name:
         return Screen(state=state, project_message=render.message("error", "Give the new project a name."))
     try:
-        labels = parse_labels(labels_text)
-    except ValueError as exc:
-        return Screen(state=state, project_message=render.message("error", f"Labels: {exc}"))
-    try:
+        labels = parse_labels(client, labels_text)
         project = client.create_project(name, labels)
         projects = client.list_projects()
+    except ValueError as exc:
+        return Screen(state=state, project_message=render.message("error", f"Labels: {exc}"))
     except ApiError as exc:
         return Screen(
             state=state, project_message=render.message("error", f"Could not create the project: {exc.detail}")

@@ -27,11 +27,10 @@ def save_labels(client: ApiClient, state: dict, text: str) -> Screen:
     if pid is None:
         return Screen(state=state, project_message=render.message("error", "Pick a project first."))
     try:
-        labels = handlers.parse_labels(text)
+        labels = handlers.parse_labels(client, text)
+        project = client.update_labels(pid, labels)
     except ValueError as exc:
         return Screen(state=state, project_message=render.message("error", f"Labels: {exc}"))
-    try:
-        project = client.update_labels(pid, labels)
     except ApiError as exc:
         return Screen(state=state, project_message=render.message("error", f"Labels not changed: {exc.detail}"))
     screen = handlers.select_project(client, state, pid)

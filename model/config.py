@@ -299,11 +299,16 @@ class TrainConfig:
         return cls.from_dict(d)
 
 
+# What both CPU-sized presets share: 128 x 128 training patches whatever the image size, and the local
+# contrastive loss on every 4th pixel per direction (mode "stride") instead of tile by tile.
+_CPU_SIZED: dict[str, Any] = dict(patch_size=128, local_mode="stride")
+
 _PRESETS: dict[str, dict[str, Any]] = {
     # Tiny: the whole pipeline in well under a minute on a 2-core CPU for a few hippocampus volumes.
     # 200 fine-tune steps: 3 hippocampus volumes x 2 painted slices reach mean Dice > 0.5 on unpainted
     # volumes (docs/benchmarks/retrain_timing.md); 20 steps gave 0.01.
     "quick": dict(
+        _CPU_SIZED,
         widths=(16, 32, 64),
         global_proj_dim=32,
         local_proj_dim=32,
@@ -314,7 +319,6 @@ _PRESETS: dict[str, dict[str, Any]] = {
         local_steps=4,
         local_batch=4,
         local_lr=3e-4,
-        local_mode="stride",
         finetune_epochs=4,
         finetune_steps=50,
         finetune_batch=8,
@@ -323,7 +327,6 @@ _PRESETS: dict[str, dict[str, Any]] = {
         pseudo_steps=4,
         pseudo_batch=8,
         max_size=128,
-        patch_size=128,
         budget_s=40.0,
         refresh_budget_s=15.0,
     ),
@@ -331,7 +334,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # size (128 x 128 training patches): training at most 4 min for a full retrain, 20 s for a refresh,
     # leaving the rest of 5 min / 30 s for reading volumes and writing masks (docs/benchmarks/).
     "cpu": dict(
-        patch_size=128,
+        _CPU_SIZED,
         budget_s=240.0,
         refresh_budget_s=20.0,
         widths=(16, 32, 64, 128),
@@ -345,7 +348,6 @@ _PRESETS: dict[str, dict[str, Any]] = {
         local_steps=40,
         local_batch=8,
         local_lr=5e-4,
-        local_mode="stride",
         finetune_epochs=8,
         finetune_steps=40,
         finetune_batch=16,

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.annotations import most_painted_axis
+from data.annotations import most_painted_axis, painted_mask
 from data.errors import InvalidInput
 from data.volume import IGNORE
 
@@ -52,12 +52,6 @@ def intensity_stats(array: np.ndarray) -> IntensityStats:
 def slab(array: np.ndarray, axis: int, start: int = 0, stop: int | None = None) -> np.ndarray:
     """Slices start..stop along `axis` as (n, h, w), the remaining axes in their original order."""
     return np.moveaxis(np.asarray(array), axis, 0)[start:stop]
-
-
-def painted_mask(labels: np.ndarray, axis: int) -> np.ndarray:
-    """Bool per index along `axis`: the slice is fully annotated (no IGNORE pixel)."""
-    other = tuple(a for a in range(3) if a != axis)
-    return (np.asarray(labels) != IGNORE).all(axis=other)
 
 
 def annotated_mask(labels: np.ndarray, axis: int) -> np.ndarray:

@@ -72,9 +72,7 @@ def load_data(cfg: TrainConfig) -> TrainData:
     if not cfg.out_dir:
         raise ValueError("out_dir is not set")
     # the global stage reads no label; every other stage (local, finetune, pseudo) learns from painted slices
-    painted_needed = any(
-        getattr(cfg, f"{s}_stage") and getattr(cfg, f"{s}_epochs") > 0 for s in STAGES if s != "global"
-    )
+    painted_needed = any(cfg.runs(s) for s in STAGES if s != "global")
     label_paths = list(cfg.labels) or [""] * len(cfg.images)
     images = [_read(p, "image") for p in cfg.images]
     labels = [(_read(p, "label volume") if p else None) for p in label_paths]
@@ -117,9 +115,9 @@ def stage_plan(cfg: TrainConfig, data: slices.SliceSet) -> list[tuple[str, int, 
     }
     plan = []
     for stage in STAGES:
-        if getattr(cfg, f"{stage}_stage") and getattr(cfg, f"{stage}_epochs") > 0:
-            steps = getattr(cfg, f"{stage}_steps") or math.ceil(pools[stage] / getattr(cfg, f"{stage}_batch"))
-            plan.append((stage, getattr(cfg, f"{stage}_epochs"), steps))
+        if cfg.runs(stage):
+            schedule = cfg.schedule(stage)
+            plan.append((stage, schedule.epochs, schedule.steps or math.ceil(pools[stage] / schedule.batch)))
     return plan
 
 
@@ -209,7 +207,7 @@ class Trainer:
         if stage == "pseudo":
             x, y = self._pseudo_batch()
         else:
-            x, y = self._labeled_batch(cfg.local_batch if stage == "local" else cfg.finetune_batch)
+            x, y = self._labeled_batch(cfg.schedule(stage).batch)
         if cfg.augment:
             x, y = random_spatial(x, y, g=self.g, **self.spatial)
         y = y.to(rt.device)

@@ -12,8 +12,9 @@ from data.annotations import (
     empty_labels,
     mask_from_png,
     mask_to_png,
-    merge_slice,
-    painted_slices,
+    most_painted_axis,
+    painted_mask,
+    put_slice,
     take_slice,
     validate_mask,
 )
@@ -44,52 +45,50 @@ def test_take_slice_refuses_bad_axis_or_index(axis, index):
         take_slice(np.zeros((3, 4, 5)), axis, index)
 
 
-def test_merge_slice_sets_only_that_slice_and_copies():
+def test_put_slice_sets_only_that_slice():
     labels = empty_labels((3, 4, 5))
-    mask = np.array([[0, 1, 2, 0, 1]] * 4, dtype=np.uint8)  # slice along axis 0 is (4, 5)
-    merged = merge_slice(labels, 0, 1, mask)
-    assert np.array_equal(merged[1], mask)
-    assert (merged[0] == IGNORE).all() and (merged[2] == IGNORE).all()
-    assert (labels == IGNORE).all()  # input untouched
-    assert merged.dtype == np.uint8
+    mask = np.array([[0, 1, 2, 0, 1]] * 4, dtype=np.int64)  # slice along axis 0 is (4, 5)
+    put_slice(labels, 0, 1, mask)
+    assert np.array_equal(labels[1], mask)
+    assert (labels[0] == IGNORE).all() and (labels[2] == IGNORE).all()
+    assert labels.dtype == np.uint8
 
 
-def test_merge_slice_refuses_wrong_shape_and_values():
+def test_put_slice_refuses_wrong_shape_and_values_and_changes_nothing():
     labels = empty_labels((3, 4, 5))
     with pytest.raises(InvalidInput, match="shape"):
-        merge_slice(labels, 0, 1, np.zeros((5, 4), np.uint8))
+        put_slice(labels, 0, 1, np.zeros((5, 4), np.uint8))
     with pytest.raises(InvalidInput, match="between 0 and 255"):
-        merge_slice(labels, 2, 0, np.full((3, 4), 256, np.int32))
+        put_slice(labels, 2, 0, np.full((3, 4), 256, np.int32))
     with pytest.raises(InvalidInput, match="integer"):
-        merge_slice(labels, 2, 0, np.full((3, 4), 0.5))
+        put_slice(labels, 2, 0, np.full((3, 4), 0.5))
     with pytest.raises(InvalidInput):
-        merge_slice(labels, 2, 5, np.zeros((3, 4), np.uint8))
+        put_slice(labels, 2, 5, np.zeros((3, 4), np.uint8))
+    assert (labels == IGNORE).all()
 
 
-def test_painted_slices_lists_fully_annotated_slices_busiest_axis_first():
+def test_painted_mask_marks_fully_annotated_slices_and_the_busiest_axis_wins():
     labels = empty_labels((6, 7, 8))
     for k in (1, 4, 6):
-        labels = merge_slice(labels, 2, k, np.zeros((6, 7), np.uint8))
-    labels = merge_slice(labels, 0, 3, np.ones((7, 8), np.uint8))
-    assert painted_slices(labels) == [(2, 1), (2, 4), (2, 6), (0, 3)]
-    assert painted_slices(empty_labels((2, 3, 4))) == []
+        put_slice(labels, 2, k, np.zeros((6, 7), np.uint8))
+    put_slice(labels, 0, 3, np.ones((7, 8), np.uint8))
+    painted = [np.flatnonzero(painted_mask(labels, axis)).tolist() for axis in range(3)]
+    assert painted == [[3], [], [1, 4, 6]]
+    assert most_painted_axis(len(p) for p in painted) == 2
+    assert not any(painted_mask(empty_labels((2, 3, 4)), axis).any() for axis in range(3))
 
 
 def test_partly_painted_slice_does_not_count():
     labels = empty_labels((4, 4, 4))
     partial = np.zeros((4, 4), np.uint8)
     partial[0, 0] = IGNORE
-    labels = merge_slice(labels, 1, 2, partial)
-    assert painted_slices(labels) == []
+    put_slice(labels, 1, 2, partial)
+    assert not any(painted_mask(labels, axis).any() for axis in range(3))
 
 
-def test_painted_slices_validates_labels():
-    with pytest.raises(InvalidInput):
-        painted_slices(np.zeros((2, 3)))
-    with pytest.raises(InvalidInput):
-        painted_slices(np.full((2, 3, 4), 0.5))
-    with pytest.raises(InvalidInput):
-        painted_slices(np.full((2, 3, 4), -1, np.int16))
+def test_painted_mask_needs_a_3d_label_volume():
+    with pytest.raises(InvalidInput, match="3D"):
+        painted_mask(np.zeros((2, 3)), 0)
 
 
 def test_validate_mask_accepts_label_map_values():

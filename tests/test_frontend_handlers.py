@@ -15,42 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data.errors import InvalidInput
+from data.label_text import parse_label_text
 from frontend import handlers, render
 from frontend.client import ApiClient, ApiError
 from helpers_server import SHARED_DATA, running_server
 
 # ------------------------------------------------------------------------------------------ pure logic
-
-
-def test_parse_labels_defaults_values_and_colours():
-    labels = handlers.parse_labels("anterior\nposterior #3CB44B")
-    assert labels == [
-        {"value": 1, "name": "anterior", "color": handlers.PALETTE[0]},
-        {"value": 2, "name": "posterior", "color": "#3cb44b"},
-    ]
-
-
-def test_parse_labels_explicit_values_commas_and_multiword_names():
-    labels = handlers.parse_labels("3 left hippocampus #112233, 7 right hippocampus")
-    assert [(l["value"], l["name"]) for l in labels] == [(3, "left hippocampus"), (7, "right hippocampus")]
-    assert labels[0]["color"] == "#112233"
-
-
-@pytest.mark.parametrize(
-    "text, words",
-    [
-        ("", "at least one"),
-        ("a #12345", "colour"),
-        ("1 a\n1 b", "used twice"),
-        ("a\nA", "used twice"),
-        ("255 x", "1..254"),
-        ("0 x", "1..254"),
-        ("#e6194b", "no name"),
-    ],
-)
-def test_parse_labels_refuses_with_a_reason(text, words):
-    with pytest.raises(ValueError, match=re.escape(words)):
-        handlers.parse_labels(text)
 
 
 def test_upload_name_and_suffixes():
@@ -92,6 +63,11 @@ class FakeApi:
     def __call__(self, request: httpx.Request) -> httpx.Response:
         path, method = request.url.path, request.method
         self.requests.append((method, path))
+        if path == "/api/labels/parse" and method == "GET":
+            try:
+                return httpx.Response(200, json=parse_label_text(request.url.params["text"]))
+            except InvalidInput as exc:
+                return httpx.Response(422, json={"detail": str(exc)})
         if path == "/api/projects" and method == "GET":
             return httpx.Response(200, json=self.projects)
         if path == "/api/projects" and method == "POST":

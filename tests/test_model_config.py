@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +79,11 @@ def test_retrain_config_reuses_the_previous_run(tmp_path):
     refresh = retrain_config(cfg, tmp_path / "v1", refresh=True)
     assert refresh.init_from.endswith("model.pt") and (refresh.global_stage, refresh.local_stage) == (False, False)
     assert cfg.pseudo_stage and shared.pseudo_stage and not refresh.pseudo_stage  # the refresh stays short
+
+
+def test_every_preset_keeps_its_values():
+    """The presets' values as measured in docs/benchmarks/; a change to one is a decision, so it shows here."""
+    snapshot = json.loads((Path(__file__).parent / "snapshots" / "presets.json").read_text())
+    assert sorted(snapshot) == sorted(PRESETS)
+    for name in PRESETS:
+        assert json.loads(json.dumps(preset(name).to_dict())) == snapshot[name], name

@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.store import Workspace
+from bench.common import wait_job as poll_job
+from data.store import FINISHED_STATES, Workspace
 from helpers_server import SHARED_DATA, running_server
 
 pytestmark = pytest.mark.slow
@@ -33,7 +34,7 @@ LABELS = [{"value": 1, "name": "anterior", "color": "#e6194b"}, {"value": 2, "na
 AXIS = 0
 # the quick preset, with a fine-tune long enough to learn something from 6 painted slices
 TRAIN = {"preset": "quick", "stages": {"finetune": {"epochs": 3, "steps": 20}}}
-TERMINAL = ("succeeded", "failed", "cancelled")
+TERMINAL = FINISHED_STATES
 
 
 @pytest.fixture(scope="module")
@@ -95,14 +96,9 @@ def follow_events(server, job_id: int, timeout: float = 420) -> list[tuple[str, 
 
 
 def wait_job(client, job_id, predicate, timeout=420, server=None):
-    deadline = time.monotonic() + timeout
-    job = None
-    while time.monotonic() < deadline:
-        job = client.get(f"/api/jobs/{job_id}").json()
-        if predicate(job):
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} never got there: {job}\n{server.log()[-3000:] if server else ''}")
+    """The benchmarks' job poll, polling faster and showing the end of the server's log when it times out."""
+    context = (lambda: server.log()[-3000:]) if server else None
+    return poll_job(client, job_id, predicate, timeout, poll_s=0.2, context=context)
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:

@@ -61,6 +61,21 @@ def _secure(request: Request) -> bool:
     return proto.split(",")[0].strip().lower() == "https"
 
 
+# the session cookie is for the server only (HttpOnly); the CSRF cookie is read by the page's scripts, which
+# echo it in X-CSRF-Token. Both live as long as the session and are set and cleared together.
+COOKIE_PATH = "/"
+LOGIN_COOKIES = {
+    SESSION_COOKIE: {"httponly": True, "samesite": "lax"},
+    CSRF_COOKIE: {"httponly": False, "samesite": "strict"},
+}
+
+
+def _set_login_cookies(response: Response, session_secret: str, secure: bool) -> None:
+    values = {SESSION_COOKIE: session_secret, CSRF_COOKIE: secrets.token_urlsafe(32)}
+    for name, flags in LOGIN_COOKIES.items():
+        response.set_cookie(name, values[name], max_age=SESSION_TTL_S, secure=secure, path=COOKIE_PATH, **flags)
+
+
 @router.post(
     "/login",
     responses={401: {"model": ErrorOut}, 429: {"model": ErrorOut}},
@@ -85,19 +100,7 @@ def login(body: LoginRequest, request: Request, response: Response, ws: Workspac
         raise HTTPException(401, "wrong user name or password")
     ws.clear_login_failures(user["name"])
     secret, row = ws.create_token(user["name"], label="login", kind="session", ttl_s=SESSION_TTL_S)
-    secure = _secure(request)
-    response.set_cookie(
-        SESSION_COOKIE, secret, max_age=SESSION_TTL_S, httponly=True, samesite="lax", secure=secure, path="/"
-    )
-    response.set_cookie(
-        CSRF_COOKIE,
-        secrets.token_urlsafe(32),
-        max_age=SESSION_TTL_S,
-        httponly=False,
-        samesite="strict",
-        secure=secure,
-        path="/",
-    )
+    _set_login_cookies(response, secret, secure=_secure(request))
     ws.record_audit(user["name"], "login", {"client": client})
     return {"name": user["name"], "role": user["role"], "auth": True, "expires": row["expires"]}
 
@@ -117,8 +120,8 @@ def logout(
     elif cookie:
         ws.end_session(cookie)
         ended = 1
-    response.delete_cookie(SESSION_COOKIE, path="/")
-    response.delete_cookie(CSRF_COOKIE, path="/")
+    for name in LOGIN_COOKIES:
+        response.delete_cookie(name, path=COOKIE_PATH)
     return {"logged_out": True, "sessions_ended": ended}
 
 

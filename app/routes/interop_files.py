@@ -13,34 +13,17 @@ from app.deps import allow, get_settings, get_workspace
 from app.predictions import safe_name
 from app.schemas import ErrorOut
 from app.settings import Settings
-from app.uploads import FIELD, received_file
+from app.uploads import received_file, upload_body
 from app.worker import Worker, get_worker
 from data.slicer_seg import itksnap_label_description
 from data.store import Workspace
 
 router = APIRouter(prefix="/api", tags=["exchange"])
 
-MASK_UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": [FIELD],
-                    "properties": {
-                        FIELD: {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "A mask on the volume's grid: .nii/.nii.gz, .nrrd, .mha, Slicer .seg.nrrd, "
-                            "or a DICOM-SEG .dcm of this volume's series.",
-                        }
-                    },
-                }
-            }
-        },
-    }
-}
+MASK_UPLOAD_BODY = upload_body(
+    "A mask on the volume's grid: .nii/.nii.gz, .nrrd, .mha, Slicer .seg.nrrd, "
+    "or a DICOM-SEG .dcm of this volume's series."
+)
 
 
 @router.post(

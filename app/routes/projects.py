@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Query, Response
 
 from app.auth import Principal
 from app.deps import allow, get_workspace
-from app.schemas import ErrorOut, ProjectCreate, ProjectOut
+from app.schemas import ErrorOut, LabelOut, ProjectCreate, ProjectOut
+from data.label_text import parse_label_text
 from data.store import Workspace
 
 router = APIRouter(prefix="/api", tags=["projects"])
@@ -53,3 +54,19 @@ def get_project(
     user: Principal = Depends(allow("viewer", "reading a project")),
 ) -> dict:
     return ws.get_project(project_id)
+
+
+@router.get(
+    "/labels/parse",
+    response_model=list[LabelOut],
+    responses={422: {"model": ErrorOut}},
+    summary="Read a label map typed as text",
+    description="One label per line or comma-separated: `name`, `name #rrggbb`, `value name`, "
+    "`value name #rrggbb` or `value:name:#rrggbb`. Values default to the lowest free one, colours to a palette. "
+    "Changes nothing; the result is what `POST /api/projects` and `PUT /api/projects/{id}/labels` take.",
+)
+def parse_labels(
+    text: str = Query(max_length=20_000, description="the label map as text"),
+    user: Principal = Depends(allow("viewer", "reading a label map")),
+) -> list[dict]:
+    return parse_label_text(text)

@@ -10,32 +10,13 @@ from app.deps import allow, get_renderer, get_settings, get_workspace
 from app.rendering import SliceRenderer
 from app.schemas import ErrorOut, VolumeDetailOut, VolumeOut
 from app.settings import Settings
-from app.uploads import FIELD, received_file
+from app.uploads import received_file, upload_body
 from data.annotations import take_slice
 from data.store import Workspace
 
 router = APIRouter(prefix="/api", tags=["volumes"])
 
-UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": [FIELD],
-                    "properties": {
-                        FIELD: {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "A .nii / .nii.gz file, or a .zip holding one DICOM series.",
-                        }
-                    },
-                }
-            }
-        },
-    }
-}
+UPLOAD_BODY = upload_body("A .nii / .nii.gz file, or a .zip holding one DICOM series.")
 
 
 @router.post(

@@ -1,4 +1,5 @@
-/* Shared state and the one fetch helper of the viewer (every request to /api goes through `api`). */
+/* The viewer's state (one object, made by viewer.js and passed to what acts on it) and the one fetch helper
+ * (every request to /api goes through `api`). */
 
 export const IGNORE = 255;
 export const API = '/api';
@@ -7,7 +8,7 @@ export const key = (axis, index) => axis + ':' + index;
 export const parseKey = (k) => k.split(':').map((n) => parseInt(n, 10));
 
 /** Everything the page knows; `hooks` lets the job/model panel ask the views to redraw or reload. */
-export const S = {
+export const createState = () => ({
   volumeId: null, volume: null, project: null, labels: [], volumes: [],
   voxels: null, offset: 0, scale: 1, autoWindow: 1, autoLevel: 0,
   views: {}, active: 'axial', layout: 'three', cursor: [0, 0, 0],
@@ -19,7 +20,7 @@ export const S = {
   tool: null, brush: 3, tolerance: 50,
   suggestions: [], models: [], job: null, events: null, pollTimer: null,
   stroke: null, hover: null, wlDrag: null, hooks: {}, paintTick: 0, drawnAt: 0,
-};
+});
 
 export function say(text, kind = 'info') {
   const el = $('message');

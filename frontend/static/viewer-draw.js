@@ -1,14 +1,15 @@
 /* Drawing one plane: grey voxels through a window/level table, the painted mask or the prediction (filled or
  * as an outline) blended on top, then the crosshair and the exact brush footprint. All in the browser. */
 
-import { S, hexToRgb } from './viewer-core.js';
+import { hexToRgb } from './viewer-core.js';
 import { voxelX, voxelY, sliceSteps } from './viewer-geometry.js';
 
 let lut = new Uint8Array(65536);
 let lutKey = '';
 
-/** grey = clip(round((v - (level - window / 2)) / window * 255)), v = offset + scale * q (as the server's PNGs). */
-export function greyTable() {
+/** grey = clip(round((v - (level - window / 2)) / window * 255)), v = offset + scale * q (as the server's PNGs);
+ * window, level, offset and scale are the viewer state's. */
+export function greyTable(S) {
   const k = [S.window, S.level, S.offset, S.scale].join();
   if (k === lutKey) return lut;
   const low = S.level - S.window / 2;
@@ -20,7 +21,7 @@ export function greyTable() {
   return lut;
 }
 
-function labelColours() {
+function labelColours(S) {
   const table = new Array(256).fill(null);
   for (const l of S.labels) if (!S.hidden.has(l.value)) table[l.value] = hexToRgb(l.color);
   return table;
@@ -49,11 +50,11 @@ function isEdge(mask, walk, sx, sy, w, h, value) {
     (sy === 0 || mask[at - walk.y] !== value) || (sy === h - 1 || mask[at + walk.y] !== value);
 }
 
-/** Fill view.image (width x height RGBA) with the plane's slice and its overlays. */
-export function paintImage(view, index, fill, outline) {
+/** Fill view.image (width x height RGBA) with the plane's slice of the state's volume and its overlays. */
+export function paintImage(S, view, index, fill, outline) {
   const { layout } = view;
   const w = layout.width, h = layout.height, shape = S.volume.shape;
-  const table = greyTable();
+  const table = greyTable(S);
   const px = new Uint32Array(view.image.data.buffer);
   const vw = voxelWalk(layout, index, shape);
   const vox = S.voxels;
@@ -64,7 +65,7 @@ export function paintImage(view, index, fill, outline) {
       px[o] = 0xff000000 | (g << 16) | (g << 8) | g;
     }
   }
-  const colours = labelColours();
+  const colours = labelColours(S);
   const mw = maskWalk(layout, shape);
   const bytes = view.image.data;
   if (fill && S.opacity > 0) {

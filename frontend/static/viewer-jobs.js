@@ -1,6 +1,7 @@
-/* Retrain with live progress and the loss curve, model versions and rollback, prediction state, downloads. */
+/* Retrain with live progress and the loss curve, model versions and rollback, prediction state, downloads.
+ * Every function takes the viewer state `S` it reads and updates (made by viewer.js). */
 
-import { S, $, API, api, getJSON, say, fmtSeconds } from './viewer-core.js';
+import { $, API, api, getJSON, say, fmtSeconds } from './viewer-core.js';
 
 // stage name -> what the progress bar says; the server's own list (GET /api/info), read once
 const STAGES = {};
@@ -14,7 +15,7 @@ async function loadStageLabels() {
 const SVG = 'http://www.w3.org/2000/svg';
 const losses = { jobId: null, points: [] };
 
-export function showJob(job, event) {
+export function showJob(S, job, event) {
   S.job = job;
   const pct = Math.round((job.progress || 0) * 100);
   $('progress').setAttribute('aria-valuenow', String(pct));
@@ -87,46 +88,46 @@ function drawLossCurve() {
   $('loss-text').textContent = `loss ${last.loss.toPrecision(3)} (${STAGES[last.stage] || last.stage}), ${n} points`;
 }
 
-export function stopFollowing() {
+export function stopFollowing(S) {
   if (S.events) { S.events.close(); S.events = null; }
   clearTimeout(S.pollTimer);
 }
 
-export function follow(jobId) {
-  stopFollowing();
+export function follow(S, jobId) {
+  stopFollowing(S);
   const es = new EventSource(`${API}/jobs/${jobId}/events`);
   S.events = es;
-  es.addEventListener('progress', (e) => { const d = JSON.parse(e.data); showJob(d, d.event); });
+  es.addEventListener('progress', (e) => { const d = JSON.parse(e.data); showJob(S, d, d.event); });
   es.addEventListener('retry', (e) => {
     const d = JSON.parse(e.data);
     say('Out of memory: retrying with a smaller setting. ' + (d.message || ''), 'info');
   });
-  es.addEventListener('end', (e) => { stopFollowing(); finished(JSON.parse(e.data)); });
+  es.addEventListener('end', (e) => { stopFollowing(S); finished(S, JSON.parse(e.data)); });
   es.onerror = () => {      // stream broke (server restart, proxy): fall back to polling
     if (S.events !== es) return;
     es.close(); S.events = null;
-    poll(jobId);
+    poll(S, jobId);
   };
 }
 
-async function poll(jobId) {
+async function poll(S, jobId) {
   try {
     const job = await getJSON(`/jobs/${jobId}`);
-    if (['succeeded', 'failed', 'cancelled'].includes(job.state)) { finished(job); return; }
-    showJob(job);
+    if (['succeeded', 'failed', 'cancelled'].includes(job.state)) { finished(S, job); return; }
+    showJob(S, job);
   } catch (err) { say('Lost track of the retrain: ' + err.message, 'error'); }
-  S.pollTimer = setTimeout(() => poll(jobId), 2000);
+  S.pollTimer = setTimeout(() => poll(S, jobId), 2000);
 }
 
-async function finished(job) {
-  showJob(job);
+async function finished(S, job) {
+  showJob(S, job);
   if (job.state === 'succeeded') say('Retrain finished: predictions are ready to review.', 'ok');
   else if (job.state === 'failed') say('Retrain failed — see the message under the progress bar.', 'error');
   else say('Retrain cancelled.', 'info');
-  await refreshModelsAndPrediction(job.state === 'succeeded');
+  await refreshModelsAndPrediction(S, job.state === 'succeeded');
 }
 
-export async function retrain() {
+export async function retrain(S) {
   if (!(await S.hooks.saveAll())) return;   // train on what is on screen, never lose the last strokes
   const preset = $('preset').value;
   const body = { mode: $('retrain-mode').value };
@@ -136,29 +137,29 @@ export async function retrain() {
       method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body),
     });
     const job = await response.json();
-    showJob(job);
+    showJob(S, job);
     say(job.coalesced ? 'A retrain was already queued: your request joined it.' : 'Retrain started.', 'info');
-    follow(job.id);
+    follow(S, job.id);
   } catch (err) {
     say('Could not start the retrain: ' + err.message, 'error');
   }
 }
 
-export async function cancelJob() {
+export async function cancelJob(S) {
   if (!S.job) return;
   try {
-    showJob(await (await api(`/jobs/${S.job.id}/cancel`, { method: 'POST' })).json());
+    showJob(S, await (await api(`/jobs/${S.job.id}/cancel`, { method: 'POST' })).json());
   } catch (err) { say('Could not cancel: ' + err.message, 'error'); }
 }
 
-export async function followRunningJob() {
+export async function followRunningJob(S) {
   await loadStageLabels();
   try {
     const jobs = await getJSON(`/projects/${S.project.id}/jobs`);
     const last = jobs[jobs.length - 1];
     if (last) {
-      showJob(last);
-      if (last.state === 'queued' || last.state === 'running') follow(last.id);
+      showJob(S, last);
+      if (last.state === 'queued' || last.state === 'running') follow(S, last.id);
     }
   } catch (err) { /* older server without the jobs list */ }
 }
@@ -179,7 +180,7 @@ function modelScore(m) {
   return scores.length ? scores.join('; ') : 'no score yet: paint or accept a slice it has not seen';
 }
 
-function renderModels() {
+function renderModels(S) {
   const list = $('models');
   list.textContent = '';
   if (!S.models.length) {
@@ -201,22 +202,22 @@ function renderModels() {
       b.type = 'button'; b.id = `activate-${m.id}`;
       b.textContent = 'Use this version';
       b.title = `Roll back / switch to model ${m.id}`;
-      b.addEventListener('click', () => activate(m.id));
+      b.addEventListener('click', () => activate(S, m.id));
       li.appendChild(b);
     }
     list.appendChild(li);
   }
 }
 
-async function activate(modelId) {
+async function activate(S, modelId) {
   try {
     await api(`/projects/${S.project.id}/models/${modelId}/activate`, { method: 'POST' });
     say(`Model ${modelId} is now active.`, 'ok');
-    await refreshModelsAndPrediction(true);
+    await refreshModelsAndPrediction(S, true);
   } catch (err) { say('Could not switch model: ' + err.message, 'error'); }
 }
 
-function setDownloads() {
+function setDownloads(S) {
   const ready = S.predReady;
   const set = (id, href) => {
     const a = $(id);
@@ -230,19 +231,19 @@ function setDownloads() {
 }
 
 /** The model versions list again (its scores change as slices are saved or accepted). */
-export async function refreshModels() {
+export async function refreshModels(S) {
   try {
     S.models = await getJSON(`/projects/${S.project.id}/models`);
-    renderModels();
+    renderModels(S);
   } catch (err) { /* the list on screen stays */ }
 }
 
 let predictionPoll = null;
-export async function refreshModelsAndPrediction(showPrediction = false) {
+export async function refreshModelsAndPrediction(S, showPrediction = false) {
   clearTimeout(predictionPoll);
   try {
     S.models = await getJSON(`/projects/${S.project.id}/models`);
-    renderModels();
+    renderModels(S);
     const st = await getJSON(`/volumes/${S.volumeId}/prediction`);
     S.predStatus = st;
     const wasReady = S.predReady && S.predModelId === st.model_id;
@@ -255,8 +256,8 @@ export async function refreshModelsAndPrediction(showPrediction = false) {
     }[st.status] || `Prediction: ${st.status}`;
     $('prediction-status').textContent = text;
     document.body.dataset.ready = String(S.predReady);
-    setDownloads();
-    if (st.status === 'pending') predictionPoll = setTimeout(() => refreshModelsAndPrediction(showPrediction), 2000);
+    setDownloads(S);
+    if (st.status === 'pending') predictionPoll = setTimeout(() => refreshModelsAndPrediction(S, showPrediction), 2000);
     if (S.predReady && !wasReady) {
       S.predCache.clear();
       await S.hooks.loadSuggestions();

@@ -6,7 +6,7 @@
  * what is shown is what is stored. The plane layout (which voxel axes, which flips) comes from the affine.
  */
 
-import { S, $, IGNORE, key, parseKey, say, api, getJSON } from './viewer-core.js';
+import { createState, $, IGNORE, key, parseKey, say, api, getJSON } from './viewer-core.js';
 import { PLANES, planeLayout, voxelAt, screenOf, sliceOffset, worldPosition } from './viewer-geometry.js';
 import { encodeGreyPng } from './viewer-png.js';
 import { paintImage, present } from './viewer-draw.js';
@@ -18,6 +18,8 @@ const PRESETS = {
 const PLANE_NAMES = { axial: 'Axial', coronal: 'Coronal', sagittal: 'Sagittal' };
 const MAX_UNDO = 100;
 
+// the page's one state object: this module makes it and passes it to the drawing and job modules
+const S = createState();
 window.S = S;                                   // for tests and the browser console
 window.slicewiseEncodePng = encodeGreyPng;      // for tests
 Object.defineProperty(S, 'pred', { get: () => activePrediction(), configurable: true });
@@ -95,7 +97,7 @@ function drawView(view) {
   const imageKey = [index, S.layer, entry.state, entry.version, S.paintTick, pred ? S.predModelId : 0, S.window, S.level,
     S.opacity, [...S.hidden].join('-')].join('|');
   const fresh = imageKey !== view.imageKey;
-  if (fresh) { paintImage(view, index, fill, outline); view.imageKey = imageKey; }
+  if (fresh) { paintImage(S, view, index, fill, outline); view.imageKey = imageKey; }
   const cross = screenOf(view.layout, S.cursor);
   const hover = S.hover && S.hover.view === view && isPaintTool() ? footprint(view, S.hover.sx, S.hover.sy) : null;
   present(view, fresh, cross, hover, S.tool && S.tool.kind === 'label' ? S.tool.color : '#ffffff');
@@ -723,7 +725,7 @@ async function review(decision) {
       sliceEntry(k);
       say(`Slice ${index} accepted: the prediction is now its annotation (reviewed).`, 'ok');
       setLayer('painted');
-      jobs.refreshModels();
+      jobs.refreshModels(S);
     } else {
       say(`Slice ${index} rejected: paint the correct mask, or leave it for the next retrain.`, 'info');
     }
@@ -775,7 +777,7 @@ async function loadVoxels(volumeId) {
 
 async function openVolume(volumeId) {
   const started = performance.now();
-  jobs.stopFollowing();
+  jobs.stopFollowing(S);
   document.body.dataset.loaded = 'false';
   S.volumeId = volumeId;
   S.voxels = null;
@@ -814,8 +816,8 @@ async function openVolume(volumeId) {
   await loadSuggestions();
   await countOtherVolumes();
   showTrainingAxis();
-  await jobs.refreshModelsAndPrediction(false);
-  await jobs.followRunningJob();
+  await jobs.refreshModelsAndPrediction(S, false);
+  await jobs.followRunningJob(S);
   refreshViews(); showReadout();
   const url = new URL(location.href);
   url.searchParams.set('volume', volumeId);
@@ -918,8 +920,8 @@ function wire() {
   });
   $('conflict-overwrite').addEventListener('click', () => resolveConflict(true));
   $('conflict-reload').addEventListener('click', () => resolveConflict(false));
-  $('retrain').addEventListener('click', jobs.retrain);
-  $('cancel-job').addEventListener('click', jobs.cancelJob);
+  $('retrain').addEventListener('click', () => jobs.retrain(S));
+  $('cancel-job').addEventListener('click', () => jobs.cancelJob(S));
   $('accept').addEventListener('click', () => review('accept'));
   $('reject').addEventListener('click', () => review('reject'));
   $('volume-picker').addEventListener('change', (e) => switchVolume(parseInt(e.target.value, 10)));
