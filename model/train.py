@@ -249,7 +249,7 @@ class Trainer:
         if max_seconds is not None:
             pool = pool[torch.randperm(len(pool), generator=self.g)]
         t0, labelled = time.monotonic(), 0
-        for chunk in pool.split(64 if max_seconds is None else 8):
+        for chunk in pool.split(64 if max_seconds is None else 8) if len(pool) else ():
             if max_seconds is not None and labelled and time.monotonic() - t0 > max_seconds:
                 break
             labelled += len(chunk)

@@ -96,3 +96,16 @@ def test_the_pseudo_stage_runs_after_fine_tune_and_is_reported(data, tmp_path):
 def test_bad_pseudo_settings_are_refused(bad):
     with pytest.raises(ValueError, match="pseudo"):
         preset("quick", **bad)
+
+
+def test_nothing_left_to_pseudo_label_gives_painted_only_batches(data, tmp_path):
+    # trained across the painted slices (partial_slices), every slice of the painted volume has a painted
+    # line: the "painted" scope has no unpainted slice to label, and the stage trains on paint alone
+    trainer = _trainer(data, tmp_path, axis=1, partial_slices=True, pseudo_batch=4)
+    trainer.net = FixedLogits()
+    s = trainer.data.slices
+    assert len(s.labeled) == int((s.volume_index == 0).sum()) > 0  # every slice of volume 0 crosses paint
+    assert trainer.make_pseudo_labels() == {"pool_slices": 0, "slices": 0, "confident_fraction": 0.0}
+    x, y = trainer._pseudo_batch()
+    assert x.shape[0] == y.shape[0] == 4
+    assert set(trainer.data.slices.volume_index[s.labeled].tolist()) == {0}
