@@ -22,6 +22,8 @@ from pathlib import Path
 
 import httpx
 
+from bench.common import wait_job as poll_job
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
@@ -140,3 +142,9 @@ def running_server(
                 _stop(process)
             return
         raise RuntimeError(f"could not start slicewise serve: {last_error}")
+
+
+def wait_job(client, job_id, predicate, timeout=420, server=None) -> dict:
+    """The benchmarks' job poll, polling faster and showing the end of the server's log when it times out."""
+    context = (lambda: server.log()[-3000:]) if server else None
+    return poll_job(client, job_id, predicate, timeout, poll_s=0.2, context=context)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import httpx
@@ -24,7 +23,7 @@ import pytest
 
 from helpers_ray import ray_cluster
 from helpers_retrain import LABELS, synthetic_nifti
-from helpers_server import running_server
+from helpers_server import running_server, wait_job
 
 pytestmark = pytest.mark.slow
 
@@ -57,17 +56,6 @@ def painted_project(client: httpx.Client, folder: Path, name: str = "p") -> tupl
         r = client.put(f"/api/volumes/{volume_id}/annotations/0/{index}", content=label[index].tobytes(), headers=RAW)
         assert r.status_code == 200, r.text
     return project["id"], volume_id, label
-
-
-def wait_job(client, job_id, predicate, timeout=240, server=None) -> dict:
-    deadline = time.monotonic() + timeout
-    job = None
-    while time.monotonic() < deadline:
-        job = client.get(f"/api/jobs/{job_id}").json()
-        if predicate(job):
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} never got there: {job}\n{server.log()[-3000:] if server else ''}")
 
 
 def follow_events(server, job_id: int, timeout: float = 300) -> list[tuple[str, dict]]:

@@ -22,9 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.common import wait_job as poll_job
 from data.store import FINISHED_STATES, Workspace
-from helpers_server import SHARED_DATA, running_server
+from helpers_server import SHARED_DATA, running_server, wait_job
 
 pytestmark = pytest.mark.slow
 
@@ -93,12 +92,6 @@ def follow_events(server, job_id: int, timeout: float = 420) -> list[tuple[str, 
             elif line.startswith("data: "):
                 events.append((name, json.loads(line[6:])))
     return events
-
-
-def wait_job(client, job_id, predicate, timeout=420, server=None):
-    """The benchmarks' job poll, polling faster and showing the end of the server's log when it times out."""
-    context = (lambda: server.log()[-3000:]) if server else None
-    return poll_job(client, job_id, predicate, timeout, poll_s=0.2, context=context)
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
