@@ -86,15 +86,18 @@ def test_quick_preset_runs_every_stage_and_writes_the_model(data, tmp_path):
 
     predictor = load_predictor(out, device="cpu")
     volume = np.asarray(nib.load(images[1]).dataobj)
-    mask, probs = predictor.predict(volume, (1.0, 1.0, 1.0), return_probs=True)
+    mask, probs = predictor.predict(volume, (1.0, 1.0, 1.0), return_probs=True, clean=False)
     assert mask.shape == volume.shape and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1, 2}
     assert probs.shape == (3, *volume.shape) and probs.dtype == np.float16
     assert (probs.argmax(0) == mask).mean() > 0.99  # float16 rounding can only break near-ties
     np.testing.assert_allclose(probs.astype(np.float32).sum(0), 1.0, atol=1e-2)
     predictor.config = predictor.config.replace(predict_chunk_pixels=3000)  # one slice at a time
-    small_chunks, none = predictor.predict(volume)
+    small_chunks, none = predictor.predict(volume, clean=False)
     assert none is None
     np.testing.assert_array_equal(small_chunks, mask)
+    # the masks a user gets are the network's, cleaned up in 3D as decided at the end of training
+    assert saved["cleanup"]["mode"] == "auto"
+    np.testing.assert_array_equal(predictor.predict(volume)[0], predictor.cleanup.apply(mask))
 
     # a later retrain can start from this run's global stage (shared across retrains)
     out2 = tmp_path / "refresh"
