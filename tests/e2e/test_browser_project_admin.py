@@ -44,6 +44,10 @@ def test_labels_edited_and_a_volume_deleted_from_the_project_page(page, server, 
     pg.locator("#delete-volume").click()
     pg.locator("#project-status").get_by_text("Not deleted").wait_for()
     assert len(http.get(f"/api/projects/{project['id']}/volumes").json()) == 2
+    # the refused click's follow-up step clears the field; typing before it lands would be wiped
+    pg.wait_for_function(
+        "() => document.querySelector('#delete-volume-confirm textarea, #delete-volume-confirm input').value === ''"
+    )
     gradio_text_input(pg, "delete-volume-confirm").fill("remove me")
     pg.locator("#delete-volume").click()
     pg.locator("#project-status").get_by_text('Deleted volume "remove me"').wait_for()
