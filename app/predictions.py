@@ -29,6 +29,7 @@ from data.annotations import take_slice
 from data.atomic import atomic_write
 from data.errors import Conflict, NotFound
 from data.store import Workspace
+from data.volume import IGNORE
 
 log = logging.getLogger("slicewise.predictions")
 
@@ -93,26 +94,74 @@ class Predictions:
                         tuple(volume["spacing"]),
                         return_probs=self.wants_probs(volume, predictor.num_classes),
                     )
-                labels = np.asarray(labels, dtype=np.uint8)
-                folder.mkdir(parents=True, exist_ok=True)
-                volume_io.write_mask(labels, like=self.workspace.load_volume(volume_id), path=folder / MASK_NAME)
-                save_npy(folder / LABELS_NAME, labels)
                 signals = {}
                 if probs is not None:
                     entropy = suggest.entropy_map(probs, class_axis=class_axis(probs, labels.shape))
                     signals.update({f"axis{a}": suggest.slice_scores(entropy, a) for a in range(3)})
-                previous = self._previous_labels(volume, model)
-                if previous is not None:  # "mix" weighs in where the new model changed its mind
-                    signals.update({f"disagree{a}": suggest.disagreement(labels, previous, a) for a in range(3)})
-                if signals:
-                    with atomic_write(folder / UNCERTAINTY_NAME) as tmp, open(tmp, "wb") as f:
-                        np.savez(f, **signals)
-                (folder / SEG_NAME).unlink(missing_ok=True)  # a stale DICOM-SEG of an earlier run
+                self._write(folder, volume, model, self._clean(model, np.asarray(labels, dtype=np.uint8)), signals)
             except Exception as exc:
                 log.exception("prediction of volume %s with model %s failed", volume_id, model["id"])
                 self.workspace.set_prediction(volume_id, model["id"], None, f"failed: {exc}"[:500])
                 raise
             return self.workspace.set_prediction(volume_id, model["id"], str(folder), READY)
+
+    def _clean(self, model: dict, labels: np.ndarray) -> np.ndarray:
+        """The model's 3D clean-up applied to raw predicted labels (none while it is still undecided)."""
+        predictor = self._predictor(model)
+        if predictor.cleanup is None or predictor.cleanup_pending:
+            return labels
+        return predictor.cleanup.apply(labels)
+
+    def _write(self, folder: Path, volume: dict, model: dict, labels: np.ndarray, signals: dict) -> None:
+        """The mask files of one prediction; `signals` are the entropy scores per slice, if computed."""
+        folder.mkdir(parents=True, exist_ok=True)
+        volume_io.write_mask(labels, like=self.workspace.load_volume(volume["id"]), path=folder / MASK_NAME)
+        save_npy(folder / LABELS_NAME, labels)
+        signals = {k: v for k, v in signals.items() if not k.startswith("disagree")}
+        previous = self._previous_labels(volume, model)
+        if previous is not None:  # "mix" weighs in where the new model changed its mind
+            signals.update({f"disagree{a}": suggest.disagreement(labels, previous, a) for a in range(3)})
+        if signals:
+            with atomic_write(folder / UNCERTAINTY_NAME) as tmp, open(tmp, "wb") as f:
+                np.savez(f, **signals)
+        (folder / SEG_NAME).unlink(missing_ok=True)  # a stale DICOM-SEG of an earlier run
+
+    def settle_cleanup(self, model: dict, volumes: list[dict], computed: dict, keep_going=lambda: True) -> dict | None:
+        """Decide a model's deferred "auto" clean-up (model/postprocess.py) from its own predictions of
+        painted volumes: they are predicted here as that model's masks, decided on, then cleaned, so
+        nothing is inferred twice. -> the decision's report, or None when none was pending or
+        `keep_going()` turned False first (it stays pending; the next call picks it up)."""
+        from model.cleanup_file import save_decision
+        from model.postprocess import decide_from
+
+        predictor = self._predictor(model)
+        if not predictor.cleanup_pending:
+            return None
+        used, raws, painted = [], [], []
+        for volume in volumes:
+            if len(used) >= predictor.config.cleanup_volumes:
+                break
+            if not keep_going():
+                return None
+            sparse = self.workspace.label_volume(volume["id"])
+            if not (sparse != IGNORE).any():
+                continue
+            try:
+                row = self.predict_volume(volume["id"], model, computed=computed.get(volume["id"]))
+            except Exception:  # logged there; the loop over all volumes reports it
+                continue
+            used.append(volume)
+            raws.append(np.load(Path(row["path"]) / LABELS_NAME))  # raw: nothing is cleaned while pending
+            painted.append(sparse)
+        cleanup, report = decide_from(raws, painted, predictor.num_classes)
+        with self._compute_lock:
+            if cleanup is not None:  # before the decision is saved: a crash in between redoes this, never skips it
+                for volume, raw in zip(used, raws):
+                    folder = self.folder(model["id"], volume["id"])
+                    self._write(folder, volume, model, cleanup.apply(raw), read_signals(folder / UNCERTAINTY_NAME))
+            save_decision(model["path"], cleanup, report)
+            predictor.cleanup, predictor.cleanup_pending = cleanup, False
+        return report
 
     def _previous_labels(self, volume: dict, model: dict) -> np.ndarray | None:
         """The labels of this volume by the project's active model, when that is another model (a new
@@ -236,6 +285,13 @@ def class_axis(probs: np.ndarray, shape: tuple[int, ...]) -> int:
     if probs.ndim == 4 and tuple(probs.shape[:3]) == tuple(shape):
         return 3
     raise ValueError(f"probabilities of shape {probs.shape} do not match a volume of shape {shape}")
+
+
+def read_signals(path: Path) -> dict[str, np.ndarray]:
+    if not path.exists():
+        return {}
+    with np.load(path) as data:
+        return {name: data[name] for name in data.files}
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:

@@ -201,7 +201,8 @@ def predict_on_worker(model_bytes: bytes, array, spacing: tuple, want_probs: boo
         path = Path(folder) / "model.pt"
         path.write_bytes(model_bytes)
         predictor = load_predictor(path, device="auto")
-        labels, probs = predictor.predict(np.asarray(array), tuple(spacing), return_probs=want_probs)
+        # the server applies the model's clean-up (app/predictions.py), which may be decided after training
+        labels, probs = predictor.predict(np.asarray(array), tuple(spacing), return_probs=want_probs, clean=False)
     return np.asarray(labels, dtype=np.uint8), probs
 
 

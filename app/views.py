@@ -89,3 +89,19 @@ def pending_columns(pending: dict) -> dict:
             else ""
         )
     return columns
+
+
+CLEANUP_STEP_WORDS = {"largest": "largest component", "fill": "holes filled"}
+
+
+def cleanup_words(report: dict) -> str:
+    """One line on a model's "auto" clean-up decision (model/postprocess.py) for the job's message."""
+    if not report.get("volumes"):
+        return f"masks not cleaned up: {report.get('reason', 'nothing to decide on')}"
+    parts = []
+    for label, decision in sorted(report["classes"].items(), key=lambda item: int(item[0])):
+        steps = " + ".join(CLEANUP_STEP_WORDS.get(s, s) for s in decision["steps"]) or "none"
+        parts.append(
+            f"label {label}: {steps} (painted-voxel Dice {decision['dice_before']} -> {decision['dice_after']})"
+        )
+    return f"clean-up decided on {report['volumes']} painted volume(s): " + "; ".join(parts)

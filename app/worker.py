@@ -44,7 +44,7 @@ from app.jobs import (
 )
 from app.prediction_queue import PredictionQueue
 from app.predictions import Predictions
-from app.views import DONE, PREDICTING, TRAIN_SHARE, job_view, pending_columns
+from app.views import DONE, PREDICTING, TRAIN_SHARE, cleanup_words, job_view, pending_columns
 from data.atomic import atomic_write_bytes, link_or_copy
 from data.errors import Conflict, SlicewiseError
 from data.store import FINISHED_STATES, Workspace
@@ -449,6 +449,7 @@ class Worker:
         )
         self._emit(job)
         remote = self._remote_predictions(model, volumes)
+        self._settle_cleanup(job, model, volumes, remote)
         for n, volume in enumerate(volumes, start=1):
             if self._stop.is_set():  # the model is registered: the resumed job goes straight to predicting
                 self.workspace.update_job(
@@ -500,6 +501,18 @@ class Worker:
         self._finish(
             job["id"], "succeeded", progress=1.0, stage=DONE, eta_s=0.0, params=params.to_dict(), message=message
         )
+
+    def _settle_cleanup(self, job: dict, model: dict, volumes: list[dict], remote: dict) -> None:
+        """The model's "auto" clean-up, decided from its first predictions of painted volumes."""
+        try:
+            report = self.predictions.settle_cleanup(
+                model, volumes, remote, keep_going=lambda: not self._stop.is_set() and job["id"] not in self._cancel
+            )
+        except Exception:  # the masks are written uncleaned: worse, not wrong
+            log.exception("deciding the clean-up of model %s failed", model["id"])
+            return
+        if report is not None:
+            self._emit(self.workspace.update_job(job["id"], message=cleanup_words(report)))
 
     def _remote_predictions(self, model: dict, volumes: list[dict]) -> dict:
         """The runner's fan-out of the volumes' inference across its workers, when it has one, else {}."""

@@ -25,15 +25,27 @@ DEVICES = ("auto", "cpu", "cuda")
 TRISTATE = ("auto", "on", "off")
 BRANCHES = ("none", "cpc", "recon")  # model/regularizer.py
 PSEUDO_SCOPES = ("painted", "all")
-# 3D clean-up of predicted masks (data/mask_cleanup.py): "auto" decides per class at the end of training
-# on the painted voxels, "all" always keeps the largest component and fills holes, "off" never cleans
+# 3D clean-up of predicted masks (data/mask_cleanup.py): "auto" decides per class on the painted voxels of
+# the model's predictions of painted volumes (model/postprocess.py), "all" always keeps the largest
+# component and fills holes, "off" never cleans
 CLEANUP_MODES = ("auto", "all", "off")
 
 # What each field changes, so that a stage's result (a global.pt, a model to fine-tune further) is
 # reused only while every field that shapes it is the same. A field shapes every stage unless it is
 # listed here: a new field can make a reuse rarer, never silently wrong.
 RUNTIME_FIELDS = frozenset(
-    {"device", "threads", "channels_last", "compile", "bf16", "predict_chunk_pixels", "predict_flip", "speed_cache"}
+    {
+        "device",
+        "threads",
+        "channels_last",
+        "compile",
+        "bf16",
+        "predict_chunk_pixels",
+        "predict_flip",
+        "predict_flip_budget_s",
+        "defer_cleanup",
+        "speed_cache",
+    }
 )
 INPUT_FIELDS = frozenset(
     {"images", "labels", "unlabeled", "val_images", "val_labels", "out_dir", "init_from", "axis"}
@@ -157,11 +169,16 @@ class TrainConfig:
     speed_cache: str = ""  # JSON file keeping the per-machine speed measurement ("" = never measure)
     predict_chunk_pixels: int = 4_000_000  # slices per inference batch = this // (H*W)
     # test-time augmentation: average the prediction over each slice and its two in-plane mirrors (3x the
-    # inference cost); on by default and "auto" clean-up with it: both raised held-out Dice at 10 volumes x
-    # 3 painted slices along every axis or left it level (docs/benchmarks/label_efficiency_axes.md)
-    predict_flip: bool = True
+    # inference cost). It and "auto" clean-up raised held-out Dice at 10 volumes x 3 painted slices along
+    # every axis or left it level (docs/benchmarks/label_efficiency_axes.md). "auto" mirrors when this
+    # machine, timed on the volume's first slices, adds at most predict_flip_budget_s to the volume.
+    predict_flip: str = "auto"
+    predict_flip_budget_s: float = 15.0
     cleanup: str = "auto"  # one of CLEANUP_MODES
-    cleanup_volumes: int = 3  # "auto" predicts at most this many painted volumes to decide
+    cleanup_volumes: int = 3  # "auto" decides on at most this many painted volumes
+    # "auto" clean-up decided by the caller from the predictions it makes anyway (the server predicts every
+    # volume after a retrain) instead of predicting painted volumes once more at the end of training
+    defer_cleanup: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -169,7 +186,7 @@ class TrainConfig:
             problems.append(f"local_mode must be one of {LOCAL_MODES}, got {self.local_mode!r}")
         if self.device not in DEVICES:
             problems.append(f"device must be one of {DEVICES}, got {self.device!r}")
-        for name in ("channels_last", "compile", "bf16"):
+        for name in ("channels_last", "compile", "bf16", "predict_flip"):
             if getattr(self, name) not in TRISTATE:
                 problems.append(f"{name} must be one of {TRISTATE}, got {getattr(self, name)!r}")
         if self.branch not in BRANCHES:
@@ -188,6 +205,8 @@ class TrainConfig:
             problems.append(f"cleanup must be one of {CLEANUP_MODES}, got {self.cleanup!r}")
         if self.cleanup_volumes < 1:
             problems.append("cleanup_volumes must be >= 1")
+        if not self.predict_flip_budget_s >= 0:
+            problems.append(f"predict_flip_budget_s must be >= 0, got {self.predict_flip_budget_s}")
         if self.axis not in ("auto", 0, 1, 2):
             problems.append(f"axis must be 'auto', 0, 1 or 2, got {self.axis!r}")
         if not self.widths or any(int(w) < 1 for w in self.widths):
@@ -275,6 +294,8 @@ class TrainConfig:
         for name, value in d.items():
             if isinstance(value, list):
                 value = tuple(value)
+            if name == "predict_flip" and isinstance(value, bool):  # model files that kept it as a bool
+                value = "auto" if value else "off"
             values[name] = value
         return cls(**values)
 

@@ -7,6 +7,7 @@ once, so a 512x512x600 CT never has all its logits in memory.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from data.mask_cleanup import Cleanup
-from model import checkpoint, slices
+from model import checkpoint, cleanup_file, slices
 from model.config import TrainConfig
 from model.device import Runtime, autocast, prepare_input, prepare_model, runtime_for
 from model.unet import UNet
@@ -30,12 +31,19 @@ def predict_array(
     num_classes: int,
     chunk_pixels: int = 2_000_000,
     return_probs: bool = False,
-    flip: bool = False,
+    flip: bool | str = False,
+    flip_budget_s: float = 15.0,
+    report: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(labels uint8 of array.shape, probs float16 (K, *array.shape) or None).
 
     `flip`: test-time augmentation, the softmax averaged over the slice as it is and mirrored along each
-    in-plane axis (training augments with the same flips), at three times the cost."""
+    in-plane axis (training augments with the same flips), at three times the cost. True / "on" always,
+    False / "off" never, "auto" when the two mirrors, extrapolated from the time of the first chunk on this
+    machine, add at most `flip_budget_s` to the volume. `report`, when given, is filled with what was done."""
+    flip_mode = {True: "on", False: "off"}.get(flip, flip)
+    if flip_mode not in ("auto", "on", "off"):
+        raise ValueError(f"flip must be True, False, 'auto', 'on' or 'off', got {flip!r}")
     array = np.asarray(array)
     if array.ndim != 3:
         raise ValueError(f"expected a 3D volume, got shape {array.shape}")
@@ -48,19 +56,38 @@ def predict_array(
     probs_view = np.moveaxis(probs, axis + 1, 1) if return_probs else None
     n = array.shape[axis]
     per_chunk = max(1, chunk_pixels // (where.size[0] * where.size[1]))
+    flipping = flip_mode == "on"
+    reason = {"on": "asked for", "off": "switched off"}.get(flip_mode, "")
     for start in range(0, n, per_chunk):
         stop = min(n, start + per_chunk)
         x = slices.to_network(stats.apply(slices.slab(array, axis, start, stop)), where, stats.background)
-        p = slices.from_network(_softmax(net, x, runtime, flip), where)
+        if flip_mode == "auto" and start == 0:
+            _softmax_sum(net, x[:1], runtime, _VIEWS[:1])  # warm-up, so that the timing below is the chunk's
+        began = time.perf_counter()
+        total, views = _softmax_sum(net, x, runtime, _VIEWS if flipping else _VIEWS[:1])
+        if flip_mode == "auto" and start == 0:
+            # each chunk's mirrors cost about what its plain pass did
+            extra_s = 2 * (time.perf_counter() - began) * ((n + per_chunk - 1) // per_chunk)
+            flipping = extra_s <= flip_budget_s
+            reason = f"the mirrors would add about {extra_s:.1f} s here (budget {flip_budget_s:g} s)"
+            if flipping:
+                mirrored, more = _softmax_sum(net, x, runtime, _VIEWS[1:])
+                total, views = total + mirrored, views + more
+        p = slices.from_network(total / views, where)
         labels_view[start:stop] = p.argmax(dim=1).to(torch.uint8).cpu().numpy()
         if return_probs:
             probs_view[:, start:stop] = p.transpose(0, 1).to(torch.float16).cpu().numpy()
-        del p
+        del p, total
+    if report is not None:
+        report.update(flip=flipping, flip_reason=reason)
     return labels, probs
 
 
-def _softmax(net: torch.nn.Module, x: torch.Tensor, runtime: Runtime, flip: bool) -> torch.Tensor:
-    views = [()] + ([(2,), (3,)] if flip else [])
+_VIEWS = ((), (2,), (3,))  # as it is, mirrored left-right, mirrored up-down (dims of an N, C, H, W batch)
+
+
+def _softmax_sum(net: torch.nn.Module, x: torch.Tensor, runtime: Runtime, views) -> tuple[torch.Tensor, int]:
+    """(the sum of the softmax over `views` of the batch, each mirrored back, and how many were summed)."""
     total = None
     for dims in views:
         with autocast(runtime):
@@ -69,7 +96,7 @@ def _softmax(net: torch.nn.Module, x: torch.Tensor, runtime: Runtime, flip: bool
         p = p.flip(dims) if dims else p
         total = p if total is None else total + p
         del logits
-    return total / len(views)
+    return total, len(views)
 
 
 @dataclass
@@ -79,15 +106,17 @@ class Predictor:
     config: TrainConfig
     num_classes: int
     runtime: Runtime
-    cleanup: Cleanup | None = None  # chosen at the end of training (model/postprocess.py)
+    cleanup: Cleanup | None = None  # model/postprocess.py decides it once per model
+    cleanup_pending: bool = False  # "auto" clean-up left to the first predictions (defer_cleanup)
 
     def predict(
         self,
         volume_array: np.ndarray,
         spacing=None,
         return_probs: bool = False,
-        flip: bool | None = None,
+        flip: bool | str | None = None,
         clean: bool = True,
+        report: dict | None = None,
     ):
         """Labels (uint8, same (i, j, k) shape) and, when asked, float16 probabilities (K, i, j, k).
 
@@ -106,6 +135,8 @@ class Predictor:
             chunk_pixels=self.config.predict_chunk_pixels,
             return_probs=return_probs,
             flip=self.config.predict_flip if flip is None else flip,
+            flip_budget_s=self.config.predict_flip_budget_s,
+            report=report,
         )
         if self.cleanup is not None and clean:
             labels = self.cleanup.apply(labels)
@@ -161,4 +192,8 @@ def load_predictor(model_dir: str | Path, device: str = "auto", speed_cache: str
     net.eval()
     net = prepare_model(net, runtime)
     cleanup = Cleanup.from_dict(saved["cleanup"]) if saved.get("cleanup") else None
-    return Predictor(net, info, config, num_classes, runtime, cleanup)
+    pending = cleanup_file.is_deferred(saved.get("cleanup"), config)
+    if pending:
+        decided, cleanup = cleanup_file.load_decision(path.parent)
+        pending = not decided
+    return Predictor(net, info, config, num_classes, runtime, cleanup, pending)

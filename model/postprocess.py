@@ -1,9 +1,14 @@
-"""Which 3D clean-up a trained model's masks get, decided once at the end of training.
+"""Which 3D clean-up a trained model's masks get, decided once per model.
 
-With `cleanup="auto"` the model predicts (a few of) the volumes the clinician painted and keeps, per
-class, each clean-up step that does not lower the Dice over the painted voxels (data/mask_cleanup.py):
-no labelled set is needed, and a structure that really has several parts on a painted slice keeps them.
-The decision travels in model.pt, so every later prediction (server, CLI, benchmarks) applies the same.
+With `cleanup="auto"` the model's predictions of (a few of) the volumes the clinician painted decide: per
+class, each clean-up step that does not lower the Dice over the painted voxels is kept
+(data/mask_cleanup.py). No labelled set is needed, and a structure that really has several parts on a
+painted slice keeps them.
+
+Training decides at its end and stores the decision in model.pt. With `defer_cleanup` (the server, which
+predicts every volume after a retrain anyway) training leaves it open and the caller decides from those
+predictions (`decide_from`), keeping the decision beside model.pt (model/cleanup_file.py). Every later
+prediction of that model (server, CLI, benchmarks) applies the same.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ def decide_cleanup(
         return None, {"mode": "off"}
     if cfg.cleanup == "all":
         return Cleanup.everything(num_classes), {"mode": "all"}
+    if cfg.defer_cleanup:
+        return None, {"mode": "auto", "deferred": "decided from the predictions made after training"}
     predictions, painted = [], []
     for image_path, label_path in zip(cfg.images, cfg.labels):
         if len(predictions) >= cfg.cleanup_volumes:
@@ -40,6 +47,14 @@ def decide_cleanup(
         pred, _ = predict_array(net, image, info, runtime, num_classes, cfg.predict_chunk_pixels, flip=cfg.predict_flip)
         predictions.append(pred)
         painted.append(label)
+    return decide_from(predictions, painted, num_classes)
+
+
+def decide_from(
+    predictions: list[np.ndarray], painted: list[np.ndarray], num_classes: int
+) -> tuple[Cleanup | None, dict]:
+    """The "auto" decision from raw (uncleaned) predicted labels and the painted label volumes of the same
+    volumes (IGNORE where nothing is painted)."""
     if not predictions:
         return None, {"mode": "auto", "volumes": 0, "reason": "no painted volume to decide on"}
     cleanup, report = choose_cleanup(predictions, painted, num_classes)

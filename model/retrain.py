@@ -405,6 +405,7 @@ def plan_retrain(request: RetrainRequest, project: ProjectSnapshot, history: lis
         device=project.device,
         num_classes=max(label_map) + 1,
         speed_cache=project.speed_cache,
+        defer_cleanup=True,  # the server predicts every volume after training and decides from those
         **stage_overrides(request.stages),
     )
     mode, reason = choose_mode(request, project.active, template, label_map, project.annotations)

@@ -130,3 +130,17 @@ def synthetic_nifti(path: Path, seed: int = 0) -> tuple[Path, np.ndarray]:
 def calls_of(job_out_dir: Path) -> list[dict]:
     path = Path(job_out_dir) / "model" / "calls.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def skip_speed_measurement(workspace_root: Path) -> None:
+    """Record float32 as this machine's choice in the workspace's speed file, so that the first inference
+    does not spend half a minute measuring (tests that are not about speed)."""
+    import json
+
+    from app.speed import speed_cache
+    from model import device
+
+    path = speed_cache(workspace_root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"step_ms": {}, "best": "float32", "measured_utc": "not measured: set by a test"}
+    path.write_text(json.dumps({device.machine_key(device.cpu_info()): entry}))

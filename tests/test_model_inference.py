@@ -111,3 +111,30 @@ def test_flip_averages_the_softmax_over_the_slice_and_its_two_mirrors(axis):
     assert not np.array_equal(probs, plain_probs)  # the untrained net is not mirror-symmetric
     agree = labels == expected.argmax(axis=0)
     assert agree.mean() > 0.99  # ties within float16 rounding may break either way
+
+
+def test_auto_flip_mirrors_only_within_the_time_budget():
+    torch.manual_seed(1)
+    net = UNet(1, 3, (4, 8)).eval()
+    volume = np.random.default_rng(2).normal(size=(12, 16, 16)).astype(np.float32)
+    rt = runtime_for("cpu", "off", "off", "off")
+    run = dict(info=info(0, 16), runtime=rt, num_classes=3, chunk_pixels=4 * 16 * 16, return_probs=True)
+    on = predict_array(net, volume, flip="on", **run)[1]
+    off = predict_array(net, volume, flip="off", **run)[1]
+    roomy, tight = {}, {}
+    np.testing.assert_array_equal(
+        predict_array(net, volume, flip="auto", flip_budget_s=1e6, report=roomy, **run)[1], on
+    )
+    np.testing.assert_array_equal(predict_array(net, volume, flip="auto", flip_budget_s=0, report=tight, **run)[1], off)
+    assert roomy["flip"] and not tight["flip"] and "budget 0 s" in tight["flip_reason"]
+    with pytest.raises(ValueError, match="flip must be"):
+        predict_array(net, volume, flip="sometimes", **run)
+
+
+def test_model_files_that_kept_flip_as_a_bool_still_load():
+    from model.config import TrainConfig
+
+    assert TrainConfig.from_dict({"predict_flip": True}).predict_flip == "auto"
+    assert TrainConfig.from_dict({"predict_flip": False}).predict_flip == "off"
+    with pytest.raises(ValueError, match="predict_flip must be one of"):
+        TrainConfig(predict_flip="yes")
