@@ -50,7 +50,12 @@ RUNTIME_FIELDS = frozenset(
 INPUT_FIELDS = frozenset(
     {"images", "labels", "unlabeled", "val_images", "val_labels", "out_dir", "init_from", "axis"}
 )  # the data and where the run starts; compared by the caller
-ARCHITECTURE_FIELDS = ("widths", "bottleneck", "num_classes")  # a model continues only into the same network
+ARCHITECTURE_FIELDS = (
+    "widths",
+    "bottleneck",
+    "num_classes",
+    "context_slices",
+)  # a model continues only into the same network
 # fields used only by stages after the global one, besides those named after their stage
 LATER_STAGE_FIELDS = frozenset(
     {
@@ -89,6 +94,8 @@ class TrainConfig:
     num_classes: int | None = None  # background + classes; None = max label value + 1
     # ---- slices -----------------------------------------------------------------------------
     max_size: int = 256  # in-plane extents above this are resized down, never up
+    # 2.5D: this many neighbouring slices on each side go with a slice into the network as extra channels
+    context_slices: int = 0
     # Training steps see square crops of this side (None = whole slices), so a step costs the same
     # for a 512 x 512 CT as for a 128 x 128 image; inference still runs on whole slices.
     patch_size: int | None = None
@@ -205,6 +212,8 @@ class TrainConfig:
             problems.append(f"cleanup must be one of {CLEANUP_MODES}, got {self.cleanup!r}")
         if self.cleanup_volumes < 1:
             problems.append("cleanup_volumes must be >= 1")
+        if not 0 <= self.context_slices <= 8:
+            problems.append(f"context_slices must be 0..8, got {self.context_slices}")
         if not self.predict_flip_budget_s >= 0:
             problems.append(f"predict_flip_budget_s must be >= 0, got {self.predict_flip_budget_s}")
         if self.axis not in ("auto", 0, 1, 2):
@@ -252,6 +261,10 @@ class TrainConfig:
     @property
     def depth(self) -> int:
         return len(self.widths)
+
+    @property
+    def in_channels(self) -> int:
+        return 2 * self.context_slices + 1
 
     def schedule(self, stage: str) -> Schedule:
         """Whether `stage` runs, and for how long."""

@@ -58,9 +58,10 @@ def predict_array(
     per_chunk = max(1, chunk_pixels // (where.size[0] * where.size[1]))
     flipping = flip_mode == "on"
     reason = {"on": "asked for", "off": "switched off"}.get(flip_mode, "")
+    context = int(info.get("context", 0))
     for start in range(0, n, per_chunk):
         stop = min(n, start + per_chunk)
-        x = slices.to_network(stats.apply(slices.slab(array, axis, start, stop)), where, stats.background)
+        x = _network_input(array, axis, start, stop, context, where, stats)
         if flip_mode == "auto" and start == 0:
             _softmax_sum(net, x[:1], runtime, _VIEWS[:1])  # warm-up, so that the timing below is the chunk's
         began = time.perf_counter()
@@ -81,6 +82,13 @@ def predict_array(
     if report is not None:
         report.update(flip=flipping, flip_reason=reason)
     return labels, probs
+
+
+def _network_input(array, axis: int, start: int, stop: int, context: int, where, stats) -> torch.Tensor:
+    """Slices start..stop-1 along `axis` as the network takes them, each with its `context` neighbours."""
+    lo, hi = slices.context_range(start, stop, array.shape[axis], context)
+    x = slices.to_network(stats.apply(slices.slab(array, axis, lo, hi)), where, stats.background)
+    return slices.with_context(x, lo, start, stop, array.shape[axis], context)
 
 
 _VIEWS = ((), (2,), (3,))  # as it is, mirrored left-right, mirrored up-down (dims of an N, C, H, W batch)
@@ -161,9 +169,7 @@ def embed_array(
     per_chunk = max(1, chunk_pixels // (where.size[0] * where.size[1]))
     out = []
     for start in range(0, n, per_chunk):
-        x = slices.to_network(
-            stats.apply(slices.slab(array, axis, start, min(n, start + per_chunk))), where, stats.background
-        )
+        x = _network_input(array, axis, start, min(n, start + per_chunk), int(info.get("context", 0)), where, stats)
         with autocast(runtime):
             _, feats = net(prepare_input(x, runtime), return_features=True)
         out.append(feats["bottleneck"].float().mean(dim=(2, 3)).cpu().numpy())
@@ -175,7 +181,7 @@ def model_from_file(saved: dict[str, Any]) -> tuple[UNet, TrainConfig, dict[str,
         raise ValueError(f"not a slicewise model file (format {saved.get('format')!r})")
     config = TrainConfig.from_dict(saved["config"])
     num_classes = int(saved["num_classes"])
-    net = UNet(1, num_classes, config.widths, config.bottleneck)
+    net = UNet(config.in_channels, num_classes, config.widths, config.bottleneck)
     net.load_state_dict(saved["state_dict"])
     return net, config, saved["slices"], num_classes
 

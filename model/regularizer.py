@@ -99,12 +99,18 @@ class ReconBranch(nn.Module):
 
 
 def make_branch(
-    name: str, bottleneck_channels: int, depth: int, dim: int = 64, steps_ahead: int = 2, temperature: float = 0.1
+    name: str,
+    bottleneck_channels: int,
+    depth: int,
+    dim: int = 64,
+    steps_ahead: int = 2,
+    temperature: float = 0.1,
+    image_channels: int = 1,
 ) -> nn.Module | None:
     if name == "none":
         return None
     if name == "cpc":
         return CPCBranch(bottleneck_channels, dim, steps_ahead, temperature)
     if name == "recon":
-        return ReconBranch(bottleneck_channels, depth, dim)
+        return ReconBranch(bottleneck_channels, depth, dim, image_channels)
     raise ValueError(f"branch must be one of {BRANCHES}, got {name!r}")

@@ -149,9 +149,21 @@ class SliceSet:
     volume_index: torch.Tensor  # (N,) which input volume each slice came from
     axis: int
     size: int
+    context: int = 0  # neighbouring slices on each side given to the network as extra channels (2.5D)
+    first: torch.Tensor | None = None  # (N,) index of the first slice of each slice's volume
+    last: torch.Tensor | None = None  # (N,) and of its last
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    def stack(self, idx: torch.Tensor) -> torch.Tensor:
+        """The network input of slices `idx`: (n, 2 * context + 1, S, S), each slice between its neighbours
+        of the same volume (repeated at the volume's ends)."""
+        if not self.context:
+            return self.images[idx]
+        offsets = torch.arange(-self.context, self.context + 1)
+        around = (idx[:, None] + offsets).clamp(self.first[idx][:, None], self.last[idx][:, None])
+        return self.images[around.flatten(), 0].view(len(idx), len(offsets), self.size, self.size)
 
 
 def build_slices(
@@ -161,9 +173,10 @@ def build_slices(
     max_size: int,
     multiple: int,
     partial: bool = False,
+    context: int = 0,
 ) -> SliceSet:
     """`partial`: a slice with any annotated pixel counts as labelled (training across painted slices, on
-    the lines they leave in this axis' slices), not only a fully painted one."""
+    the lines they leave in this axis' slices), not only a fully painted one. `context`: see SliceSet."""
     labelled_along = annotated_mask if partial else painted_mask
     size = training_size([im.shape for im in images], axis, max_size, multiple)
     all_images, all_labels, painted, owner = [], [], [], []
@@ -180,15 +193,34 @@ def build_slices(
             painted.append(torch.from_numpy(labelled_along(label, axis)))
         owner.append(torch.full((n,), v, dtype=torch.long))
     painted_all = torch.cat(painted)
+    owners = torch.cat(owner)
+    starts = torch.cumsum(torch.tensor([0] + [image.shape[axis] for image in images]), 0)
     return SliceSet(
         images=torch.cat(all_images),
         labels=torch.cat(all_labels),
         labeled=painted_all.nonzero(as_tuple=True)[0],
         unlabeled=(~painted_all).nonzero(as_tuple=True)[0],
-        volume_index=torch.cat(owner),
+        volume_index=owners,
         axis=axis,
         size=size,
+        context=context,
+        first=starts[owners],
+        last=starts[owners + 1] - 1,
     )
+
+
+def with_context(x: torch.Tensor, lo: int, start: int, stop: int, n: int, context: int) -> torch.Tensor:
+    """Network input of slices start..stop-1 of a volume of n slices, from `x` (m, 1, H, W), its slices
+    lo..lo+m-1 (which must include each neighbour within `context`, clamped to 0..n-1)."""
+    if not context:
+        return x
+    wanted = torch.arange(start, stop)[:, None] + torch.arange(-context, context + 1)
+    return x[(wanted.clamp(0, n - 1) - lo).flatten(), 0].view(stop - start, 2 * context + 1, *x.shape[-2:])
+
+
+def context_range(start: int, stop: int, n: int, context: int) -> tuple[int, int]:
+    """The slices with_context needs for start..stop-1."""
+    return max(0, start - context), min(n, stop + context)
 
 
 def check_labels(

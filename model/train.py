@@ -83,7 +83,9 @@ def load_data(cfg: TrainConfig) -> TrainData:
     labels += [None] * len(cfg.unlabeled)
     axis = slices.choose_axis([lab for lab in labels if lab is not None], cfg.axis)
     multiple = 2**cfg.depth
-    data = slices.build_slices(images, labels, axis, cfg.max_size, multiple, partial=cfg.partial_slices)
+    data = slices.build_slices(
+        images, labels, axis, cfg.max_size, multiple, partial=cfg.partial_slices, context=cfg.context_slices
+    )
     if painted_needed and len(data.labeled) == 0:
         what = "annotated pixel" if cfg.partial_slices else "fully painted slice"
         raise InvalidInput(f"no {what} along axis {axis}: paint whole slices along one axis")
@@ -97,6 +99,7 @@ def load_data(cfg: TrainConfig) -> TrainData:
         "size": data.size,
         "max_size": cfg.max_size,
         "multiple": multiple,
+        "context": cfg.context_slices,
         "normalisation": "per volume: clip to percentiles 0.5-99.5, then z-score",
     }
     return TrainData(data, num_classes, info, val)
@@ -130,7 +133,7 @@ class Trainer:
         self.cfg, self.data, self.runtime = cfg, data, runtime
         torch.manual_seed(cfg.seed)
         self.g = torch.Generator().manual_seed(cfg.seed)
-        self.unet = UNet(1, data.num_classes, cfg.widths, cfg.bottleneck)
+        self.unet = UNet(cfg.in_channels, data.num_classes, cfg.widths, cfg.bottleneck)
         self.global_head = GlobalHead(self.unet.bottleneck_channels, cfg.global_proj_dim)
         self.local_head = LocalHead(self.unet.feature_channels, cfg.local_proj_dim)
         # optional regularization branch of the fine-tune stage (config `branch`; None when "none")
@@ -141,6 +144,7 @@ class Trainer:
             cfg.branch_dim,
             cfg.branch_steps_ahead,
             cfg.branch_temperature,
+            image_channels=cfg.in_channels,
         )
         for m in (self.global_head, self.local_head, self.branch):
             if m is not None:
@@ -173,7 +177,7 @@ class Trainer:
     def _images(self, idx: torch.Tensor) -> torch.Tensor:
         # Augment where the network runs: on a GPU, warping and blurring a batch on one CPU thread
         # starved the H100 (docs/benchmarks/label_efficiency_full.md). Random draws stay on self.g (CPU).
-        return self.data.slices.images[idx].to(self.runtime.device, non_blocking=True).float()
+        return self.data.slices.stack(idx).to(self.runtime.device, non_blocking=True).float()
 
     def _intensity(self, x: torch.Tensor) -> torch.Tensor:
         return random_intensity(x, g=self.g) if self.cfg.intensity else x
@@ -185,11 +189,11 @@ class Trainer:
     def _labeled_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.data.slices
         idx = _batch(s.labeled, n, self.g)
-        x, y = self._crop(s.images[idx], s.labels[idx])
+        x, y = self._crop(s.stack(idx), s.labels[idx])
         return x.to(self.runtime.device, non_blocking=True).float(), y.to(self.runtime.device).long()
 
     def _unlabeled_images(self, idx: torch.Tensor) -> torch.Tensor:
-        x, _ = self._crop(self.data.slices.images[idx])
+        x, _ = self._crop(self.data.slices.stack(idx))
         return x.to(self.runtime.device, non_blocking=True).float()
 
     def loss(self, stage: str) -> torch.Tensor:
@@ -271,7 +275,7 @@ class Trainer:
         n_pseudo = round(cfg.pseudo_batch * cfg.pseudo_fraction) if len(pool) else 0
         idx = _batch(s.labeled, cfg.pseudo_batch - n_pseudo, self.g)
         pick = torch.randint(0, max(1, len(pool)), (n_pseudo,), generator=self.g)
-        x, y = self._crop(torch.cat([s.images[idx], s.images[pool[pick]]]), torch.cat([s.labels[idx], labels[pick]]))
+        x, y = self._crop(torch.cat([s.stack(idx), s.stack(pool[pick])]), torch.cat([s.labels[idx], labels[pick]]))
         return x.to(rt.device, non_blocking=True).float(), y.to(rt.device).long()
 
     # ---- regularization branch (fine-tune stage only; model/regularizer.py) -----------------------

@@ -1,0 +1,99 @@
+"""2.5D input (`context_slices`): each slice goes into the network between its neighbours of the same volume."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from model import slices
+from model.config import TrainConfig, preset
+from model.device import runtime_for
+from model.inference import load_predictor, predict_array
+from model.train import train
+from model.unet import UNet
+from tests.test_model_train import CASES, HIPPO, sparse_dataset
+
+
+def naive_neighbours(volume_slices: list[torch.Tensor], context: int) -> torch.Tensor:
+    """For each slice of each volume, the stack of its neighbours, index clamped to the volume, by loops."""
+    out = []
+    for images in volume_slices:
+        n = len(images)
+        for i in range(n):
+            out.append(torch.stack([images[min(max(i + d, 0), n - 1), 0] for d in range(-context, context + 1)]))
+    return torch.stack(out)
+
+
+def test_a_slice_gets_its_own_volumes_neighbours_repeated_at_the_ends():
+    rng = np.random.default_rng(0)
+    images = [rng.normal(size=(5, 8, 8)).astype(np.float32), rng.normal(size=(3, 8, 8)).astype(np.float32)]
+    plain = slices.build_slices(images, [None, None], axis=0, max_size=64, multiple=8)
+    s = slices.build_slices(images, [None, None], axis=0, max_size=64, multiple=8, context=2)
+    expected = naive_neighbours([plain.images[:5], plain.images[5:]], 2)
+    idx = torch.tensor([0, 4, 5, 7, 2])
+    assert s.stack(idx).shape == (5, 5, s.size, s.size)
+    torch.testing.assert_close(s.stack(idx), expected[idx])
+    torch.testing.assert_close(plain.stack(idx), plain.images[idx])  # no context: the slice alone
+
+
+@pytest.mark.parametrize("start,stop", [(0, 3), (2, 6), (4, 7)])
+def test_inference_cuts_the_same_neighbours_chunk_by_chunk(start, stop):
+    rng = np.random.default_rng(1)
+    volume = rng.normal(size=(7, 8, 8)).astype(np.float32)
+    whole = slices.build_slices([volume], [None], axis=0, max_size=64, multiple=8, context=1)
+    lo, hi = slices.context_range(start, stop, 7, 1)
+    where = slices.placement(volume.shape, 0, 64, 8, whole.size)
+    stats = slices.intensity_stats(volume)
+    x = slices.to_network(stats.apply(slices.slab(volume, 0, lo, hi)), where, stats.background)
+    got = slices.with_context(x, lo, start, stop, 7, 1)
+    torch.testing.assert_close(got, whole.stack(torch.arange(start, stop)).float(), atol=2e-3, rtol=0)
+
+
+def test_chunked_prediction_equals_whole_volume_prediction_with_context():
+    torch.manual_seed(0)
+    net = UNet(3, 2, (4, 8)).eval()
+    volume = np.random.default_rng(2).normal(size=(9, 16, 16)).astype(np.float32)
+    info = {"axis": 0, "size": 16, "max_size": 64, "multiple": 4, "context": 1}
+    rt = runtime_for("cpu", "off", "off", "off")
+    whole = predict_array(net, volume, info, rt, 2, chunk_pixels=10**9, return_probs=True)[1]
+    chunked = predict_array(net, volume, info, rt, 2, chunk_pixels=2 * 16 * 16, return_probs=True)[1]
+    np.testing.assert_allclose(chunked.astype(np.float32), whole.astype(np.float32), atol=2e-3)
+
+
+def test_a_model_trained_with_context_predicts_and_keeps_its_width(tmp_path):
+    if not HIPPO.is_dir():
+        pytest.skip("hippocampus data not found")
+    images, labels = sparse_dataset(tmp_path / "data", cases=CASES[:2])
+    cfg = preset(
+        "quick",
+        images=images,
+        labels=labels,
+        out_dir=str(tmp_path / "run"),
+        device="cpu",
+        context_slices=1,
+        global_stage=False,
+        local_stage=True,
+        local_epochs=1,
+        local_steps=2,
+        pseudo_stage=False,
+        finetune_epochs=1,
+        finetune_steps=2,
+        budget_s=None,
+        cleanup="off",
+    )
+    train(cfg)
+    predictor = load_predictor(tmp_path / "run", device="cpu")
+    assert predictor.config.in_channels == 3 and predictor.info["context"] == 1
+    image = np.asarray(nib.load(HIPPO / "imagesTr" / CASES[2]).dataobj, dtype=np.float32)
+    labels_out, _ = predictor.predict(image)
+    assert labels_out.shape == image.shape
+
+
+def test_context_is_part_of_the_network():
+    with pytest.raises(ValueError, match="context_slices"):
+        TrainConfig(context_slices=-1)
+    from model.config import ARCHITECTURE_FIELDS
+
+    assert "context_slices" in ARCHITECTURE_FIELDS
