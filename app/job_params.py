@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from model.retrain import MODES, mode_message
+from model.retrain import MODES, mode_message, stronger_mode
 
 # JSON key -> field name where the two differ ("global" is a Python keyword)
 _KEY_OF = {"global_stage": "global"}
@@ -67,6 +67,15 @@ class JobParams:
 
     def replace(self, **changes: Any) -> JobParams:
         return dataclasses.replace(self, **changes)
+
+    def joined(self, preset: str, stages: dict, mode: str) -> JobParams:
+        """A later request joining this queued one: its preset and stages, the stronger mode (full > auto > refresh)."""
+        return self.replace(
+            preset=preset,
+            stages=stages,
+            requests=self.requests + 1,
+            mode_requested=stronger_mode(self.mode_requested, mode),
+        )
 
     @property
     def shown_mode(self) -> str | None:

@@ -9,6 +9,7 @@ same methods on a Ray cluster; `runner_for` picks one from the settings.
 from __future__ import annotations
 
 import abc
+import errno
 import os
 import queue
 import signal
@@ -188,6 +189,13 @@ def failure_message(returncode: int | None, log_tail: str, reported: str | None,
         else f"training stopped with exit code {returncode}"
     )
     return f"{what}: {reason}"
+
+
+def unexpected_failure_message(exc: Exception) -> str:
+    """Why a job failed on an exception no step expected (a bug or a broken workspace)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"the server's disk is full, so the job cannot write its files ({exc}); free some space and retrain"
+    return f"internal error: {exc}"
 
 
 def read_tail(path: Path, max_bytes: int = 20_000) -> str:

@@ -1,4 +1,5 @@
-"""What `model.retrain.plan_retrain` decides from, read from the workspace and the job folder.
+"""What `model.retrain.plan_retrain` decides from, read from the workspace and the job folder, and its
+decision put in place there (`plan_job`).
 
 The planning itself is pure; this module is the part that looks at the store and the file system.
 """
@@ -10,9 +11,42 @@ from pathlib import Path
 from app.job_params import JobParams
 from app.speed import speed_cache
 from data import io as volume_io
+from data.atomic import link_or_copy
 from data.errors import NotFound
 from data.store import FINISHED_STATES, Workspace
-from model.retrain import ActiveModel, EarlierGlobalStage, ProjectSnapshot, VolumeInput
+from model.retrain import (
+    ActiveModel,
+    EarlierGlobalStage,
+    ProjectSnapshot,
+    RetrainRequest,
+    VolumeInput,
+    plan_retrain,
+)
+
+
+def plan_job(
+    ws: Workspace, job: dict, job_dir: Path, model_dir: Path, device: str, default_preset: str
+) -> tuple[dict, list]:
+    """Plan the job's retrain, export the sparse label volumes it reads and record the decision in the job's
+    params -> (the config for model.train, the painted slices it sees)."""
+    asked = JobParams.from_dict(job["params"])
+    request = RetrainRequest(asked.preset or default_preset, asked.stages, asked.mode_requested or "auto")
+    snapshot = project_snapshot(ws, job, job_dir, model_dir, device)
+    plan = plan_retrain(request, snapshot, global_history(ws, job))
+    seen = export_labels(ws, snapshot)
+    if plan.global_stage.get("use") == "reused":
+        link_or_copy(Path(plan.start_from), Path(plan.global_stage["path"]))
+    decided = asked.replace(
+        mode=plan.mode,
+        mode_reason=plan.reason,
+        label_map=plan.label_map,
+        from_model_id=plan.from_model_id,
+        base_model_id=plan.base_model_id,
+        global_stage=plan.global_stage,
+        annotations_seen=seen,
+    )
+    ws.update_job(job["id"], params=decided.to_dict())
+    return plan.config.to_dict(), seen
 
 
 def project_snapshot(ws: Workspace, job: dict, job_dir: Path, model_dir: Path, device: str) -> ProjectSnapshot:

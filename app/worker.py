@@ -1,12 +1,12 @@
 """The job worker: threads in the server process that run queued training jobs, one per project at a time
 and as many projects at once as the runner allows (`JobRunner.parallel_jobs`: 1 locally).
 
-For each job it asks `model.retrain.plan_retrain` how to train (mode, config, where the run starts),
-exports the project's sparse label volumes into the job folder, writes the config, runs
-`python -m model.train` through a `JobRunner`, follows the run's progress file (model/progress.py)
-into the job row and the event stream, and on success registers an immutable model version, predicts
-every volume with it and then makes it active (so the previous masks stay visible until the new ones
-exist).
+For each job it has the retrain planned (app/retrain_inputs.py asks `model.retrain.plan_retrain` how to
+train and exports the project's sparse label volumes into the job folder), writes the config, runs
+`python -m model.train` through a `JobRunner`, follows the run's progress file into the job row and the
+event stream (app/job_progress.py), and on success registers an immutable model version, predicts every
+volume with it and then makes it active (app/rollout.py: the previous masks stay visible until the new
+ones exist).
 
     <workspace>/jobs/<id>/config.json      what model.train runs (kept for resume and audit)
                          /labels/<vol>.nii.gz  sparse label volume (255 = not annotated)
@@ -21,7 +21,6 @@ outlive the server (Ray) keeps them going instead: the job is followed again whe
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import threading
@@ -30,8 +29,9 @@ from pathlib import Path
 
 from starlette.requests import Request
 
-from app import retrain_inputs
+from app import retrain_inputs, rollout
 from app.job_params import JobParams
+from app.job_progress import ProgressFollower
 from app.jobs import (
     EventHub,
     JobRunner,
@@ -41,22 +41,20 @@ from app.jobs import (
     on_shutdown_signal,
     oom_retry_message,
     read_tail,
+    unexpected_failure_message,
 )
 from app.prediction_queue import PredictionQueue
 from app.predictions import Predictions
-from app.views import DONE, PREDICTING, TRAIN_SHARE, cleanup_words, job_view, pending_columns
-from data.atomic import atomic_write_bytes, link_or_copy
+from app.views import DONE, PREDICTING, TRAIN_SHARE, cleanup_words, job_view
+from data.atomic import atomic_write_bytes
 from data.errors import Conflict, SlicewiseError
 from data.store import FINISHED_STATES, Workspace
-from data.store_db import jsonable
 from model import retrain
 from model.progress import FILE_NAME as PROGRESS_FILE
-from model.progress import progress_fields, read_new_lines, reported_error
 
 log = logging.getLogger("slicewise.worker")
 
 MAX_RESUMES = 1
-ROW_UPDATE_S = 0.5  # at most this often a progress line is also written to the job row
 
 
 class Worker:
@@ -162,8 +160,7 @@ class Worker:
         who: str = "local",
         mode: str | None = None,
     ) -> tuple[dict, bool]:
-        """Queue a retrain -> (job, coalesced). A request while one is queued for the project joins it
-        (the later request's preset and stages, the stronger mode: full > auto > refresh)."""
+        """Queue a retrain -> (job, coalesced): a request while one is queued for the project joins it."""
         preset, stages = retrain.check_train_request(preset, stages, self.default_preset)
         mode = retrain.check_train_mode(mode, stages)
         with self._lock:
@@ -175,31 +172,15 @@ class Worker:
                 for j in self.workspace.list_jobs(state="queued", project_id=project["id"])
                 if j["kind"] == "train" and not JobParams.from_dict(j["params"]).resume
             ]
-            if waiting:
-                job, params = waiting[0], JobParams.from_dict(waiting[0]["params"])
-                params = params.replace(
-                    preset=preset,
-                    stages=stages,
-                    requests=params.requests + 1,
-                    mode_requested=retrain.stronger_mode(params.mode_requested, mode),
-                )
-                job = self.workspace.update_job(job["id"], params=params.to_dict())
-                coalesced = True
+            coalesced = bool(waiting)
+            if coalesced:
+                params = JobParams.from_dict(waiting[0]["params"]).joined(preset, stages, mode)
+                job = self.workspace.update_job(waiting[0]["id"], params=params.to_dict())
             else:
                 params = JobParams(preset=preset, stages=stages, mode_requested=mode, who=who)
                 job = self.workspace.create_job(project["id"], "train", params.to_dict())
-                coalesced = False
-            self.workspace.record_audit(
-                who,
-                "retrain",
-                {
-                    "project_id": project["id"],
-                    "job_id": job["id"],
-                    "preset": preset,
-                    "mode": mode,
-                    "coalesced": coalesced,
-                },
-            )
+            details = {"project_id": project["id"], "job_id": job["id"], "preset": preset, "mode": mode}
+            self.workspace.record_audit(who, "retrain", {**details, "coalesced": coalesced})
         self._wake.set()
         return job, coalesced
 
@@ -252,11 +233,7 @@ class Worker:
                 self._finish(job["id"], "failed", error=str(exc))
             except Exception as exc:  # a bug or a broken workspace: the job must not stay running
                 log.exception("job %s failed unexpectedly", job["id"])
-                if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    error = f"the server's disk is full, so the job cannot write its files ({exc}); free some space and retrain"
-                else:
-                    error = f"internal error: {exc}"
-                self._finish(job["id"], "failed", error=error)
+                self._finish(job["id"], "failed", error=unexpected_failure_message(exc))
         finally:
             self._cancel.discard(job["id"])
             self._current.pop(job["id"], None)
@@ -287,45 +264,20 @@ class Worker:
         model = self._model_of(job)
         if model is None:
             if not (JobParams.from_dict(job["params"]).resume and config_path.exists()):
-                config, _ = self._build_config(job, job_dir, model_dir, job["params"])
+                config, _ = retrain_inputs.plan_job(
+                    self.workspace, job, job_dir, model_dir, self.device, self.default_preset
+                )
                 atomic_write_bytes(config_path, json.dumps(config, indent=1).encode())
                 params = JobParams.from_dict(self.workspace.get_job(job["id"])["params"])
                 job = self.workspace.update_job(job["id"], message=params.mode_message())
                 self._emit(job)
             if not self._train(job, config_path, model_dir):
                 return
-            model = self._register(job, model_dir)
+            model = rollout.register_model(self.workspace, job, model_dir)
         self._predict_and_activate(job, model)
 
     def _model_of(self, job: dict) -> dict | None:
-        for model in self.workspace.list_models(job["project_id"]):
-            if model["job_id"] == job["id"]:
-                return model
-        return None
-
-    def _build_config(self, job: dict, job_dir: Path, model_dir: Path, params: dict) -> tuple[dict, list]:
-        """Plan the retrain, export the sparse label volumes it reads and record the decision in the job's
-        params -> (the config for model.train, the painted slices it sees)."""
-        asked = JobParams.from_dict(params)
-        request = retrain.RetrainRequest(
-            asked.preset or self.default_preset, asked.stages, asked.mode_requested or "auto"
-        )
-        snapshot = retrain_inputs.project_snapshot(self.workspace, job, job_dir, model_dir, self.device)
-        plan = retrain.plan_retrain(request, snapshot, retrain_inputs.global_history(self.workspace, job))
-        seen = retrain_inputs.export_labels(self.workspace, snapshot)
-        if plan.global_stage.get("use") == "reused":
-            link_or_copy(Path(plan.start_from), Path(plan.global_stage["path"]))
-        decided = asked.replace(
-            mode=plan.mode,
-            mode_reason=plan.reason,
-            label_map=plan.label_map,
-            from_model_id=plan.from_model_id,
-            base_model_id=plan.base_model_id,
-            global_stage=plan.global_stage,
-            annotations_seen=seen,
-        )
-        self.workspace.update_job(job["id"], params=decided.to_dict())
-        return plan.config.to_dict(), seen
+        return next((m for m in self.workspace.list_models(job["project_id"]) if m["job_id"] == job["id"]), None)
 
     # ------------------------------------------------------------------ training subprocess
 
@@ -373,73 +325,41 @@ class Worker:
             )
             return False
 
-    def _stopped_or_cancelled(self, job: dict) -> bool:
-        if job["id"] in self._cancel:
-            self._finish(
-                job["id"], "cancelled", pid=None, message="cancelled; the previously active model stays active"
-            )
+    def _stopped_or_cancelled(self, job: dict, model: dict | None = None) -> bool:
+        """A cancel or a server stop seen between two steps: the job ended, or is queued to resume -> True.
+        model: the version registered already; while predicting a stop wins and the resumed job predicts."""
+        training = {"pid": None} if model is None else {}
+        if job["id"] in self._cancel and (model is None or not self._stop.is_set()):
+            self._finish(job["id"], "cancelled", message=rollout.cancelled_message(model), **training)
             return True
         if self._stop.is_set():
             self.workspace.update_job(
                 job["id"],
                 state="queued",
-                pid=None,
                 params=self._params_with(job, resume=True),
-                message="the server stopped; this job resumes from its last checkpoint",
+                message="the server stopped; this job resumes "
+                + ("from its last checkpoint" if model is None else "predicting at next start"),
+                **training,
             )
             return True
         return False
 
     def _follow(self, job: dict, handle, progress_path: Path, offset: int) -> tuple[int | None, str | None]:
         """Follow the run until it exits -> (exit code, the error it reported in progress.jsonl, if any)."""
-        last_row_update, pending, error = 0.0, {}, None
+        progress = ProgressFollower(self.workspace, self.hub, job["id"], progress_path, offset)
         while True:
             if self._stop.is_set() and self.runner.outlives_server:
-                return None, error  # the run goes on without this server; the next one follows it
+                return None, progress.error  # the run goes on without this server; the next one follows it
             returncode = self.runner.poll(handle)
-            offset, events = read_new_lines(progress_path, offset)
-            for event in events:
-                error = reported_error(event) or error
-                fields = progress_fields(event)
-                if not fields:
-                    continue
-                pending.update(fields)
-                view = job_view({**self.workspace.get_job(job["id"]), **pending_columns(pending)})
-                self.hub.publish(job["id"], "progress", {**view, "event": event})
-            if pending and (time.monotonic() - last_row_update > ROW_UPDATE_S or returncode is not None):
-                self._write_progress(job["id"], pending)
-                pending, last_row_update = {}, time.monotonic()
+            progress.read(final=returncode is not None)
             if returncode is not None:
-                return returncode, error
+                return returncode, progress.error
             time.sleep(self.poll_s)
-
-    def _write_progress(self, job_id: int, pending: dict) -> None:
-        columns = pending_columns(pending)
-        if "loss" in pending:
-            columns["params"] = self._params_with({"id": job_id}, loss=pending["loss"])
-        try:
-            self.workspace.update_job(job_id, **columns)
-        except Conflict:
-            pass  # finished meanwhile (cancel)
 
     # ------------------------------------------------------------------ after training
 
-    def _register(self, job: dict, model_dir: Path) -> dict:
-        params = JobParams.from_dict(self.workspace.get_job(job["id"])["params"])
-        metrics_path = model_dir / "metrics.json"
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-        config = (
-            json.loads((model_dir / "config.json").read_text())
-            if (model_dir / "config.json").exists()
-            else json.loads((model_dir.parent / "config.json").read_text())
-        )
-        return self.workspace.add_model(
-            job["project_id"], job["id"], str(model_dir), config, jsonable(metrics), params.annotations_seen
-        )
-
     def _predict_and_activate(self, job: dict, model: dict) -> None:
         volumes = self.workspace.list_volumes(job["project_id"])
-        failures = []
         job = self.workspace.update_job(
             job["id"],
             stage=PREDICTING,
@@ -448,92 +368,36 @@ class Worker:
             message=f"model {model['id']} trained; predicting {len(volumes)} volumes",
         )
         self._emit(job)
-        remote = self._remote_predictions(model, volumes)
-        self._settle_cleanup(job, model, volumes, remote)
-        for n, volume in enumerate(volumes, start=1):
-            if self._stop.is_set():  # the model is registered: the resumed job goes straight to predicting
+
+        def predicted(n: int) -> None:
+            progress = TRAIN_SHARE + (1 - TRAIN_SHARE) * n / len(volumes)
+            self._emit(
                 self.workspace.update_job(
-                    job["id"],
-                    state="queued",
-                    params=self._params_with(job, resume=True),
-                    message="the server stopped; this job resumes predicting at next start",
+                    job["id"], progress=progress, message=f"predicted {n} of {len(volumes)} volumes"
                 )
-                return
-            if job["id"] in self._cancel:
-                self._finish(
-                    job["id"],
-                    "cancelled",
-                    message=(
-                        f"cancelled while predicting; model {model['id']} is kept as a version but the previously "
-                        "active model stays active"
-                    ),
-                )
-                return
-            try:
-                self.predictions.predict_volume(volume["id"], model, computed=remote.get(volume["id"]))
-            except Exception as exc:
-                failures.append(f"volume {volume['id']}: {exc}")
-            job = self.workspace.update_job(
-                job["id"],
-                progress=TRAIN_SHARE + (1 - TRAIN_SHARE) * n / len(volumes),
-                message=f"predicted {n} of {len(volumes)} volumes",
             )
-            self._emit(job)
+
+        failures = rollout.predict_volumes(
+            self.workspace,
+            self.predictions,
+            self.runner,
+            model,
+            volumes,
+            interrupted=lambda: self._stopped_or_cancelled(job, model),
+            predicted=predicted,
+            decided=lambda report: self._emit(self.workspace.update_job(job["id"], message=cleanup_words(report))),
+        )
+        if failures is None:
+            return
         if volumes and len(failures) == len(volumes):  # e.g. a full disk: keep serving the previous model's masks
-            self._finish(
-                job["id"],
-                "failed",
-                error=(
-                    f"model {model['id']} was trained but no mask could be written, so the previously active model "
-                    "stays active: " + "; ".join(failures)[:500]
-                ),
-            )
+            self._finish(job["id"], "failed", error=rollout.no_mask_error(model, failures))
             return
         params = JobParams.from_dict(self.workspace.get_job(job["id"])["params"]).replace(model_id=model["id"])
         self.workspace.activate_model(job["project_id"], model["id"], who=params.who)
-        message = (
-            f"model {model['id']} is active; masks ready for {len(volumes) - len(failures)} of {len(volumes)} volumes"
-        )
-        if params.mode:
-            message += "; " + params.mode_message()
-        if failures:
-            message += "; failed: " + "; ".join(failures)[:500]
+        message = rollout.activated_message(model, volumes, failures, params)
         self._finish(
             job["id"], "succeeded", progress=1.0, stage=DONE, eta_s=0.0, params=params.to_dict(), message=message
         )
-
-    def _settle_cleanup(self, job: dict, model: dict, volumes: list[dict], remote: dict) -> None:
-        """The model's "auto" clean-up, decided from its first predictions of painted volumes."""
-        try:
-            report = self.predictions.settle_cleanup(
-                model, volumes, remote, keep_going=lambda: not self._stop.is_set() and job["id"] not in self._cancel
-            )
-        except Exception:  # the masks are written uncleaned: worse, not wrong
-            log.exception("deciding the clean-up of model %s failed", model["id"])
-            return
-        if report is not None:
-            self._emit(self.workspace.update_job(job["id"], message=cleanup_words(report)))
-
-    def _remote_predictions(self, model: dict, volumes: list[dict]) -> dict:
-        """The runner's fan-out of the volumes' inference across its workers, when it has one, else {}."""
-        pending = [v for v in volumes if not self.predictions.is_ready(v["id"], model["id"])]
-        if not pending or not self.runner.fans_out_predictions:
-            return {}
-        num_classes = int((model.get("config") or {}).get("num_classes") or 1)
-        try:
-            inputs = [
-                (
-                    v["id"],
-                    self.workspace.volume_array(v["id"]),
-                    tuple(v["spacing"]),
-                    self.predictions.wants_probs(v, num_classes),
-                )
-                for v in pending
-            ]
-            return self.runner.predict_many(Path(model["path"]) / "model.pt", inputs)
-        except SlicewiseError as exc:
-            log.warning("predicting on the runner's workers failed (%s); predicting here", exc)
-            return {}
 
     def _params_with(self, job: dict, **changes) -> dict:
         """The job's stored params with `changes`, as the row keeps them."""

@@ -40,6 +40,10 @@ The default grid is ordered by priority (supervised and full for every budget an
 stops starting jobs that would not end before `--deadline-min`; the markdown table lists what ran
 and what was left out. The table is rewritten after every job, and the raw per-volume Dice of every
 run goes to bench/out/label_efficiency/<grid>/results.json.
+
+Modules: the split, painted slices, grid and job order in bench/label_efficiency_protocol.py, the test Dice
+in bench/label_efficiency_eval.py, the worker processes in bench/label_efficiency_pool.py, the table in
+bench/label_efficiency_report.py; this one holds an invocation (`Bench`) and the command line.
 """
 
 from __future__ import annotations
@@ -50,46 +54,39 @@ import datetime as _dt
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from bench.common import ROOT, SHARED_DATA, command, git, machine, split_volumes, torch_version
-from data.volume import IGNORE
+from bench.label_efficiency_eval import evaluate
+from bench.label_efficiency_pool import run_jobs
+from bench.label_efficiency_protocol import (
+    ALL_ROWS,
+    NUM_CLASSES,
+    ROW_BRANCH,
+    ROW_PSEUDO,
+    ROW_STAGES,
+    Budget,
+    Grid,
+    Job,
+    even_slices,
+    job_from_json,
+    labeled_order,
+    make_grid,
+    paper_count,
+    plan_jobs,
+    select_jobs,
+    sparse_label,
+    volume_names,
+)
+from bench.label_efficiency_report import render_markdown, write_markdown
 from model.config import DEVICES
 
 DEFAULT_DATA = SHARED_DATA / "hippocampus"
 OUT_ROOT = ROOT / "bench" / "out" / "label_efficiency"
-NOTES_MARKER = "<!-- notes: written by hand, kept when the script rewrites the tables above -->"
-NUM_CLASSES = 3
-CLASS_NAMES = ("anterior", "posterior")
-
-ROWS = ("supervised", "+global", "+local", "full")
-# the regularisation branch (model/regularizer.py) during fine-tune; self-training (the pseudo stage)
-BRANCH_ROWS = ("ft+cpc", "full+cpc", "ft+pseudo", "full+pseudo")
-ALL_ROWS = ROWS + BRANCH_ROWS
-# row -> (starts from the global encoder, runs the local stage)
-ROW_STAGES = {
-    "supervised": (False, False),
-    "+global": (True, False),
-    "+local": (False, True),
-    "full": (True, True),
-    "ft+cpc": (False, False),
-    "full+cpc": (True, True),
-    "ft+pseudo": (False, False),
-    "full+pseudo": (True, True),
-}
-ROW_BRANCH = {"ft+cpc": "cpc", "full+cpc": "cpc"}  # every other row: no branch
-ROW_PSEUDO = {"ft+pseudo", "full+pseudo"}  # every other row: no pseudo stage
-
-PAPER_REFERENCE = {0.05: 0.824, 0.10: 0.849, 0.20: 0.866}  # Hu et al. 2021, global + local (block)
-# an earlier supervised-only run: widths 16-128, 1000 steps x 32 slices, on its own split
-EARLIER_BASELINE = {0.05: 0.841, 0.10: 0.850, 0.20: 0.853, (10, 3): 0.671}
 
 # Seconds per step before any run measured them: the cpu preset on the shared 2-core machine under load
 # (measured 2026-11-25 with load average 3-6). The estimates only decide what still fits the deadline.
@@ -101,234 +98,10 @@ PRIOR_RATE_CUDA = {"global": 0.04, "local:stride": 0.04, "local:block": 0.06, "l
 PRIOR_OVERHEAD_CUDA_S = 60.0  # process start, data loading, torch.compile
 
 
-# --------------------------------------------------------------------------------------------
-# split and painted slices (pure functions; tests/test_bench_label_efficiency.py checks them)
-# --------------------------------------------------------------------------------------------
-def volume_names(data_dir: Path) -> list[str]:
-    """Names present in both imagesTr and labelsTr, sorted."""
-    images = {p.name for p in (data_dir / "imagesTr").iterdir() if p.name.endswith((".nii", ".nii.gz"))}
-    labels = {p.name for p in (data_dir / "labelsTr").iterdir() if p.name.endswith((".nii", ".nii.gz"))}
-    return sorted(images & labels)
-
-
-def labeled_order(train: list[str], seed: int) -> list[str]:
-    """The order in which train volumes receive labels for a training seed (budgets nest)."""
-    perm = np.random.default_rng(10_000 + seed).permutation(len(train))
-    return [sorted(train)[i] for i in perm]
-
-
-def paper_count(fraction: float, n_train: int) -> int:
-    return max(1, int(round(fraction * n_train)))
-
-
-def even_slices(label: np.ndarray, axis: int, k: int) -> list[int]:
-    """k slice indices evenly spaced through the structure's extent along `axis`.
-
-    The extent is [first, last] slice holding any foreground voxel; the picks are the centres of k
-    equal bins of it (so k = 1 is the middle slice, and no pick sits on the thin first/last slice).
-    """
-    label = np.asarray(label)
-    other = tuple(a for a in range(label.ndim) if a != axis)
-    present = np.nonzero(((label > 0) & (label != IGNORE)).any(axis=other))[0]
-    if present.size == 0:
-        raise ValueError("the label volume has no foreground to paint")
-    lo, hi = int(present[0]), int(present[-1])
-    length = hi - lo + 1
-    picks = [lo + int(np.floor(length * (j + 0.5) / k)) for j in range(k)]
-    return sorted(set(min(hi, p) for p in picks))
-
-
-def sparse_label(label: np.ndarray, axis: int, indices: list[int]) -> np.ndarray:
-    """A label volume that is 255 everywhere except the given whole slices along `axis`."""
-    label = np.asarray(label)
-    out = np.full(label.shape, IGNORE, dtype=np.uint8)
-    src, dst = np.moveaxis(label, axis, 0), np.moveaxis(out, axis, 0)
-    for i in indices:
-        dst[i] = src[i]
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# jobs
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Budget:
-    protocol: str  # "paper" | "sparse"
-    fraction: float = 0.0  # paper
-    volumes: int = 0  # sparse N
-    slices: int = 0  # sparse k
-
-    @property
-    def key(self) -> str:
-        return (
-            f"paper-{round(self.fraction * 100)}pct"
-            if self.protocol == "paper"
-            else f"sparse-{self.volumes}x{self.slices}"
-        )
-
-    @property
-    def label(self) -> str:
-        return (
-            f"{round(self.fraction * 100)} % volumes"
-            if self.protocol == "paper"
-            else f"{self.volumes} vol x {self.slices} slices"
-        )
-
-    @property
-    def reference_key(self):
-        return self.fraction if self.protocol == "paper" else (self.volumes, self.slices)
-
-
-@dataclass(frozen=True)
-class Job:
-    kind: str  # "global" | "row"
-    seed: int
-    budget: Budget | None = None
-    row: str = ""
-    mode: str = ""  # local mode; "" = the preset's
-    local_epochs: int | None = None  # shortened local schedule (mode comparison)
-    local_steps: int | None = None
-    table: str = "main"  # "main" | "modes"
-
-    @property
-    def name(self) -> str:
-        if self.kind == "global":
-            return f"seed{self.seed}/global"
-        extra = f"-{self.mode}" if self.mode else ""
-        extra += f"-L{self.local_epochs}x{self.local_steps}" if self.local_epochs is not None else ""
-        return f"seed{self.seed}/{self.budget.key}/{self.row}{extra}"
-
-
-@dataclass
-class Grid:
-    name: str
-    preset: str
-    seeds: list[int]
-    ablation_seeds: list[int]  # seeds for +global / +local
-    mode_seeds: list[int]  # seeds for the stride / block / exact comparison
-    exact_seeds: list[int]
-    budgets: list[Budget]
-    mode_budget: Budget
-    mode_local: tuple[int, int]  # (epochs, steps) of the shortened local stage of the mode comparison
-    deadline_min: float | None
-    overrides: dict = field(default_factory=dict)
-
-
-PAPER_BUDGETS = [Budget("paper", fraction=f) for f in (0.05, 0.10, 0.20)]
-SPARSE_BUDGETS = [Budget("sparse", volumes=n, slices=k) for n, k in ((5, 2), (10, 3), (20, 5))]
-TEN_BY_THREE = Budget("sparse", volumes=10, slices=3)
-
-
-def make_grid(which: str, seeds: int | None, deadline_min: float | None) -> Grid:
-    if which == "quick":
-        return Grid(
-            "quick",
-            "quick",
-            [0],
-            [0],
-            [0],
-            [0],
-            [TEN_BY_THREE, Budget("paper", fraction=0.05)],
-            TEN_BY_THREE,
-            (1, 2),
-            deadline_min,
-        )
-    s = list(range(seeds or 3))
-    if which == "full":
-        return Grid("full", "paper", s, s, s, s, SPARSE_BUDGETS + PAPER_BUDGETS, TEN_BY_THREE, (10, 50), deadline_min)
-    return Grid(
-        "cpu",
-        "cpu",
-        s,
-        s,
-        s,
-        s[:1],
-        SPARSE_BUDGETS + PAPER_BUDGETS,
-        TEN_BY_THREE,
-        (1, 20),
-        65.0 if deadline_min is None else deadline_min,
-    )
-
-
-def plan_jobs(grid: Grid) -> list[Job]:
-    """Every job of the grid, in priority order (what matters most runs first when time is short).
-
-    1. the headline budget (the mode budget, 10 x 3): supervised + full for the first two seeds;
-    2. +global / +local at the headline budget (first seed): does each stage help on its own?
-    3. the other sparse budgets, first seed; 4. the local-mode comparison, first seed;
-    5. the paper protocol, first seed; 6. the other sparse budgets, second seed;
-    7. the third seed at the headline and sparse budgets; 8. the paper protocol, other seeds;
-    9. the remaining ablations; 10. the mode comparison for the other seeds.
-    A row that starts from the global encoder waits for its seed's global job.
-    """
-    seeds, head = grid.seeds, grid.mode_budget
-    sparse = [b for b in grid.budgets if b.protocol == "sparse" and b != head]
-    paper = [b for b in grid.budgets if b.protocol == "paper"]
-    heads = [b for b in grid.budgets if b == head]
-
-    def pair(seed, budgets):
-        return [Job("row", seed, b, row) for b in budgets for row in ("supervised", "full")]
-
-    def ablation(seed, budgets):
-        if seed not in grid.ablation_seeds:
-            return []
-        return [Job("row", seed, b, row) for row in ("+global", "+local") for b in budgets]
-
-    def branch(seed, budgets):
-        return [Job("row", seed, b, row) for b in budgets for row in BRANCH_ROWS]
-
-    def modes(seed):
-        if seed not in grid.mode_seeds:
-            return []
-        e, s = grid.mode_local
-        names = ("stride", "block") + (("exact",) if seed in grid.exact_seeds else ())
-        return [Job("row", seed, head, "full", m, e, s, table="modes") for m in names]
-
-    order: list[Job] = []
-    for s in seeds[:2]:
-        order += [Job("global", s)] + pair(s, heads)
-    for s in seeds[:1]:
-        order += ablation(s, heads) + pair(s, sparse) + modes(s) + pair(s, paper)
-    for s in seeds[1:2]:
-        order += pair(s, sparse)
-    for s in seeds[2:]:
-        order += [Job("global", s)] + pair(s, heads + sparse)
-    for s in seeds[1:]:
-        order += pair(s, paper)
-    for s in seeds:
-        order += ablation(s, grid.budgets)
-    for s in seeds[1:]:
-        order += modes(s)
-    for s in seeds:
-        order += branch(s, heads + sparse)
-    unique, seen = [], set()
-    for job in order:
-        if job.name not in seen:
-            seen.add(job.name)
-            unique.append(job)
-    return unique
-
-
-def job_to_json(job: Job) -> str:
-    d = {k: getattr(job, k) for k in ("kind", "seed", "row", "mode", "local_epochs", "local_steps", "table")}
-    d["budget"] = (
-        None
-        if job.budget is None
-        else {k: getattr(job.budget, k) for k in ("protocol", "fraction", "volumes", "slices")}
-    )
-    return json.dumps(d)
-
-
-def job_from_json(text: str) -> Job:
-    d = json.loads(text)
-    budget = None if d.pop("budget") is None else Budget(**json.loads(text)["budget"])
-    return Job(budget=budget, **d)
-
-
-# --------------------------------------------------------------------------------------------
-# running
-# --------------------------------------------------------------------------------------------
 class Bench:
+    """One invocation: the split, each job's labels and config, one job's run (in its worker process), the time
+    estimates the deadline goes by, and results.json with the table."""
+
     def __init__(self, args, grid: Grid):
         from data.io import read_volume
 
@@ -546,7 +319,8 @@ class Bench:
             (out_dir / "checkpoint.pt").unlink(missing_ok=True)
             return record
         t1 = time.monotonic()
-        per_volume, variants = self.evaluate(out_dir, images, label_paths)
+        labelled = [(image, label, self.label(Path(image).name)) for image, label in zip(images, label_paths)]
+        per_volume, variants = evaluate(out_dir, self.args.device, labelled, self.test)
         eval_s = time.monotonic() - t1
         per_class = np.mean(list(per_volume.values()), axis=0)
         record.update(
@@ -597,199 +371,6 @@ class Bench:
             ]
         return self._test
 
-    def evaluate(self, model_dir: Path, images: list[str], label_paths: list[str]) -> tuple[dict, dict]:
-        """Per-volume Dice of the plain prediction on the test volumes, and every inference variant's
-        Dice on the test volumes and on the labelled volumes themselves (against their full truth: the
-        masks the clinician gets back).
-
-        Variants: `flip` (test-time flips), `clean` (largest component + hole filling for every class),
-        `auto` (the clean-up chosen per class on the painted voxels of the labelled volumes, which is all
-        the app knows), and their combinations with `flip`."""
-        from data.mask_cleanup import Cleanup, choose_cleanup
-        from model.inference import load_predictor
-        from model.train import dice_per_class
-
-        predictor = load_predictor(model_dir, self.args.device)
-
-        def base(image):
-            return {
-                "plain": predictor.predict(image, flip=False, clean=False)[0],
-                "flip": predictor.predict(image, flip=True, clean=False)[0],
-            }
-
-        labelled = []
-        for image_path, label_path in zip(images, label_paths):
-            name = Path(image_path).name
-            image = np.asarray(self.read_volume(image_path).array)
-            painted = np.asarray(self.read_volume(label_path).array)
-            labelled.append((name, base(image), painted, np.asarray(self.read_volume(self.label(name)).array)))
-        every = Cleanup.everything(NUM_CLASSES)
-        auto = {
-            key: choose_cleanup([b[key] for _, b, _, _ in labelled], [p for _, _, p, _ in labelled], NUM_CLASSES)
-            for key in ("plain", "flip")
-        }
-
-        def variants(b):
-            return {
-                "plain": b["plain"],
-                "flip": b["flip"],
-                "clean": every.apply(b["plain"]),
-                "flip+clean": every.apply(b["flip"]),
-                "auto": auto["plain"][0].apply(b["plain"]),
-                "flip+auto": auto["flip"][0].apply(b["flip"]),
-            }
-
-        test: dict[str, dict[str, list[float]]] = {}
-        for name, image, truth in self.test:
-            for variant, pred in variants(base(image)).items():
-                test.setdefault(variant, {})[name] = dice_per_class(pred, truth, NUM_CLASSES)
-        own: dict[str, dict[str, list[float]]] = {}
-        for name, b, _, truth in labelled:
-            for variant, pred in variants(b).items():
-                own.setdefault(variant, {})[name] = dice_per_class(pred, truth, NUM_CLASSES)
-
-        def mean(per_volume):
-            return float(np.mean(list(per_volume.values())))
-
-        summary = {
-            variant: {
-                "test_dice_mean": mean(test[variant]),
-                "labelled_dice_mean": mean(own[variant]),
-                "test_dice_per_volume": test[variant],
-            }
-            for variant in test
-        }
-        summary["auto_choice"] = {key: report for key, (_, report) in auto.items()}
-        return test["plain"], summary
-
-    # ---- the loop: up to `workers` jobs at once, each in its own process -------------------------
-    def worker_command(self, job: Job) -> list[str]:
-        a = self.args
-        cmd = [
-            sys.executable,
-            "-m",
-            "bench.label_efficiency",
-            "--run-job",
-            job_to_json(job),
-            "--data",
-            str(self.data),
-            "--out",
-            str(self.out),
-            "--split-seed",
-            str(a.split_seed),
-            "--n-val",
-            str(a.n_val),
-            "--n-test",
-            str(a.n_test),
-            "--axis",
-            str(a.axis),
-            "--device",
-            a.device,
-            "--workers",
-            str(self.workers),
-        ]
-        cmd += ["--full"] if self.grid.name == "full" else ["--quick"] if self.grid.name == "quick" else []
-        if a.seeds:
-            cmd += ["--seeds", str(a.seeds)]
-        if self.threads:
-            cmd += ["--threads", str(self.threads)]
-        if self.validate:
-            cmd.append("--validate")
-        if a.keep_models:
-            cmd.append("--keep-models")
-        for item in a.set:
-            cmd += ["--set", item]
-        return cmd
-
-    def go(self, jobs: list[Job]) -> None:
-        deadline = self.grid.deadline_min * 60 if self.grid.deadline_min else None
-        hard = deadline + self.args.grace_min * 60 if deadline else None
-        done = self.done_jobs()
-        pending, running = [j for j in jobs if j.name not in done], {}
-        globals_done, globals_lost = {j.seed for j in jobs if j.kind == "global" and j.name in done}, set()
-        self.write()
-        while pending or running:
-            for name, (job, proc, t0, est) in list(running.items()):
-                if proc.poll() is None:
-                    if hard is not None and self.elapsed() > hard:
-                        os.killpg(proc.pid, signal.SIGTERM)  # our own worker's process group
-                        proc.wait()
-                        self.failed.append(
-                            f"{name} (killed at the {hard / 60:.0f} min hard limit after {time.monotonic() - t0:.0f} s)"
-                        )
-                        globals_lost.add(job.seed) if job.kind == "global" else None
-                        del running[name]
-                        self.write()
-                    continue
-                del running[name]
-                record_path = self.out / "runs" / name / "record.json"
-                if proc.returncode == 0 and record_path.is_file():
-                    record = json.loads(record_path.read_text())
-                    record["estimated_s"] = round(est, 1)
-                    record["started_at_s"] = round(t0 - self.start, 1)
-                    self.results.append(record)
-                    self.learn(record)
-                    if job.kind == "global":
-                        globals_done.add(job.seed)
-                    dice = record.get("test_dice_mean")
-                    print(
-                        f"[{self.elapsed():6.0f}s] done {name} in {time.monotonic() - t0:.0f} s (estimated {est:.0f})"
-                        + (f", test Dice {dice:.3f}" if dice is not None else ""),
-                        flush=True,
-                    )
-                else:
-                    self.failed.append(f"{name} (exit {proc.returncode}; log runs/{name}.log)")
-                    print(f"[{self.elapsed():6.0f}s] FAILED {name} (exit {proc.returncode})", flush=True)
-                    if job.kind == "global":
-                        globals_lost.add(job.seed)
-                self.write()
-            while len(running) < self.workers:
-                job = self._next(pending, globals_done, globals_lost)
-                if job is None:
-                    break
-                est = self.estimate(job)
-                if deadline is not None and self.elapsed() + est > deadline:
-                    self.skipped.append(
-                        f"{job.name} (estimated {est:.0f} s, {max(0, deadline - self.elapsed()):.0f} s left)"
-                    )
-                    print(f"[{self.elapsed():6.0f}s] skip {job.name}: estimated {est:.0f} s", flush=True)
-                    if job.kind == "global":
-                        globals_lost.add(job.seed)
-                    continue
-                log = self.out / "runs" / f"{job.name}.log"
-                log.parent.mkdir(parents=True, exist_ok=True)
-                with open(log, "w") as f:
-                    proc = subprocess.Popen(
-                        self.worker_command(job), stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
-                    )
-                running[job.name] = (job, proc, time.monotonic(), est)
-                print(
-                    f"[{self.elapsed():6.0f}s] start {job.name} (estimated {est:.0f} s, {len(pending)} pending)",
-                    flush=True,
-                )
-            if not running and pending:
-                # nothing can start: every pending job waits for a global stage that will not come
-                for job in pending:
-                    self.skipped.append(f"{job.name} (its seed's global stage did not run)")
-                pending.clear()
-            time.sleep(1.0)
-        self.write()
-        print(f"[{self.elapsed():6.0f}s] finished; table in {self.md_path}", flush=True)
-
-    def _next(self, pending: list[Job], globals_done: set, globals_lost: set) -> Job | None:
-        """First pending job that can start now; drops jobs whose global stage will never exist."""
-        for job in list(pending):
-            needs_global = job.kind == "row" and ROW_STAGES[job.row][0]
-            if needs_global and job.seed in globals_lost:
-                pending.remove(job)
-                self.skipped.append(f"{job.name} (its seed's global stage did not run)")
-                continue
-            if needs_global and job.seed not in globals_done:
-                continue
-            pending.remove(job)
-            return job
-        return None
-
     # ---- reporting ----------------------------------------------------------------------------
     def done_jobs(self) -> set[str]:
         """Jobs with a result already (--append); a global counts only while its global.pt is still there."""
@@ -822,218 +403,13 @@ class Bench:
         tmp = self.results_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(blob, indent=1))
         tmp.replace(self.results_path)
-        self.md_path.parent.mkdir(parents=True, exist_ok=True)
-        text = render_markdown(meta, self.results, self.skipped, self.grid, self, self.failed)
-        if self.md_path.is_file():  # hand-written notes below the marker survive a re-run
-            old = self.md_path.read_text()
-            if NOTES_MARKER in old:
-                text += "\n" + old[old.index(NOTES_MARKER) :]
-        tmp = self.md_path.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(self.md_path)
+        write_markdown(self.md_path, render_markdown(meta, self.results, self.skipped, self.grid, self, self.failed))
 
 
 def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-# --------------------------------------------------------------------------------------------
-# markdown
-# --------------------------------------------------------------------------------------------
-def _stats(values: list[float]) -> tuple[float, float | None]:
-    arr = np.asarray(values, dtype=float)
-    return float(arr.mean()), (float(arr.std(ddof=1)) if arr.size > 1 else None)
-
-
-def _pm(values: list[float]) -> str:
-    if not values:
-        return "–"
-    mean, std = _stats(values)
-    return f"{mean:.3f}" + (f" ± {std:.3f}" if std is not None else "") + f" (n={len(values)})"
-
-
-def _stage_s(run: dict, stage: str) -> float | None:
-    m = run["stages"].get(stage)
-    return None if m is None else m["wall_s"]
-
-
-def _mean_or_dash(values, fmt="{:.0f}") -> str:
-    values = [v for v in values if v is not None]
-    return fmt.format(float(np.mean(values))) if values else "–"
-
-
-def render_markdown(meta: dict, runs: list[dict], skipped: list[str], grid: Grid, bench=None, failed=()) -> str:
-    split = meta["split"]
-    lines = [
-        "# Label efficiency on the MSD hippocampus",
-        "",
-        f"- commit: {meta['commit']}{' (+ uncommitted changes)' if meta['dirty'] else ''}"
-        + (
-            f" (HEAD was {meta['commit_at_start']} when the run started)"
-            if meta.get("commit_at_start", meta["commit"]) != meta["commit"]
-            else ""
-        ),
-        f"- machine: {meta['machine']}, torch {meta['torch']}",
-        f"- date: {meta['started_utc']}; elapsed {meta['elapsed_s'] / 60:.1f} min"
-        f"; load average (1/5/15 min) at start {meta['load_avg_start']}, at last write {meta['load_avg_now']}"
-        " (the machine is shared: wall times are indicative)",
-        f"- command: `{meta['command']}` (grid `{meta['grid']}`, preset `{meta['preset']}`)",
-        *[
-            f"- runs kept from an earlier invocation (`--append`): `{h['command']}` at {h['commit']}, {h['started_utc']}, "
-            f"{h['elapsed_s'] / 60:.1f} min, {h['machine']}"
-            for h in meta.get("history", [])
-        ],
-        f"- data: `../shared/data/hippocampus` imagesTr/labelsTr, {sum(len(v) for v in split.values())} volumes, "
-        f"split with seed {meta['split_seed']} into {len(split['train'])} train / {len(split['val'])} validation / "
-        f"{len(split['test'])} test (lists below and in results.json). Test volumes are seen by no stage of any run.",
-        f"- slices along axis {meta['axis']}"
-        + (f", padded to {runs[0]['data']['size']}x{runs[0]['data']['size']}" if runs else "")
-        + "; Dice: 3D, per test volume, "
-        "per class (1 anterior, 2 posterior) and their mean, averaged over the test volumes; "
-        "then mean ± sample std over training seeds (n = seeds). The seed picks which train volumes are labelled "
-        "and seeds the training.",
-        "",
-    ]
-    by = {}
-    for r in runs:
-        if r["kind"] == "row":
-            by.setdefault((r["table"], r["budget"], r["row"], r["mode"], tuple(r["local_schedule"] or ())), []).append(
-                r
-            )
-
-    def cell(budget: Budget, row: str) -> list[dict]:
-        return [r for k, rs in by.items() if k[0] == "main" and k[1] == budget.key and k[2] == row for r in rs]
-
-    # ---- summary
-    shown = ROWS + tuple(row for row in BRANCH_ROWS if any(k[2] == row for k in by))
-    lines += [
-        "## Mean Dice on the test volumes",
-        "",
-        "| budget | painted slices | "
-        + " | ".join(shown)
-        + " | full − supervised | paper | earlier supervised baseline |",
-        "|---|---:|" + "---|" * len(shown) + "---:|---:|---:|",
-    ]
-    for b in grid.budgets:
-        cells = {row: cell(b, row) for row in shown}
-        painted = next((r["painted_slices"] for rs in cells.values() for r in rs), None)
-        sup, full = ({r["seed"]: r["test_dice_mean"] for r in cells[x]} for x in ("supervised", "full"))
-        both = sorted(set(sup) & set(full))
-        diff = _pm([full[s] - sup[s] for s in both]) if both else "–"
-        lines.append(
-            f"| {b.label} | {painted if painted is not None else '–'} | "
-            + " | ".join(_pm([r["test_dice_mean"] for r in cells[row]]) for row in shown)
-            + f" | {diff} | {PAPER_REFERENCE.get(b.reference_key, '–')} | {EARLIER_BASELINE.get(b.reference_key, '–')} |"
-        )
-    lines += [
-        "",
-        "`full − supervised`: the per-seed difference (same labelled volumes, same seed), mean ± std. "
-        "`paper`: Hu et al. 2021 (widths 64-512, global + local block, their split). "
-        "`earlier supervised baseline`: a supervised-only run before this benchmark, widths 16-128, 1000 steps x 32 slices, its own split.",
-        "",
-    ]
-
-    # ---- detail
-    lines += [
-        "## Per class and wall time",
-        "",
-        "| budget | row | seeds | anterior | posterior | mean | val mean | local s | fine-tune s | row wall s |",
-        "|---|---|---:|---|---|---|---|---:|---:|---:|",
-    ]
-    for b in grid.budgets:
-        for row in shown:
-            rs = cell(b, row)
-            if not rs:
-                continue
-            lines.append(
-                f"| {b.label} | {row} | {len(rs)} | {_pm([r['test_dice_per_class'][0] for r in rs]).split(' (')[0]} | "
-                f"{_pm([r['test_dice_per_class'][1] for r in rs]).split(' (')[0]} | {_pm([r['test_dice_mean'] for r in rs]).split(' (')[0]} | "
-                f"{_pm([r['val_dice_mean'] for r in rs if r['val_dice_mean'] is not None]).split(' (')[0]} | "
-                f"{_mean_or_dash([_stage_s(r, 'local') for r in rs])} | {_mean_or_dash([_stage_s(r, 'finetune') for r in rs])} | "
-                f"{_mean_or_dash([r['row_wall_s'] for r in rs])} |"
-            )
-    globals_ = [r for r in runs if r["kind"] == "global"]
-    lines += [
-        "",
-        "`row wall s`: the whole run (reading every train volume, the stages it runs"
-        + (", validation" if bench is not None and bench.validate else "")
-        + ") plus predicting the test volumes; mean over seeds. Rows `+global` and `full` "
-        "also need the global stage, run once per seed and shared (below)."
-        + (
-            f" {bench.workers} jobs ran at once, {bench.threads or 'default'} torch thread(s) each, on a machine "
-            "shared with other work: wall times include that contention."
-            if bench is not None
-            else ""
-        ),
-        "",
-    ]
-    if globals_:
-        lines += ["| seed | global stage s | slices | run wall s |", "|---:|---:|---:|---:|"]
-        for r in globals_:
-            lines.append(
-                f"| {r['seed']} | {_stage_s(r, 'global'):.0f} | {r['data']['slices']} | {r['train_wall_s']:.0f} |"
-            )
-        lines.append("")
-
-    # ---- modes
-    mode_runs = [r for r in runs if r["kind"] == "row" and r["table"] == "modes"]
-    if mode_runs:
-        e, s = grid.mode_local
-        lines += [
-            f"## Local loss mode at {grid.mode_budget.label} (full pipeline, local stage shortened to {e} x {s} steps)",
-            "",
-            "All three modes run the same shortened local schedule (exact costs 10-30x a stride step on a CPU), then the "
-            "preset's fine-tune; compare them with each other, not with the `full` row above.",
-            "",
-            "| mode | seeds | anterior | posterior | mean | local s | local s/step | row wall s |",
-            "|---|---:|---|---|---|---:|---:|---:|",
-        ]
-        for mode in ("stride", "block", "exact"):
-            rs = [r for r in mode_runs if r["mode"] == mode]
-            if not rs:
-                continue
-            per_step = [_stage_s(r, "local") / (r["local_schedule"][0] * r["local_schedule"][1]) for r in rs]
-            lines.append(
-                f"| {mode} | {len(rs)} | {_pm([r['test_dice_per_class'][0] for r in rs]).split(' (')[0]} | "
-                f"{_pm([r['test_dice_per_class'][1] for r in rs]).split(' (')[0]} | {_pm([r['test_dice_mean'] for r in rs]).split(' (')[0]} | "
-                f"{_mean_or_dash([_stage_s(r, 'local') for r in rs])} | {_mean_or_dash(per_step, '{:.2f}')} | "
-                f"{_mean_or_dash([r['row_wall_s'] for r in rs])} |"
-            )
-        lines.append("")
-
-    # ---- schedule
-    if bench is not None:
-        cfg = bench.config(Job("row", 0, TEN_BY_THREE, "full"), Path("/x"))
-        lines += [
-            "## Schedule",
-            "",
-            f"Preset `{grid.preset}`: U-Net widths {list(cfg.widths)}; global {cfg.global_epochs} x {cfg.global_steps} steps "
-            f"of batch {cfg.global_batch} (lr {cfg.global_lr}); local {cfg.local_epochs} x {cfg.local_steps} steps of batch "
-            f"{cfg.local_batch} (lr {cfg.local_lr}, mode {cfg.local_mode}); fine-tune {cfg.finetune_epochs} x "
-            f"{cfg.finetune_steps} steps of batch {cfg.finetune_batch} (lr {cfg.finetune_lr}), the same for every row. "
-            f"Seeds: {grid.seeds} (+global / +local: {grid.ablation_seeds}; modes: {grid.mode_seeds}, exact: {grid.exact_seeds})."
-            + (
-                f" Jobs run in priority order; a job is not started when its estimated time would end it after the "
-                f"{grid.deadline_min:.0f} min deadline."
-                if grid.deadline_min
-                else ""
-            ),
-            "",
-        ]
-    if skipped or failed:
-        lines += ["## Not run", "", *[f"- {s}" for s in failed], *[f"- {s}" for s in skipped], ""]
-    lines += [
-        "## Volumes",
-        "",
-        f"- test ({len(split['test'])}): {', '.join(n.split('.')[0].replace('hippocampus_', '') for n in split['test'])}",
-        f"- validation ({len(split['val'])}): {', '.join(n.split('.')[0].replace('hippocampus_', '') for n in split['val'])}",
-        f"- train: the other {len(split['train'])} (hippocampus_NNN.nii.gz); labelled volumes and painted slice "
-        "indices per seed and budget are in results.json (`labeled_volumes`).",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1125,27 +501,6 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def select_jobs(jobs: list[Job], budgets: str | None, rows: str | None) -> list[Job]:
-    """The jobs of the chosen budgets and rows, plus the global stages those rows start from."""
-    want_b = set(budgets.split(",")) if budgets else None
-    want_r = set(rows.split(",")) if rows else None
-    if want_r and not want_r <= set(ALL_ROWS) | {"modes"}:
-        raise SystemExit(
-            f"--rows: unknown {sorted(want_r - set(ALL_ROWS) - {'modes'})}; choose from {', '.join(ALL_ROWS)}, modes"
-        )
-    keep = []
-    for job in jobs:
-        if job.kind == "global":
-            continue
-        if want_b and job.budget.key not in want_b:
-            continue
-        if want_r and (("modes" if job.table == "modes" else job.row) not in want_r):
-            continue
-        keep.append(job)
-    seeds_needing_global = {j.seed for j in keep if ROW_STAGES[j.row][0]}
-    return [j for j in jobs if (j.kind == "global" and j.seed in seeds_needing_global) or j in keep]
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     grid = make_grid("full" if args.full else "quick" if args.quick else "cpu", args.seeds, args.deadline_min)
@@ -1174,7 +529,7 @@ def main(argv=None) -> int:
         f"{len(bench.split['test'])} test; {len(jobs)} jobs; table -> {bench.md_path}",
         flush=True,
     )
-    bench.go(jobs)
+    run_jobs(bench, jobs)
     return 0
 
 

@@ -74,7 +74,7 @@ def synthetic_volume(
 
 
 def painted_slices(label: np.ndarray, axis: int, k: int) -> list[int]:
-    from bench.label_efficiency import even_slices
+    from bench.label_efficiency_protocol import even_slices
 
     return even_slices(label, axis, k)
 
@@ -136,7 +136,7 @@ def _save(path: Path, array: np.ndarray, spacing) -> str:
 def hippocampus_project(tmp: Path, data: Path, n: int, k: int, n_test: int, name: str, preset: str) -> Project:
     import nibabel as nib
 
-    from bench.label_efficiency import sparse_label
+    from bench.label_efficiency_protocol import sparse_label
     from bench.retrain_timing import choose_volumes, split_volumes, volume_names
 
     names = choose_volumes(volume_names(data), n)
@@ -163,7 +163,7 @@ def hippocampus_project(tmp: Path, data: Path, n: int, k: int, n_test: int, name
 
 
 def synthetic_project(tmp: Path, kind: str, n: int, k: int, n_test: int) -> Project:
-    from bench.label_efficiency import sparse_label
+    from bench.label_efficiency_protocol import sparse_label
 
     shape, spacing = ((256, 256, 12), (1.2, 1.2, 8.0)) if kind == "mr" else ((512, 512, 200), (0.8, 0.8, 1.5))
     folder = tmp / kind

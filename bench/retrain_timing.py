@@ -39,11 +39,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import ROOT
+from bench.common import ROOT, split_volumes
 from bench.common import git as _git
 from bench.common import machine as _machine
 from bench.common import torch_version as _torch_version
-from bench.label_efficiency import even_slices, labeled_order, split_volumes, volume_names
+from bench.label_efficiency_protocol import even_slices, labeled_order, volume_names
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hippocampus"
 LABELS = [{"value": 1, "name": "anterior", "color": "#e6194b"}, {"value": 2, "name": "posterior", "color": "#3cb44b"}]

@@ -1,4 +1,4 @@
-"""bench/label_efficiency.py: the split, the painted slices and the job plan (no training here)."""
+"""bench/label_efficiency.py and its protocol: the split, the painted slices and the job plan (no training here)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from bench import label_efficiency_protocol as protocol
+from bench.common import split_volumes
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("bench_label_efficiency", ROOT / "bench" / "label_efficiency.py")
@@ -19,22 +22,22 @@ NAMES = [f"hippocampus_{i:03d}.nii.gz" for i in range(201)]
 
 
 def test_split_is_deterministic_and_disjoint():
-    a = le.split_volumes(NAMES, seed=0, n_val=20, n_test=40)
-    b = le.split_volumes(list(reversed(NAMES)), seed=0, n_val=20, n_test=40)  # input order does not matter
+    a = split_volumes(NAMES, seed=0, n_val=20, n_test=40)
+    b = split_volumes(list(reversed(NAMES)), seed=0, n_val=20, n_test=40)  # input order does not matter
     assert a == b
     assert (len(a["train"]), len(a["val"]), len(a["test"])) == (141, 20, 40)
     assert set(a["train"]) | set(a["val"]) | set(a["test"]) == set(NAMES)
     assert not set(a["test"]) & (set(a["train"]) | set(a["val"]))
     assert not set(a["val"]) & set(a["train"])
-    assert le.split_volumes(NAMES, seed=1, n_val=20, n_test=40)["test"] != a["test"]
+    assert split_volumes(NAMES, seed=1, n_val=20, n_test=40)["test"] != a["test"]
 
 
 def test_labelled_volumes_come_from_train_and_nest():
-    split = le.split_volumes(NAMES, seed=0, n_val=20, n_test=40)
-    order = le.labeled_order(split["train"], seed=2)
-    assert order == le.labeled_order(split["train"], seed=2)
+    split = split_volumes(NAMES, seed=0, n_val=20, n_test=40)
+    order = protocol.labeled_order(split["train"], seed=2)
+    assert order == protocol.labeled_order(split["train"], seed=2)
     assert sorted(order) == split["train"]
-    assert [le.paper_count(f, 141) for f in (0.05, 0.10, 0.20)] == [7, 14, 28]
+    assert [protocol.paper_count(f, 141) for f in (0.05, 0.10, 0.20)] == [7, 14, 28]
 
 
 def _structure(extent: tuple[int, int], shape=(30, 12, 10), axis=0) -> np.ndarray:
@@ -51,7 +54,7 @@ def _structure(extent: tuple[int, int], shape=(30, 12, 10), axis=0) -> np.ndarra
 def test_even_slices_are_evenly_spaced_through_the_structure(k, extent, axis):
     shape = (30, 12, 30)
     label = _structure(extent, shape, axis)
-    idx = le.even_slices(label, axis, k)
+    idx = protocol.even_slices(label, axis, k)
     lo, hi = extent
     assert len(idx) == k and idx == sorted(set(idx))
     assert all(lo <= i <= hi for i in idx)
@@ -66,14 +69,14 @@ def test_even_slices_are_evenly_spaced_through_the_structure(k, extent, axis):
 def test_even_slices_ignore_255_and_need_foreground():
     label = _structure((8, 27))
     label[29] = 255  # not annotated: not structure
-    assert le.even_slices(label, 0, 3) == le.even_slices(_structure((8, 27)), 0, 3)
+    assert protocol.even_slices(label, 0, 3) == protocol.even_slices(_structure((8, 27)), 0, 3)
     with pytest.raises(ValueError):
-        le.even_slices(np.zeros((5, 5, 5), np.uint8), 0, 2)
+        protocol.even_slices(np.zeros((5, 5, 5), np.uint8), 0, 2)
 
 
 def test_sparse_label_paints_only_the_chosen_slices():
     label = _structure((8, 27))
-    sparse = le.sparse_label(label, 0, [10, 20])
+    sparse = protocol.sparse_label(label, 0, [10, 20])
     assert (sparse[10] == label[10]).all() and (sparse[20] == label[20]).all()
     others = np.ones(30, bool)
     others[[10, 20]] = False
@@ -82,18 +85,18 @@ def test_sparse_label_paints_only_the_chosen_slices():
 
 def test_plan_puts_every_global_before_the_rows_that_need_it():
     for which in ("cpu", "full", "quick"):
-        grid = le.make_grid(which, None, None)
-        jobs = le.plan_jobs(grid)
+        grid = protocol.make_grid(which, None, None)
+        jobs = protocol.plan_jobs(grid)
         names = [j.name for j in jobs]
         assert len(names) == len(set(names))
         seen_global = set()
         for job in jobs:
             if job.kind == "global":
                 seen_global.add(job.seed)
-            elif le.ROW_STAGES[job.row][0]:
+            elif protocol.ROW_STAGES[job.row][0]:
                 assert job.seed in seen_global, job.name
-        assert le.job_from_json(le.job_to_json(jobs[-1])) == jobs[-1]
-    cpu = le.plan_jobs(le.make_grid("cpu", None, None))
+        assert protocol.job_from_json(protocol.job_to_json(jobs[-1])) == jobs[-1]
+    cpu = protocol.plan_jobs(protocol.make_grid("cpu", None, None))
     head = [j.name for j in cpu[:6]]
     assert head == [
         "seed0/global",
@@ -110,18 +113,18 @@ def test_no_stage_sees_a_test_volume(shared_data, tmp_path):
     if not (data / "imagesTr").is_dir():
         pytest.skip("no hippocampus data")
     args = le.parse_args(["--data", str(data), "--out", str(tmp_path), "--md", str(tmp_path / "t.md")])
-    bench = le.Bench(args, le.make_grid("cpu", None, None))
+    bench = le.Bench(args, protocol.make_grid("cpu", None, None))
     test = {str(data / "imagesTr" / n) for n in bench.split["test"]} | {
         str(data / "labelsTr" / n) for n in bench.split["test"]
     }
     val = {str(data / "imagesTr" / n) for n in bench.split["val"]}
-    for budget in (le.Budget("sparse", volumes=5, slices=2), le.Budget("paper", fraction=0.05)):
+    for budget in (protocol.Budget("sparse", volumes=5, slices=2), protocol.Budget("paper", fraction=0.05)):
         images, labels, unlabeled, painted = bench.labels_for(0, budget)
         used = set(images) | set(unlabeled) | {p for p in labels}
         assert not used & test and not used & val
         assert len(images) + len(unlabeled) == 141
     # a painted sparse label volume really is 255 outside its evenly spaced slices
-    images, labels, _, painted = bench.labels_for(0, le.Budget("sparse", volumes=5, slices=2))
+    images, labels, _, painted = bench.labels_for(0, protocol.Budget("sparse", volumes=5, slices=2))
     name = Path(images[0]).name
     sparse = np.asarray(bench.read_volume(labels[0]).array)
     painted_slices = [i for i in range(sparse.shape[0]) if (sparse[i] != 255).all()]
@@ -129,26 +132,29 @@ def test_no_stage_sees_a_test_volume(shared_data, tmp_path):
 
 
 def test_select_jobs_keeps_the_global_stages_its_rows_need():
-    jobs = le.plan_jobs(le.make_grid("cpu", None, None))
-    chosen = le.select_jobs(jobs, "sparse-10x3", "supervised,full+cpc")
+    jobs = protocol.plan_jobs(protocol.make_grid("cpu", None, None))
+    chosen = protocol.select_jobs(jobs, "sparse-10x3", "supervised,full+cpc")
     rows = [j for j in chosen if j.kind == "row"]
     assert {j.row for j in rows} == {"supervised", "full+cpc"}
     assert {j.budget.key for j in rows} == {"sparse-10x3"}
     assert {j.seed for j in chosen if j.kind == "global"} == {0, 1, 2}  # full+cpc starts from each seed's global
-    only_sup = le.select_jobs(jobs, "sparse-10x3", "supervised")
+    only_sup = protocol.select_jobs(jobs, "sparse-10x3", "supervised")
     assert not [j for j in only_sup if j.kind == "global"]
     assert [j for j in chosen if j.kind == "global"][0] == next(j for j in jobs if j.kind == "global")
     with pytest.raises(SystemExit, match="unknown"):
-        le.select_jobs(jobs, None, "supervised,typo")
+        protocol.select_jobs(jobs, None, "supervised,typo")
 
 
 def test_extra_rows_add_the_cpc_branch_or_the_pseudo_stage_to_a_base_row():
-    assert set(le.ROW_BRANCH) | le.ROW_PSEUDO == set(le.BRANCH_ROWS) and not set(le.ROW_BRANCH) & le.ROW_PSEUDO
+    assert (
+        set(protocol.ROW_BRANCH) | protocol.ROW_PSEUDO == set(protocol.BRANCH_ROWS)
+        and not set(protocol.ROW_BRANCH) & protocol.ROW_PSEUDO
+    )
     for extra in ("cpc", "pseudo"):
-        assert le.ROW_STAGES[f"ft+{extra}"] == le.ROW_STAGES["supervised"]
-        assert le.ROW_STAGES[f"full+{extra}"] == le.ROW_STAGES["full"]
-    planned = {j.row for j in le.plan_jobs(le.make_grid("cpu", None, None)) if j.kind == "row"}
-    assert set(le.BRANCH_ROWS) <= planned
+        assert protocol.ROW_STAGES[f"ft+{extra}"] == protocol.ROW_STAGES["supervised"]
+        assert protocol.ROW_STAGES[f"full+{extra}"] == protocol.ROW_STAGES["full"]
+    planned = {j.row for j in protocol.plan_jobs(protocol.make_grid("cpu", None, None)) if j.kind == "row"}
+    assert set(protocol.BRANCH_ROWS) <= planned
 
 
 def test_set_overrides_parse_json_and_refuse_unknown_keys():
@@ -169,7 +175,7 @@ def test_append_keeps_earlier_runs_and_skips_their_jobs(tmp_path, shared_data):
     args = le.parse_args(
         ["--quick", "--data", str(shared_data / "hippocampus"), "--out", str(out), "--md", str(out / "t.md")]
     )
-    grid = le.make_grid("quick", None, None)
+    grid = protocol.make_grid("quick", None, None)
     first = le.Bench(args, grid)
     first.results = [
         {

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app import retrain_inputs
 from app.jobs import EventHub, LocalRunner, looks_out_of_memory, process_alive
 from app.worker import Worker
 from data.errors import Conflict, InvalidInput
@@ -216,7 +217,7 @@ def test_restart_resumes_a_running_job_once_then_fails(project, tmp_path, model_
     job_dir.mkdir(parents=True, exist_ok=True)
     import json
 
-    config, seen = worker._build_config(job, job_dir, job_dir / "model", job["params"])
+    config, seen = retrain_inputs.plan_job(ws, job, job_dir, job_dir / "model", "cpu", "quick")
     (job_dir / "config.json").write_text(json.dumps(config))
     leftover = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(600)", str(job_dir / "config.json")], start_new_session=True
