@@ -131,8 +131,7 @@ class Predictions:
         painted volumes: they are predicted here as that model's masks, decided on, then cleaned, so
         nothing is inferred twice. -> the decision's report, or None when none was pending or
         `keep_going()` turned False first (it stays pending; the next call picks it up)."""
-        from model.cleanup_file import save_decision
-        from model.postprocess import decide_from
+        from model.cleanup_decision import decide_from, save_decision
 
         predictor = self._predictor(model)
         if not predictor.cleanup_pending:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from data.mask_cleanup import Cleanup
-from model import checkpoint, cleanup_file, slices
+from model import checkpoint, cleanup_decision, slices
 from model.config import TrainConfig
 from model.device import Runtime, autocast, prepare_input, prepare_model, runtime_for
 from model.unet import UNet
@@ -198,8 +198,8 @@ def load_predictor(model_dir: str | Path, device: str = "auto", speed_cache: str
     net.eval()
     net = prepare_model(net, runtime)
     cleanup = Cleanup.from_dict(saved["cleanup"]) if saved.get("cleanup") else None
-    pending = cleanup_file.is_deferred(saved.get("cleanup"), config)
+    pending = cleanup_decision.is_deferred(saved.get("cleanup"), config)
     if pending:
-        decided, cleanup = cleanup_file.load_decision(path.parent)
+        decided, cleanup = cleanup_decision.load_decision(path.parent)
         pending = not decided
     return Predictor(net, info, config, num_classes, runtime, cleanup, pending)

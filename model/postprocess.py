@@ -7,7 +7,7 @@ painted slice keeps them.
 
 Training decides at its end and stores the decision in model.pt. With `defer_cleanup` (the server, which
 predicts every volume after a retrain anyway) training leaves it open and the caller decides from those
-predictions (`decide_from`), keeping the decision beside model.pt (model/cleanup_file.py). Every later
+predictions (`decide_from`), keeping the decision beside model.pt (model/cleanup_decision.py). Every later
 prediction of that model (server, CLI, benchmarks) applies the same.
 """
 
@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from data.io import read_volume
-from data.mask_cleanup import Cleanup, choose_cleanup
+from data.mask_cleanup import Cleanup
 from data.volume import IGNORE
+from model.cleanup_decision import decide_from
 from model.config import TrainConfig
 from model.device import Runtime
 from model.inference import predict_array
@@ -48,14 +49,3 @@ def decide_cleanup(
         predictions.append(pred)
         painted.append(label)
     return decide_from(predictions, painted, num_classes)
-
-
-def decide_from(
-    predictions: list[np.ndarray], painted: list[np.ndarray], num_classes: int
-) -> tuple[Cleanup | None, dict]:
-    """The "auto" decision from raw (uncleaned) predicted labels and the painted label volumes of the same
-    volumes (IGNORE where nothing is painted)."""
-    if not predictions:
-        return None, {"mode": "auto", "volumes": 0, "reason": "no painted volume to decide on"}
-    cleanup, report = choose_cleanup(predictions, painted, num_classes)
-    return cleanup, {"mode": "auto", "volumes": len(predictions), "classes": report}

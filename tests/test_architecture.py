@@ -89,7 +89,15 @@ def test_frontend_talks_http_only():
 
 
 def test_app_never_imports_the_training_loop():
-    allowed = ("model.inference", "model.config", "model.cli", "model.device", "model.retrain", "model.progress")
+    allowed = (
+        "model.inference",
+        "model.config",
+        "model.cli",
+        "model.device",
+        "model.retrain",
+        "model.progress",
+        "model.cleanup_decision",
+    )
     bad = offenders("app", lambda n: is_under(n, "model") and n != "model" and not is_under(n, *allowed))
     assert bad == []
     # and the modules app/ may import must not pull the training loop in themselves, at any depth

@@ -13,7 +13,7 @@ from data.mask_cleanup import choose_cleanup
 from data.store import Workspace
 from helpers_retrain import LABELS, make_untrained_model, skip_speed_measurement, synthetic_nifti
 from model import checkpoint
-from model.cleanup_file import DECISION_FILE
+from model.cleanup_decision import DECISION_FILE
 from model.config import preset
 from model.device import runtime_for
 from model.inference import load_predictor

@@ -1,13 +1,29 @@
-"""The clean-up decision taken after training (`defer_cleanup`), kept in a file beside model.pt."""
+"""The "auto" clean-up decision from predicted and painted label volumes (model/postprocess.py says when it
+is taken), and its file beside model.pt for a decision taken after training (`defer_cleanup`). No torch:
+the server decides in its own process."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
+
 from data.atomic import atomic_write_bytes
-from data.mask_cleanup import Cleanup
+from data.mask_cleanup import Cleanup, choose_cleanup
 from model.config import TrainConfig
+
+
+def decide_from(
+    predictions: list[np.ndarray], painted: list[np.ndarray], num_classes: int
+) -> tuple[Cleanup | None, dict]:
+    """The "auto" decision from raw (uncleaned) predicted labels and the painted label volumes of the same
+    volumes (IGNORE where nothing is painted)."""
+    if not predictions:
+        return None, {"mode": "auto", "volumes": 0, "reason": "no painted volume to decide on"}
+    cleanup, report = choose_cleanup(predictions, painted, num_classes)
+    return cleanup, {"mode": "auto", "volumes": len(predictions), "classes": report}
+
 
 DECISION_FILE = "cleanup.json"
 
