@@ -9,7 +9,9 @@ local run; at the end it writes the results there atomically, model.pt last.
 
 A server that is stopped or killed leaves the actor running. Started again, it finds the actor by its
 name (made from the job's config path) and follows it from where its copy of the progress ends. An
-actor that dies (a lost node) is started again once from the last checkpoint that came back.
+actor that dies (a lost node) is started again once from the last checkpoint that came back; one
+that Ray's memory monitor ended is reported as the kernel's OOM killer would (exit -9, "out of memory"
+in the log), so the worker retries it with halved batches as it does a local run.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from model.progress import FILE_NAME as PROGRESS_FILE
 
 NAMESPACE = "slicewise"
 NODE_LOSS_RESTARTS = 1
+# how Ray words the death of an actor its memory monitor ended (the kernel's OOM killer is a SIGKILL instead)
+RAY_OOM_MARKERS = ("running low on memory", "memory pressure", "out of memory", "outofmemory")
 CODE_PACKAGES = ("app", "model", "data")  # shipped to the workers with each job (Ray runtime_env py_modules)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,7 +176,7 @@ class RayRunner(JobRunner):
             return None
         try:
             pulled = ray.get(run.pending)
-        except ray.exceptions.RayActorError as exc:
+        except (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError) as exc:
             return self._actor_lost(run, handle, exc)
         finally:
             run.pending = None
@@ -223,7 +227,13 @@ class RayRunner(JobRunner):
         if run.cancelled:
             run.returncode = -signal.SIGTERM
             return run.returncode
-        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        reason = lost_reason(exc)
+        if killed_out_of_memory(exc):
+            # as the local runner reports an OOM kill, so the worker retries once with halved batches
+            # (starting again from the checkpoint with the same batches would run out again)
+            append(handle.log_path, f"\nError: Ray ended the run out of memory: {reason}\n".encode())
+            run.returncode = -signal.SIGKILL
+            return run.returncode
         if run.restarts < NODE_LOSS_RESTARTS and (run.out_dir / "checkpoint.pt").exists():
             run.restarts += 1
             append(
@@ -265,6 +275,11 @@ class RayRunner(JobRunner):
             ray.kill(run.actor, no_restart=True)
         except Exception:
             pass
+        # the kill is asynchronous: a start of the same job right after (the out-of-memory retry) must not
+        # find the dying actor by its name and attach to it, nor be refused the name
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and self._existing(run.name) is not None:
+            time.sleep(0.1)
         run.returncode = returncode
 
 
@@ -272,6 +287,19 @@ def run_name(config_path: Path) -> str:
     """The actor's name: the same for every start of one job's config on one server machine."""
     key = f"{socket.gethostname()}:{Path(config_path).resolve()}"
     return "job-" + hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def lost_reason(exc: Exception) -> str:
+    """What Ray says about a lost actor: its first line, and the cause it adds last (one line each)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return " ".join(dict.fromkeys((lines[0][:300], lines[-1][:300])))
+
+
+def killed_out_of_memory(exc: Exception) -> bool:
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(marker in text for marker in RAY_OOM_MARKERS)
 
 
 def meta_path(config_path: Path) -> Path:

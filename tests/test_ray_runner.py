@@ -6,7 +6,11 @@ trains on a Ray worker that cannot read the server's workspace.
 Covered: the whole loop (upload, paint, retrain, progress events, predictions, download) with the
 training in a Ray actor on a worker node and the masks inferred by Ray tasks; two projects training at the same time on the two workers;
 cancel ending the remote run; the server SIGKILLed while a job trains on Ray, started again, and the
-job followed to success from where it was (not started again) with every annotation kept.
+job followed to success from where it was (not started again) with every annotation kept; the job's
+actor killed while no server runs, and the restarted server resuming the job from its checkpoint in a
+new actor; the trainer in the actor SIGKILLed (the kernel's OOM killer) and the job retried once with
+half the batches, as a local run is. (The state API is always given the cluster's address: another
+Ray instance on the machine must not make it guess.)
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import httpx
@@ -73,7 +78,7 @@ def actor_of(cluster, actor_id: str) -> dict:
     """What Ray's own state API says about a job's actor (dead ones are kept in its list)."""
     out = cluster.python(
         "import json\nfrom ray.util.state import get_actor\n"
-        f"a = get_actor({actor_id!r})\n"
+        f"a = get_actor({actor_id!r}, address={cluster.address!r})\n"
         "print(json.dumps({k: getattr(a, k) for k in ('class_name', 'name', 'node_id', 'pid', 'state')}))"
     )
     return json.loads(out.strip().splitlines()[-1])
@@ -116,7 +121,8 @@ def test_loop_over_http_trains_in_a_ray_worker_that_cannot_see_the_workspace(tmp
 
         predicted = cluster.python(
             "from ray.util.state import list_tasks\n"
-            "print(len(list_tasks(filters=[('name', '=', 'slicewise-predict'), ('state', '=', 'FINISHED')])))"
+            f"filters = [('name', '=', 'slicewise-predict'), ('state', '=', 'FINISHED')]\n"
+            f"print(len(list_tasks(address={cluster.address!r}, filters=filters)))"
         )
         assert int(predicted.strip().splitlines()[-1]) >= 1  # the masks were inferred by a Ray task too
         r = client.get(f"/api/volumes/{volume_id}/prediction.nii.gz")
@@ -187,3 +193,62 @@ def test_sigkill_the_server_while_a_job_trains_on_ray_then_the_restarted_server_
         assert steps == sorted(steps)  # each progress line came back once, in order
         assert client.get(f"/api/volumes/{volume_id}/annotations").json() == annotations
         assert client.get(f"/api/volumes/{volume_id}/prediction").json()["status"] == "ready"
+
+
+def ask_actor(cluster, name: str, code: str) -> str:
+    """Run `code` with `actor` bound to the job's named actor, in a driver of its own."""
+    return cluster.python(f"actor = ray.get_actor({name!r}, namespace='slicewise')\n{code}")
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} did not happen within {timeout} s")
+
+
+def test_the_ray_actor_dies_while_the_server_is_down_and_the_restarted_server_resumes_it(tmp_path, cluster):
+    workspace = tmp_path / "ws"
+    with ray_server(workspace, cluster) as server, server.client() as client:
+        project_id, volume_id, _ = painted_project(client, tmp_path)
+        job = client.post(f"/api/projects/{project_id}/train", json=LONG).json()
+        checkpoint = workspace / "jobs" / str(job["id"]) / "model" / "checkpoint.pt"
+        wait_until(checkpoint.exists, 180, "the first checkpoint coming back from Ray")
+        before = client.get(f"/api/jobs/{job['id']}").json()
+        assert before["state"] == "running", before
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+    name = actor_of(cluster, before["engine_id"])["name"]
+    ask_actor(cluster, name, "ray.kill(actor, no_restart=True)")  # e.g. its node went while no server watched
+    wait_until(lambda: actor_of(cluster, before["engine_id"])["state"] == "DEAD", 60, "the actor's death")
+
+    with ray_server(workspace, cluster) as server, server.client() as client:
+        done = wait_job(client, job["id"], lambda j: j["state"] in TERMINAL, server=server)
+        assert done["state"] == "succeeded", (done, server.log()[-3000:])
+        assert done["resumes"] == 1 and done["engine_id"] != before["engine_id"]  # a new actor
+        starts = [e["event"] for e in progress_events(workspace, job["id"]) if e["event"] in ("start", "resume")]
+        assert starts == ["start", "resume"]  # from the checkpoint that came back, not from zero
+        assert client.get(f"/api/volumes/{volume_id}/prediction").json()["status"] == "ready"
+
+
+def test_a_run_killed_out_of_memory_inside_the_ray_actor_is_retried_once_with_half_the_batches(tmp_path, cluster):
+    workspace = tmp_path / "ws"
+    with ray_server(workspace, cluster) as server, server.client() as client:
+        project_id, _, _ = painted_project(client, tmp_path)
+        job = client.post(f"/api/projects/{project_id}/train", json=LONG).json()
+        config_path = workspace / "jobs" / str(job["id"]) / "config.json"
+        first = wait_job(client, job["id"], lambda j: j["state"] in TERMINAL or j["progress"] > 0, server=server)
+        assert first["state"] == "running", first
+        batch = json.loads(config_path.read_text())["finetune_batch"]
+        name = actor_of(cluster, first["engine_id"])["name"]
+        train_pid = int(ask_actor(cluster, name, "print(ray.get(actor.info.remote())['train_pid'])").split()[-1])
+        os.killpg(train_pid, signal.SIGKILL)  # what the kernel's OOM killer does to the trainer on the worker
+
+        done = wait_job(client, job["id"], lambda j: j["state"] in TERMINAL, server=server)
+        assert done["state"] == "succeeded" and done["oom_retry"] is True, (done, server.log()[-3000:])
+        assert done["engine_id"] != first["engine_id"]  # the retry ran in an actor of its own
+        assert json.loads(config_path.read_text())["finetune_batch"] == max(1, batch // 2)
+        log = (workspace / "jobs" / str(job["id"]) / "train.log").read_text()
+        assert log.count("start on Ray") == 2, log[-3000:]
