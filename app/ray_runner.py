@@ -1,7 +1,9 @@
 """`RayRunner`: the `JobRunner` that trains on a Ray cluster (`slicewise serve --runner ray`).
 
 Each run is a detached, named actor (app/ray_training.py) holding the resources its config needs: a
-GPU, or `cpus_per_job` CPUs. Its inputs (the config, the volumes, the sparse labels, the model or
+GPU, or `cpus_per_job` CPUs. With `gpus_per_job` > 1 a run on GPUs trains data-parallel instead: the
+actor holds nothing itself and drives that many Ray Train workers, a GPU each (model/ray_ddp.py).
+Its inputs (the config, the volumes, the sparse labels, the model or
 checkpoint it starts from) go to the worker as bytes through Ray's object store; nothing on the worker
 needs to see the server's workspace. While it runs, `poll` pulls the new progress lines, the log and
 every new checkpoint back into the job folder, where the worker follows them exactly as it follows a
@@ -105,6 +107,15 @@ class RayRunner(JobRunner):
             return {"num_gpus": self.gpus_per_job, "num_cpus": 1}
         return {"num_gpus": 0, "num_cpus": self.cpus_per_job}
 
+    def training_resources(self, config: dict) -> tuple[dict, int]:
+        """(what the run's actor asks Ray for, the DDP ranks it trains as): with more than one GPU per job,
+        the GPUs go to the Ray Train workers the actor starts, one rank each; asked for by the actor too,
+        they would never be free for its workers."""
+        resources = self.resources(config)
+        if resources["num_gpus"] > 1:
+            return {"num_gpus": 0, "num_cpus": 0}, resources["num_gpus"]
+        return resources, 1
+
     def _existing(self, name: str):
         ray = self.connect()
         try:
@@ -133,9 +144,9 @@ class RayRunner(JobRunner):
 
     def _launch(self, run: RayRun, config_path: Path, log_path: Path) -> None:
         ray = self.connect()
-        resources = self.resources(run.config)
+        resources, workers = self.training_resources(run.config)
         config = dict(run.config)
-        if not resources["num_gpus"] and not config.get("threads"):
+        if workers == 1 and not resources["num_gpus"] and not config.get("threads"):
             config["threads"] = resources["num_cpus"]  # as many torch threads as the CPUs Ray gave the run
         files = {path: put_path(ray, Path(path)) for path in ray_training.input_paths(config)}
         out_files = {
@@ -145,7 +156,7 @@ class RayRunner(JobRunner):
         }
         append(
             log_path,
-            f"\n=== {now()} start on Ray ({self.address}): actor {run.name}, {describe(resources)}\n".encode(),
+            f"\n=== {now()} start on Ray ({self.address}): actor {run.name}, {describe(resources, workers)}\n".encode(),
         )
         # where this actor's output starts in the local copies, for a server that attaches again later
         meta = {"progress_base": size_of(run.out_dir / PROGRESS_FILE), "log_base": size_of(log_path)}
@@ -159,7 +170,7 @@ class RayRunner(JobRunner):
                 max_concurrency=4,  # pull and cancel answer while the run goes on
                 **resources,
             )
-            .remote(run.name, config, files, out_files)
+            .remote(run.name, config, files, out_files, workers=workers)
         )
         run.progress_offset = run.log_offset = 0
         run.checkpoint_stamp, run.pending, run.started = 0.0, None, False
@@ -323,7 +334,9 @@ def server_config(remote: dict, sent: dict) -> dict:
     return {**remote, **{key: sent.get(key) for key in fields if key in sent}}
 
 
-def describe(resources: dict) -> str:
+def describe(resources: dict, workers: int = 1) -> str:
+    if workers > 1:
+        return f"{workers} GPUs as {workers} DDP ranks (Ray Train workers)"
     if resources["num_gpus"]:
         return f"{resources['num_gpus']} GPU(s)"
     return f"{resources['num_cpus']} CPU(s)"

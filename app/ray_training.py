@@ -8,7 +8,10 @@ the results back through `pull` and `results`; nothing here writes outside that 
 
 The folder's name comes from the job (not from a random temp name), so a run started again from a
 checkpoint sees the same paths in its config and `model.train` accepts the checkpoint as its own.
-Only the standard library and Ray are imported: this module is also loaded by the web process.
+A job given more than one GPU runs `python -m model.ray_ddp` there instead: it drives that many Ray Train
+workers training the run data-parallel (DDP) and gathers rank 0's output into the same folder, so the
+server follows it as any other run.
+No torch is imported here: this module is also loaded by the web process.
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ import threading
 from pathlib import Path
 
 from app.jobs import signal_group
+from model.config import PATH_FIELDS, PATH_LIST_FIELDS, input_paths
 
-PATH_LIST_FIELDS = ("images", "labels", "unlabeled", "val_images", "val_labels")
-PATH_FIELDS = ("init_from",)
+__all__ = ["PATH_FIELDS", "PATH_LIST_FIELDS", "TrainingRun", "input_paths", "predict_on_worker"]
 STREAMED = ("progress.jsonl", "checkpoint.pt")  # pulled while the run goes on, not with the results
 RESULT_LAST = "model.pt"  # written last by the server: its presence says the run is complete
 
@@ -37,10 +40,12 @@ def run_root(name: str) -> Path:
 class TrainingRun:
     """One training run (`ray.remote(TrainingRun).options(lifetime="detached", name=...)` by the runner)."""
 
-    def __init__(self, name: str, config: dict, files: dict, out_files: dict):
+    def __init__(self, name: str, config: dict, files: dict, out_files: dict, workers: int = 1, use_gpu: bool = True):
         """files: {server path: object ref of its bytes, or {relative path: ref} for a folder};
-        out_files: {name: ref} of what the server's out_dir already holds (a checkpoint to resume from)."""
+        out_files: {name: ref} of what the server's out_dir already holds (a checkpoint to resume from);
+        workers > 1: train as that many DDP ranks through Ray Train (on a GPU each, unless not use_gpu)."""
         self.name = name
+        self.workers, self.use_gpu = workers, use_gpu
         self.root = run_root(name)
         self.config, self.files, self.out_files = config, files, out_files
         self.process: subprocess.Popen | None = None
@@ -63,6 +68,7 @@ class TrainingRun:
             "pid": os.getpid(),
             "train_pid": self.process.pid if self.process else None,
             "host": os.uname().nodename,
+            "workers": self.workers,
         }
 
     def pull(self, progress_offset: int, log_offset: int, checkpoint_stamp: float) -> dict:
@@ -118,13 +124,21 @@ class TrainingRun:
             # the code Ray shipped with the job (runtime_env py_modules) comes first for the subprocess too
             env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
             env.setdefault("PYTHONUNBUFFERED", "1")
+            command = [sys.executable, "-m", "model.train", str(config_path)]
+            if self.workers > 1:
+                import ray
+
+                env["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address  # the Ray Train driver joins this cluster
+                node = ray.get_runtime_context().get_node_id()  # where this actor's folder is
+                command = [sys.executable, "-m", "model.ray_ddp", str(config_path), "--workers", str(self.workers)]
+                command += ["--files-node", node] + ([] if self.use_gpu else ["--cpu"])
             with self._lock:
                 if self.cancelled:
                     self.returncode = -signal.SIGTERM
                     return
                 with open(self.root / "train.log", "ab") as log:
                     self.process = subprocess.Popen(
-                        [sys.executable, "-m", "model.train", str(config_path)],
+                        command,
                         stdin=subprocess.DEVNULL,
                         stdout=log,
                         stderr=subprocess.STDOUT,
@@ -204,13 +218,6 @@ def predict_on_worker(model_bytes: bytes, array, spacing: tuple, want_probs: boo
         # the server applies the model's clean-up (app/predictions.py), which may be decided after training
         labels, probs = predictor.predict(np.asarray(array), tuple(spacing), return_probs=want_probs, clean=False)
     return np.asarray(labels, dtype=np.uint8), probs
-
-
-def input_paths(config: dict) -> list[str]:
-    """Every server path a training config reads."""
-    paths = [p for key in PATH_LIST_FIELDS for p in config.get(key) or () if p]
-    paths += [config[key] for key in PATH_FIELDS if config.get(key)]
-    return sorted(set(paths))
 
 
 def read_from(path: Path, offset: int) -> bytes:

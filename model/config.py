@@ -50,12 +50,10 @@ RUNTIME_FIELDS = frozenset(
 INPUT_FIELDS = frozenset(
     {"images", "labels", "unlabeled", "val_images", "val_labels", "out_dir", "init_from", "axis"}
 )  # the data and where the run starts; compared by the caller
-ARCHITECTURE_FIELDS = (
-    "widths",
-    "bottleneck",
-    "num_classes",
-    "context_slices",
-)  # a model continues only into the same network
+# the fields naming files a run reads: lists of paths, and single paths
+PATH_LIST_FIELDS = ("images", "labels", "unlabeled", "val_images", "val_labels")
+PATH_FIELDS = ("init_from",)
+ARCHITECTURE_FIELDS = ("widths", "bottleneck", "num_classes", "context_slices")  # a model continues only into the same network
 # fields used only by stages after the global one, besides those named after their stage
 LATER_STAGE_FIELDS = frozenset(
     {
@@ -407,3 +405,10 @@ def preset(name: str, **overrides: Any) -> TrainConfig:
 
 
 PRESETS = tuple(_PRESETS)
+
+
+def input_paths(config: dict[str, Any]) -> list[str]:
+    """Every path a training config (as a dict) reads."""
+    paths = [p for key in PATH_LIST_FIELDS for p in config.get(key) or () if p]
+    paths += [config[key] for key in PATH_FIELDS if config.get(key)]
+    return sorted(set(paths))

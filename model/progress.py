@@ -20,14 +20,15 @@ STEP_WRITE_S = 0.5  # at most this often a training step is written
 
 
 class ProgressWriter:
-    """Appends one JSON object per line (flushed) and echoes a short line to stdout."""
+    """Appends one JSON object per line (flushed) and echoes a short line to stdout; with no path it only
+    counts (a DDP rank other than 0)."""
 
-    def __init__(self, path: Path, total_steps: int, done_steps: int):
+    def __init__(self, path: Path | None, total_steps: int, done_steps: int):
         self.path, self.total, self.done = path, max(1, total_steps), done_steps
         self.start_done, self.start_time, self.last_write = done_steps, time.monotonic(), 0.0
         self.eta_cap: Callable[[], float] | None = None  # a budgeted run's bound on the time left
         self.reported = 0.0
-        self.file = open(path, "a", buffering=1)
+        self.file = open(path, "a", buffering=1) if path is not None else None
 
     def eta(self) -> float | None:
         """Seconds left at the rate of the steps run so far, bounded by `eta_cap` when set."""
@@ -39,6 +40,8 @@ class ProgressWriter:
         return cap if rate is None else min(rate, cap)
 
     def event(self, event: str, **fields: Any) -> None:
+        if self.file is None:
+            return
         eta = self.eta()
         # a budgeted stage may plan more steps once its warm-up is over: the bar never goes back
         self.reported = max(self.reported, min(1.0, self.done / max(1, self.total)))
@@ -64,7 +67,8 @@ class ProgressWriter:
             self.event("step", stage=stage, epoch=epoch, epochs=epochs, step=step, steps=steps, loss=round(loss, 5))
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
 
 def write_error(out_dir: str | Path, message: str) -> None:

@@ -14,6 +14,7 @@ and global.pt (encoder after the label-free global stage, reusable via `init_fro
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -28,7 +29,7 @@ import torch
 from data.atomic import atomic_write_bytes
 from data.errors import InvalidInput, SlicewiseError
 from data.io import read_volume
-from model import checkpoint, slices
+from model import checkpoint, distributed, slices
 from model.augment import random_intensity, random_spatial
 from model.config import RUNTIME_FIELDS, STAGES, TrainConfig
 from model.device import Runtime, autocast, prepare_input, prepare_model, runtime_for
@@ -108,8 +109,9 @@ def load_data(cfg: TrainConfig) -> TrainData:
 # --------------------------------------------------------------------------------------------
 # the loop
 # --------------------------------------------------------------------------------------------
-def stage_plan(cfg: TrainConfig, data: slices.SliceSet) -> list[tuple[str, int, int]]:
-    """(stage, epochs, steps per epoch) of every enabled stage."""
+def stage_plan(cfg: TrainConfig, data: slices.SliceSet, ranks: int = 1) -> list[tuple[str, int, int]]:
+    """(stage, epochs, steps per epoch) of every enabled stage. A one-pass epoch is shared out among
+    the `ranks` of a DDP run, each drawing its own batches."""
     pools = {
         "global": len(data),
         "local": len(data.labeled),
@@ -120,7 +122,7 @@ def stage_plan(cfg: TrainConfig, data: slices.SliceSet) -> list[tuple[str, int, 
     for stage in STAGES:
         if cfg.runs(stage):
             schedule = cfg.schedule(stage)
-            plan.append((stage, schedule.epochs, schedule.steps or math.ceil(pools[stage] / schedule.batch)))
+            plan.append((stage, schedule.epochs, schedule.steps or math.ceil(pools[stage] / (schedule.batch * ranks))))
     return plan
 
 
@@ -132,7 +134,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, data: TrainData, runtime: Runtime):
         self.cfg, self.data, self.runtime = cfg, data, runtime
         torch.manual_seed(cfg.seed)
-        self.g = torch.Generator().manual_seed(cfg.seed)
+        self.g = torch.Generator().manual_seed(distributed.sampling_seed(cfg.seed))
         self.unet = UNet(cfg.in_channels, data.num_classes, cfg.widths, cfg.bottleneck)
         self.global_head = GlobalHead(self.unet.bottleneck_channels, cfg.global_proj_dim)
         self.local_head = LocalHead(self.unet.feature_channels, cfg.local_proj_dim)
@@ -150,6 +152,8 @@ class Trainer:
             if m is not None:
                 m.to(runtime.device)
         self.net = prepare_model(self.unet, runtime)
+        # `step(fn)` runs fn (a loss); under torch.distributed its backward averages the ranks' gradients
+        self.step = distributed.wrap([self.unet, self.global_head, self.local_head, self.branch], runtime.device)
         unet = self.unet
 
         def encode(x):
@@ -328,6 +332,8 @@ class Trainer:
             self.branch.load_state_dict(saved["branch"])
         self.g.set_state(saved["rng"]["generator"])
         torch.set_rng_state(saved["rng"]["torch"])
+        if distributed.active():  # the checkpoint holds rank 0's stream: every rank goes on with its own
+            self.g.manual_seed(distributed.sampling_seed(int(torch.randint(0, 2**31, (1,), generator=self.g))))
 
 
 def _same_run(saved: dict, cfg: TrainConfig) -> list[str]:
@@ -355,7 +361,7 @@ def train(cfg: TrainConfig) -> dict:
     runtime = runtime_for(cfg.device, cfg.channels_last, cfg.compile, cfg.bf16, cache=cfg.speed_cache or None)
     data = load_data(cfg)
     trainer = Trainer(cfg, data, runtime)
-    plan = stage_plan(cfg, data.slices)
+    plan = stage_plan(cfg, data.slices, distributed.world_size())
     if not plan:
         raise ValueError("every training stage is switched off (global_stage, local_stage, finetune_stage)")
 
@@ -388,7 +394,8 @@ def train(cfg: TrainConfig) -> dict:
     totals = [metrics["stages"].get(st, {}).get("planned_steps") or e * n for st, e, n in plan]
     total = sum(totals)
     done = sum(totals[:stage_index]) + (epoch * plan[stage_index][2] if stage_index < len(plan) else 0)
-    progress = ProgressWriter(out / PROGRESS_FILE, total, done)
+    main = distributed.is_main()  # only rank 0 of a DDP run writes anything
+    progress = ProgressWriter(out / PROGRESS_FILE if main else None, total, done)
     budget = None
     if cfg.budget_s is not None:
         spent = sum(m.get("wall_s", 0.0) for m in metrics["stages"].values())
@@ -405,6 +412,8 @@ def train(cfg: TrainConfig) -> dict:
         "budget_s": cfg.budget_s,
     }
     metrics["data"] = info
+    if distributed.active():
+        metrics["distributed"] = distributed.describe()
     if resumed:
         resumed_stage = plan[stage_index][0] if stage_index < len(plan) else "done"
         progress.event("resume", stage=resumed_stage, epoch=epoch, message=f"from {ckpt_path.name}")
@@ -439,18 +448,18 @@ def train(cfg: TrainConfig) -> dict:
                 t0, losses = time.monotonic(), []
                 for st in range(steps):
                     opt.zero_grad(set_to_none=True)
-                    loss = trainer.loss(stage)
+                    loss = trainer.step(functools.partial(trainer.loss, stage))
                     loss.backward()
                     opt.step()
                     losses.append(float(loss.detach()))
                     stage_done = ep * steps + st + 1
                     if clock is not None:
-                        planned = clock.after_step(stage_done)
+                        planned = distributed.agree(clock.after_step(stage_done))
                         if planned is not None:
                             progress.total += planned - stage_total
                             totals[si] = stage_total = planned
                             stage_metrics.update(planned_steps=planned, step_s=round(clock.step_s or 0.0, 4))
-                        if clock.over() and stage_done < stage_total:
+                        if distributed.agree(clock.over()) and stage_done < stage_total:
                             progress.total -= stage_total - stage_done
                             totals[si] = stage_total = stage_done
                             stage_metrics.update(planned_steps=stage_done, stopped_by_budget=True)
@@ -460,11 +469,11 @@ def train(cfg: TrainConfig) -> dict:
                     if ended:
                         break
                 stage_metrics["wall_s"] = round(stage_metrics["wall_s"] + time.monotonic() - t0, 3)
-                stage_metrics["final_loss"] = float(np.mean(losses))
+                stage_metrics["final_loss"] = distributed.mean(float(np.mean(losses)))
                 stage_metrics["steps_run"] = ep * steps + len(losses)
                 if clock is not None:
                     stage_metrics["epochs"] = math.ceil(stage_total / steps)
-                if ended and stage == "global":  # before the checkpoint that marks the stage done
+                if ended and stage == "global" and main:  # before the checkpoint that marks the stage done
                     checkpoint.save(
                         {
                             "format": checkpoint.GLOBAL_FORMAT,
@@ -473,10 +482,11 @@ def train(cfg: TrainConfig) -> dict:
                         },
                         out / "global.pt",
                     )
-                checkpoint.save(
-                    trainer.state(si + 1 if ended else si, 0 if ended else ep + 1, None if ended else opt, metrics),
-                    ckpt_path,
-                )
+                if main:
+                    checkpoint.save(
+                        trainer.state(si + 1 if ended else si, 0 if ended else ep + 1, None if ended else opt, metrics),
+                        ckpt_path,
+                    )
                 progress.event(
                     "epoch",
                     stage=stage,
@@ -488,6 +498,8 @@ def train(cfg: TrainConfig) -> dict:
             progress.eta_cap = None
             epoch = 0
         trainer.unet.eval()
+        if not main:  # validation, the clean-up decision and the model are rank 0's
+            return metrics
         if data.val:
             metrics["validation"] = validate(trainer, data, cfg)
         cleanup, metrics["cleanup"] = decide_cleanup(trainer.net, cfg, data.info, trainer.runtime, data.num_classes)
