@@ -5,6 +5,9 @@
     (optionally, training across the painted slices: --set axis=T --set partial_slices=true
         --out bench/out/label_efficiency/axisA_tT)
 
+`--folders 'ctx1_axis*' --out FILE --title TEXT` renders other runs the same way (e.g. 2.5D input:
+`--set context_slices=1 --out bench/out/label_efficiency/ctx1_axisA`).
+
 Reads each folder's results.json and writes docs/benchmarks/label_efficiency_axes.md: held-out test Dice
 and Dice on the labelled volumes themselves for every inference variant (flip TTA, clean-up), mean ±
 sample std over seeds, and the paired difference of each variant against the plain prediction.
@@ -63,7 +66,7 @@ def render(folders: dict[str, Path]) -> str:
         runs = runs_of(folder)
         if not runs:
             continue
-        painted = name.split("_")[0].removeprefix("axis")
+        painted = next(part for part in name.split("_") if part.startswith("axis")).removeprefix("axis")
         trained = runs[0]["data"]["axis"]
         cells = []
         for v in VARIANTS:
@@ -92,9 +95,13 @@ def render(folders: dict[str, Path]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "label_efficiency_axes.md"))
+    p.add_argument("--folders", default="axis*", help="which folders of bench/out/label_efficiency (a glob)")
+    p.add_argument("--title", default=None, help="the report's first line, without '# '")
     args = p.parse_args(argv)
-    folders = {f.name: f for f in sorted(OUT.glob("axis*")) if f.is_dir()}
+    folders = {f.name: f for f in sorted(OUT.glob(args.folders)) if f.is_dir()}
     text = render(folders)
+    if args.title:
+        text = "# " + args.title + text[text.index("\n") :]
     marker = "<!-- notes"
     old = Path(args.out).read_text() if Path(args.out).is_file() else ""
     if marker in old:

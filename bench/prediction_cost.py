@@ -28,18 +28,21 @@ HIDDEN_AVX512 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 OUT = ROOT / "docs" / "benchmarks" / "prediction_cost.md"
 
 
-def model_file(path: Path, **config) -> Path:
-    """A model.pt of the cpu preset's network (random weights) with `config` changes, two classes."""
+def model_file(path: Path, shape: tuple[int, int, int], **config) -> Path:
+    """A model.pt of the cpu preset's network (random weights) with `config` changes, two classes, cutting
+    slices along axis 0 as a model trained on volumes of `shape` does."""
     import torch
 
     from model import checkpoint
     from model.config import preset
+    from model.slices import training_size
     from model.unet import UNet
 
     cfg = preset("cpu", num_classes=2, **config)
     torch.manual_seed(0)
-    net = UNet(1, 2, cfg.widths, cfg.bottleneck)
-    info = {"axis": 0, "size": cfg.max_size, "max_size": cfg.max_size, "multiple": 2**cfg.depth}
+    net = UNet(cfg.in_channels, 2, cfg.widths, cfg.bottleneck)
+    size = training_size([shape], 0, cfg.max_size, 2**cfg.depth)
+    info = {"axis": 0, "size": size, "max_size": cfg.max_size, "multiple": 2**cfg.depth}
     path.parent.mkdir(parents=True, exist_ok=True)
     saved = {
         "format": checkpoint.MODEL_FORMAT,
@@ -76,8 +79,8 @@ def measure(shape: tuple[int, int, int], n_volumes: int, n_painted: int) -> dict
                 ws.save_annotation(volumes[-1]["id"], 0, middle, mask[middle])
                 label_paths.append(str(root / "ws" / f"sparse{n}.nii.gz"))
                 _write_sparse(ws.label_volume(volumes[-1]["id"]), path, label_paths[-1])
-        before = model_file(root / "before" / "model.pt", predict_flip="on")
-        after = model_file(root / "after" / "model.pt", predict_flip="auto", defer_cleanup=True)
+        before = model_file(root / "before" / "model.pt", shape, predict_flip="on")
+        after = model_file(root / "after" / "model.pt", shape, predict_flip="auto", defer_cleanup=True)
         predictions = Predictions(ws, device="cpu")
         measured_choice(speed_cache(ws.root))  # this machine's speed switches, measured once before timing
         out = {}

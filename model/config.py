@@ -53,7 +53,12 @@ INPUT_FIELDS = frozenset(
 # the fields naming files a run reads: lists of paths, and single paths
 PATH_LIST_FIELDS = ("images", "labels", "unlabeled", "val_images", "val_labels")
 PATH_FIELDS = ("init_from",)
-ARCHITECTURE_FIELDS = ("widths", "bottleneck", "num_classes", "context_slices")  # a model continues only into the same network
+ARCHITECTURE_FIELDS = (
+    "widths",
+    "bottleneck",
+    "num_classes",
+    "context_slices",
+)  # a model continues only into the same network
 # fields used only by stages after the global one, besides those named after their stage
 LATER_STAGE_FIELDS = frozenset(
     {
