@@ -156,6 +156,16 @@ def test_an_incompatible_active_model_means_full_with_the_reason(model, why):
     assert forced.mode == "full" and forced.reason == f"refresh requested, but {why}: running the full pipeline instead"
 
 
+def test_a_model_from_before_an_architecture_field_existed_still_refreshes():
+    older = {k: v for k, v in QUICK.to_dict().items() if k != "context_slices"}
+    assert (
+        plan_retrain(request(), snapshot(active=active(config=older)), []).mode
+        == plan_retrain(request(), snapshot(active=active()), []).mode
+    )
+    changed = active(config={**QUICK.to_dict(), "context_slices": 1})
+    assert "context_slices differ" in plan_retrain(request(), snapshot(active=changed), []).reason
+
+
 def test_full_request_and_explicit_pretraining_win_over_auto():
     assert plan_retrain(request("full"), snapshot(active=active()), []).reason == "full retrain requested"
     plan = plan_retrain(request(stages={"local": True}), snapshot(active=active()), [])
