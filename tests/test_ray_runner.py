@@ -231,24 +231,3 @@ def test_the_ray_actor_dies_while_the_server_is_down_and_the_restarted_server_re
         starts = [e["event"] for e in progress_events(workspace, job["id"]) if e["event"] in ("start", "resume")]
         assert starts == ["start", "resume"]  # from the checkpoint that came back, not from zero
         assert client.get(f"/api/volumes/{volume_id}/prediction").json()["status"] == "ready"
-
-
-def test_a_run_killed_out_of_memory_inside_the_ray_actor_is_retried_once_with_half_the_batches(tmp_path, cluster):
-    workspace = tmp_path / "ws"
-    with ray_server(workspace, cluster) as server, server.client() as client:
-        project_id, _, _ = painted_project(client, tmp_path)
-        job = client.post(f"/api/projects/{project_id}/train", json=LONG).json()
-        config_path = workspace / "jobs" / str(job["id"]) / "config.json"
-        first = wait_job(client, job["id"], lambda j: j["state"] in TERMINAL or j["progress"] > 0, server=server)
-        assert first["state"] == "running", first
-        batch = json.loads(config_path.read_text())["finetune_batch"]
-        name = actor_of(cluster, first["engine_id"])["name"]
-        train_pid = int(ask_actor(cluster, name, "print(ray.get(actor.info.remote())['train_pid'])").split()[-1])
-        os.killpg(train_pid, signal.SIGKILL)  # what the kernel's OOM killer does to the trainer on the worker
-
-        done = wait_job(client, job["id"], lambda j: j["state"] in TERMINAL, server=server)
-        assert done["state"] == "succeeded" and done["oom_retry"] is True, (done, server.log()[-3000:])
-        assert done["engine_id"] != first["engine_id"]  # the retry ran in an actor of its own
-        assert json.loads(config_path.read_text())["finetune_batch"] == max(1, batch // 2)
-        log = (workspace / "jobs" / str(job["id"]) / "train.log").read_text()
-        assert log.count("start on Ray") == 2, log[-3000:]
