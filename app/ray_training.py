@@ -26,6 +26,7 @@ import threading
 from pathlib import Path
 
 from app.jobs import signal_group
+from data.atomic import read_from
 from model.config import PATH_FIELDS, PATH_LIST_FIELDS, input_paths
 
 __all__ = ["PATH_FIELDS", "PATH_LIST_FIELDS", "TrainingRun", "input_paths", "predict_on_worker"]
@@ -218,12 +219,3 @@ def predict_on_worker(model_bytes: bytes, array, spacing: tuple, want_probs: boo
         # the server applies the model's clean-up (app/predictions.py), which may be decided after training
         labels, probs = predictor.predict(np.asarray(array), tuple(spacing), return_probs=want_probs, clean=False)
     return np.asarray(labels, dtype=np.uint8), probs
-
-
-def read_from(path: Path, offset: int) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read()
-    except OSError:
-        return b""

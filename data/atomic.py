@@ -65,3 +65,13 @@ def link_or_copy(source: Path, target: Path) -> None:
         os.link(source, target)
     except OSError:
         atomic_write_bytes(target, source.read_bytes())
+
+
+def read_from(path: Path, offset: int) -> bytes:
+    """The bytes of `path` from `offset` on (b"" when it cannot be read): the new part of a growing file."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read()
+    except OSError:
+        return b""

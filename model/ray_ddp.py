@@ -28,7 +28,7 @@ from pathlib import Path
 
 import ray
 
-from data.atomic import atomic_write_bytes
+from data.atomic import atomic_write_bytes, read_from
 from data.errors import SlicewiseError
 from model import distributed
 from model.config import TrainConfig, input_paths
@@ -229,15 +229,6 @@ def remove_inputs(root: Path, paths: list[Path]) -> None:
             folder.rmdir()
         except OSError:
             pass  # not empty (or gone): someone else's files stay
-
-
-def read_from(path: Path, offset: int) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read()
-    except OSError:
-        return b""
 
 
 def main(argv: list[str] | None = None) -> int:
