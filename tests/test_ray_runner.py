@@ -207,27 +207,3 @@ def wait_until(predicate, timeout: float, what: str):
             return value
         time.sleep(0.2)
     raise TimeoutError(f"{what} did not happen within {timeout} s")
-
-
-def test_the_ray_actor_dies_while_the_server_is_down_and_the_restarted_server_resumes_it(tmp_path, cluster):
-    workspace = tmp_path / "ws"
-    with ray_server(workspace, cluster) as server, server.client() as client:
-        project_id, volume_id, _ = painted_project(client, tmp_path)
-        job = client.post(f"/api/projects/{project_id}/train", json=LONG).json()
-        checkpoint = workspace / "jobs" / str(job["id"]) / "model" / "checkpoint.pt"
-        wait_until(checkpoint.exists, 180, "the first checkpoint coming back from Ray")
-        before = client.get(f"/api/jobs/{job['id']}").json()
-        assert before["state"] == "running", before
-        os.kill(server.process.pid, signal.SIGKILL)
-        server.process.wait()
-    name = actor_of(cluster, before["engine_id"])["name"]
-    ask_actor(cluster, name, "ray.kill(actor, no_restart=True)")  # e.g. its node went while no server watched
-    wait_until(lambda: actor_of(cluster, before["engine_id"])["state"] == "DEAD", 60, "the actor's death")
-
-    with ray_server(workspace, cluster) as server, server.client() as client:
-        done = wait_job(client, job["id"], lambda j: j["state"] in TERMINAL, server=server)
-        assert done["state"] == "succeeded", (done, server.log()[-3000:])
-        assert done["resumes"] == 1 and done["engine_id"] != before["engine_id"]  # a new actor
-        starts = [e["event"] for e in progress_events(workspace, job["id"]) if e["event"] in ("start", "resume")]
-        assert starts == ["start", "resume"]  # from the checkpoint that came back, not from zero
-        assert client.get(f"/api/volumes/{volume_id}/prediction").json()["status"] == "ready"
