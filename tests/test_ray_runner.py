@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import httpx
@@ -193,17 +192,3 @@ def test_sigkill_the_server_while_a_job_trains_on_ray_then_the_restarted_server_
         assert steps == sorted(steps)  # each progress line came back once, in order
         assert client.get(f"/api/volumes/{volume_id}/annotations").json() == annotations
         assert client.get(f"/api/volumes/{volume_id}/prediction").json()["status"] == "ready"
-
-
-def ask_actor(cluster, name: str, code: str) -> str:
-    """Run `code` with `actor` bound to the job's named actor, in a driver of its own."""
-    return cluster.python(f"actor = ray.get_actor({name!r}, namespace='slicewise')\n{code}")
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.2)
-    raise TimeoutError(f"{what} did not happen within {timeout} s")
