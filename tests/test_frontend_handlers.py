@@ -237,6 +237,21 @@ def test_handlers_against_a_real_server(tmp_path):
             "viewer-png.js",
             "viewer-draw.js",
             "viewer-jobs.js",
+            "viewer-state.js",
+            "viewer-slices.js",
+            "viewer-views.js",
+            "viewer-navigation.js",
+            "viewer-brush.js",
+            "viewer-edits.js",
+            "viewer-pointer.js",
+            "viewer-save.js",
+            "viewer-status.js",
+            "viewer-suggestions.js",
+            "viewer-tools.js",
+            "viewer-display.js",
+            "viewer-review.js",
+            "viewer-open.js",
+            "viewer-keys.js",
         ):
             assert http.get(f"/static/{asset}").status_code == 200
         # nothing on the pages points at a CDN: scripts and styles are served by the app

@@ -1,26 +1,11 @@
-/* The viewer's state (one object, made by viewer.js and passed to what acts on it) and the one fetch helper
- * (every request to /api goes through `api`). */
+/* What every viewer module shares and none changes: the slice key, the message line and the one fetch helper
+ * (every request to /api goes through `api`). The state object itself is in viewer-state.js. */
 
 export const IGNORE = 255;
 export const API = '/api';
 export const $ = (id) => document.getElementById(id);
 export const key = (axis, index) => axis + ':' + index;
 export const parseKey = (k) => k.split(':').map((n) => parseInt(n, 10));
-
-/** Everything the page knows; `hooks` lets the job/model panel ask the views to redraw or reload. */
-export const createState = () => ({
-  volumeId: null, volume: null, project: null, labels: [], volumes: [],
-  voxels: null, offset: 0, scale: 1, autoWindow: 1, autoLevel: 0,
-  views: {}, active: 'axial', layout: 'three', cursor: [0, 0, 0],
-  preset: 'auto', window: 1, level: 0,
-  slices: new Map(), annotations: new Map(), otherVolumeAxes: [0, 0, 0],
-  undo: [], redo: [], saving: Promise.resolve(), autosaveTimer: null, conflict: null,
-  predCache: new Map(), predModelId: null, predReady: false, predStatus: null,
-  layer: 'painted', lastLayer: 'painted', opacity: 0.5, hidden: new Set(),
-  tool: null, brush: 3, tolerance: 50,
-  suggestions: [], models: [], job: null, events: null, pollTimer: null,
-  stroke: null, hover: null, wlDrag: null, hooks: {}, paintTick: 0, drawnAt: 0,
-});
 
 export function say(text, kind = 'info') {
   const el = $('message');

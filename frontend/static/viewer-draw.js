@@ -4,21 +4,19 @@
 import { hexToRgb } from './viewer-core.js';
 import { voxelX, voxelY, sliceSteps } from './viewer-geometry.js';
 
-let lut = new Uint8Array(65536);
-let lutKey = '';
-
 /** grey = clip(round((v - (level - window / 2)) / window * 255)), v = offset + scale * q (as the server's PNGs);
- * window, level, offset and scale are the viewer state's. */
+ * window, level, offset and scale are the viewer state's, and so is the table, kept until one of them changes. */
 export function greyTable(S) {
+  const lut = S.greyLut;
   const k = [S.window, S.level, S.offset, S.scale].join();
-  if (k === lutKey) return lut;
+  if (k === lut.key) return lut.table;
   const low = S.level - S.window / 2;
   for (let q = 0; q < 65536; q++) {
     const g = Math.round((S.offset + S.scale * q - low) / S.window * 255);
-    lut[q] = g < 0 ? 0 : g > 255 ? 255 : g;
+    lut.table[q] = g < 0 ? 0 : g > 255 ? 255 : g;
   }
-  lutKey = k;
-  return lut;
+  lut.key = k;
+  return lut.table;
 }
 
 function labelColours(S) {

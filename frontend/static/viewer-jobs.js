@@ -1,19 +1,17 @@
 /* Retrain with live progress and the loss curve, model versions and rollback, prediction state, downloads.
- * Every function takes the viewer state `S` it reads and updates (made by viewer.js). */
+ * Every function takes the viewer state `S` it reads and updates (made once by viewer.js); the module keeps none. */
 
 import { $, API, api, getJSON, say, fmtSeconds } from './viewer-core.js';
 
-// stage name -> what the progress bar says; the server's own list (GET /api/info), read once
-const STAGES = {};
+const SVG = 'http://www.w3.org/2000/svg';
 
-async function loadStageLabels() {
-  if (Object.keys(STAGES).length) return;
+// S.stageLabels: stage name -> what the progress bar says; the server's own list (GET /api/info), read once
+async function loadStageLabels(S) {
+  if (Object.keys(S.stageLabels).length) return;
   try {
-    for (const stage of (await getJSON('/info')).stages) STAGES[stage.name] = stage.label;
+    for (const stage of (await getJSON('/info')).stages) S.stageLabels[stage.name] = stage.label;
   } catch (err) { /* the raw stage names are shown instead */ }
 }
-const SVG = 'http://www.w3.org/2000/svg';
-const losses = { jobId: null, points: [] };
 
 export function showJob(S, job, event) {
   S.job = job;
@@ -21,7 +19,7 @@ export function showJob(S, job, event) {
   $('progress').setAttribute('aria-valuenow', String(pct));
   $('progress-fill').style.width = pct + '%';
   document.body.dataset.jobState = job.state;
-  const stage = STAGES[job.stage] || job.stage || '';
+  const stage = S.stageLabels[job.stage] || job.stage || '';
   const parts = [];
   if (job.state === 'queued') parts.push('Queued — waiting for the worker');
   else if (job.state === 'running') {
@@ -46,7 +44,7 @@ export function showJob(S, job, event) {
       '. Your annotations are kept; the previous model stays active.';
     errorBox.hidden = false;
   } else { errorBox.hidden = true; }
-  recordLoss(job, event);
+  recordLoss(S, job, event);
 }
 
 // what the job does: the worker decides "refresh" or "full" when it starts ("auto" until then)
@@ -57,16 +55,18 @@ function modeLabel(job) {
   return '';
 }
 
-function recordLoss(job, event) {
+function recordLoss(S, job, event) {
+  const losses = S.losses;
   if (losses.jobId !== job.id) { losses.jobId = job.id; losses.points = []; }
   if (event && typeof event.loss === 'number' && isFinite(event.loss)) {
     losses.points.push({ stage: event.stage || job.stage || '', loss: event.loss });
-    drawLossCurve();
+    drawLossCurve(S);
   }
 }
 
 /** The training loss of the running job, one line per stage (each stage scaled to its own range). */
-function drawLossCurve() {
+function drawLossCurve(S) {
+  const losses = S.losses;
   const box = $('loss-curve');
   box.hidden = losses.points.length < 2;
   const svg = $('loss-svg');
@@ -85,7 +85,7 @@ function drawLossCurve() {
     svg.appendChild(line);
   });
   const last = losses.points[n - 1];
-  $('loss-text').textContent = `loss ${last.loss.toPrecision(3)} (${STAGES[last.stage] || last.stage}), ${n} points`;
+  $('loss-text').textContent = `loss ${last.loss.toPrecision(3)} (${S.stageLabels[last.stage] || last.stage}), ${n} points`;
 }
 
 export function stopFollowing(S) {
@@ -153,7 +153,7 @@ export async function cancelJob(S) {
 }
 
 export async function followRunningJob(S) {
-  await loadStageLabels();
+  await loadStageLabels(S);
   try {
     const jobs = await getJSON(`/projects/${S.project.id}/jobs`);
     const last = jobs[jobs.length - 1];
@@ -238,9 +238,8 @@ export async function refreshModels(S) {
   } catch (err) { /* the list on screen stays */ }
 }
 
-let predictionPoll = null;
 export async function refreshModelsAndPrediction(S, showPrediction = false) {
-  clearTimeout(predictionPoll);
+  clearTimeout(S.predictionPoll);
   try {
     S.models = await getJSON(`/projects/${S.project.id}/models`);
     renderModels(S);
@@ -257,7 +256,7 @@ export async function refreshModelsAndPrediction(S, showPrediction = false) {
     $('prediction-status').textContent = text;
     document.body.dataset.ready = String(S.predReady);
     setDownloads(S);
-    if (st.status === 'pending') predictionPoll = setTimeout(() => refreshModelsAndPrediction(S, showPrediction), 2000);
+    if (st.status === 'pending') S.predictionPoll = setTimeout(() => refreshModelsAndPrediction(S, showPrediction), 2000);
     if (S.predReady && !wasReady) {
       S.predCache.clear();
       await S.hooks.loadSuggestions();
