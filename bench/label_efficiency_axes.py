@@ -6,7 +6,8 @@
         --out bench/out/label_efficiency/axisA_tT)
 
 `--folders 'ctx1_axis*' --out FILE --title TEXT` renders other runs the same way (e.g. 2.5D input:
-`--set context_slices=1 --out bench/out/label_efficiency/ctx1_axisA`).
+`--set context_slices=1 --out bench/out/label_efficiency/ctx1_axisA`); `--baseline d2` adds the paired
+difference of every folder against the folder of the same axis named `d2_axisA` (same seeds, same split).
 
 Reads each folder's results.json and writes docs/benchmarks/label_efficiency_axes.md: held-out test Dice
 and Dice on the labelled volumes themselves for every inference variant (flip TTA, clean-up), mean ±
@@ -92,14 +93,44 @@ def render(folders: dict[str, Path]) -> str:
     return "\n".join(lines)
 
 
+def paired(folders: dict[str, Path], baseline: str) -> str:
+    """Per variant: this folder's Dice minus the baseline folder's, seed by seed, mean ± std over seeds."""
+    lines = [
+        "",
+        f"Paired differences against the `{baseline}_axisA` runs (same axis, same seeds; test / labelled), "
+        "mean ± std over the seeds both have:",
+        "",
+        "| painted along | seeds | " + " | ".join(VARIANTS) + " |",
+        "|---|---:|" + "---|" * len(VARIANTS),
+    ]
+    for name, folder in folders.items():
+        axis = next(part for part in name.split("_") if part.startswith("axis"))
+        base = {r["seed"]: r for r in runs_of(OUT / f"{baseline}_{axis}")}
+        runs = [r for r in runs_of(folder) if r["seed"] in base]
+        if not runs:
+            continue
+        cells = []
+        for v in VARIANTS:
+            parts = []
+            for key in ("test_dice_mean", "labelled_dice_mean"):
+                d = np.array([r["variants"][v][key] - base[r["seed"]]["variants"][v][key] for r in runs])
+                parts.append(f"{d.mean():+.3f} ± {d.std(ddof=1):.3f}" if len(d) > 1 else f"{d.mean():+.3f} (n=1)")
+            cells.append(" / ".join(parts))
+        lines.append(f"| {axis.removeprefix('axis')} | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "label_efficiency_axes.md"))
     p.add_argument("--folders", default="axis*", help="which folders of bench/out/label_efficiency (a glob)")
     p.add_argument("--title", default=None, help="the report's first line, without '# '")
+    p.add_argument("--baseline", default=None, help="also the paired difference against <BASELINE>_axisA")
     args = p.parse_args(argv)
     folders = {f.name: f for f in sorted(OUT.glob(args.folders)) if f.is_dir()}
     text = render(folders)
+    if args.baseline:
+        text += paired(folders, args.baseline)
     if args.title:
         text = "# " + args.title + text[text.index("\n") :]
     marker = "<!-- notes"
