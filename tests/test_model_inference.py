@@ -38,7 +38,8 @@ def test_chunks_are_bounded_and_the_result_does_not_depend_on_them(axis):
     assert max(s[0] for s in net.shapes) <= 3 and sum(s[0] for s in net.shapes) == volume.shape[axis]
     assert whole.shape == volume.shape and whole.dtype == np.uint8
     np.testing.assert_array_equal(chunked, whole)
-    np.testing.assert_array_equal(probs2, probs)
+    # a batch of another size may take other kernels: the last bit of a float16 probability can differ
+    np.testing.assert_allclose(probs2.astype(np.float32), probs.astype(np.float32), rtol=0, atol=1e-3)
     assert probs.shape == (4, *volume.shape)
 
 
@@ -54,14 +55,14 @@ def test_big_planes_are_resized_for_the_network_and_masks_come_back_full_size():
 
 def test_load_predictor_from_a_model_file(tmp_path):
     cfg = preset("quick")
-    net = UNet(1, 3, cfg.widths)
+    net = UNet(cfg.in_channels, 3, cfg.widths)
     checkpoint.save(
         {
             "format": checkpoint.MODEL_FORMAT,
             "state_dict": checkpoint.cpu_state(net),
             "config": cfg.to_dict(),
             "num_classes": 3,
-            "slices": info(0, 24, 128, 8),
+            "slices": {**info(0, 24, 128, 8), "context": cfg.context_slices},
         },
         tmp_path / "model.pt",
     )
