@@ -59,6 +59,8 @@ ARCHITECTURE_FIELDS = (
     "num_classes",
     "context_slices",
 )  # a model continues only into the same network
+# what a model file written before a field existed was built with, where that differs from today's default
+BUILT_BEFORE_THE_FIELD = {"context_slices": 0}
 # fields used only by stages after the global one, besides those named after their stage
 LATER_STAGE_FIELDS = frozenset(
     {
@@ -98,7 +100,7 @@ class TrainConfig:
     # ---- slices -----------------------------------------------------------------------------
     max_size: int = 256  # in-plane extents above this are resized down, never up
     # 2.5D: this many neighbouring slices on each side go with a slice into the network as extra channels
-    context_slices: int = 0
+    context_slices: int = 1
     # Training steps see square crops of this side (None = whole slices), so a step costs the same
     # for a 512 x 512 CT as for a 128 x 128 image; inference still runs on whole slices.
     patch_size: int | None = None
@@ -314,6 +316,11 @@ class TrainConfig:
                 value = "auto" if value else "off"
             values[name] = value
         return cls(**values)
+
+    @classmethod
+    def from_model_file(cls, d: dict[str, Any]) -> TrainConfig:
+        """The config a model file was trained with; fields it predates read as what it was built with."""
+        return cls.from_dict({**{k: v for k, v in BUILT_BEFORE_THE_FIELD.items() if k not in d}, **d})
 
     def to_dict(self) -> dict[str, Any]:
         out = {}

@@ -179,7 +179,7 @@ def embed_array(
 def model_from_file(saved: dict[str, Any]) -> tuple[UNet, TrainConfig, dict[str, Any], int]:
     if saved.get("format") != checkpoint.MODEL_FORMAT:
         raise ValueError(f"not a slicewise model file (format {saved.get('format')!r})")
-    config = TrainConfig.from_dict(saved["config"])
+    config = TrainConfig.from_model_file(saved["config"])
     num_classes = int(saved["num_classes"])
     net = UNet(config.in_channels, num_classes, config.widths, config.bottleneck)
     net.load_state_dict(saved["state_dict"])

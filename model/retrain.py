@@ -242,10 +242,10 @@ def refresh_problem(
     if active.preset and active.preset != preset_name:
         return f"model {active.id} was trained with the {active.preset} preset and this retrain uses {preset_name}"
     wanted = template.to_dict()
-    default = TrainConfig().to_dict()  # a model written before a field existed was built with its default
-    differs = [
-        k for k in ARCHITECTURE_FIELDS if _same_json(active.config.get(k, default[k])) != _same_json(wanted.get(k))
-    ]
+    built = TrainConfig.from_model_file(
+        {k: v for k, v in active.config.items() if k in ARCHITECTURE_FIELDS}
+    ).to_dict()  # a model written before a field existed was built with its default, or BUILT_BEFORE_THE_FIELD
+    differs = [k for k in ARCHITECTURE_FIELDS if _same_json(built[k]) != _same_json(wanted.get(k))]
     if "num_classes" in differs:
         return (
             f"model {active.id} has {active.config.get('num_classes')} classes and the project's label map now "

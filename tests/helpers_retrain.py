@@ -80,8 +80,14 @@ def make_untrained_model(path: Path, preset: str = "quick", num_classes: int = 3
 
     config = make_preset(preset, num_classes=num_classes)
     torch.manual_seed(0)
-    net = UNet(1, num_classes, config.widths, config.bottleneck)
-    info = {"axis": 0, "size": 2**config.depth, "max_size": config.max_size, "multiple": 2**config.depth}
+    net = UNet(config.in_channels, num_classes, config.widths, config.bottleneck)
+    info = {
+        "axis": 0,
+        "size": 2**config.depth,
+        "max_size": config.max_size,
+        "multiple": 2**config.depth,
+        "context": config.context_slices,
+    }
     checkpoint.save(
         {
             "format": checkpoint.MODEL_FORMAT,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from model import slices
+from model import checkpoint, slices
 from model.config import TrainConfig, preset
 from model.device import runtime_for
 from model.inference import load_predictor, predict_array
@@ -97,3 +97,25 @@ def test_context_is_part_of_the_network():
     from model.config import ARCHITECTURE_FIELDS
 
     assert "context_slices" in ARCHITECTURE_FIELDS
+
+
+def test_a_model_file_from_before_context_existed_loads_as_one_slice_in(tmp_path):
+    cfg = preset("quick", num_classes=3)
+    assert cfg.context_slices >= 1  # today's default takes neighbours
+    old_config = {k: v for k, v in cfg.to_dict().items() if k != "context_slices"}
+    checkpoint.save(
+        {
+            "format": checkpoint.MODEL_FORMAT,
+            "state_dict": checkpoint.cpu_state(UNet(1, 3, cfg.widths, cfg.bottleneck)),
+            "config": old_config,
+            "num_classes": 3,
+            "slices": {"axis": 0, "size": 32, "max_size": 128, "multiple": 8},
+        },
+        tmp_path / "model.pt",
+    )
+    predictor = load_predictor(tmp_path, device="cpu")
+    assert predictor.config.context_slices == 0 and predictor.config.in_channels == 1
+    labels, _ = predictor.predict(np.random.rand(4, 20, 22).astype(np.float32))
+    assert labels.shape == (4, 20, 22)
+    # a config given by hand still gets today's default
+    assert TrainConfig.from_dict({}).context_slices == cfg.context_slices

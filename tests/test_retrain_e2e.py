@@ -113,7 +113,7 @@ def untrained_dice(model_pt: Path, hippo: Path) -> float:
     saved = checkpoint.load(model_pt)
     config = saved["config"]
     torch.manual_seed(0)
-    net = UNet(1, saved["num_classes"], tuple(config["widths"]), config["bottleneck"])
+    net = UNet(2 * config["context_slices"] + 1, saved["num_classes"], tuple(config["widths"]), config["bottleneck"])
     fresh = model_pt.parent.parent / "untrained.pt"
     checkpoint.save({**saved, "state_dict": checkpoint.cpu_state(net)}, fresh)
     predictor = load_predictor(fresh, device="cpu")

@@ -156,13 +156,18 @@ def test_an_incompatible_active_model_means_full_with_the_reason(model, why):
     assert forced.mode == "full" and forced.reason == f"refresh requested, but {why}: running the full pipeline instead"
 
 
-def test_a_model_from_before_an_architecture_field_existed_still_refreshes():
-    older = {k: v for k, v in QUICK.to_dict().items() if k != "context_slices"}
+def test_a_model_from_before_an_architecture_field_existed_reads_as_what_it_was_built_with():
+    no_bottleneck = {k: v for k, v in QUICK.to_dict().items() if k != "bottleneck"}  # today's default
     assert (
-        plan_retrain(request(), snapshot(active=active(config=older)), []).mode
+        plan_retrain(request(), snapshot(active=active(config=no_bottleneck)), []).mode
         == plan_retrain(request(), snapshot(active=active()), []).mode
+        == "refresh"
     )
-    changed = active(config={**QUICK.to_dict(), "context_slices": 1})
+    # 2.5D input came later than the first model files, which took one slice: a different first layer
+    no_context = {k: v for k, v in QUICK.to_dict().items() if k != "context_slices"}
+    assert QUICK.context_slices != 0
+    assert "context_slices differ" in plan_retrain(request(), snapshot(active=active(config=no_context)), []).reason
+    changed = active(config={**QUICK.to_dict(), "context_slices": QUICK.context_slices + 1})
     assert "context_slices differ" in plan_retrain(request(), snapshot(active=changed), []).reason
 
 

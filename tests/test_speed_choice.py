@@ -50,10 +50,10 @@ def test_server_inference_uses_the_measurement_training_cached(tmp_path, monkeyp
     checkpoint.save(
         {
             "format": checkpoint.MODEL_FORMAT,
-            "state_dict": checkpoint.cpu_state(UNet(1, 3, cfg.widths)),
+            "state_dict": checkpoint.cpu_state(UNet(cfg.in_channels, 3, cfg.widths)),
             "config": cfg.to_dict(),
             "num_classes": 3,
-            "slices": {"axis": 0, "size": 32, "max_size": 128, "multiple": 8},
+            "slices": {"axis": 0, "size": 32, "max_size": 128, "multiple": 8, "context": cfg.context_slices},
         },
         tmp_path / "model.pt",
     )
@@ -68,10 +68,10 @@ def test_server_inference_uses_the_measurement_training_cached(tmp_path, monkeyp
     checkpoint.save(
         {
             "format": checkpoint.MODEL_FORMAT,
-            "state_dict": checkpoint.cpu_state(UNet(1, 3, cfg.widths)),
+            "state_dict": checkpoint.cpu_state(UNet(cfg.in_channels, 3, cfg.widths)),
             "config": forced.to_dict(),
             "num_classes": 3,
-            "slices": {"axis": 0, "size": 32, "max_size": 128, "multiple": 8},
+            "slices": {"axis": 0, "size": 32, "max_size": 128, "multiple": 8, "context": cfg.context_slices},
         },
         tmp_path / "model.pt",
     )
