@@ -265,9 +265,12 @@ class RayRunner(JobRunner):
         if pulled["checkpoint"] is not None:
             atomic_write_bytes(run.out_dir / "checkpoint.pt", pulled["checkpoint"])
             run.checkpoint_stamp = pulled["checkpoint_stamp"]
-        if pulled["progress"]:  # after the checkpoint: an epoch's line never comes before its checkpoint
-            append(run.out_dir / PROGRESS_FILE, pulled["progress"])
-            run.progress_offset += len(pulled["progress"])
+        # whole lines only (the rest comes with the next pull): the copy here then ends with a whole line
+        # when the actor is lost, and the lines of the run started again do not join a broken one
+        progress = pulled["progress"][: pulled["progress"].rfind(b"\n") + 1]
+        if progress:  # after the checkpoint: an epoch's line never comes before its checkpoint
+            append(run.out_dir / PROGRESS_FILE, progress)
+            run.progress_offset += len(progress)
 
     def _write_results(self, run: RayRun, results: dict[str, bytes]) -> None:
         for name, data in sorted(results.items(), key=lambda item: item[0] == ray_training.RESULT_LAST):

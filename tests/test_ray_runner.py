@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import httpx
@@ -192,3 +193,47 @@ def test_sigkill_the_server_while_a_job_trains_on_ray_then_the_restarted_server_
         assert steps == sorted(steps)  # each progress line came back once, in order
         assert client.get(f"/api/volumes/{volume_id}/annotations").json() == annotations
         assert client.get(f"/api/volumes/{volume_id}/prediction").json()["status"] == "ready"
+
+
+def ask_actor(cluster, name: str, code: str) -> str:
+    """Run `code` with `actor` bound to the job's named actor, in a driver of its own."""
+    return cluster.python(f"actor = ray.get_actor({name!r}, namespace='slicewise')\n{code}")
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} did not happen within {timeout} s")
+
+
+def job_log(workspace: Path, job_id: int) -> str:
+    return (workspace / "jobs" / str(job_id) / "train.log").read_text()[-4000:]
+
+
+def test_the_ray_actor_dies_while_the_server_is_down_and_the_restarted_server_resumes_it(tmp_path, cluster):
+    workspace = tmp_path / "ws"
+    with ray_server(workspace, cluster) as server, server.client() as client:
+        project_id, volume_id, _ = painted_project(client, tmp_path)
+        job = client.post(f"/api/projects/{project_id}/train", json=LONG).json()
+        checkpoint = workspace / "jobs" / str(job["id"]) / "model" / "checkpoint.pt"
+        wait_until(checkpoint.exists, 180, "the first checkpoint coming back from Ray")
+        before = client.get(f"/api/jobs/{job['id']}").json()
+        assert before["state"] == "running", before
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+    name = actor_of(cluster, before["engine_id"])["name"]
+    ask_actor(cluster, name, "ray.kill(actor, no_restart=True)")  # e.g. its node went while no server watched
+    wait_until(lambda: actor_of(cluster, before["engine_id"])["state"] == "DEAD", 60, "the actor's death")
+
+    with ray_server(workspace, cluster) as server, server.client() as client:
+        done = wait_job(client, job["id"], lambda j: j["state"] in TERMINAL, server=server)
+        context = (before, done, job_log(workspace, job["id"]), server.log()[-3000:])
+        assert done["state"] == "succeeded", context
+        assert done["resumes"] == 1 and done["engine_id"] != before["engine_id"], context  # a new actor
+        starts = [e["event"] for e in progress_events(workspace, job["id"]) if e["event"] in ("start", "resume")]
+        assert starts == ["start", "resume"], context  # from the checkpoint that came back, not from zero
+        assert client.get(f"/api/volumes/{volume_id}/prediction").json()["status"] == "ready"
+
