@@ -8,9 +8,10 @@ training in a Ray actor on a worker node and the masks inferred by Ray tasks; tw
 cancel ending the remote run; the server SIGKILLed while a job trains on Ray, started again, and the
 job followed to success from where it was (not started again) with every annotation kept; the job's
 actor killed while no server runs, and the restarted server resuming the job from its checkpoint in a
-new actor; the trainer in the actor SIGKILLed (the kernel's OOM killer) and the job retried once with
-half the batches, as a local run is. (The state API is always given the cluster's address: another
-Ray instance on the machine must not make it guess.)
+new actor; a job given 2 GPUs reporting the 2 DDP ranks it trains as, also once re-attached; the
+trainer in the actor SIGKILLed (the kernel's OOM killer) and the job retried once with half the
+batches, as a local run is. (The state API is always given the cluster's address: another Ray
+instance on the machine must not make it guess.)
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def test_loop_over_http_trains_in_a_ray_worker_that_cannot_see_the_workspace(tmp
         events = follow_events(server, r.json()["id"])
         assert events[-1][0] == "end" and events[-1][1]["state"] == "succeeded", (events[-3:], server.log()[-3000:])
         job = events[-1][1]
-        assert job["runner"] == "ray" and job["engine_id"]
+        assert job["runner"] == "ray" and job["engine_id"] and job["ddp_workers"] is None  # one process
         steps = [data for name, data in events if name == "progress" and data.get("stage") == "finetune"]
         assert steps and any(data["eta_s"] is not None for data in steps)
         assert max(data["progress"] for data in steps) < 1.0  # training streams before the job ends
@@ -236,4 +237,33 @@ def test_the_ray_actor_dies_while_the_server_is_down_and_the_restarted_server_re
         starts = [e["event"] for e in progress_events(workspace, job["id"]) if e["event"] in ("start", "resume")]
         assert starts == ["start", "resume"], context  # from the checkpoint that came back, not from zero
         assert client.get(f"/api/volumes/{volume_id}/prediction").json()["status"] == "ready"
+
+
+def test_a_job_given_two_gpus_says_it_trains_as_two_ddp_ranks_also_after_a_server_restart(tmp_path, cluster):
+    """The cluster has no GPUs: the job's Ray Train workers wait in Ray's queue, which is enough to see
+    what the job was started as (the DDP training itself: tests/test_ray_ddp.py)."""
+    workspace = tmp_path / "ws"
+    env = {**cluster.env, "SLICEWISE_RAY_GPUS_PER_JOB": "2"}
+    args = ["--device", "cuda", "--runner", "ray", "--ray-address", cluster.address]
+    with running_server(workspace, extra_args=args, env=env) as server, server.client() as client:
+        project_id, _, _ = painted_project(client, tmp_path)
+        job = client.post(f"/api/projects/{project_id}/train", json=QUICK).json()
+        started = wait_job(client, job["id"], lambda j: j["state"] in TERMINAL or j["engine_id"], server=server)
+        assert started["state"] == "running" and started["runner"] == "ray", started
+        assert started["ddp_workers"] == 2
+        name = actor_of(cluster, started["engine_id"])["name"]
+        workers = ask_actor(cluster, name, "print(ray.get(actor.info.remote(), timeout=60)['workers'])")
+        assert workers.split()[-1] == "2"  # the actor drives 2 Ray Train workers
+        assert "2 GPUs as 2 DDP ranks" in job_log(workspace, job["id"])
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+
+    with running_server(workspace, extra_args=args, env=env) as server, server.client() as client:
+        again = wait_job(client, job["id"], lambda j: j["state"] in TERMINAL or j["state"] == "running", server=server)
+        assert again["state"] == "running" and again["engine_id"] == started["engine_id"], again  # re-attached
+        assert again["ddp_workers"] == 2
+        r = client.post(f"/api/jobs/{job['id']}/cancel")
+        assert r.status_code == 200 and r.json()["state"] == "cancelled", r.text
+        assert r.json()["ddp_workers"] == 2
+    assert actor_of(cluster, started["engine_id"])["state"] == "DEAD"
 
