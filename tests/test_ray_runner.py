@@ -267,3 +267,29 @@ def test_a_job_given_two_gpus_says_it_trains_as_two_ddp_ranks_also_after_a_serve
         assert r.json()["ddp_workers"] == 2
     assert actor_of(cluster, started["engine_id"])["state"] == "DEAD"
 
+
+def test_a_run_killed_out_of_memory_inside_the_ray_actor_is_retried_once_with_half_the_batches(tmp_path, cluster):
+    workspace = tmp_path / "ws"
+    with ray_server(workspace, cluster) as server, server.client() as client:
+        project_id, _, _ = painted_project(client, tmp_path)
+        job = client.post(f"/api/projects/{project_id}/train", json=LONG).json()
+        config_path = workspace / "jobs" / str(job["id"]) / "config.json"
+        first = wait_job(client, job["id"], lambda j: j["state"] in TERMINAL or j["progress"] > 0, server=server)
+        assert first["state"] == "running", first
+        batch = json.loads(config_path.read_text())["finetune_batch"]
+        name = actor_of(cluster, first["engine_id"])["name"]
+        train_pid = int(ask_actor(cluster, name, "print(ray.get(actor.info.remote())['train_pid'])").split()[-1])
+        try:
+            os.kill(train_pid, signal.SIGKILL)  # what the kernel's OOM killer does: the one process, not its group
+        except ProcessLookupError:
+            now = client.get(f"/api/jobs/{job['id']}").json()
+            pytest.fail(f"the trainer {train_pid} the actor reported had ended: {now}")
+
+        done = wait_job(client, job["id"], lambda j: j["state"] in TERMINAL, server=server)
+        assert done["state"] == "succeeded" and done["oom_retry"] is True, (done, server.log()[-3000:])
+        assert done["engine_id"] != first["engine_id"]  # the retry ran in an actor of its own
+        assert json.loads(config_path.read_text())["finetune_batch"] == max(1, batch // 2)
+        log = job_log(workspace, job["id"])
+        assert log.count("start on Ray") == 2, log
+        starts = [e["event"] for e in progress_events(workspace, job["id"]) if e["event"] in ("start", "resume")]
+        assert starts == ["start", "start"]  # the retry starts afresh: the checkpoint's batch size no longer applies
