@@ -43,6 +43,7 @@ class JobParams:
     loss: float | None = None  # the latest training loss
     runner: str | None = None  # which JobRunner ran the training: "local" | "ray"
     engine_id: str | None = None  # that engine's id of the run (a Ray actor id); None for a local process
+    ddp_workers: int | None = None  # the DDP ranks (Ray Train workers) it trained as, when more than one
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> JobParams:
@@ -107,6 +108,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "loss": (*_NUMBER, *_OPTIONAL),
     "runner": (str, *_OPTIONAL),
     "engine_id": (str, *_OPTIONAL),
+    "ddp_workers": (int, *_OPTIONAL),
 }
 _CHOICES = {"mode_requested": (*MODES, None), "mode": ("refresh", "full", None)}
 

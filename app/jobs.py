@@ -35,6 +35,7 @@ class RunHandle:
     log_path: Path
     process: subprocess.Popen | None = field(default=None, repr=False)
     engine_id: str | None = None  # the engine's own id of the run (a Ray actor id); None for a local process
+    ddp_workers: int | None = None  # the DDP ranks (Ray Train workers) it trains as, when more than one
     state: object = field(default=None, repr=False)  # what the runner keeps between polls
 
 

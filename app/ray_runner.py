@@ -60,6 +60,7 @@ class RayRun:
     restarts: int = 0
     cancelled: bool = False
     started: bool = False  # the actor answered once: it has its resources and runs
+    workers: int = 1  # the DDP ranks it trains as (Ray Train workers)
     returncode: int | None = None
 
 
@@ -135,12 +136,20 @@ class RayRunner(JobRunner):
             # a run started before this server (re)started and not collected yet: follow it again
             meta = json.loads(meta_path(config_path).read_text()) if meta_path(config_path).exists() else {}
             run.actor = actor
+            run.workers = meta.get("workers", 1)
             run.progress_offset = max(0, size_of(run.out_dir / PROGRESS_FILE) - meta.get("progress_base", 0))
             run.log_offset = max(0, size_of(log_path) - meta.get("log_base", 0))
             append(log_path, f"\n=== {now()} re-attached to Ray actor {run.name}\n".encode())
         else:
             self._launch(run, config_path, log_path)
-        return RunHandle(pid=0, config_path=config_path, log_path=log_path, engine_id=actor_id(run.actor), state=run)
+        return RunHandle(
+            pid=0,
+            config_path=config_path,
+            log_path=log_path,
+            engine_id=actor_id(run.actor),
+            ddp_workers=run.workers if run.workers > 1 else None,
+            state=run,
+        )
 
     def _launch(self, run: RayRun, config_path: Path, log_path: Path) -> None:
         ray = self.connect()
@@ -159,7 +168,11 @@ class RayRunner(JobRunner):
             f"\n=== {now()} start on Ray ({self.address}): actor {run.name}, {describe(resources, workers)}\n".encode(),
         )
         # where this actor's output starts in the local copies, for a server that attaches again later
-        meta = {"progress_base": size_of(run.out_dir / PROGRESS_FILE), "log_base": size_of(log_path)}
+        meta = {
+            "progress_base": size_of(run.out_dir / PROGRESS_FILE),
+            "log_base": size_of(log_path),
+            "workers": workers,
+        }
         atomic_write_bytes(meta_path(config_path), json.dumps(meta).encode())
         run.actor = (
             ray.remote(ray_training.TrainingRun)
@@ -172,6 +185,7 @@ class RayRunner(JobRunner):
             )
             .remote(run.name, config, files, out_files, workers=workers)
         )
+        run.workers = workers
         run.progress_offset = run.log_offset = 0
         run.checkpoint_stamp, run.pending, run.started = 0.0, None, False
 
@@ -265,9 +279,12 @@ class RayRunner(JobRunner):
         if pulled["checkpoint"] is not None:
             atomic_write_bytes(run.out_dir / "checkpoint.pt", pulled["checkpoint"])
             run.checkpoint_stamp = pulled["checkpoint_stamp"]
-        if pulled["progress"]:  # after the checkpoint: an epoch's line never comes before its checkpoint
-            append(run.out_dir / PROGRESS_FILE, pulled["progress"])
-            run.progress_offset += len(pulled["progress"])
+        # whole lines only (the rest comes with the next pull): the copy here then ends with a whole line
+        # when the actor is lost, and the lines of the run started again do not join a broken one
+        progress = pulled["progress"][: pulled["progress"].rfind(b"\n") + 1]
+        if progress:  # after the checkpoint: an epoch's line never comes before its checkpoint
+            append(run.out_dir / PROGRESS_FILE, progress)
+            run.progress_offset += len(progress)
 
     def _write_results(self, run: RayRun, results: dict[str, bytes]) -> None:
         for name, data in sorted(results.items(), key=lambda item: item[0] == ray_training.RESULT_LAST):

@@ -54,6 +54,10 @@ class TrainingRun:
         self.error: str | None = None
         self.cancelled = False
         self._lock = threading.Lock()
+        # an earlier actor of this job on this node (killed, or ended by Ray's memory monitor) leaves its
+        # folder behind; it goes before any call is answered, so `pull` never returns its files as this run's
+        shutil.rmtree(self.root, ignore_errors=True)
+        self._prepared = threading.Event()  # set once the folder holds this run's inputs (or the run failed)
         self._thread = threading.Thread(target=self._run, name=f"slicewise-{name}", daemon=True)
         self._thread.start()
 
@@ -74,6 +78,15 @@ class TrainingRun:
 
     def pull(self, progress_offset: int, log_offset: int, checkpoint_stamp: float) -> dict:
         """What is new since the given offsets; the return code once the run has ended."""
+        if not self._prepared.is_set():  # the folder is still being written: a checkpoint in it may be half there
+            return {
+                "progress": b"",
+                "log": b"",
+                "checkpoint": None,
+                "checkpoint_stamp": checkpoint_stamp,
+                "returncode": None,
+                "error": None,
+            }
         returncode = self.returncode  # read first: once set, everything the run wrote is on disk
         out = self.root / "out"
         checkpoint = out / "checkpoint.pt"
@@ -120,7 +133,10 @@ class TrainingRun:
 
     def _run(self) -> None:
         try:
-            config_path = self._materialize()
+            try:
+                config_path = self._materialize()
+            finally:
+                self._prepared.set()
             env = dict(os.environ)
             # the code Ray shipped with the job (runtime_env py_modules) comes first for the subprocess too
             env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
@@ -159,7 +175,6 @@ class TrainingRun:
 
         import ray
 
-        shutil.rmtree(self.root, ignore_errors=True)
         out = self.root / "out"
         out.mkdir(parents=True)
         for name, ref in self.out_files.items():

@@ -54,6 +54,7 @@ def job_view(job: dict) -> dict:
         "loss": params.loss,
         "runner": params.runner,
         "engine_id": params.engine_id,
+        "ddp_workers": params.ddp_workers,
     }
 
 

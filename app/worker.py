@@ -296,7 +296,9 @@ class Worker:
             self.workspace.update_job(
                 job["id"],
                 pid=handle.pid,
-                params=self._params_with(job, runner=self.runner.name, engine_id=handle.engine_id),
+                params=self._params_with(
+                    job, runner=self.runner.name, engine_id=handle.engine_id, ddp_workers=handle.ddp_workers
+                ),
             )
             if job["id"] in self._cancel:  # cancel arrived between the check and the start
                 self.runner.cancel(handle)

@@ -8,9 +8,10 @@ training in a Ray actor on a worker node and the masks inferred by Ray tasks; tw
 cancel ending the remote run; the server SIGKILLed while a job trains on Ray, started again, and the
 job followed to success from where it was (not started again) with every annotation kept; the job's
 actor killed while no server runs, and the restarted server resuming the job from its checkpoint in a
-new actor; the trainer in the actor SIGKILLed (the kernel's OOM killer) and the job retried once with
-half the batches, as a local run is. (The state API is always given the cluster's address: another
-Ray instance on the machine must not make it guess.)
+new actor; a job given 2 GPUs reporting the 2 DDP ranks it trains as, also once re-attached; the
+trainer in the actor SIGKILLed (the kernel's OOM killer) and the job retried once with half the
+batches, as a local run is. (The state API is always given the cluster's address: another Ray
+instance on the machine must not make it guess.)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import httpx
@@ -25,6 +27,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from app.ray_runner import run_name
+from app.ray_training import run_root
 from helpers_ray import ray_cluster
 from helpers_retrain import LABELS, synthetic_nifti
 from helpers_server import running_server, wait_job
@@ -109,7 +113,7 @@ def test_loop_over_http_trains_in_a_ray_worker_that_cannot_see_the_workspace(tmp
         events = follow_events(server, r.json()["id"])
         assert events[-1][0] == "end" and events[-1][1]["state"] == "succeeded", (events[-3:], server.log()[-3000:])
         job = events[-1][1]
-        assert job["runner"] == "ray" and job["engine_id"]
+        assert job["runner"] == "ray" and job["engine_id"] and job["ddp_workers"] is None  # one process
         steps = [data for name, data in events if name == "progress" and data.get("stage") == "finetune"]
         assert steps and any(data["eta_s"] is not None for data in steps)
         assert max(data["progress"] for data in steps) < 1.0  # training streams before the job ends
@@ -192,3 +196,112 @@ def test_sigkill_the_server_while_a_job_trains_on_ray_then_the_restarted_server_
         assert steps == sorted(steps)  # each progress line came back once, in order
         assert client.get(f"/api/volumes/{volume_id}/annotations").json() == annotations
         assert client.get(f"/api/volumes/{volume_id}/prediction").json()["status"] == "ready"
+
+
+def ask_actor(cluster, name: str, code: str) -> str:
+    """Run `code` with `actor` bound to the job's named actor, in a driver of its own."""
+    return cluster.python(f"actor = ray.get_actor({name!r}, namespace='slicewise')\n{code}")
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} did not happen within {timeout} s")
+
+
+def job_log(workspace: Path, job_id: int) -> str:
+    return (workspace / "jobs" / str(job_id) / "train.log").read_text()[-4000:]
+
+
+def test_the_ray_actor_dies_while_the_server_is_down_and_the_restarted_server_resumes_it(tmp_path, cluster):
+    workspace = tmp_path / "ws"
+    with ray_server(workspace, cluster) as server, server.client() as client:
+        project_id, volume_id, _ = painted_project(client, tmp_path)
+        job = client.post(f"/api/projects/{project_id}/train", json=LONG).json()
+        checkpoint = workspace / "jobs" / str(job["id"]) / "model" / "checkpoint.pt"
+        wait_until(checkpoint.exists, 180, "the first checkpoint coming back from Ray")
+        before = client.get(f"/api/jobs/{job['id']}").json()
+        assert before["state"] == "running", before
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+    name = actor_of(cluster, before["engine_id"])["name"]
+    ask_actor(cluster, name, "ray.kill(actor, no_restart=True)")  # e.g. its node went while no server watched
+    wait_until(lambda: actor_of(cluster, before["engine_id"])["state"] == "DEAD", 60, "the actor's death")
+
+    with ray_server(workspace, cluster) as server, server.client() as client:
+        done = wait_job(client, job["id"], lambda j: j["state"] in TERMINAL, server=server)
+        context = (before, done, job_log(workspace, job["id"]), server.log()[-3000:])
+        assert done["state"] == "succeeded", context
+        assert done["resumes"] == 1 and done["engine_id"] != before["engine_id"], context  # a new actor
+        starts = [e["event"] for e in progress_events(workspace, job["id"]) if e["event"] in ("start", "resume")]
+        assert starts == ["start", "resume"], context  # from the checkpoint that came back, not from zero
+        assert client.get(f"/api/volumes/{volume_id}/prediction").json()["status"] == "ready"
+
+
+def test_a_job_given_two_gpus_says_it_trains_as_two_ddp_ranks_also_after_a_server_restart(tmp_path, cluster):
+    """The cluster has no GPUs: the job's Ray Train workers wait in Ray's queue, which is enough to see
+    what the job was started as (the DDP training itself: tests/test_ray_ddp.py)."""
+    workspace = tmp_path / "ws"
+    env = {**cluster.env, "SLICEWISE_RAY_GPUS_PER_JOB": "2"}
+    args = ["--device", "cuda", "--runner", "ray", "--ray-address", cluster.address]
+    with running_server(workspace, extra_args=args, env=env) as server, server.client() as client:
+        project_id, _, _ = painted_project(client, tmp_path)
+        job = client.post(f"/api/projects/{project_id}/train", json=QUICK).json()
+        started = wait_job(client, job["id"], lambda j: j["state"] in TERMINAL or j["engine_id"], server=server)
+        assert started["state"] == "running" and started["runner"] == "ray", started
+        assert started["ddp_workers"] == 2
+        name = actor_of(cluster, started["engine_id"])["name"]
+        workers = ask_actor(cluster, name, "print(ray.get(actor.info.remote(), timeout=60)['workers'])")
+        assert workers.split()[-1] == "2"  # the actor drives 2 Ray Train workers
+        assert "2 GPUs as 2 DDP ranks" in job_log(workspace, job["id"])
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+
+    with running_server(workspace, extra_args=args, env=env) as server, server.client() as client:
+        again = wait_job(client, job["id"], lambda j: j["state"] in TERMINAL or j["state"] == "running", server=server)
+        assert again["state"] == "running" and again["engine_id"] == started["engine_id"], again  # re-attached
+        assert again["ddp_workers"] == 2
+        r = client.post(f"/api/jobs/{job['id']}/cancel")
+        assert r.status_code == 200 and r.json()["state"] == "cancelled", r.text
+        assert r.json()["ddp_workers"] == 2
+    assert actor_of(cluster, started["engine_id"])["state"] == "DEAD"
+
+
+def trainer_on_the_worker(config_path: Path) -> int:
+    """The pid of the job's `python -m model.train` in its actor's folder on a (loopback) worker node, read
+    from /proc at once: asking the actor takes a Ray driver of its own, seconds to start under load, and
+    a quick run can be over by then."""
+    wanted = str(run_root(run_name(config_path)) / "config.json").encode()
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
+        except OSError:
+            continue
+        if b"model.train" in command and wanted in command:
+            return int(entry.name)
+    raise LookupError(f"no trainer of {config_path} runs on this machine")
+
+
+def test_a_run_killed_out_of_memory_inside_the_ray_actor_is_retried_once_with_half_the_batches(tmp_path, cluster):
+    workspace = tmp_path / "ws"
+    with ray_server(workspace, cluster) as server, server.client() as client:
+        project_id, _, _ = painted_project(client, tmp_path)
+        job = client.post(f"/api/projects/{project_id}/train", json=LONG).json()
+        config_path = workspace / "jobs" / str(job["id"]) / "config.json"
+        first = wait_job(client, job["id"], lambda j: j["state"] in TERMINAL or j["progress"] > 0, server=server)
+        assert first["state"] == "running", first
+        batch = json.loads(config_path.read_text())["finetune_batch"]
+        train_pid = trainer_on_the_worker(config_path)
+        os.kill(train_pid, signal.SIGKILL)  # what the kernel's OOM killer does: the one process, not its group
+
+        done = wait_job(client, job["id"], lambda j: j["state"] in TERMINAL, server=server)
+        assert done["state"] == "succeeded" and done["oom_retry"] is True, (done, server.log()[-3000:])
+        assert done["engine_id"] != first["engine_id"]  # the retry ran in an actor of its own
+        assert json.loads(config_path.read_text())["finetune_batch"] == max(1, batch // 2)
+        log = job_log(workspace, job["id"])
+        assert log.count("start on Ray") == 2, log
+        starts = [e["event"] for e in progress_events(workspace, job["id"]) if e["event"] in ("start", "resume")]
+        assert starts == ["start", "start"]  # the retry starts afresh: the checkpoint's batch size no longer applies

@@ -77,6 +77,11 @@ class JobOut(BaseModel):
     )
     runner: str | None = Field(None, description="where the training ran: local | ray (once it started)")
     engine_id: str | None = Field(None, description="the engine's id of the run: the Ray actor id (null locally)")
+    ddp_workers: int | None = Field(
+        None,
+        description="the Ray Train workers (DDP ranks, a GPU each) the run trains as, when more than one "
+        "(SLICEWISE_RAY_GPUS_PER_JOB > 1 on CUDA); null for a run in one process",
+    )
 
 
 @router.post(
