@@ -349,10 +349,14 @@ class Worker:
     def _follow(self, job: dict, handle, progress_path: Path, offset: int) -> tuple[int | None, str | None]:
         """Follow the run until it exits -> (exit code, the error it reported in progress.jsonl, if any)."""
         progress = ProgressFollower(self.workspace, self.hub, job["id"], progress_path, offset)
+        engine_id = handle.engine_id
         while True:
             if self._stop.is_set() and self.runner.outlives_server:
                 return None, progress.error  # the run goes on without this server; the next one follows it
             returncode = self.runner.poll(handle)
+            if handle.engine_id != engine_id:  # the engine started the run again elsewhere (a lost node)
+                engine_id = handle.engine_id
+                self.workspace.update_job(job["id"], params=self._params_with(job, engine_id=engine_id))
             progress.read(final=returncode is not None)
             if returncode is not None:
                 return returncode, progress.error

@@ -307,3 +307,25 @@ def test_progress_parsing_and_helpers(tmp_path):
     hub.publish(8, "progress", {"x": 2})
     assert q.get_nowait() == ("progress", {"x": 1}) and q.empty()
     hub.unsubscribe(7, q)
+
+
+def test_a_run_the_engine_starts_again_elsewhere_shows_its_new_engine_id(project, tmp_path, model_file):
+    ws, proj, _ = project
+    worker = make_worker(ws, tmp_path, model_file, steps=5)
+    real_poll, polls = worker.runner.poll, []
+
+    def poll(handle):  # what the Ray runner does when a lost node's run goes on in a new actor
+        polls.append(handle.engine_id)
+        if len(polls) == 3:
+            handle.engine_id = "the-second-actor"
+        return real_poll(handle)
+
+    worker.runner.poll = poll
+    job, _ = worker.submit(proj["id"], "quick")
+    worker.start()
+    try:
+        done = wait_state(ws, job["id"], ("succeeded", "failed"))
+    finally:
+        worker.stop()
+    assert len(polls) > 3 and polls[0] is None  # a local process has no engine id of its own
+    assert done["state"] == "succeeded" and done["params"]["engine_id"] == "the-second-actor"
