@@ -22,11 +22,9 @@ import time
 from pathlib import Path
 
 from bench.common import ROOT, command, commit, machine, torch_version, wait_job
-
-sys.path.insert(0, str(ROOT / "tests"))
-from helpers_ray import ray_cluster  # noqa: E402  (the tests' loopback cluster)
-from helpers_retrain import LABELS, SHAPE, synthetic_nifti  # noqa: E402
-from helpers_server import running_server  # noqa: E402
+from tests.helpers_ray import ray_cluster  # the tests' loopback cluster
+from tests.helpers_retrain import LABELS, SHAPE, synthetic_nifti
+from tests.helpers_server import running_server
 
 OUT = ROOT / "docs" / "benchmarks" / "ray_throughput.md"
 RAW = {"Content-Type": "application/octet-stream", "If-Match": '"0"'}

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from helpers_server import free_port
+from tests.helpers_server import free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
