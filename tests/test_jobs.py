@@ -66,6 +66,16 @@ def wait_state(ws, job_id, states, timeout=60.0):
     return wait_for(lambda: (j := ws.get_job(job_id))["state"] in states and j, timeout, f"job in {states}")
 
 
+def run_to_the_end(worker, ws, proj) -> dict:
+    """Submit one quick retrain of the project, run the worker until the job ends -> the job row."""
+    job, _ = worker.submit(proj["id"], "quick")
+    worker.start()
+    try:
+        return wait_state(ws, job["id"], ("succeeded", "failed"))
+    finally:
+        worker.stop()
+
+
 def test_success_registers_model_predicts_then_activates(project, tmp_path, model_file):
     ws, proj, volumes = project
     worker = make_worker(ws, tmp_path, model_file, steps=5)
@@ -181,12 +191,7 @@ def test_out_of_memory_retries_once_with_half_batch(project, tmp_path, model_fil
 def test_out_of_memory_twice_fails_with_reason(project, tmp_path, model_file):
     ws, proj, _ = project
     worker = make_worker(ws, tmp_path, model_file, mode="oom-always")
-    job, _ = worker.submit(proj["id"], "quick")
-    worker.start()
-    try:
-        done = wait_state(ws, job["id"], ("succeeded", "failed"))
-    finally:
-        worker.stop()
+    done = run_to_the_end(worker, ws, proj)
     assert done["state"] == "failed" and "out of memory again" in done["error"]
     assert len(calls_of(Path(done["out_dir"]))) == 2
     assert ws.active_model(proj["id"]) is None
@@ -321,11 +326,6 @@ def test_a_run_the_engine_starts_again_elsewhere_shows_its_new_engine_id(project
         return real_poll(handle)
 
     worker.runner.poll = poll
-    job, _ = worker.submit(proj["id"], "quick")
-    worker.start()
-    try:
-        done = wait_state(ws, job["id"], ("succeeded", "failed"))
-    finally:
-        worker.stop()
+    done = run_to_the_end(worker, ws, proj)
     assert len(polls) > 3 and polls[0] is None  # a local process has no engine id of its own
     assert done["state"] == "succeeded" and done["params"]["engine_id"] == "the-second-actor"
