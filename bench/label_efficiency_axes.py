@@ -34,6 +34,10 @@ def pm(values: list[float]) -> str:
     return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
 
 
+def pm_difference(d: np.ndarray) -> str:
+    return f"{d.mean():+.3f} ± {d.std(ddof=1):.3f}" if len(d) > 1 else f"{d.mean():+.3f} (n=1)"
+
+
 def runs_of(folder: Path) -> list[dict]:
     path = folder / "results.json"
     if not path.is_file():
@@ -79,7 +83,7 @@ def render(folders: dict[str, Path]) -> str:
         row = []
         for v in VARIANTS[1:]:
             d = np.array([r["variants"][v]["test_dice_mean"] for r in runs]) - plain
-            row.append(f"{d.mean():+.3f} ± {d.std(ddof=1):.3f}" if len(d) > 1 else f"{d.mean():+.3f} (n=1)")
+            row.append(pm_difference(d))
         diffs.append(f"| {painted} | {trained} | " + " | ".join(row) + " |")
     lines += [
         "",
@@ -114,7 +118,7 @@ def paired(folders: dict[str, Path], baseline: str) -> str:
             parts = []
             for key in ("test_dice_mean", "labelled_dice_mean"):
                 d = np.array([r["variants"][v][key] - base[r["seed"]]["variants"][v][key] for r in runs])
-                parts.append(f"{d.mean():+.3f} ± {d.std(ddof=1):.3f}" if len(d) > 1 else f"{d.mean():+.3f} (n=1)")
+                parts.append(pm_difference(d))
             cells.append(" / ".join(parts))
         lines.append(f"| {axis.removeprefix('axis')} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
