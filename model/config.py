@@ -157,6 +157,8 @@ class TrainConfig:
     pseudo_threshold: float = 0.9
     pseudo_fraction: float = 0.5  # share of each batch drawn from pseudo-labelled slices
     pseudo_scope: str = "painted"  # "painted": the volumes with paint; "all": every training volume
+    # True: label whole volumes, mirrors averaged, with the 3D clean-up the paint chooses (model/pseudo_labels.py)
+    pseudo_volumes: bool = False
     # ---- regularization branch (model/regularizer.py; fine-tune stage only; off by default) --
     branch: str = "none"  # "none" | "cpc" | "recon"
     branch_weight: float = 0.1  # total loss = CE + Dice on painted slices + branch_weight * branch loss

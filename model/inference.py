@@ -63,16 +63,16 @@ def predict_array(
         stop = min(n, start + per_chunk)
         x = _network_input(array, axis, start, stop, context, where, stats)
         if flip_mode == "auto" and start == 0:
-            _softmax_sum(net, x[:1], runtime, _VIEWS[:1])  # warm-up, so that the timing below is the chunk's
+            softmax_sum(net, x[:1], runtime, MIRROR_VIEWS[:1])  # warm-up, so that the timing below is the chunk's
         began = time.perf_counter()
-        total, views = _softmax_sum(net, x, runtime, _VIEWS if flipping else _VIEWS[:1])
+        total, views = softmax_sum(net, x, runtime, MIRROR_VIEWS if flipping else MIRROR_VIEWS[:1])
         if flip_mode == "auto" and start == 0:
             # each chunk's mirrors cost about what its plain pass did
             extra_s = 2 * (time.perf_counter() - began) * ((n + per_chunk - 1) // per_chunk)
             flipping = extra_s <= flip_budget_s
             reason = f"the mirrors would add about {extra_s:.1f} s here (budget {flip_budget_s:g} s)"
             if flipping:
-                mirrored, more = _softmax_sum(net, x, runtime, _VIEWS[1:])
+                mirrored, more = softmax_sum(net, x, runtime, MIRROR_VIEWS[1:])
                 total, views = total + mirrored, views + more
         p = slices.from_network(total / views, where)
         labels_view[start:stop] = p.argmax(dim=1).to(torch.uint8).cpu().numpy()
@@ -91,10 +91,10 @@ def _network_input(array, axis: int, start: int, stop: int, context: int, where,
     return slices.with_context(x, lo, start, stop, array.shape[axis], context)
 
 
-_VIEWS = ((), (2,), (3,))  # as it is, mirrored left-right, mirrored up-down (dims of an N, C, H, W batch)
+MIRROR_VIEWS = ((), (2,), (3,))  # as it is, mirrored left-right, mirrored up-down (dims of an N, C, H, W batch)
 
 
-def _softmax_sum(net: torch.nn.Module, x: torch.Tensor, runtime: Runtime, views) -> tuple[torch.Tensor, int]:
+def softmax_sum(net: torch.nn.Module, x: torch.Tensor, runtime: Runtime, views) -> tuple[torch.Tensor, int]:
     """(the sum of the softmax over `views` of the batch, each mirrored back, and how many were summed)."""
     total = None
     for dims in views:

@@ -34,11 +34,12 @@ from model.augment import random_intensity, random_spatial
 from model.config import RUNTIME_FIELDS, STAGES, TrainConfig
 from model.device import Runtime, autocast, prepare_input, prepare_model, runtime_for
 from model.heads import GlobalHead, LocalHead
-from model.inference import predict_array
+from model.inference import MIRROR_VIEWS, predict_array, softmax_sum
 from model.losses import ce_dice, local_contrastive, nt_xent
 from model.postprocess import decide_cleanup
 from model.progress import FILE_NAME as PROGRESS_FILE
 from model.progress import ProgressWriter, write_error
+from model.pseudo_labels import volume_pseudo_labels
 from model.regularizer import make_branch
 from model.schedule import Budget
 from model.unet import UNet
@@ -246,13 +247,27 @@ class Trainer:
     def make_pseudo_labels(self, max_seconds: float | None = None) -> dict:
         """Label the unpainted slices with the current network; keep only confident pixels.
 
-        With `max_seconds`, slices are labelled in a random order until that time is used up."""
-        cfg, s, rt = self.cfg, self.data.slices, self.runtime
+        With `max_seconds`, slices (or volumes, with `pseudo_volumes`) are labelled in a random order until
+        that time is used up."""
+        cfg, s = self.cfg, self.data.slices
         pool = s.unlabeled
         if cfg.pseudo_scope == "painted":
             pool = pool[torch.isin(s.volume_index[pool], s.volume_index[s.labeled].unique())]
         was_training = self.unet.training
         self.unet.eval()
+        if cfg.pseudo_volumes:
+            pool, labels, report = volume_pseudo_labels(
+                s, pool, self._mirrored_softmax, self.data.num_classes, cfg.pseudo_threshold, max_seconds, self.g
+            )
+        else:
+            pool, labels, report = self._slice_pseudo_labels(pool, max_seconds)
+        self.unet.train(was_training)
+        keep = (labels != IGNORE).flatten(1).any(dim=1)
+        self.pseudo = (pool[keep], labels[keep])
+        return {"pool_slices": len(pool), "slices": int(keep.sum()), **report}
+
+    def _slice_pseudo_labels(self, pool: torch.Tensor, max_seconds: float | None):
+        cfg, s, rt = self.cfg, self.data.slices, self.runtime
         out = []
         if max_seconds is not None:
             pool = pool[torch.randperm(len(pool), generator=self.g)]
@@ -265,13 +280,14 @@ class Trainer:
                 logits = self.net(prepare_input(self._images(chunk), rt))
             conf, label = torch.softmax(logits.float(), dim=1).max(dim=1)
             out.append(torch.where(conf >= cfg.pseudo_threshold, label, IGNORE).to(torch.uint8).cpu())
-        self.unet.train(was_training)
         labels = torch.cat(out) if out else torch.empty((0, s.size, s.size), dtype=torch.uint8)
-        pool = pool[:labelled]
-        keep = (labels != IGNORE).flatten(1).any(dim=1)
-        self.pseudo = (pool[keep], labels[keep])
         confident = float((labels != IGNORE).float().mean()) if len(labels) else 0.0
-        return {"pool_slices": len(pool), "slices": int(keep.sum()), "confident_fraction": round(confident, 4)}
+        return pool[:labelled], labels, {"confident_fraction": round(confident, 4)}
+
+    def _mirrored_softmax(self, idx: torch.Tensor) -> torch.Tensor:
+        views = MIRROR_VIEWS if self.cfg.predict_flip != "off" else MIRROR_VIEWS[:1]
+        total, n = softmax_sum(self.net, self._images(idx), self.runtime, views)
+        return (total / n).cpu()
 
     def _pseudo_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         cfg, s, rt = self.cfg, self.data.slices, self.runtime

@@ -1,0 +1,90 @@
+"""Pseudo-labels made volume by volume (`pseudo_volumes=True`), for the self-training stage.
+
+The slice-by-slice labeller (Trainer.make_pseudo_labels) keeps every confident pixel, islands and holes
+included, and the network then learns them back. Here each volume's slices are predicted with the
+in-plane mirrors averaged (as `predict_flip` does at inference), the argmax volume gets the 3D clean-up
+that the painted voxels choose ("auto", data/mask_cleanup.py: per class, largest component and hole
+filling where they do not lower the Dice on what was painted), and a voxel becomes a label where the
+averaged softmax is at least `threshold` sure of it or where the clean-up changed it. The clean-up's
+decision is taken on the painted volumes' predictions against their paint, so no labelled set is needed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from data.volume import IGNORE
+from model.cleanup_decision import decide_from
+from model.slices import SliceSet
+
+# (slice indices) -> their softmax, (n, C, S, S)
+Probabilities = Callable[[torch.Tensor], torch.Tensor]
+
+
+def volume_pseudo_labels(
+    s: SliceSet,
+    pool: torch.Tensor,
+    probabilities: Probabilities,
+    num_classes: int,
+    threshold: float,
+    max_seconds: float | None = None,
+    g: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(the slices of `pool` that were labelled, their labels (n, S, S) uint8 with IGNORE, a report).
+
+    Every volume that owns a slice of `pool` is labelled whole; the painted volumes come first, as the
+    clean-up decision needs them. With `max_seconds`, the volumes without paint are labelled in a random
+    order (drawn from `g`) until that time is used up."""
+    owners = s.volume_index[pool].unique()
+    painted = s.volume_index[s.labeled].unique()
+    first = owners[torch.isin(owners, painted)]
+    rest = owners[~torch.isin(owners, painted)]
+    if max_seconds is not None:
+        rest = rest[torch.randperm(len(rest), generator=g)]
+    must = set(first.tolist())
+    raw: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    t0 = time.monotonic()
+    for v in [*first.tolist(), *rest.tolist()]:
+        if max_seconds is not None and v not in must and time.monotonic() - t0 > max_seconds:
+            break
+        idx = _slices_of(s, v)
+        probs = torch.cat([probabilities(chunk) for chunk in idx.split(64)])
+        conf, label = probs.max(dim=1)
+        raw[v] = (label.to(torch.uint8).numpy(), conf.numpy())
+
+    decided_on = [v for v in first.tolist() if v in raw]
+    cleanup, decision = decide_from(
+        [raw[v][0] for v in decided_on], [s.labels[_slices_of(s, v)].numpy() for v in decided_on], num_classes
+    )
+    kept_idx, kept_labels, confident, changed, voxels = [], [], 0, 0, 0
+    in_pool = torch.zeros(len(s), dtype=torch.bool)
+    in_pool[pool] = True
+    for v, (label, conf) in raw.items():
+        cleaned = cleanup.apply(label) if cleanup is not None else label
+        moved = cleaned != label
+        pseudo = np.where((conf >= threshold) | moved, cleaned, IGNORE).astype(np.uint8)
+        idx = _slices_of(s, v)
+        wanted = in_pool[idx]
+        confident += int((pseudo[wanted.numpy()] != IGNORE).sum())
+        changed += int(moved[wanted.numpy()].sum())
+        voxels += int(wanted.sum()) * s.size * s.size
+        kept_idx.append(idx[wanted])
+        kept_labels.append(torch.from_numpy(pseudo)[wanted])
+    idx = torch.cat(kept_idx) if kept_idx else torch.empty(0, dtype=torch.long)
+    labels = torch.cat(kept_labels) if kept_labels else torch.empty((0, s.size, s.size), dtype=torch.uint8)
+    report = {
+        "volumes": len(raw),
+        "cleanup": decision,
+        "confident_fraction": round(confident / voxels, 4) if voxels else 0.0,
+        "changed_by_cleanup": changed,
+    }
+    return idx, labels, report
+
+
+def _slices_of(s: SliceSet, volume: int) -> torch.Tensor:
+    where = (s.volume_index == volume).nonzero(as_tuple=True)[0]
+    return torch.arange(int(where[0]), int(where[-1]) + 1)
