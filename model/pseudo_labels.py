@@ -37,19 +37,18 @@ def volume_pseudo_labels(
     """(the slices of `pool` that were labelled, their labels (n, S, S) uint8 with IGNORE, a report).
 
     Every volume that owns a slice of `pool` is labelled whole; the painted volumes come first, as the
-    clean-up decision needs them. With `max_seconds`, the volumes without paint are labelled in a random
-    order (drawn from `g`) until that time is used up."""
+    clean-up decision needs them. With `max_seconds`, volumes are labelled until that time is used up (at
+    least one), the ones without paint in a random order drawn from `g`."""
     owners = s.volume_index[pool].unique()
     painted = s.volume_index[s.labeled].unique()
     first = owners[torch.isin(owners, painted)]
     rest = owners[~torch.isin(owners, painted)]
     if max_seconds is not None:
         rest = rest[torch.randperm(len(rest), generator=g)]
-    must = set(first.tolist())
     raw: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     t0 = time.monotonic()
     for v in [*first.tolist(), *rest.tolist()]:
-        if max_seconds is not None and v not in must and time.monotonic() - t0 > max_seconds:
+        if max_seconds is not None and raw and time.monotonic() - t0 > max_seconds:
             break
         idx = _slices_of(s, v)
         probs = torch.cat([probabilities(chunk) for chunk in idx.split(64)])

@@ -256,9 +256,18 @@ class Trainer:
         was_training = self.unet.training
         self.unet.eval()
         if cfg.pseudo_volumes:
+            # "auto" mirrors only when no time budget runs: under one, the time goes to labelling more volumes
+            mirrors = cfg.predict_flip == "on" or (cfg.predict_flip == "auto" and max_seconds is None)
             pool, labels, report = volume_pseudo_labels(
-                s, pool, self._mirrored_softmax, self.data.num_classes, cfg.pseudo_threshold, max_seconds, self.g
+                s,
+                pool,
+                functools.partial(self._softmax, MIRROR_VIEWS if mirrors else MIRROR_VIEWS[:1]),
+                self.data.num_classes,
+                cfg.pseudo_threshold,
+                max_seconds,
+                self.g,
             )
+            report["mirrors"] = mirrors
         else:
             pool, labels, report = self._slice_pseudo_labels(pool, max_seconds)
         self.unet.train(was_training)
@@ -284,8 +293,7 @@ class Trainer:
         confident = float((labels != IGNORE).float().mean()) if len(labels) else 0.0
         return pool[:labelled], labels, {"confident_fraction": round(confident, 4)}
 
-    def _mirrored_softmax(self, idx: torch.Tensor) -> torch.Tensor:
-        views = MIRROR_VIEWS if self.cfg.predict_flip != "off" else MIRROR_VIEWS[:1]
+    def _softmax(self, views, idx: torch.Tensor) -> torch.Tensor:
         total, n = softmax_sum(self.net, self._images(idx), self.runtime, views)
         return (total / n).cpu()
 

@@ -8,6 +8,8 @@ from test_model_train import sparse_dataset
 
 from model.config import preset
 from model.device import runtime_for
+from model.pseudo_labels import volume_pseudo_labels
+from model.slices import SliceSet
 from model.train import IGNORE, Trainer, load_data, stage_plan, train
 
 
@@ -109,3 +111,120 @@ def test_nothing_left_to_pseudo_label_gives_painted_only_batches(data, tmp_path)
     x, y = trainer._pseudo_batch()
     assert x.shape[0] == y.shape[0] == 4
     assert set(trainer.data.slices.volume_index[s.labeled].tolist()) == {0}
+
+
+# ---- pseudo_volumes: whole volumes, mirrors averaged, the 3D clean-up the paint chooses --------------
+def _toy_set(painted_truth: torch.Tensor) -> SliceSet:
+    """Two volumes of 6 slices (16 x 16): volume 0 painted on slices 1 and 4 with `painted_truth`
+    (6, 16, 16), volume 1 without paint."""
+    n, size = 6, 16
+    labels = torch.full((2 * n, size, size), IGNORE, dtype=torch.uint8)
+    labels[[1, 4]] = painted_truth[[1, 4]]
+    painted = torch.zeros(2 * n, dtype=torch.bool)
+    painted[[1, 4]] = True
+    owners = torch.arange(2).repeat_interleave(n)
+    return SliceSet(
+        images=torch.zeros(2 * n, 1, size, size, dtype=torch.float16),
+        labels=labels,
+        labeled=painted.nonzero(as_tuple=True)[0],
+        unlabeled=(~painted).nonzero(as_tuple=True)[0],
+        volume_index=owners,
+        axis=0,
+        size=size,
+        first=owners * n,
+        last=owners * n + n - 1,
+    )
+
+
+def _probabilities(labels: torch.Tensor, confidence: torch.Tensor):
+    """A stand-in network: softmax with `confidence` on `labels` (both (N, S, S)), the rest shared out."""
+
+    def probabilities(idx):
+        lab, conf = labels[idx].long(), confidence[idx]
+        p = ((1 - conf) / 2)[:, None].repeat(1, 3, 1, 1)
+        return p.scatter(1, lab[:, None], conf[:, None])
+
+    return probabilities
+
+
+def _cube() -> torch.Tensor:
+    truth = torch.zeros(6, 16, 16, dtype=torch.uint8)
+    truth[1:5, 4:10, 4:10] = 1
+    return truth
+
+
+def test_volume_pseudo_labels_drop_islands_fill_holes_and_keep_the_unsure_out():
+    s = _toy_set(_cube())
+    predicted = torch.cat([_cube(), _cube()])
+    predicted[2, 13:15, 13:15] = 1  # a confident island away from the structure
+    predicted[3, 6:8, 6:8] = 0  # a confident hole inside it
+    confidence = torch.full(predicted.shape, 0.95)
+    confidence[8, 0:3, 0:3] = 0.5  # volume 1: an unsure corner
+    idx, labels, report = volume_pseudo_labels(s, s.unlabeled, _probabilities(predicted, confidence), 3, 0.9)
+    assert idx.tolist() == s.unlabeled.tolist()  # every unpainted slice of both volumes, none of the painted
+    by_slice = dict(zip(idx.tolist(), labels))
+    assert (by_slice[2][13:15, 13:15] == 0).all()  # the island became background
+    assert (by_slice[3][6:8, 6:8] == 1).all()  # the hole became structure
+    assert (by_slice[8][0:3, 0:3] == IGNORE).all() and (by_slice[8][3:, 3:] != IGNORE).all()
+    assert report["cleanup"]["classes"]["1"]["steps"] == ["largest", "fill"]
+    assert report["changed_by_cleanup"] == 4 + 4 and report["volumes"] == 2
+
+
+def test_volume_pseudo_labels_keep_a_second_part_the_paint_shows():
+    truth = _cube()
+    truth[1:5, 12:15, 12:15] = 1  # the structure really has two parts, painted on slices 1 and 4
+    s = _toy_set(truth)
+    predicted = torch.cat([truth, truth])
+    idx, labels, report = volume_pseudo_labels(
+        s, s.unlabeled, _probabilities(predicted, torch.full(predicted.shape, 0.95)), 3, 0.9
+    )
+    assert "largest" not in report["cleanup"]["classes"]["1"]["steps"]
+    assert (dict(zip(idx.tolist(), labels))[2][12:15, 12:15] == 1).all()
+
+
+def test_volume_pseudo_labels_out_of_time_label_one_painted_volume():
+    s = _toy_set(_cube())
+    predicted = torch.cat([_cube(), _cube()])
+    probabilities = _probabilities(predicted, torch.full(predicted.shape, 0.95))
+    idx, _, report = volume_pseudo_labels(s, s.unlabeled, probabilities, 3, 0.9, max_seconds=0.0)
+    assert set(s.volume_index[idx].tolist()) == {0} and report["volumes"] == 1
+
+
+class MirrorEquivariant(torch.nn.Module):
+    """Class 1 where the slice is bright: the same answer for a slice and its mirrors."""
+
+    def forward(self, x):
+        logits = torch.zeros(x.shape[0], 3, *x.shape[-2:])
+        logits[:, 1] = 8.0 * (x[:, x.shape[1] // 2] > 0.5)
+        return logits
+
+
+def test_the_trainer_labels_whole_volumes_with_pseudo_volumes(data, tmp_path):
+    trainer = _trainer(data, tmp_path, pseudo_volumes=True, pseudo_threshold=0.9)
+    trainer.net = MirrorEquivariant()
+    info = trainer.make_pseudo_labels()
+    s = trainer.data.slices
+    pool, labels = trainer.pseudo
+    assert set(s.volume_index[pool].tolist()) == {0} and not set(pool.tolist()) & set(s.labeled.tolist())
+    assert info["volumes"] == 1 and info["cleanup"]["mode"] == "auto"
+    bright = s.images[pool, 0].float() > 0.5
+    moved = info["changed_by_cleanup"]
+    assert int(((labels == 1) != bright).sum()) <= moved  # what the clean-up did not change is the network's
+
+
+@pytest.mark.parametrize("flip", ["off", "on"])
+def test_pseudo_volumes_average_the_mirrors_unless_flips_are_off(data, tmp_path, flip):
+    trainer = _trainer(data, tmp_path, pseudo_volumes=True, pseudo_threshold=0.9, predict_flip=flip)
+    trainer.net = FixedLogits()  # sure of the left half only, so its mirror disagrees
+    trainer.make_pseudo_labels()
+    _, labels = trainer.pseudo if len(trainer.pseudo[0]) else (None, torch.empty(0, 1, 1))
+    half = trainer.data.slices.size // 2
+    left_labelled = bool(len(labels)) and bool((labels[:, :, :half] == 1).any())
+    assert left_labelled == (flip == "off")
+
+
+@pytest.mark.parametrize("budget, mirrors", [(None, True), (60.0, False)])
+def test_auto_flips_mirror_pseudo_labels_only_without_a_time_budget(data, tmp_path, budget, mirrors):
+    trainer = _trainer(data, tmp_path, pseudo_volumes=True, predict_flip="auto")
+    trainer.net = MirrorEquivariant()
+    assert trainer.make_pseudo_labels(budget)["mirrors"] is mirrors
