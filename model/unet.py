@@ -1,4 +1,5 @@
 """The 2D U-Net of the method (docs/method.md): InstanceNorm + LeakyReLU, configurable widths, softmax head over K+1 classes.
+`dims=3` builds the same network with 3D layers (bench/sparse_3d.py); a 2D model's weights are unchanged.
 
 `forward(x, return_features=True)` also returns the bottleneck (global contrastive stage) and the
 last full-resolution decoder features (local contrastive stage), which feed the heads in heads.py.
@@ -11,40 +12,55 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+LAYERS = {
+    2: (nn.Conv2d, nn.InstanceNorm2d, nn.ConvTranspose2d, F.max_pool2d),
+    3: (nn.Conv3d, nn.InstanceNorm3d, nn.ConvTranspose3d, F.max_pool3d),
+}
 
-def conv_block(cin: int, cout: int) -> nn.Sequential:
+
+def conv_block(cin: int, cout: int, dims: int = 2) -> nn.Sequential:
+    conv, norm = LAYERS[dims][:2]
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-        nn.InstanceNorm2d(cout, affine=True),
+        conv(cin, cout, 3, padding=1, bias=False),
+        norm(cout, affine=True),
         nn.LeakyReLU(0.01, inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-        nn.InstanceNorm2d(cout, affine=True),
+        conv(cout, cout, 3, padding=1, bias=False),
+        norm(cout, affine=True),
         nn.LeakyReLU(0.01, inplace=True),
     )
 
 
 class UNet(nn.Module):
     def __init__(
-        self, in_channels: int = 1, num_classes: int = 3, widths=(64, 128, 256, 512), bottleneck: int | None = None
+        self,
+        in_channels: int = 1,
+        num_classes: int = 3,
+        widths=(64, 128, 256, 512),
+        bottleneck: int | None = None,
+        dims: int = 2,
     ):
         super().__init__()
+        if dims not in LAYERS:
+            raise ValueError(f"dims must be 2 or 3, got {dims}")
+        self.dims = dims
+        conv, _, up, self._pool = LAYERS[dims]
         widths = tuple(int(w) for w in widths)
         bottleneck = int(bottleneck or 2 * widths[-1])
         self.widths, self.num_classes, self.bottleneck_channels = widths, num_classes, bottleneck
         self.encoder = nn.ModuleList()
         cin = in_channels
         for w in widths:
-            self.encoder.append(conv_block(cin, w))
+            self.encoder.append(conv_block(cin, w, dims))
             cin = w
-        self.bottleneck = conv_block(cin, bottleneck)
+        self.bottleneck = conv_block(cin, bottleneck, dims)
         self.up = nn.ModuleList()
         self.decoder = nn.ModuleList()
         cin = bottleneck
         for w in reversed(widths):
-            self.up.append(nn.ConvTranspose2d(cin, w, 2, stride=2))
-            self.decoder.append(conv_block(2 * w, w))
+            self.up.append(up(cin, w, 2, stride=2))
+            self.decoder.append(conv_block(2 * w, w, dims))
             cin = w
-        self.seg_head = nn.Conv2d(widths[0], num_classes, 1)
+        self.seg_head = conv(widths[0], num_classes, 1)
 
     @property
     def depth(self) -> int:
@@ -55,21 +71,25 @@ class UNet(nn.Module):
         return self.widths[0]
 
     def pad_input(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """x padded at the end of each spatial axis, and its height and width (a 3D input's last two)."""
+        padded, shape = self._pad(x)
+        return padded, shape[-2], shape[-1]
+
+    def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         # at least 2 pixels left at the bottleneck: InstanceNorm cannot normalise a single pixel
         m = 2**self.depth
-        h, w = x.shape[-2:]
-        ph = max(-(-h // m) * m, 2 * m) - h
-        pw = max(-(-w // m) * m, 2 * m) - w
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph))
-        return x, h, w
+        shape = tuple(x.shape[-self.dims :])
+        pads = [max(-(-n // m) * m, 2 * m) - n for n in shape]
+        if any(pads):
+            x = F.pad(x, [p for pad in reversed(pads) for p in (0, pad)])
+        return x, shape
 
     def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         skips = []
         for block in self.encoder:
             x = block(x)
             skips.append(x)
-            x = F.max_pool2d(x, 2)
+            x = self._pool(x, 2)
         return skips, self.bottleneck(x)
 
     def decode(self, skips: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -78,13 +98,14 @@ class UNet(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
-        x, h, w = self.pad_input(x)
+        x, shape = self._pad(x)
         skips, bottom = self.encode(x)
         features = self.decode(skips, bottom)
-        logits = self.seg_head(features)[..., :h, :w]
+        crop = (..., *(slice(0, n) for n in shape))
+        logits = self.seg_head(features)[crop]
         if not return_features:
             return logits
-        return logits, {"bottleneck": bottom, "decoder": features[..., :h, :w]}
+        return logits, {"bottleneck": bottom, "decoder": features[crop]}
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         """Weights of the encoder and bottleneck only: what the label-free global stage trains."""

@@ -51,3 +51,26 @@ def test_encoder_state_has_only_encoder_weights():
     keys = net.encoder_state_dict().keys()
     assert keys and all(k.startswith(("encoder.", "bottleneck.")) for k in keys)
     assert not any(k.startswith(("decoder.", "up.", "seg_head.")) for k in keys)
+
+
+@pytest.mark.parametrize("size", [(9, 14, 11), (16, 16, 16)])
+def test_a_3d_unet_keeps_the_volume_size_and_pads_every_axis(size):
+    net = UNet(1, 3, (4, 8), dims=3)
+    x = torch.randn(2, 1, *size)
+    logits, feats = net(x, return_features=True)
+    assert logits.shape == (2, 3, *size) and feats["decoder"].shape == (2, 4, *size)
+    assert all(
+        isinstance(m, torch.nn.Conv3d)
+        for m in net.modules()
+        if isinstance(m, torch.nn.modules.conv._ConvNd) and not isinstance(m, torch.nn.ConvTranspose3d)
+    )
+    padded, h, w = net.pad_input(x)
+    assert (h, w) == size[-2:] and all(n % 4 == 0 and n >= 8 for n in padded.shape[-3:])
+
+
+def test_a_2d_unet_keeps_its_weight_names_and_refuses_other_dims():
+    names = sorted(UNet(3, 3, (4, 8)).state_dict())
+    assert names[:3] == ["bottleneck.0.weight", "bottleneck.1.bias", "bottleneck.1.weight"]
+    assert all(t.dim() == 4 for k, t in UNet(3, 3, (4, 8)).state_dict().items() if k.endswith("0.weight"))
+    with pytest.raises(ValueError, match="dims"):
+        UNet(1, 3, (4, 8), dims=1)
