@@ -190,7 +190,8 @@ def plan_jobs(grid: Grid) -> list[Job]:
     3. the other sparse budgets, first seed; 4. the local-mode comparison, first seed;
     5. the paper protocol, first seed; 6. the other sparse budgets, second seed;
     7. the third seed at the headline and sparse budgets; 8. the paper protocol, other seeds;
-    9. the remaining ablations; 10. the mode comparison for the other seeds.
+    9. the remaining ablations; 10. the mode comparison for the other seeds; 11. the regularisation and
+    self-training rows at the sparse budgets; 12. the product's pipeline (full+pseudo) at the paper budgets.
     A row that starts from the global encoder waits for its seed's global job.
     """
     seeds, head = grid.seeds, grid.mode_budget
@@ -233,6 +234,8 @@ def plan_jobs(grid: Grid) -> list[Job]:
         order += modes(s)
     for s in seeds:
         order += branch(s, heads + sparse)
+    for s in seeds:
+        order += [Job("row", s, b, "full+pseudo") for b in paper]
     unique, seen = [], set()
     for job in order:
         if job.name not in seen:

@@ -153,8 +153,11 @@ def test_extra_rows_add_the_cpc_branch_or_the_pseudo_stage_to_a_base_row():
     for extra in ("cpc", "pseudo"):
         assert protocol.ROW_STAGES[f"ft+{extra}"] == protocol.ROW_STAGES["supervised"]
         assert protocol.ROW_STAGES[f"full+{extra}"] == protocol.ROW_STAGES["full"]
-    planned = {j.row for j in protocol.plan_jobs(protocol.make_grid("cpu", None, None)) if j.kind == "row"}
-    assert set(protocol.BRANCH_ROWS) <= planned
+    jobs = [j for j in protocol.plan_jobs(protocol.make_grid("cpu", None, None)) if j.kind == "row"]
+    assert set(protocol.BRANCH_ROWS) <= {j.row for j in jobs}
+    # the product's pipeline is also measured on the paper protocol, after every sparse row
+    paper = [i for i, j in enumerate(jobs) if j.row == "full+pseudo" and j.budget.protocol == "paper"]
+    assert len(paper) == 3 * 3 and min(paper) > max(i for i, j in enumerate(jobs) if j.budget.protocol == "sparse")
 
 
 def test_set_overrides_parse_json_and_refuse_unknown_keys():
