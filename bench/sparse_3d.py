@@ -37,12 +37,15 @@ from bench.label_efficiency_protocol import NUM_CLASSES, even_slices, labeled_or
 from data.io import read_volume
 from data.mask_cleanup import choose_cleanup
 from data.volume import IGNORE
+from model.device import runtime_for
+from model.inference import softmax_sum
 from model.losses import ce_dice
 from model.slices import intensity_stats
 from model.train import dice_per_class
 from model.unet import UNet
 
 MIRRORS = ((), (2,), (3,), (4,))  # as it is and mirrored along each axis of an (N, C, D, H, W) batch
+FP32_CPU = runtime_for("cpu", "off", "off", "off")
 
 
 def patch_around(shape: tuple[int, ...], centre: np.ndarray, patch: int) -> tuple[slice, ...]:
@@ -91,14 +94,12 @@ def train_3d(volumes, args, seed: int) -> tuple[UNet, list[float]]:
 
 
 @torch.no_grad()
-def predict_3d(net: UNet, image: np.ndarray, mirrors: bool) -> np.ndarray:
+def predict_3d(net: UNet, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the plain labels, the labels with the softmax averaged over the volume and its 3 mirrors)."""
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
-    total = None
-    for dims in MIRRORS if mirrors else MIRRORS[:1]:
-        p = torch.softmax(net(x.flip(dims) if dims else x), 1)
-        p = p.flip(dims) if dims else p
-        total = p if total is None else total + p
-    return total.argmax(1)[0].numpy().astype(np.uint8)
+    plain, _ = softmax_sum(net, x, FP32_CPU, MIRRORS[:1])
+    mirrored, _ = softmax_sum(net, x, FP32_CPU, MIRRORS[1:])
+    return plain.argmax(1)[0].numpy().astype(np.uint8), (plain + mirrored).argmax(1)[0].numpy().astype(np.uint8)
 
 
 def run_one(args, split, axis: int, seed: int) -> dict:
@@ -118,10 +119,7 @@ def run_one(args, split, axis: int, seed: int) -> dict:
     net, losses = train_3d(volumes, args, seed)
     train_s = time.monotonic() - t0
 
-    def both(image):
-        return predict_3d(net, image, False), predict_3d(net, image, True)
-
-    own = [(both(image), label, truth) for image, label, truth in labelled]
+    own = [(predict_3d(net, image), label, truth) for image, label, truth in labelled]
     cleanup, _ = choose_cleanup([p[1] for p, _, _ in own], [label for _, label, _ in own], NUM_CLASSES)
 
     def scores(pairs):
@@ -129,11 +127,10 @@ def run_one(args, split, axis: int, seed: int) -> dict:
         full = [np.mean(dice_per_class(cleanup.apply(p[1]), t, NUM_CLASSES)) for p, t in pairs]
         return float(np.mean(plain)), float(np.mean(full))
 
-    test = [
-        (both(intensity_stats(im).apply(im)), read("labelsTr", n))
-        for n in split["test"]
-        for im in [read("imagesTr", n)]
-    ]
+    test = []
+    for name in split["test"]:
+        image = read("imagesTr", name)
+        test.append((predict_3d(net, intensity_stats(image).apply(image)), read("labelsTr", name)))
     test_plain, test_full = scores(test)
     own_plain, own_full = scores([(p, truth) for p, _, truth in own])
     return {
