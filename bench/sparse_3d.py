@@ -34,6 +34,7 @@ import torch
 
 from bench.common import ROOT, SHARED_DATA, command, git, machine, split_volumes, torch_version
 from bench.label_efficiency_protocol import NUM_CLASSES, even_slices, labeled_order, sparse_label, volume_names
+from bench.label_efficiency_report import write_markdown
 from data.io import read_volume
 from data.mask_cleanup import choose_cleanup
 from data.volume import IGNORE
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.slices} painted slices per seed, as bench/label_efficiency.py picks them\n- 3D: widths {args.widths}, "
         f"{args.steps} steps of {args.batch} patches of {args.patch}^3, Adam lr {args.lr}\n\n"
     )
-    Path(args.md).write_text(header + table(results, args.baseline) + "\n")
+    write_markdown(Path(args.md), header + table(results, args.baseline) + "\n")
     print(table(results, args.baseline))
     return 0
 

@@ -38,6 +38,7 @@ import torch
 
 from bench.common import ROOT, SHARED_DATA, command, git, machine, torch_version
 from bench.label_efficiency_protocol import NUM_CLASSES
+from bench.label_efficiency_report import write_markdown
 from data.io import read_volume
 from data.mask_cleanup import choose_cleanup
 from data.volume import IGNORE
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         f"`{command()}`\n- models: bench/label_efficiency.py runs (sparse 10 x 3, full+pseudo, cpu preset) in "
         f"{', '.join(args.runs)}; {args.steps} multi-planar steps, Adam lr {args.lr}\n\n"
     )
-    Path(args.md).write_text(header + table(results) + "\n")
+    write_markdown(Path(args.md), header + table(results) + "\n")
     print(table(results))
     return 0
 
