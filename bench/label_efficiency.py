@@ -239,9 +239,10 @@ class Bench:
 
         if job.kind == "global":
             return overhead + cfg.global_epochs * steps("global", 36 * len(self.split["train"])) * self.rate("global")
-        t = overhead + cfg.finetune_epochs * steps("finetune", painted) * self.rate("finetune")
+        growth = cfg.paint_growth(painted)
+        t = overhead + cfg.finetune_epochs * growth * steps("finetune", painted) * self.rate("finetune")
         if job.row in ROW_PSEUDO:
-            t += cfg.pseudo_epochs * steps("pseudo", painted) * self.rate("finetune")
+            t += cfg.pseudo_epochs * growth * steps("pseudo", painted) * self.rate("finetune")
         if ROW_STAGES[job.row][1]:
             epochs = job.local_epochs if job.local_epochs is not None else cfg.local_epochs
             n = job.local_steps if job.local_steps is not None else steps("local", painted)

@@ -112,18 +112,21 @@ def load_data(cfg: TrainConfig) -> TrainData:
 # --------------------------------------------------------------------------------------------
 def stage_plan(cfg: TrainConfig, data: slices.SliceSet, ranks: int = 1) -> list[tuple[str, int, int]]:
     """(stage, epochs, steps per epoch) of every enabled stage. A one-pass epoch is shared out among
-    the `ranks` of a DDP run, each drawing its own batches."""
+    the `ranks` of a DDP run, each drawing its own batches. Fine-tune and self-training epochs grow with
+    the painted slices (`paint_growth`)."""
     pools = {
         "global": len(data),
         "local": len(data.labeled),
         "finetune": len(data.labeled),
         "pseudo": len(data.labeled),
     }
+    growth = cfg.paint_growth(len(data.labeled))
     plan = []
     for stage in STAGES:
         if cfg.runs(stage):
             schedule = cfg.schedule(stage)
-            plan.append((stage, schedule.epochs, schedule.steps or math.ceil(pools[stage] / (schedule.batch * ranks))))
+            epochs = round(schedule.epochs * growth) if stage in ("finetune", "pseudo") else schedule.epochs
+            plan.append((stage, epochs, schedule.steps or math.ceil(pools[stage] / (schedule.batch * ranks))))
     return plan
 
 
