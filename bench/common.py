@@ -3,6 +3,7 @@ benchmarks against a running server share: starting `slicewise serve`, a synthet
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
@@ -74,6 +75,16 @@ def command(argv: list[str] | None = None) -> str:
     """How this benchmark was started, as `python -m bench.NAME ARGS`."""
     module = Path(sys.argv[0]).stem
     return " ".join(["python", "-m", f"bench.{module}", *(sys.argv[1:] if argv is None else argv)])
+
+
+def provenance() -> str:
+    """The commit, machine and command lines under a benchmark report's title."""
+    return f"- commit: {git('rev-parse', '--short', 'HEAD')}; machine: {machine()}; torch {torch_version()}\n- command: `{command()}`"
+
+
+def save_runs(path: Path, runs: list[dict]) -> None:
+    """A benchmark's runs so far, rewritten after each one so that a stopped benchmark keeps them."""
+    path.write_text(json.dumps({"runs": runs}, indent=1))
 
 
 def report_header(started: float) -> str:

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import ROOT, SHARED_DATA, command, git, machine, split_volumes, torch_version
+from bench.common import ROOT, SHARED_DATA, provenance, save_runs, split_volumes
 from bench.label_efficiency_protocol import NUM_CLASSES, even_slices, labeled_order, sparse_label, volume_names
 from bench.label_efficiency_report import write_markdown
 from data.io import read_volume
@@ -221,10 +221,9 @@ def main(argv: list[str] | None = None) -> int:
             r = run_one(args, split, axis, seed)
             print(f"axis {axis} seed {seed}: test {r['test']}, labelled {r['labelled']}, {r['train_s']} s", flush=True)
             results.append(r)
-            results_path.write_text(json.dumps({"runs": results}, indent=1))
+            save_runs(results_path, results)
     header = (
-        f"# A 3D U-Net on the painted slices alone (bench/sparse_3d.py)\n\n- commit: {git('rev-parse', '--short', 'HEAD')}; machine: {machine()}; "
-        f"torch {torch_version()}\n- command: `{command()}`\n- split: seed {args.split_seed}, "
+        f"# A 3D U-Net on the painted slices alone (bench/sparse_3d.py)\n\n{provenance()}\n- split: seed {args.split_seed}, "
         f"{len(split['train'])} train / {args.n_val} validation / {args.n_test} test (test volumes only scored); {args.volumes} volumes x "
         f"{args.slices} painted slices per seed, as bench/label_efficiency.py picks them\n- 3D: widths {args.widths}, "
         f"{args.steps} steps of {args.batch} patches of {args.patch}^3, Adam lr {args.lr}\n\n"

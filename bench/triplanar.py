@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import ROOT, SHARED_DATA, command, git, machine, torch_version
+from bench.common import ROOT, SHARED_DATA, provenance, save_runs
 from bench.label_efficiency_protocol import NUM_CLASSES
 from bench.label_efficiency_report import write_markdown
 from data.io import read_volume
@@ -231,11 +231,9 @@ def main(argv: list[str] | None = None) -> int:
             r = {"folder": str(folder), **run_one(args, run, folder, split)}
             print(json.dumps({k: r[k] for k in ("job", "axis", "wall_s")}), json.dumps(r["variants"]), flush=True)
             results.append(r)
-            results_path.write_text(json.dumps({"runs": results}, indent=1))
+            save_runs(results_path, results)
     header = (
-        f"# Multi-planar self-training and a tri-planar ensemble (bench/triplanar.py)\n\n- commit: "
-        f"{git('rev-parse', '--short', 'HEAD')}; machine: {machine()}; torch {torch_version()}\n- command: "
-        f"`{command()}`\n- models: bench/label_efficiency.py runs (sparse 10 x 3, full+pseudo, cpu preset) in "
+        f"# Multi-planar self-training and a tri-planar ensemble (bench/triplanar.py)\n\n{provenance()}\n- models: bench/label_efficiency.py runs (sparse 10 x 3, full+pseudo, cpu preset) in "
         f"{', '.join(args.runs)}; {args.steps} multi-planar steps, Adam lr {args.lr}\n\n"
     )
     write_markdown(Path(args.md), header + table(results) + "\n")
