@@ -20,6 +20,7 @@ STAGE_LABELS = {
     "pseudo": "self-training on confident predictions",
 }
 STAGES = tuple(STAGE_LABELS)
+GROWING_STAGES = ("finetune", "pseudo")  # their epochs grow with the painted slices (TrainConfig.paint_growth)
 LOCAL_MODES = ("stride", "block", "exact")
 DEVICES = ("auto", "cpu", "cuda")
 TRISTATE = ("auto", "on", "off")

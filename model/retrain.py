@@ -28,7 +28,7 @@ from typing import Any
 
 from data.annotations import most_painted_axis
 from data.errors import Conflict, InvalidInput
-from model.config import ARCHITECTURE_FIELDS, PRESETS, STAGES, TrainConfig, preset
+from model.config import ARCHITECTURE_FIELDS, GROWING_STAGES, PRESETS, STAGES, TrainConfig, preset
 
 MODES = ("auto", "refresh", "full")
 MODE_STRENGTH = {"refresh": 0, "auto": 1, "full": 2}  # coalesced requests keep the strongest
@@ -107,13 +107,23 @@ def explicitly_enabled(stages: dict, name: str) -> bool:
 
 
 def stage_overrides(stages: dict) -> dict:
-    """Retrain body stages -> TrainConfig keys (global_stage, global_epochs, global_steps, ...)."""
+    """Retrain body stages -> TrainConfig keys (global_stage, global_epochs, global_steps, ...). A fine-tune or
+    self-training schedule the request names runs as named: it does not grow with the paint."""
     out = {}
     for name, value in stages.items():
         out[f"{name}_stage"] = stage_enabled(stages, name)
         if isinstance(value, dict):
             out.update({f"{name}_{key}": value[key] for key in ("epochs", "steps") if key in value})
+    if names_growing_schedule(stages):
+        out["paint_growth_slices"] = None
     return out
+
+
+def names_growing_schedule(stages: dict) -> bool:
+    """Whether the request sets the epochs or steps of a stage that grows with the paint."""
+    return any(
+        isinstance(stages.get(name), dict) and {"epochs", "steps"} & set(stages[name]) for name in GROWING_STAGES
+    )
 
 
 @dataclass(frozen=True)
@@ -329,6 +339,8 @@ def refresh_config(cfg: TrainConfig, model_pt: str, stages: dict | None = None) 
     finetune = stages.get("finetune")
     if isinstance(finetune, dict):
         out = out.replace(**{f"finetune_{k}": finetune[k] for k in ("epochs", "steps") if k in finetune})
+    if names_growing_schedule(stages):
+        out = out.replace(paint_growth_slices=None)
     return out
 
 

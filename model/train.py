@@ -31,7 +31,7 @@ from data.errors import InvalidInput, SlicewiseError
 from data.io import read_volume
 from model import checkpoint, distributed, slices
 from model.augment import random_intensity, random_spatial
-from model.config import RUNTIME_FIELDS, STAGES, TrainConfig
+from model.config import GROWING_STAGES, RUNTIME_FIELDS, STAGES, TrainConfig
 from model.device import Runtime, autocast, prepare_input, prepare_model, runtime_for
 from model.heads import GlobalHead, LocalHead
 from model.inference import MIRROR_VIEWS, predict_array, softmax_sum
@@ -125,7 +125,7 @@ def stage_plan(cfg: TrainConfig, data: slices.SliceSet, ranks: int = 1) -> list[
     for stage in STAGES:
         if cfg.runs(stage):
             schedule = cfg.schedule(stage)
-            epochs = round(schedule.epochs * growth) if stage in ("finetune", "pseudo") else schedule.epochs
+            epochs = round(schedule.epochs * growth) if stage in GROWING_STAGES else schedule.epochs
             plan.append((stage, epochs, schedule.steps or math.ceil(pools[stage] / (schedule.batch * ranks))))
     return plan
 

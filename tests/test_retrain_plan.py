@@ -125,6 +125,10 @@ def test_refresh_keeps_what_the_request_names_explicitly():
         request("refresh", {"finetune": {"epochs": 7, "steps": 3}, "pseudo": True}), snapshot(active=active()), []
     ).config
     assert (cfg.finetune_epochs, cfg.finetune_steps, cfg.pseudo_stage) == (7, 3, True)
+    assert cfg.paint_growth_slices is None
+    grows = refresh_config(preset("cpu"), "/m.pt")
+    assert grows.paint_growth_slices == preset("cpu").paint_growth_slices
+    assert refresh_config(preset("cpu"), "/m.pt", {"finetune": {"epochs": 3}}).paint_growth_slices is None
     branch = preset("quick", branch="cpc")
     assert refresh_config(branch, "/m.pt").reads_unpainted  # a branch reads unpainted slices: they stay
     assert not refresh_config(preset("quick"), "/m.pt").reads_unpainted
@@ -276,7 +280,13 @@ def test_every_stage_can_be_switched_and_scheduled_except_fine_tune_off():
         "pseudo_stage": True,
         "pseudo_epochs": 2,
         "global_stage": False,
+        "paint_growth_slices": None,  # the schedule it names runs as named
     }
+    assert stage_overrides({"local": {"epochs": 2}, "pseudo": True}) == {
+        "local_stage": True,
+        "local_epochs": 2,
+        "pseudo_stage": True,
+    }  # no fine-tune or self-training schedule named: those still grow with the paint
     cfg = plan_retrain(request("full", {"pseudo": False}), snapshot(), []).config
     assert not cfg.pseudo_stage
     with pytest.raises(InvalidInput, match="cannot be switched off"):
