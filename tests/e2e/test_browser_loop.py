@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import re
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -120,7 +119,6 @@ def test_paint_retrain_review_download(page, server, tmp_path):
     source = hippocampus_volume()
     p, pg = page, page.page
     http = server.client()
-    started = time.monotonic()
 
     # 1. project
     create_project_in_ui(p, "E2E hippocampus")
@@ -263,7 +261,6 @@ def test_paint_retrain_review_download(page, server, tmp_path):
     assert mask.shape == original.shape
     np.testing.assert_allclose(mask.affine, original.affine, atol=1e-4)
     assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2}
-    assert time.monotonic() - started < 240
 
 
 def test_corrupt_upload_shows_error_and_adds_nothing(page, server, tmp_path):
