@@ -114,6 +114,10 @@ def run_one(args, run: dict, folder: Path, split: dict) -> dict:
     painted = [np.asarray(read_volume(str(label_dir / n)).array) for n in names]
     truths = [read("labelsTr", n) for n in names]
     shapes = [im.shape for im in images]
+    held_out = {
+        part: [(read("imagesTr", n), read("labelsTr", n)) for n in split[part][: args.max_test or None]]
+        for part in ("val", "test")
+    }  # read once: every variant scores them
     own_axis = int(info["axis"])
     along = [axis_info(info, a, shapes) for a in range(3)]
     along[own_axis] = info
@@ -128,7 +132,7 @@ def run_one(args, run: dict, folder: Path, split: dict) -> dict:
     ]
     scored = {}
     before = {"model": predict([info]), "model 3 axes": predict(along)}
-    scored.update(score_variants(before, images, painted, truths, split, args, read))
+    scored.update(score_variants(before, images, painted, truths, held_out))
     losses = train_multiplanar(net, cfg, info, images, pseudo, args.steps, args.lr, cfg.seed, runtime)
     for again in range(1, args.rounds):  # the ensemble's own confident voxels label the next round
         pseudo = [
@@ -137,7 +141,7 @@ def run_one(args, run: dict, folder: Path, split: dict) -> dict:
         ]
         losses = train_multiplanar(net, cfg, info, images, pseudo, args.steps, args.lr, cfg.seed + again, runtime)
     after = {"mp": predict([info]), "mp 3 axes": predict(along)}
-    scored.update(score_variants(after, images, painted, truths, split, args, read))
+    scored.update(score_variants(after, images, painted, truths, held_out))
     confident = float(np.mean([(p != IGNORE).mean() for p in pseudo]))
     return {
         "job": run["job"],
@@ -154,17 +158,16 @@ def run_one(args, run: dict, folder: Path, split: dict) -> dict:
     }
 
 
-def score_variants(predictors: dict, images, painted, truths, split, args, read) -> dict:
-    """Mean Dice of each predictor with its "auto" clean-up, chosen on the painted voxels as the product does."""
+def score_variants(predictors: dict, images, painted, truths, held_out: dict) -> dict:
+    """Mean Dice of each predictor with its "auto" clean-up, chosen on the painted voxels as the product does.
+    `held_out`: part ("val", "test") -> (image, truth) arrays."""
     out = {}
     for name, predict in predictors.items():
         own = [predict(im) for im in images]
         cleanup, _ = choose_cleanup(own, painted, NUM_CLASSES)
         scores = {"labelled": _mean_dice([cleanup.apply(p) for p in own], truths)}
-        for part in ("val", "test"):
-            names = split[part][: args.max_test] if args.max_test else split[part]
-            preds = [cleanup.apply(predict(read("imagesTr", n))) for n in names]
-            scores[part] = _mean_dice(preds, [read("labelsTr", n) for n in names])
+        for part, volumes in held_out.items():
+            scores[part] = _mean_dice([cleanup.apply(predict(im)) for im, _ in volumes], [t for _, t in volumes])
         out[name] = {**scores, "cleanup": cleanup.to_dict()}
     return out
 
