@@ -113,3 +113,19 @@ def random_intensity(
     x = torch.where(per_sample(torch.rand(n, generator=g) < blur_prob), blurred, x)
     sigma = per_sample(_uniform(n, 0.0, noise, g))
     return x + sigma * torch.randn(x.shape, generator=g).to(dev)
+
+
+def random_cutout(images: torch.Tensor, *, g: torch.Generator, max_side: float = 0.5) -> torch.Tensor:
+    """Set one random box per sample, each side up to `max_side` of the image's, to the sample's mean.
+
+    The strong view of consistency training: the network has to label the hidden pixels from context."""
+    n, _, h, w = images.shape
+    x = images.float().clone()
+    bh = (torch.rand(n, generator=g) * max_side * h).long().clamp_min(1)
+    bw = (torch.rand(n, generator=g) * max_side * w).long().clamp_min(1)
+    top = (torch.rand(n, generator=g) * (h - bh + 1)).long()
+    left = (torch.rand(n, generator=g) * (w - bw + 1)).long()
+    mean = x.mean(dim=(1, 2, 3))
+    for i in range(n):
+        x[i, :, top[i] : top[i] + bh[i], left[i] : left[i] + bw[i]] = mean[i]
+    return x

@@ -167,6 +167,13 @@ class TrainConfig:
     pseudo_scope: str = "painted"  # "painted": the volumes with paint; "all": every training volume
     # True: label whole volumes, mirrors averaged, with the 3D clean-up the paint chooses (model/pseudo_labels.py)
     pseudo_volumes: bool = False
+    # ---- consistency on unpainted slices (fine-tune and self-training; off by default) --------
+    # FixMatch-style: every step also predicts a batch of unpainted slices under a weak (spatial) augmentation;
+    # pixels it is at least consistency_threshold sure of become the targets of the same crops under a strong
+    # one (intensity + a cut-out box), and the loss adds consistency_weight x that cross-entropy.
+    consistency_weight: float = 0.0
+    consistency_threshold: float = 0.9
+    consistency_batch: int | None = None  # unpainted slices per step; None = the stage's batch
     # ---- regularization branch (model/regularizer.py; fine-tune stage only; off by default) --
     branch: str = "none"  # "none" | "cpc" | "recon"
     branch_weight: float = 0.1  # total loss = CE + Dice on painted slices + branch_weight * branch loss
@@ -221,6 +228,10 @@ class TrainConfig:
             problems.append("branch_dim and branch_steps_ahead must be >= 1 and branch_temperature > 0")
         if not 0 < self.pseudo_threshold <= 1 or not 0 <= self.pseudo_fraction <= 1:
             problems.append("pseudo_threshold must be in (0, 1] and pseudo_fraction in [0, 1]")
+        if not self.consistency_weight >= 0 or not 0 < self.consistency_threshold <= 1:
+            problems.append("consistency_weight must be >= 0 and consistency_threshold in (0, 1]")
+        if self.consistency_batch is not None and self.consistency_batch < 1:
+            problems.append(f"consistency_batch must be >= 1 or null, got {self.consistency_batch}")
         if self.pseudo_scope not in PSEUDO_SCOPES:
             problems.append(f"pseudo_scope must be one of {PSEUDO_SCOPES}, got {self.pseudo_scope!r}")
         if self.cleanup not in CLEANUP_MODES:
@@ -304,12 +315,17 @@ class TrainConfig:
     @property
     def reads_unpainted(self) -> bool:
         """Whether a run learns from volumes with nothing painted (else they need not be given at all)."""
-        return self.global_stage or self.branch != "none" or (self.pseudo_stage and self.pseudo_scope == "all")
+        return (
+            self.global_stage
+            or self.branch != "none"
+            or self.consistency_weight > 0
+            or (self.pseudo_stage and self.pseudo_scope == "all")
+        )
 
     @classmethod
     def fields_shaping_global(cls) -> tuple[str, ...]:
         """The fields that change what the label-free global stage learns (its encoder, global.pt)."""
-        later = tuple(f"{stage}_" for stage in STAGES if stage != "global") + ("branch_", "branch")
+        later = tuple(f"{stage}_" for stage in STAGES if stage != "global") + ("branch_", "branch", "consistency_")
         return tuple(
             f.name
             for f in fields(cls)

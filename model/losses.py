@@ -4,6 +4,9 @@
 * :func:`local_contrastive` -- the supervised local contrastive loss of
   Hu et al. 2021 (stage 2), in three modes: ``stride``, ``block`` and ``exact``.
 * :func:`ce_dice` -- cross-entropy + soft Dice for fine-tuning (stage 3).
+* :func:`confident_ce` -- the FixMatch-style consistency term on unpainted
+  slices: cross-entropy of a strongly augmented view against the confident
+  predictions on its weakly augmented twin.
 
 Every loss skips pixels labelled :data:`IGNORE` (255, "not annotated")
 entirely, and every loss returns a scalar that carries a gradient even when
@@ -357,3 +360,21 @@ def ce_dice(
     denom = p.sum(0) + y.sum(0)
     dice = (2 * inter + smooth) / (denom + smooth)
     return ce + dice_weight * (1 - dice.mean())
+
+
+def confident_ce(student_logits: torch.Tensor, teacher_probs: torch.Tensor, threshold: float) -> torch.Tensor:
+    """FixMatch's unlabelled loss, per pixel: where the teacher's largest probability is at least
+    ``threshold``, cross-entropy of the student against the teacher's argmax; elsewhere 0.
+
+    student_logits: (B, K, *spatial) raw scores; teacher_probs: the same shape, softmax probabilities
+    (no gradient flows into them). The mean runs over **all** pixels, confident or not, as in FixMatch,
+    so the term weighs itself by how much of the batch the teacher is sure of.
+    """
+    if student_logits.shape != teacher_probs.shape:
+        raise ValueError(f"student {tuple(student_logits.shape)} and teacher {tuple(teacher_probs.shape)} differ")
+    conf, target = teacher_probs.detach().max(dim=1)
+    keep = conf >= threshold
+    if not bool(keep.any()):
+        return _zero_with_grad(student_logits)
+    ce = F.cross_entropy(student_logits, target, reduction="none")
+    return (ce * keep).sum() / keep.numel()

@@ -30,12 +30,12 @@ from data.atomic import atomic_write_bytes
 from data.errors import InvalidInput, SlicewiseError
 from data.io import read_volume
 from model import checkpoint, distributed, slices
-from model.augment import random_intensity, random_spatial
+from model.augment import random_cutout, random_intensity, random_spatial
 from model.config import GROWING_STAGES, RUNTIME_FIELDS, STAGES, TrainConfig
 from model.device import Runtime, autocast, prepare_input, prepare_model, runtime_for
 from model.heads import GlobalHead, LocalHead
 from model.inference import MIRROR_VIEWS, predict_array, softmax_sum
-from model.losses import ce_dice, local_contrastive, nt_xent
+from model.losses import ce_dice, confident_ce, local_contrastive, nt_xent
 from model.postprocess import decide_cleanup
 from model.progress import FILE_NAME as PROGRESS_FILE
 from model.progress import ProgressWriter, write_error
@@ -165,6 +165,7 @@ class Trainer:
 
         self.encode = torch.compile(encode) if runtime.compile else encode
         self.pseudo: tuple[torch.Tensor, torch.Tensor] | None = None  # (slice indices, labels) of the pseudo stage
+        self.consistency_seen: list[float] = []  # confident share of each consistency batch, per epoch
         self.spatial = dict(flip=cfg.flip, rot90=cfg.rot90, rotate_deg=cfg.rotate_deg, scale_range=cfg.scale_range)
 
     def optimizer(self, stage: str) -> torch.optim.Optimizer:
@@ -240,10 +241,33 @@ class Trainer:
                 cfg.local_chunk,
             )
         if self.branch is not None:
-            return self.finetune_with_branch(x, y)
+            loss = self.finetune_with_branch(x, y)
+        else:
+            with autocast(rt):
+                logits = self.net(prepare_input(self._intensity(x) if cfg.augment else x, rt))
+            loss = ce_dice(logits.float(), y, num_classes=self.data.num_classes, dice_weight=cfg.dice_weight)
+        if cfg.consistency_weight > 0 and len(s.unlabeled) > 0:
+            loss = loss + cfg.consistency_weight * self.consistency_loss(cfg.consistency_batch or len(x))
+        return loss
+
+    # ---- consistency on unpainted slices (FixMatch-style) ----------------------------------------
+    def consistency_loss(self, n: int) -> torch.Tensor:
+        """The network's confident pixels on weakly augmented unpainted crops are the targets of the
+        same crops strongly augmented (intensity + cut-out); see losses.confident_ce."""
+        cfg, rt = self.cfg, self.runtime
+        weak = self._unlabeled_images(_batch(self.data.slices.unlabeled, n, self.g))
+        if cfg.augment:
+            weak, _ = random_spatial(weak, g=self.g, **self.spatial)
+        strong = random_cutout(random_intensity(weak, g=self.g), g=self.g)
+        with torch.no_grad(), autocast(rt):
+            teacher = self.net(prepare_input(weak, rt))
         with autocast(rt):
-            logits = self.net(prepare_input(self._intensity(x) if cfg.augment else x, rt))
-        return ce_dice(logits.float(), y, num_classes=self.data.num_classes, dice_weight=cfg.dice_weight)
+            student = self.net(prepare_input(strong, rt))
+        teacher_probs = torch.softmax(teacher.float(), dim=1)
+        self.consistency_seen.append(
+            float((teacher_probs.max(dim=1).values >= cfg.consistency_threshold).float().mean())
+        )
+        return confident_ce(student.float(), teacher_probs, cfg.consistency_threshold)
 
     # ---- self-training -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -498,6 +522,9 @@ def train(cfg: TrainConfig) -> dict:
                 stage_metrics["wall_s"] = round(stage_metrics["wall_s"] + time.monotonic() - t0, 3)
                 stage_metrics["final_loss"] = distributed.mean(float(np.mean(losses)))
                 stage_metrics["steps_run"] = ep * steps + len(losses)
+                if trainer.consistency_seen:
+                    stage_metrics["consistency_confident"] = round(float(np.mean(trainer.consistency_seen)), 4)
+                    trainer.consistency_seen.clear()
                 if clock is not None:
                     stage_metrics["epochs"] = math.ceil(stage_total / steps)
                 if ended and stage == "global" and main:  # before the checkpoint that marks the stage done
