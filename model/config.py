@@ -167,6 +167,9 @@ class TrainConfig:
     pseudo_scope: str = "painted"  # "painted": the volumes with paint; "all": every training volume
     # True: label whole volumes, mirrors averaged, with the 3D clean-up the paint chooses (model/pseudo_labels.py)
     pseudo_volumes: bool = False
+    # > 0: self-training also runs the local contrastive loss on its batches, so confident pseudo-labelled
+    # pixels join the painted ones as anchors and positives (loss = CE + Dice + this x local contrastive)
+    pseudo_contrastive_weight: float = 0.0
     # ---- consistency on unpainted slices (fine-tune and self-training; off by default) --------
     # FixMatch-style: every step also predicts a batch of unpainted slices under a weak (spatial) augmentation;
     # pixels it is at least consistency_threshold sure of become the targets of the same crops under a strong
@@ -228,6 +231,8 @@ class TrainConfig:
             problems.append("branch_dim and branch_steps_ahead must be >= 1 and branch_temperature > 0")
         if not 0 < self.pseudo_threshold <= 1 or not 0 <= self.pseudo_fraction <= 1:
             problems.append("pseudo_threshold must be in (0, 1] and pseudo_fraction in [0, 1]")
+        if not self.pseudo_contrastive_weight >= 0:
+            problems.append(f"pseudo_contrastive_weight must be >= 0, got {self.pseudo_contrastive_weight}")
         if not self.consistency_weight >= 0 or not 0 < self.consistency_threshold <= 1:
             problems.append("consistency_weight must be >= 0 and consistency_threshold in (0, 1]")
         if self.consistency_batch is not None and self.consistency_batch < 1:

@@ -180,6 +180,8 @@ class Trainer:
                 params + list(self.local_head.parameters()), lr=cfg.local_lr, weight_decay=cfg.weight_decay
             )
         params = list(self.unet.parameters()) + (list(self.branch.parameters()) if self.branch is not None else [])
+        if stage == "pseudo" and cfg.pseudo_contrastive_weight > 0:
+            params += list(self.local_head.parameters())
         lr = cfg.pseudo_lr if stage == "pseudo" else cfg.finetune_lr
         return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
 
@@ -225,23 +227,13 @@ class Trainer:
             x, y = random_spatial(x, y, g=self.g, **self.spatial)
         y = y.to(rt.device)
         if stage == "local":
-            v1, v2 = prepare_input(self._intensity(x), rt), prepare_input(self._intensity(x), rt)
-            with autocast(rt):
-                _, f1 = self.net(v1, return_features=True)
-                _, f2 = self.net(v2, return_features=True)
-                e1, e2 = self.local_head(f1["decoder"]), self.local_head(f2["decoder"])
-            return local_contrastive(
-                e1.float(),
-                e2.float(),
-                y,
-                cfg.local_temperature,
-                cfg.local_mode,
-                cfg.local_stride,
-                cfg.local_block,
-                cfg.local_chunk,
-            )
+            return self.local_loss(x, y)[0]
         if self.branch is not None:
             loss = self.finetune_with_branch(x, y)
+        elif stage == "pseudo" and cfg.pseudo_contrastive_weight > 0:
+            contrast, logits = self.local_loss(x, y)
+            seg = ce_dice(logits.float(), y, num_classes=self.data.num_classes, dice_weight=cfg.dice_weight)
+            loss = seg + cfg.pseudo_contrastive_weight * contrast
         else:
             with autocast(rt):
                 logits = self.net(prepare_input(self._intensity(x) if cfg.augment else x, rt))
@@ -249,6 +241,26 @@ class Trainer:
         if cfg.consistency_weight > 0 and len(s.unlabeled) > 0:
             loss = loss + cfg.consistency_weight * self.consistency_loss(cfg.consistency_batch or len(x))
         return loss
+
+    def local_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the local contrastive loss of two intensity views of x with labels y, the first view's logits)."""
+        cfg, rt = self.cfg, self.runtime
+        v1, v2 = prepare_input(self._intensity(x), rt), prepare_input(self._intensity(x), rt)
+        with autocast(rt):
+            logits, f1 = self.net(v1, return_features=True)
+            _, f2 = self.net(v2, return_features=True)
+            e1, e2 = self.local_head(f1["decoder"]), self.local_head(f2["decoder"])
+        contrast = local_contrastive(
+            e1.float(),
+            e2.float(),
+            y,
+            cfg.local_temperature,
+            cfg.local_mode,
+            cfg.local_stride,
+            cfg.local_block,
+            cfg.local_chunk,
+        )
+        return contrast, logits
 
     # ---- consistency on unpainted slices (FixMatch-style) ----------------------------------------
     def consistency_loss(self, n: int) -> torch.Tensor:

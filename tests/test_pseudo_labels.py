@@ -6,6 +6,7 @@ import pytest
 import torch
 from test_model_train import sparse_dataset
 
+from model import checkpoint
 from model.config import preset
 from model.device import runtime_for
 from model.pseudo_labels import volume_pseudo_labels
@@ -228,3 +229,32 @@ def test_auto_flips_mirror_pseudo_labels_only_without_a_time_budget(data, tmp_pa
     trainer = _trainer(data, tmp_path, pseudo_volumes=True, predict_flip="auto")
     trainer.net = MirrorEquivariant()
     assert trainer.make_pseudo_labels(budget)["mirrors"] is mirrors
+
+
+def test_pseudo_contrastive_weight_trains_the_local_head_on_painted_and_pseudo_pixels(data, tmp_path):
+    images, labels = data
+    common = dict(
+        images=images,
+        labels=labels,
+        device="cpu",
+        global_stage=False,
+        local_stage=False,
+        pseudo_stage=True,
+        pseudo_epochs=1,
+        pseudo_steps=3,
+        pseudo_threshold=0.5,
+    )
+    heads = {}
+    for weight in (0.0, 1.0):
+        cfg = preset("quick", out_dir=str(tmp_path / f"w{weight}"), pseudo_contrastive_weight=weight, **common)
+        fresh = Trainer(cfg, load_data(cfg), runtime_for("cpu", "off", "off", "off")).local_head.state_dict()
+        train(cfg)
+        trained = checkpoint.load(tmp_path / f"w{weight}" / "checkpoint.pt")["local_head"]
+        heads[weight] = any(not torch.equal(fresh[k], trained[k]) for k in fresh)
+    # with the local stage off only the self-training stage can move the local head, and only with a weight
+    assert heads == {0.0: False, 1.0: True}
+
+
+def test_negative_pseudo_contrastive_weight_is_refused():
+    with pytest.raises(ValueError, match="pseudo_contrastive_weight"):
+        preset("quick", pseudo_contrastive_weight=-0.5)
