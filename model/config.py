@@ -59,6 +59,7 @@ ARCHITECTURE_FIELDS = (
     "bottleneck",
     "num_classes",
     "context_slices",
+    "position_channel",
 )  # a model continues only into the same network
 # what a model file written before a field existed was built with, where that differs from today's default
 BUILT_BEFORE_THE_FIELD = {"context_slices": 0}
@@ -104,6 +105,9 @@ class TrainConfig:
     max_size: int = 256  # in-plane extents above this are resized down, never up
     # 2.5D: this many neighbouring slices on each side go with a slice into the network as extra channels
     context_slices: int = 1
+    # One more input channel: the slice's place along the axis in its volume (-1 first slice .. 1 last). Along
+    # the MSD hippocampus's axis 1 a slice is all one class, and only its place tells which (docs/method.md).
+    position_channel: bool = False
     # Training steps see square crops of this side (None = whole slices), so a step costs the same
     # for a 512 x 512 CT as for a 128 x 128 image; inference still runs on whole slices.
     patch_size: int | None = None
@@ -299,7 +303,7 @@ class TrainConfig:
 
     @property
     def in_channels(self) -> int:
-        return 2 * self.context_slices + 1
+        return 2 * self.context_slices + 1 + int(self.position_channel)
 
     def schedule(self, stage: str) -> Schedule:
         """Whether `stage` runs, and for how long."""

@@ -58,10 +58,9 @@ def predict_array(
     per_chunk = max(1, chunk_pixels // (where.size[0] * where.size[1]))
     flipping = flip_mode == "on"
     reason = {"on": "asked for", "off": "switched off"}.get(flip_mode, "")
-    context = int(info.get("context", 0))
     for start in range(0, n, per_chunk):
         stop = min(n, start + per_chunk)
-        x = _network_input(array, axis, start, stop, context, where, stats)
+        x = _network_input(array, info, start, stop, where, stats)
         if flip_mode == "auto" and start == 0:
             softmax_sum(net, x[:1], runtime, MIRROR_VIEWS[:1])  # warm-up, so that the timing below is the chunk's
         began = time.perf_counter()
@@ -84,11 +83,14 @@ def predict_array(
     return labels, probs
 
 
-def _network_input(array, axis: int, start: int, stop: int, context: int, where, stats) -> torch.Tensor:
-    """Slices start..stop-1 along `axis` as the network takes them, each with its `context` neighbours."""
-    lo, hi = slices.context_range(start, stop, array.shape[axis], context)
+def _network_input(array, info: dict[str, Any], start: int, stop: int, where, stats) -> torch.Tensor:
+    """Slices start..stop-1 along the model's axis as its network takes them: each with its `context`
+    neighbours and, for a model trained with it, its place in the volume."""
+    axis, context, n = int(info["axis"]), int(info.get("context", 0)), array.shape[int(info["axis"])]
+    lo, hi = slices.context_range(start, stop, n, context)
     x = slices.to_network(stats.apply(slices.slab(array, axis, lo, hi)), where, stats.background)
-    return slices.with_context(x, lo, start, stop, array.shape[axis], context)
+    x = slices.with_context(x, lo, start, stop, n, context)
+    return slices.with_position(x, torch.arange(start, stop), n) if info.get("position") else x
 
 
 MIRROR_VIEWS = ((), (2,), (3,))  # as it is, mirrored left-right, mirrored up-down (dims of an N, C, H, W batch)
@@ -169,7 +171,7 @@ def embed_array(
     per_chunk = max(1, chunk_pixels // (where.size[0] * where.size[1]))
     out = []
     for start in range(0, n, per_chunk):
-        x = _network_input(array, axis, start, min(n, start + per_chunk), int(info.get("context", 0)), where, stats)
+        x = _network_input(array, info, start, min(n, start + per_chunk), where, stats)
         with autocast(runtime):
             _, feats = net(prepare_input(x, runtime), return_features=True)
         out.append(feats["bottleneck"].float().mean(dim=(2, 3)).cpu().numpy())

@@ -152,18 +152,23 @@ class SliceSet:
     context: int = 0  # neighbouring slices on each side given to the network as extra channels (2.5D)
     first: torch.Tensor | None = None  # (N,) index of the first slice of each slice's volume
     last: torch.Tensor | None = None  # (N,) and of its last
+    position: bool = False  # one more channel: the slice's place in its volume (see with_position)
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def stack(self, idx: torch.Tensor) -> torch.Tensor:
         """The network input of slices `idx`: (n, 2 * context + 1, S, S), each slice between its neighbours
-        of the same volume (repeated at the volume's ends)."""
+        of the same volume (repeated at the volume's ends), and with `position` the slice's place last."""
         if not self.context:
-            return self.images[idx]
-        offsets = torch.arange(-self.context, self.context + 1)
-        around = (idx[:, None] + offsets).clamp(self.first[idx][:, None], self.last[idx][:, None])
-        return self.images[around.flatten(), 0].view(len(idx), len(offsets), self.size, self.size)
+            x = self.images[idx]
+        else:
+            offsets = torch.arange(-self.context, self.context + 1)
+            around = (idx[:, None] + offsets).clamp(self.first[idx][:, None], self.last[idx][:, None])
+            x = self.images[around.flatten(), 0].view(len(idx), len(offsets), self.size, self.size)
+        if not self.position:
+            return x
+        return with_position(x, idx - self.first[idx], self.last[idx] - self.first[idx] + 1)
 
 
 def build_slices(
@@ -174,6 +179,7 @@ def build_slices(
     multiple: int,
     partial: bool = False,
     context: int = 0,
+    position: bool = False,
 ) -> SliceSet:
     """`partial`: a slice with any annotated pixel counts as labelled (training across painted slices, on
     the lines they leave in this axis' slices), not only a fully painted one. `context`: see SliceSet."""
@@ -204,6 +210,7 @@ def build_slices(
         axis=axis,
         size=size,
         context=context,
+        position=position,
         first=starts[owners],
         last=starts[owners + 1] - 1,
     )
@@ -216,6 +223,15 @@ def with_context(x: torch.Tensor, lo: int, start: int, stop: int, n: int, contex
         return x
     wanted = torch.arange(start, stop)[:, None] + torch.arange(-context, context + 1)
     return x[(wanted.clamp(0, n - 1) - lo).flatten(), 0].view(stop - start, 2 * context + 1, *x.shape[-2:])
+
+
+def with_position(x: torch.Tensor, index: torch.Tensor, n: torch.Tensor | int) -> torch.Tensor:
+    """x (m, C, H, W) with one more channel, constant over each slice: its place `index` (m,) among the n
+    slices of its volume along the axis, from -1 at the first slice to 1 at the last (0 for a lone slice)."""
+    n = torch.as_tensor(n, dtype=torch.float32).expand(len(x))
+    place = torch.where(n > 1, 2 * index.float() / (n - 1).clamp_min(1) - 1, 0.0)
+    channel = place.to(x.device, x.dtype).view(-1, 1, 1, 1).expand(-1, 1, *x.shape[-2:])
+    return torch.cat([x, channel], dim=1)
 
 
 def context_range(start: int, stop: int, n: int, context: int) -> tuple[int, int]:

@@ -86,7 +86,14 @@ def load_data(cfg: TrainConfig) -> TrainData:
     axis = slices.choose_axis([lab for lab in labels if lab is not None], cfg.axis)
     multiple = 2**cfg.depth
     data = slices.build_slices(
-        images, labels, axis, cfg.max_size, multiple, partial=cfg.partial_slices, context=cfg.context_slices
+        images,
+        labels,
+        axis,
+        cfg.max_size,
+        multiple,
+        partial=cfg.partial_slices,
+        context=cfg.context_slices,
+        position=cfg.position_channel,
     )
     if painted_needed and len(data.labeled) == 0:
         what = "annotated pixel" if cfg.partial_slices else "fully painted slice"
@@ -102,6 +109,7 @@ def load_data(cfg: TrainConfig) -> TrainData:
         "max_size": cfg.max_size,
         "multiple": multiple,
         "context": cfg.context_slices,
+        "position": cfg.position_channel,
         "normalisation": "per volume: clip to percentiles 0.5-99.5, then z-score",
     }
     return TrainData(data, num_classes, info, val)
@@ -191,7 +199,13 @@ class Trainer:
         return self.data.slices.stack(idx).to(self.runtime.device, non_blocking=True).float()
 
     def _intensity(self, x: torch.Tensor) -> torch.Tensor:
-        return random_intensity(x, g=self.g) if self.cfg.intensity else x
+        return self._on_image_channels(random_intensity, x) if self.cfg.intensity else x
+
+    def _on_image_channels(self, augment, x: torch.Tensor) -> torch.Tensor:
+        """augment(x, g=...) applied to the image channels only: the position channel is not an intensity."""
+        if not self.cfg.position_channel:
+            return augment(x, g=self.g)
+        return torch.cat([augment(x[:, :-1], g=self.g), x[:, -1:]], dim=1)
 
     def _crop(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         x, y, _ = slices.sample_patches(x, y, self.cfg.patch_size, self.cfg.patch_foreground, self.g)
@@ -214,7 +228,7 @@ class Trainer:
             views = []
             for _ in range(2):
                 v, _ = random_spatial(x, g=self.g, **self.spatial)
-                views.append(prepare_input(random_intensity(v, g=self.g), rt))
+                views.append(prepare_input(self._on_image_channels(random_intensity, v), rt))
             with autocast(rt):
                 z1 = self.global_head(self.encode(views[0]))
                 z2 = self.global_head(self.encode(views[1]))
@@ -270,7 +284,7 @@ class Trainer:
         weak = self._unlabeled_images(_batch(self.data.slices.unlabeled, n, self.g))
         if cfg.augment:
             weak, _ = random_spatial(weak, g=self.g, **self.spatial)
-        strong = random_cutout(random_intensity(weak, g=self.g), g=self.g)
+        strong = self._on_image_channels(random_cutout, self._on_image_channels(random_intensity, weak))
         with torch.no_grad(), autocast(rt):
             teacher = self.net(prepare_input(weak, rt))
         with autocast(rt):
