@@ -75,6 +75,8 @@ def pseudo_volume(probs: np.ndarray, painted: np.ndarray, threshold: float) -> n
 
 def train_multiplanar(net, cfg, info, images, labels, steps: int, lr: float, seed: int, runtime) -> list[float]:
     """Go on training `net` on slices along every axis (one axis per step, in turn) of the labelled volumes."""
+    if cfg.position_channel:
+        raise ValueError("the tri-planar benchmark does not handle models trained with position_channel")
     g = torch.Generator().manual_seed(seed)
     sets = [
         slices.build_slices(images, labels, a, cfg.max_size, int(info["multiple"]), True, cfg.context_slices)
