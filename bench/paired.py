@@ -1,0 +1,108 @@
+"""Paired comparison of bench.label_efficiency results: the same rows, seeds and split, one setting changed.
+
+    python -m bench.paired BASE_OUT VARIANT_OUT [VARIANT_OUT ...] [--names base,variant,...]
+
+Each OUT is a `--out` folder of bench.label_efficiency (its results.json). Rows are paired by their job
+(seed / budget / row), so only the seeds both folders ran count. Printed: one markdown table per folder
+pair with plain and flip+auto held-out Dice, validation Dice (plain, with `--validate`), the paired
+difference (variant - base, mean ± std over seeds, and per seed) and the mean training seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+VARIANTS = ("plain", "flip+auto")
+
+
+def load_rows(out: Path) -> tuple[dict, dict[str, dict]]:
+    path = Path(out) / "results.json"
+    if not path.is_file():
+        raise SystemExit(f"{path} does not exist: give a --out folder of bench.label_efficiency")
+    results = json.loads(path.read_text())
+    return results.get("meta", {}), {r["job"]: r for r in results["runs"] if r.get("kind") == "row"}
+
+
+def scores(row: dict) -> dict[str, float | None]:
+    out = {f"{v} test": row.get("variants", {}).get(v, {}).get("test_dice_mean") for v in VARIANTS}
+    out["plain test"] = out["plain test"] if out["plain test"] is not None else row.get("test_dice_mean")
+    out["plain val"] = row.get("val_dice_mean")
+    return out
+
+
+def _pm(values: list[float], signed: bool = False) -> str:
+    if not values:
+        return "–"
+    mean = float(np.mean(values))
+    text = f"{mean:+.3f}" if signed else f"{mean:.3f}"
+    return text + (f" ± {float(np.std(values, ddof=1)):.3f}" if len(values) > 1 else "")
+
+
+def compare(base: dict[str, dict], variant: dict[str, dict]) -> dict:
+    """{"jobs": the paired jobs, "<score>": {"base": [...], "variant": [...], "diff": [...]}, "train_s": ...}."""
+    jobs = sorted(set(base) & set(variant))
+    table: dict = {"jobs": jobs}
+    for key in ("plain test", "flip+auto test", "plain val"):
+        pairs = [(scores(base[j])[key], scores(variant[j])[key]) for j in jobs]
+        pairs = [(b, v) for b, v in pairs if b is not None and v is not None]
+        table[key] = {
+            "base": [b for b, _ in pairs],
+            "variant": [v for _, v in pairs],
+            "diff": [v - b for b, v in pairs],
+        }
+    table["train_s"] = {
+        "base": [base[j].get("train_wall_s") for j in jobs],
+        "variant": [variant[j].get("train_wall_s") for j in jobs],
+    }
+    return table
+
+
+def render(table: dict, base_name: str, variant_name: str) -> str:
+    lines = [
+        f"| score | {base_name} | {variant_name} | paired, {variant_name} - {base_name} | per job |",
+        "|---|---|---|---|---|",
+    ]
+    for key in ("plain test", "flip+auto test", "plain val"):
+        t = table[key]
+        per = ", ".join(f"{d:+.3f}" for d in t["diff"]) or "–"
+        lines.append(f"| {key} | {_pm(t['base'])} | {_pm(t['variant'])} | {_pm(t['diff'], signed=True)} | {per} |")
+    seconds = table["train_s"]
+
+    def mean_s(values):
+        values = [v for v in values if v is not None]
+        return f"{np.mean(values):.0f}" if values else "–"
+
+    lines.append(f"| training s (mean) | {mean_s(seconds['base'])} | {mean_s(seconds['variant'])} | | |")
+    lines.append("")
+    lines.append(f"Paired jobs ({len(table['jobs'])}): {', '.join(table['jobs']) or 'none'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("base", type=Path)
+    parser.add_argument("variants", type=Path, nargs="+")
+    parser.add_argument("--names", default="", help="comma-separated names: the base's, then each variant's")
+    args = parser.parse_args(argv)
+    names = [n for n in args.names.split(",") if n] or [p.name for p in [args.base, *args.variants]]
+    if len(names) != len(args.variants) + 1:
+        parser.error(f"--names gives {len(names)} names for {len(args.variants) + 1} folders")
+    base_meta, base = load_rows(args.base)
+    for name, folder in zip(names[1:], args.variants):
+        meta, variant = load_rows(folder)
+        if meta.get("split") and base_meta.get("split") and meta["split"] != base_meta["split"]:
+            print(f"{folder}: another split than {args.base}; rows cannot be paired", file=sys.stderr)
+            return 2
+        print(f"## {name} against {names[0]}\n")
+        print(render(compare(base, variant), names[0], name))
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

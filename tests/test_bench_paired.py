@@ -1,0 +1,49 @@
+"""bench.paired: rows of two label_efficiency folders paired by job, differences per job and over jobs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import paired
+
+
+def _folder(tmp_path, name, dice, split=("a", "b")):
+    runs = [{"job": "seed0/global", "kind": "global"}]
+    for seed, (plain, flipped, val) in dice.items():
+        runs.append(
+            {
+                "job": f"seed{seed}/sparse-10x3/full+pseudo",
+                "kind": "row",
+                "train_wall_s": 100.0 + seed,
+                "test_dice_mean": plain,
+                "val_dice_mean": val,
+                "variants": {"plain": {"test_dice_mean": plain}, "flip+auto": {"test_dice_mean": flipped}},
+            }
+        )
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps({"meta": {"split": {"test": list(split)}}, "runs": runs}))
+    return folder
+
+
+def test_only_jobs_both_ran_are_paired_and_differences_are_variant_minus_base(tmp_path):
+    base = _folder(tmp_path, "base", {0: (0.6, 0.62, 0.5), 1: (0.7, 0.71, 0.6), 2: (0.8, 0.8, 0.7)})
+    variant = _folder(tmp_path, "var", {0: (0.65, 0.6, 0.55), 1: (0.72, 0.75, 0.6)})
+    table = paired.compare(paired.load_rows(base)[1], paired.load_rows(variant)[1])
+    assert table["jobs"] == ["seed0/sparse-10x3/full+pseudo", "seed1/sparse-10x3/full+pseudo"]
+    assert table["plain test"]["diff"] == pytest.approx([0.05, 0.02])
+    assert table["flip+auto test"]["diff"] == pytest.approx([-0.02, 0.04])
+    assert table["plain val"]["diff"] == pytest.approx([0.05, 0.0])
+    text = paired.render(table, "default", "new")
+    assert "| flip+auto test | 0.665 ± 0.064 | 0.675 ± 0.106 | +0.010 ± 0.042 | -0.020, +0.040 |" in text
+
+
+def test_folders_of_another_split_are_refused(tmp_path, capsys):
+    base = _folder(tmp_path, "base", {0: (0.6, 0.6, 0.5)})
+    other = _folder(tmp_path, "other", {0: (0.6, 0.6, 0.5)}, split=("c",))
+    assert paired.main([str(base), str(other)]) == 2
+    assert "another split" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="does not exist"):
+        paired.load_rows(tmp_path / "missing")
