@@ -230,8 +230,9 @@ def with_position(x: torch.Tensor, index: torch.Tensor, n: torch.Tensor | int) -
     slices of its volume along the axis, from -1 at the first slice to 1 at the last (0 for a lone slice)."""
     n = torch.as_tensor(n, dtype=torch.float32).expand(len(x))
     place = torch.where(n > 1, 2 * index.float() / (n - 1).clamp_min(1) - 1, 0.0)
-    channel = place.to(x.device, x.dtype).view(-1, 1, 1, 1).expand(-1, 1, *x.shape[-2:])
-    return torch.cat([x, channel], dim=1)
+    channel = place.to(x.device).view(-1, 1, 1, 1).expand(-1, 1, *x.shape[-2:])
+    # float32: callers may stack inside a bf16 autocast region, where concatenating float16 fails on a CPU
+    return torch.cat([x.float(), channel], dim=1)
 
 
 def context_range(start: int, stop: int, n: int, context: int) -> tuple[int, int]:

@@ -31,6 +31,14 @@ def test_the_channel_runs_from_minus_one_at_the_first_slice_to_one_at_the_last()
     torch.testing.assert_close(x[:, :-1], plain.stack(torch.arange(6)).float())  # the images are unchanged
 
 
+def test_slices_stack_inside_a_bf16_autocast_region():
+    # self-training labels its slices with the batch cut inside autocast (the stored slices are float16)
+    s = slices.build_slices(_volumes(), [None, None], axis=0, max_size=64, multiple=8, context=1, position=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x = s.stack(torch.arange(6))
+    assert x.shape == (6, 4, s.size, s.size) and torch.all(x[4, -1] == 1.0)
+
+
 @pytest.mark.parametrize("start,stop", [(0, 2), (1, 5), (3, 5)])
 def test_inference_gives_each_chunk_the_places_training_gave(start, stop):
     volume = _volumes()[0]
