@@ -76,6 +76,7 @@ LATER_STAGE_FIELDS = frozenset(
         "partial_slices",
         "paint_growth_slices",
         "paint_growth_max",
+        "position_channel",  # the encoder never sees the place: only the segmentation head does
     }
 )
 
@@ -105,8 +106,9 @@ class TrainConfig:
     max_size: int = 256  # in-plane extents above this are resized down, never up
     # 2.5D: this many neighbouring slices on each side go with a slice into the network as extra channels
     context_slices: int = 1
-    # One more input channel: the slice's place along the axis in its volume (-1 first slice .. 1 last). Along
-    # the MSD hippocampus's axis 1 a slice is all one class, and only its place tells which (docs/method.md).
+    # The slice's place along the axis in its volume (-1 first slice .. 1 last) as one more input channel, which
+    # the U-Net gives to its segmentation head only. Along the MSD hippocampus's axis 1 a slice is all one
+    # class, and only its place tells which (docs/method.md).
     position_channel: bool = False
     # Training steps see square crops of this side (None = whole slices), so a step costs the same
     # for a 512 x 512 CT as for a 128 x 128 image; inference still runs on whole slices.

@@ -183,7 +183,7 @@ def model_from_file(saved: dict[str, Any]) -> tuple[UNet, TrainConfig, dict[str,
         raise ValueError(f"not a slicewise model file (format {saved.get('format')!r})")
     config = TrainConfig.from_model_file(saved["config"])
     num_classes = int(saved["num_classes"])
-    net = UNet(config.in_channels, num_classes, config.widths, config.bottleneck)
+    net = UNet(config.in_channels, num_classes, config.widths, config.bottleneck, position=config.position_channel)
     net.load_state_dict(saved["state_dict"])
     return net, config, saved["slices"], num_classes
 

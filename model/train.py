@@ -147,7 +147,7 @@ class Trainer:
         self.cfg, self.data, self.runtime = cfg, data, runtime
         torch.manual_seed(cfg.seed)
         self.g = torch.Generator().manual_seed(distributed.sampling_seed(cfg.seed))
-        self.unet = UNet(cfg.in_channels, data.num_classes, cfg.widths, cfg.bottleneck)
+        self.unet = UNet(cfg.in_channels, data.num_classes, cfg.widths, cfg.bottleneck, position=cfg.position_channel)
         self.global_head = GlobalHead(self.unet.bottleneck_channels, cfg.global_proj_dim)
         self.local_head = LocalHead(self.unet.feature_channels, cfg.local_proj_dim)
         # optional regularization branch of the fine-tune stage (config `branch`; None when "none")

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
 from model import slices
-from model.config import preset
+from model.config import TrainConfig, preset
 from model.device import runtime_for
 from model.inference import _network_input, load_predictor, predict_array
 from model.train import Trainer, load_data, train
-from model.unet import UNet
+from model.unet import POSITION_BINS, UNet, place_features
 
 
 def _volumes():
@@ -51,7 +53,7 @@ def test_inference_gives_each_chunk_the_places_training_gave(start, stop):
 
 def test_chunked_prediction_equals_whole_volume_prediction_with_the_position():
     torch.manual_seed(0)
-    net = UNet(4, 2, (4, 8)).eval()
+    net = UNet(4, 2, (4, 8), position=True).eval()
     volume = np.random.default_rng(2).normal(size=(9, 16, 16)).astype(np.float32)
     info = {"axis": 0, "size": 16, "max_size": 64, "multiple": 4, "context": 1, "position": True}
     rt = runtime_for("cpu", "off", "off", "off")
@@ -111,4 +113,31 @@ def test_intensity_augmentation_leaves_the_position_channel_alone(tmp_path):
     x = trainer.data.slices.stack(torch.arange(12)).float()
     out = trainer._intensity(x)
     assert torch.equal(out[:, -1], x[:, -1]) and not torch.equal(out[:, :-1], x[:, :-1])
-    assert cfg.in_channels == 4 and next(trainer.unet.parameters()).shape[1] == 4
+    assert cfg.in_channels == 4
+    # the encoder takes the 3 image channels, the 1 x 1 head the decoder's features and the place's bumps
+    assert trainer.unet.encoder[0][0].in_channels == 3
+    assert trainer.unet.seg_head.in_channels == trainer.unet.widths[0] + POSITION_BINS
+
+
+def test_only_the_head_sees_the_place_so_the_global_stage_is_unchanged():
+    torch.manual_seed(0)
+    net = UNet(4, 3, (4, 8), position=True).eval()
+    x = torch.randn(2, 4, 16, 16)
+    moved = x.clone()
+    moved[:, -1] = -x[:, -1] + 0.5
+    with torch.no_grad():
+        assert torch.equal(net.encode(x)[1], net.encode(moved)[1])  # what the global stage trains on
+        (a, fa), (b, fb) = net(x, return_features=True), net(moved, return_features=True)
+    assert torch.equal(fa["decoder"], fb["decoder"]) and not torch.allclose(a, b)
+    assert "position_channel" not in TrainConfig.fields_shaping_global()
+
+
+def test_place_features_are_gaussian_bumps_on_evenly_spaced_centres():
+    place = torch.tensor([-1.0, 0.0, 1.0]).view(3, 1, 1, 1).expand(3, 1, 2, 2)
+    f = place_features(place)
+    assert f.shape == (3, POSITION_BINS, 2, 2)
+    centres = [-1 + 2 * k / (POSITION_BINS - 1) for k in range(POSITION_BINS)]
+    sigma = 2 / (POSITION_BINS - 1)
+    for i, p in enumerate([-1.0, 0.0, 1.0]):
+        expected = torch.tensor([math.exp(-0.5 * ((p - c) / sigma) ** 2) for c in centres])
+        torch.testing.assert_close(f[i, :, 0, 0], expected)
