@@ -73,13 +73,14 @@ def test_a_batch_mixes_painted_and_pseudo_labelled_slices(data, tmp_path):
     assert pseudo_pattern.tolist() == [False] * 6 + [True] * 2  # 6 painted slices, then 8 x 0.25 pseudo ones
 
 
-def test_the_pseudo_stage_runs_after_fine_tune_and_is_reported(data, tmp_path):
+def _fine_tune_then_self_train(data, out_dir, **changes):
+    """The quick preset's fine-tune and a 3-step self-training stage, nothing before them."""
     images, labels = data
-    cfg = preset(
+    return preset(
         "quick",
         images=images,
         labels=labels,
-        out_dir=str(tmp_path / "m"),
+        out_dir=str(out_dir),
         device="cpu",
         global_stage=False,
         local_stage=False,
@@ -87,7 +88,12 @@ def test_the_pseudo_stage_runs_after_fine_tune_and_is_reported(data, tmp_path):
         pseudo_epochs=1,
         pseudo_steps=3,
         pseudo_threshold=0.5,
+        **changes,
     )
+
+
+def test_the_pseudo_stage_runs_after_fine_tune_and_is_reported(data, tmp_path):
+    cfg = _fine_tune_then_self_train(data, tmp_path / "m")
     assert [p[0] for p in stage_plan(cfg, load_data(cfg).slices)] == ["finetune", "pseudo"]
     metrics = train(cfg)
     assert metrics["stages"]["pseudo"]["epochs"] == 1 and metrics["stages"]["pseudo"]["steps_per_epoch"] == 3
@@ -232,21 +238,9 @@ def test_auto_flips_mirror_pseudo_labels_only_without_a_time_budget(data, tmp_pa
 
 
 def test_pseudo_contrastive_weight_trains_the_local_head_on_painted_and_pseudo_pixels(data, tmp_path):
-    images, labels = data
-    common = dict(
-        images=images,
-        labels=labels,
-        device="cpu",
-        global_stage=False,
-        local_stage=False,
-        pseudo_stage=True,
-        pseudo_epochs=1,
-        pseudo_steps=3,
-        pseudo_threshold=0.5,
-    )
     heads = {}
     for weight in (0.0, 1.0):
-        cfg = preset("quick", out_dir=str(tmp_path / f"w{weight}"), pseudo_contrastive_weight=weight, **common)
+        cfg = _fine_tune_then_self_train(data, tmp_path / f"w{weight}", pseudo_contrastive_weight=weight)
         fresh = Trainer(cfg, load_data(cfg), runtime_for("cpu", "off", "off", "off")).local_head.state_dict()
         train(cfg)
         trained = checkpoint.load(tmp_path / f"w{weight}" / "checkpoint.pt")["local_head"]
