@@ -65,6 +65,7 @@ from bench.label_efficiency_eval import evaluate
 from bench.label_efficiency_pool import run_jobs
 from bench.label_efficiency_protocol import (
     ALL_ROWS,
+    EXTRA_BUDGETS,
     NUM_CLASSES,
     ROW_BRANCH,
     ROW_PSEUDO,
@@ -72,6 +73,7 @@ from bench.label_efficiency_protocol import (
     Budget,
     Grid,
     Job,
+    end_slices,
     even_slices,
     job_from_json,
     labeled_order,
@@ -174,6 +176,8 @@ class Bench:
                 truth_vol = self.read_volume(self.label(name))
                 truth = np.asarray(truth_vol.array)
                 idx = even_slices(truth, self.args.axis, budget.slices)
+                if budget.ends:
+                    idx = sorted(idx + end_slices(truth, self.args.axis))
                 path = folder / name
                 if not path.exists():
                     from data.io import write_mask
@@ -515,6 +519,8 @@ def main(argv=None) -> int:
         path = bench.out / "runs" / job.name / "record.json"
         path.write_text(json.dumps(record))
         return 0
+    wanted = set(args.budgets.split(",")) if args.budgets else set()
+    grid.budgets += [b for b in EXTRA_BUDGETS if b.key in wanted and b not in grid.budgets]
     jobs = plan_jobs(grid)
     if args.budgets or args.rows:
         jobs = select_jobs(jobs, args.budgets, args.rows)

@@ -70,6 +70,17 @@ def even_slices(label: np.ndarray, axis: int, k: int) -> list[int]:
     return sorted(set(min(hi, p) for p in picks))
 
 
+def end_slices(label: np.ndarray, axis: int) -> list[int]:
+    """The first slice past each end of the structure along `axis` (inside the volume): what a clinician
+    marks as empty with "Clear slice" after scrolling to where the structure stops."""
+    label = np.asarray(label)
+    other = tuple(a for a in range(label.ndim) if a != axis)
+    present = np.nonzero(((label > 0) & (label != IGNORE)).any(axis=other))[0]
+    if present.size == 0:
+        raise ValueError("the label volume has no foreground to bound")
+    return [i for i in (int(present[0]) - 1, int(present[-1]) + 1) if 0 <= i < label.shape[axis]]
+
+
 def sparse_label(label: np.ndarray, axis: int, indices: list[int]) -> np.ndarray:
     """A label volume that is 255 everywhere except the given whole slices along `axis`."""
     label = np.asarray(label)
@@ -89,22 +100,19 @@ class Budget:
     fraction: float = 0.0  # paper
     volumes: int = 0  # sparse N
     slices: int = 0  # sparse k
+    ends: bool = False  # sparse: also the first empty slice past each end of the structure, cleared
 
     @property
     def key(self) -> str:
-        return (
-            f"paper-{round(self.fraction * 100)}pct"
-            if self.protocol == "paper"
-            else f"sparse-{self.volumes}x{self.slices}"
-        )
+        if self.protocol == "paper":
+            return f"paper-{round(self.fraction * 100)}pct"
+        return f"sparse-{self.volumes}x{self.slices}" + ("-ends" if self.ends else "")
 
     @property
     def label(self) -> str:
-        return (
-            f"{round(self.fraction * 100)} % volumes"
-            if self.protocol == "paper"
-            else f"{self.volumes} vol x {self.slices} slices"
-        )
+        if self.protocol == "paper":
+            return f"{round(self.fraction * 100)} % volumes"
+        return f"{self.volumes} vol x {self.slices} slices" + (" + 2 cleared ends" if self.ends else "")
 
     @property
     def reference_key(self):
@@ -149,6 +157,8 @@ class Grid:
 PAPER_BUDGETS = [Budget("paper", fraction=f) for f in (0.05, 0.10, 0.20)]
 SPARSE_BUDGETS = [Budget("sparse", volumes=n, slices=k) for n, k in ((5, 2), (10, 3), (20, 5))]
 TEN_BY_THREE = Budget("sparse", volumes=10, slices=3)
+# Budgets outside every grid, run only when `--budgets` names them.
+EXTRA_BUDGETS = [Budget("sparse", volumes=10, slices=3, ends=True)]
 
 
 def make_grid(which: str, seeds: int | None, deadline_min: float | None) -> Grid:
@@ -249,7 +259,7 @@ def job_to_json(job: Job) -> str:
     d["budget"] = (
         None
         if job.budget is None
-        else {k: getattr(job.budget, k) for k in ("protocol", "fraction", "volumes", "slices")}
+        else {k: getattr(job.budget, k) for k in ("protocol", "fraction", "volumes", "slices", "ends")}
     )
     return json.dumps(d)
 

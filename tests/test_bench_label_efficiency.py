@@ -83,6 +83,30 @@ def test_sparse_label_paints_only_the_chosen_slices():
     assert (sparse[others] == 255).all()
 
 
+@pytest.mark.parametrize("axis", [0, 2])
+def test_end_slices_are_the_empty_slices_next_to_the_structure(axis):
+    label = _structure((8, 27), (30, 12, 30), axis)
+    assert protocol.end_slices(label, axis) == [7, 28]
+    ends = protocol.sparse_label(label, axis, protocol.end_slices(label, axis))
+    assert (np.take(ends, 7, axis) == 0).all() and (np.take(ends, 28, axis) == 0).all()
+    touching = _structure((0, 29), (30, 12, 30), axis)  # structure through the whole volume: no end inside it
+    assert protocol.end_slices(touching, axis) == []
+    with pytest.raises(ValueError):
+        protocol.end_slices(np.zeros((5, 5, 5), np.uint8), 0)
+
+
+def test_an_extra_budget_round_trips_and_keeps_its_own_key():
+    ends = protocol.EXTRA_BUDGETS[0]
+    assert ends.ends and ends.key == "sparse-10x3-ends" != protocol.TEN_BY_THREE.key
+    job = protocol.Job("row", 1, ends, "full+pseudo")
+    assert protocol.job_from_json(protocol.job_to_json(job)) == job
+    grid = protocol.make_grid("cpu", None, None)
+    assert ends not in grid.budgets  # run only when --budgets names it
+    grid.budgets.append(ends)
+    picked = protocol.select_jobs(protocol.plan_jobs(grid), "sparse-10x3-ends", "full+pseudo")
+    assert [j.name for j in picked if j.kind == "row"] == [f"seed{s}/sparse-10x3-ends/full+pseudo" for s in range(3)]
+
+
 def test_plan_puts_every_global_before_the_rows_that_need_it():
     for which in ("cpu", "full", "quick"):
         grid = protocol.make_grid(which, None, None)
