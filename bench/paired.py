@@ -1,9 +1,10 @@
 """Paired comparison of bench.label_efficiency results: the same rows, seeds and split, one setting changed.
 
-    python -m bench.paired BASE_OUT VARIANT_OUT [VARIANT_OUT ...] [--names base,variant,...]
+    python -m bench.paired BASE_OUT VARIANT_OUT [VARIANT_OUT ...] [--names base,variant,...] [--budget-as V=B]
 
 Each OUT is a `--out` folder of bench.label_efficiency (its results.json). Rows are paired by their job
-(seed / budget / row), so only the seeds both folders ran count. Printed: one markdown table per folder
+(seed / budget / row), so only the seeds both folders ran count; `--budget-as sparse-10x3-ends=sparse-10x3`
+pairs a variant's budget with another of the base (the same volumes and seeds, more painted). Printed: one markdown table per folder
 pair with plain and flip+auto held-out Dice, validation Dice (plain, with `--validate`), the paired
 difference (variant - base, mean ± std over seeds, and per seed) and the mean training seconds.
 """
@@ -20,12 +21,18 @@ import numpy as np
 VARIANTS = ("plain", "flip+auto")
 
 
-def load_rows(out: Path) -> tuple[dict, dict[str, dict]]:
+def load_rows(out: Path, budget_as: dict[str, str] | None = None) -> tuple[dict, dict[str, dict]]:
+    """(meta, {job name: row record}); `budget_as` renames budgets in the job names ({variant: base})."""
     path = Path(out) / "results.json"
     if not path.is_file():
         raise SystemExit(f"{path} does not exist: give a --out folder of bench.label_efficiency")
     results = json.loads(path.read_text())
-    return results.get("meta", {}), {r["job"]: r for r in results["runs"] if r.get("kind") == "row"}
+    rows = {}
+    for r in results["runs"]:
+        if r.get("kind") == "row":
+            seed, budget, row = r["job"].split("/", 2)
+            rows[f"{seed}/{(budget_as or {}).get(budget, budget)}/{row}"] = r
+    return results.get("meta", {}), rows
 
 
 def scores(row: dict) -> dict[str, float | None]:
@@ -88,13 +95,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("base", type=Path)
     parser.add_argument("variants", type=Path, nargs="+")
     parser.add_argument("--names", default="", help="comma-separated names: the base's, then each variant's")
+    parser.add_argument(
+        "--budget-as", action="append", default=[], metavar="VARIANT=BASE", help="pair a variant budget with a base one"
+    )
     args = parser.parse_args(argv)
+    if any("=" not in b for b in args.budget_as):
+        parser.error("--budget-as takes VARIANT_BUDGET=BASE_BUDGET, e.g. sparse-10x3-ends=sparse-10x3")
+    budget_as = dict(b.split("=", 1) for b in args.budget_as)
     names = [n for n in args.names.split(",") if n] or [p.name for p in [args.base, *args.variants]]
     if len(names) != len(args.variants) + 1:
         parser.error(f"--names gives {len(names)} names for {len(args.variants) + 1} folders")
     base_meta, base = load_rows(args.base)
     for name, folder in zip(names[1:], args.variants):
-        meta, variant = load_rows(folder)
+        meta, variant = load_rows(folder, budget_as)
         if meta.get("split") and base_meta.get("split") and meta["split"] != base_meta["split"]:
             print(f"{folder}: another split than {args.base}; rows cannot be paired", file=sys.stderr)
             return 2

@@ -9,12 +9,12 @@ import pytest
 from bench import paired
 
 
-def _folder(tmp_path, name, dice, split=("a", "b")):
+def _folder(tmp_path, name, dice, split=("a", "b"), budget="sparse-10x3"):
     runs = [{"job": "seed0/global", "kind": "global"}]
     for seed, (plain, flipped, val) in dice.items():
         runs.append(
             {
-                "job": f"seed{seed}/sparse-10x3/full+pseudo",
+                "job": f"seed{seed}/{budget}/full+pseudo",
                 "kind": "row",
                 "train_wall_s": 100.0 + seed,
                 "test_dice_mean": plain,
@@ -47,3 +47,15 @@ def test_folders_of_another_split_are_refused(tmp_path, capsys):
     assert "another split" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="does not exist"):
         paired.load_rows(tmp_path / "missing")
+
+
+def test_budget_as_pairs_a_variant_budget_with_the_base_one(tmp_path, capsys):
+    base = _folder(tmp_path, "base", {0: (0.6, 0.62, 0.5), 1: (0.7, 0.71, 0.6)})
+    ends = _folder(tmp_path, "ends", {0: (0.7, 0.7, 0.6), 1: (0.7, 0.8, 0.6)}, budget="sparse-10x3-ends")
+    assert paired.compare(paired.load_rows(base)[1], paired.load_rows(ends)[1])["jobs"] == []
+    renamed = paired.load_rows(ends, {"sparse-10x3-ends": "sparse-10x3"})[1]
+    assert paired.compare(paired.load_rows(base)[1], renamed)["flip+auto test"]["diff"] == pytest.approx([0.08, 0.09])
+    assert paired.main([str(base), str(ends), "--budget-as", "sparse-10x3-ends=sparse-10x3"]) == 0
+    assert "Paired jobs (2)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        paired.main([str(base), str(ends), "--budget-as", "sparse-10x3-ends"])
