@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.error_split import split_scores
+from bench.error_split import POSITION_EDGES, position_errors, position_table, split_scores
 
 
 def test_a_prediction_with_the_right_outline_but_swapped_classes_is_all_confusion():
@@ -25,3 +25,23 @@ def test_a_prediction_missing_half_of_one_class_loses_foreground_not_classes():
     assert scores["foreground"] == pytest.approx(2 * 12 / (12 + 16))
     assert scores["classes"] == pytest.approx((1.0 + 2 * 4 / (4 + 8)) / 2)
     assert scores["confused"] == 0.0
+
+
+def test_wrong_voxels_are_counted_by_the_slices_place_in_the_structure():
+    truth = np.zeros((11, 3, 3), dtype=np.uint8)
+    truth[2:7, 1, 1] = 1  # the structure spans slices 2..6 along axis 0: places (i - 2) / 4
+    truth[5:7, 1, 1] = 2
+    pred = truth.copy()
+    pred[8, :, :2] = 1  # 6 false positives at place 1.5 (above the last edge)
+    pred[2, 1, 1] = 0  # 1 missed at place 0 (bin -0.1 .. 0.1)
+    pred[6, 1, 1] = 1  # 1 confused at place 1 (bin 0.9 .. 1.1)
+    counts = position_errors(pred, truth, axis=0)
+    last = len(POSITION_EDGES)
+    assert counts["false positive"][last] == 6 and counts["false positive"].sum() == 6
+    assert counts["missed"][2] == 1 and counts["missed"].sum() == 1
+    assert counts["confused"][7] == 1 and counts["confused"].sum() == 1
+    assert counts["truth"].sum() == 5
+    table = position_table(counts)
+    assert "| > 1.3 | 0 | 6 | 0 | 0 | 0.75 |" in table
+    with pytest.raises(ValueError):
+        position_errors(pred, np.zeros_like(truth), axis=0)
