@@ -1,6 +1,6 @@
 """Where a model's Dice goes: finding the structure (foreground against background) or telling its classes apart.
 
-    python -m bench.error_split RUN_DIR [--volumes val|test] [--limit 10] [--by-position]
+    python -m bench.error_split RUN_DIR [--volumes val|test] [--limit 10] [--by-position] [--strips]
 
 RUN_DIR is a kept model of bench.label_efficiency (`--keep-models`; the folder holding model.pt) inside a
 `--out` folder, whose results.json names the split. For each volume of the split, the model's plain
@@ -14,6 +14,8 @@ more than the gap between foreground and class Dice.
 `--by-position` adds where along the model's slicing axis the wrong voxels lie: each slice is placed in
 the true structure's extent along that axis (0 = its first slice, 1 = its last; below 0 and above 1 lie
 outside it) and its false-positive, missed and confused voxels are summed per bin over the volumes.
+`--strips` prints, for each volume, the majority class of every slice along that axis for the truth and
+the prediction (`.` = no structure): where the predicted structure starts, stops and changes class.
 """
 
 from __future__ import annotations
@@ -80,6 +82,16 @@ def position_table(counts: dict[str, np.ndarray], edges=POSITION_EDGES) -> str:
     return "\n".join(lines)
 
 
+def class_strip(labels: np.ndarray, axis: int) -> str:
+    """The majority foreground class of each slice along `axis` as a digit, `.` where there is none."""
+    out = []
+    for i in range(labels.shape[axis]):
+        found = np.take(labels, i, axis=axis)
+        found = found[found > 0]
+        out.append(str(int(np.bincount(found).argmax())) if found.size else ".")
+    return "".join(out)
+
+
 def results_of(run_dir: Path) -> dict:
     for folder in [run_dir, *run_dir.parents]:
         if (folder / "results.json").is_file():
@@ -94,12 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=10, help="the first N volumes of the split")
     parser.add_argument("--data", type=Path, default=SHARED_DATA / "hippocampus")
     parser.add_argument("--by-position", action="store_true", help="wrong voxels by place along the slicing axis")
+    parser.add_argument("--strips", action="store_true", help="each slice's majority class, truth and prediction")
     args = parser.parse_args(argv)
     if not (args.run_dir / "model.pt").is_file():
         raise SystemExit(f"{args.run_dir / 'model.pt'} does not exist: run bench.label_efficiency with --keep-models")
     names = results_of(args.run_dir)["meta"]["split"][args.volumes][: args.limit]
     predictor = load_predictor(args.run_dir, device="cpu")
-    rows, by_place = [], None
+    rows, by_place, strips = [], None, []
+    axis = int(predictor.info["axis"])
     print(f"| {args.volumes} volume | foreground Dice | class Dice | confused |\n|---|---|---|---|")
     for name in names:
         image = np.asarray(read_volume(str(args.data / "imagesTr" / name)).array)
@@ -108,13 +122,18 @@ def main(argv: list[str] | None = None) -> int:
         scores = split_scores(pred, truth, predictor.num_classes)
         rows.append(scores)
         if args.by_position:
-            counts = position_errors(pred, truth, int(predictor.info["axis"]))
+            counts = position_errors(pred, truth, axis)
             by_place = counts if by_place is None else {k: by_place[k] + v for k, v in counts.items()}
+        if args.strips:
+            strips.append(f"{name}\n  truth       {class_strip(truth, axis)}\n  prediction  {class_strip(pred, axis)}")
         print(f"| {name} | {scores['foreground']:.3f} | {scores['classes']:.3f} | {scores['confused']:.3f} |")
     mean = {k: float(np.mean([r[k] for r in rows])) for k in ("foreground", "classes", "confused")}
     print(f"| mean of {len(rows)} | {mean['foreground']:.3f} | {mean['classes']:.3f} | {mean['confused']:.3f} |")
+    if strips:
+        print(f"\nMajority class of each slice along axis {axis} (. = no structure):\n")
+        print("\n".join(strips))
     if by_place is not None:
-        print(f"\nWrong voxels by place along axis {predictor.info['axis']}, summed over the {len(rows)} volumes:\n")
+        print(f"\nWrong voxels by place along axis {axis}, summed over the {len(rows)} volumes:\n")
         print(position_table(by_place))
     return 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.error_split import POSITION_EDGES, position_errors, position_table, split_scores
+from bench.error_split import POSITION_EDGES, class_strip, position_errors, position_table, split_scores
 
 
 def test_a_prediction_with_the_right_outline_but_swapped_classes_is_all_confusion():
@@ -45,3 +45,13 @@ def test_wrong_voxels_are_counted_by_the_slices_place_in_the_structure():
     assert "| > 1.3 | 0 | 6 | 0 | 0 | 0.75 |" in table
     with pytest.raises(ValueError):
         position_errors(pred, np.zeros_like(truth), axis=0)
+
+
+def test_a_class_strip_names_each_slices_majority_class():
+    labels = np.zeros((3, 2, 5), dtype=np.uint8)
+    labels[:, :, 1] = 2
+    labels[:, :, 2] = 1
+    labels[0, 0, 2] = 2  # one voxel of the other class does not change the slice's majority
+    labels[:, :, 4] = 1
+    assert class_strip(labels, axis=2) == ".21.1"
+    assert class_strip(labels[1:], axis=0) == "11"  # per slice: 4 voxels of class 1 against 2 of class 2
