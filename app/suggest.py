@@ -15,8 +15,9 @@ Strategies (`STRATEGIES`; each one ranks the slices of one axis of one volume):
   region where painted slices hold the structure, looks like the painted slices there (so the far ends
   of the volume, outside the structure, stop coming first once a slice is painted).
 
-`project_queue()` spreads a project's suggestions across volumes: the volumes with the fewest painted
-slices come first (more volumes with fewer slices each beats the reverse for the same paint).
+`project_queue()` orders a project's suggestions across volumes: a volume already started comes first
+until it holds FILL_TO painted slices, then the next one is started (bench/first_slices.py: for the same
+paint, half the volumes with twice the slices beat all of them with fewer, docs/benchmarks/first_slices.md).
 
 `suggest()` (used by GET /api/volumes/{id}/suggestions) ranks with DEFAULT_STRATEGY. The choice is
 measured by bench/simulated_annotator.py (docs/benchmarks/simulated_annotator.md).
@@ -292,15 +293,29 @@ def suggest(
     }
 
 
+# 5 volumes x 4 slices beat 10 x 2, and 5 x 2 beat 10 x 1, on the work and the unseen volumes (3 seeds,
+# docs/benchmarks/first_slices.md); deeper than 4 slices per volume was not measured.
+FILL_TO = 4
+
+
+def _volume_order(volume: dict) -> tuple:
+    """Started volumes below FILL_TO first (the most painted of them first), then unpainted ones, then
+    volumes at FILL_TO or more (the fewest painted first); ties: higher first score, then lower id."""
+    painted = volume["painted"]
+    top = -(volume["slices"][0]["score"] if volume["slices"] else 0.0)
+    if 0 < painted < FILL_TO:
+        return (0, -painted, top, volume["volume_id"])
+    return (1 if painted == 0 else 2, painted, top, volume["volume_id"])
+
+
 def project_queue(per_volume: list[dict], limit: int = 10) -> list[dict]:
     """Interleave per-volume suggestions into one "paint these next" list.
 
     `per_volume`: one dict per volume, {"volume_id", "painted": painted slices in it, "slices": its ranked
     suggestions (dicts with "axis", "index", "score")}. Round r takes the r-th suggestion of every volume,
-    volumes with fewer painted slices first (ties: higher score, then lower id), until `limit`."""
-    order = sorted(
-        per_volume, key=lambda v: (v["painted"], -(v["slices"][0]["score"] if v["slices"] else 0.0), v["volume_id"])
-    )
+    the volumes in `_volume_order`, until `limit`. The list is asked for again after every save, so its
+    first entry is what counts: the started volume is filled to FILL_TO before the next is begun."""
+    order = sorted(per_volume, key=_volume_order)
     out: list[dict] = []
     depth = max((len(v["slices"]) for v in order), default=0)
     for r in range(depth):

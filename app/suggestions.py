@@ -44,7 +44,7 @@ def for_volume(
 
 
 def for_project(ws: Workspace, predictions: Predictions, project_id: int, limit: int = 10) -> dict:
-    """One list across the project's volumes: fewest painted slices first, a volume's best slices in turn."""
+    """One list across the project's volumes (suggest.project_queue: a started volume is filled first)."""
     project = ws.get_project(project_id)
     per_volume = [for_volume(ws, predictions, v["id"], limit=limit) for v in ws.list_volumes(project["id"])]
     queue = suggest.project_queue(

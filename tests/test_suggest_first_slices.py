@@ -52,24 +52,30 @@ def test_content_is_not_asked_for_when_a_model_signal_exists():
     assert asked == [] and out["method"] == "uncertainty+distance"
 
 
-def test_project_queue_spreads_across_volumes_fewest_painted_first():
+def test_project_queue_fills_a_started_volume_before_starting_the_next():
+    def volume(vid, painted, *slices):
+        return {
+            "volume_id": vid,
+            "painted": painted,
+            "slices": [{"axis": 0, "index": i, "score": sc} for i, sc in slices],
+        }
+
     per_volume = [
-        {
-            "volume_id": 1,
-            "painted": 3,
-            "slices": [{"axis": 0, "index": 5, "score": 0.9}, {"axis": 0, "index": 6, "score": 0.8}],
-        },
-        {
-            "volume_id": 2,
-            "painted": 0,
-            "slices": [{"axis": 2, "index": 7, "score": 0.2}, {"axis": 2, "index": 3, "score": 0.1}],
-        },
-        {"volume_id": 3, "painted": 0, "slices": [{"axis": 0, "index": 1, "score": 0.5}]},
+        volume(1, 3, (5, 0.9), (6, 0.8)),
+        volume(2, 0, (7, 0.2), (3, 0.1)),
+        volume(3, 0, (1, 0.5)),
+        volume(4, sg.FILL_TO + 1, (9, 0.99)),  # already filled: after every unpainted volume
+        volume(5, 1, (2, 0.3)),  # started, fewer painted than volume 1
     ]
-    queue = sg.project_queue(per_volume, limit=4)
-    assert [(q["volume_id"], q["index"]) for q in queue] == [(3, 1), (2, 7), (1, 5), (2, 3)]
-    assert queue[0]["painted_in_volume"] == 0
+    queue = sg.project_queue(per_volume, limit=7)
+    # round 1: started volumes (most painted first), unpainted ones (best score first), the filled one;
+    # round 2: the second suggestions in the same order
+    assert [(q["volume_id"], q["index"]) for q in queue] == [(1, 5), (5, 2), (3, 1), (2, 7), (4, 9), (1, 6), (2, 3)]
+    assert [q["painted_in_volume"] for q in queue[:3]] == [3, 1, 0]
     assert sg.project_queue(per_volume, limit=2) == queue[:2]
+    # with nothing painted anywhere the best first slice leads
+    fresh = [volume(1, 0, (4, 0.1)), volume(2, 0, (8, 0.7))]
+    assert [q["volume_id"] for q in sg.project_queue(fresh)] == [2, 1]
 
 
 def test_project_suggestions_over_http(tmp_path, model_file):
@@ -85,8 +91,10 @@ def test_project_suggestions_over_http(tmp_path, model_file):
         assert got.status_code == 200, got.text
         queue = got.json()["slices"]
         assert len(queue) == 4
-        # the two unpainted volumes come first, then the painted one, then the unpainted ones again
-        assert {q["volume_id"] for q in queue[:2]} == {volumes[1][0]["id"], volumes[2][0]["id"]}
-        assert queue[2]["volume_id"] == v0["id"] and queue[2]["method"] == "content+distance"
+        # the started volume comes first, then the two unpainted ones, then the started one again
+        assert queue[0]["volume_id"] == v0["id"] and queue[0]["method"] == "content+distance"
+        assert queue[0]["painted_in_volume"] == 1
+        assert {q["volume_id"] for q in queue[1:3]} == {volumes[1][0]["id"], volumes[2][0]["id"]}
+        assert queue[3]["volume_id"] == v0["id"]
         assert client.get("/api/projects/999/suggestions").status_code == 404
         assert client.get(f"/api/projects/{project['id']}/suggestions?limit=0").status_code == 422
