@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import SHARED_DATA
+from bench.label_efficiency_protocol import structure_extent
 from data.io import read_volume
 from model.inference import load_predictor, predict_array
 
@@ -53,10 +54,7 @@ def position_errors(pred: np.ndarray, truth: np.ndarray, axis: int, edges=POSITI
     """Voxel counts per bin of the slice's place in the structure's extent along `axis` (np.digitize of
     the place by `edges`: bin 0 lies below edges[0], the last above edges[-1])."""
     other = tuple(a for a in range(truth.ndim) if a != axis)
-    present = np.nonzero((truth > 0).any(axis=other))[0]
-    if present.size == 0:
-        raise ValueError("the truth holds no structure to place slices in")
-    lo, hi = int(present[0]), int(present[-1])
+    lo, hi = structure_extent(truth, axis)
     place = (np.arange(truth.shape[axis]) - lo) / max(1, hi - lo)
     bins = np.digitize(place, edges)
     sums = {

@@ -53,18 +53,23 @@ def paper_count(fraction: float, n_train: int) -> int:
     return max(1, int(round(fraction * n_train)))
 
 
+def structure_extent(label: np.ndarray, axis: int) -> tuple[int, int]:
+    """(first, last) slice along `axis` holding any foreground voxel (255, not annotated, is not one)."""
+    label = np.asarray(label)
+    other = tuple(a for a in range(label.ndim) if a != axis)
+    present = np.nonzero(((label > 0) & (label != IGNORE)).any(axis=other))[0]
+    if present.size == 0:
+        raise ValueError("the label volume has no foreground along the axis")
+    return int(present[0]), int(present[-1])
+
+
 def even_slices(label: np.ndarray, axis: int, k: int) -> list[int]:
     """k slice indices evenly spaced through the structure's extent along `axis`.
 
     The extent is [first, last] slice holding any foreground voxel; the picks are the centres of k
     equal bins of it (so k = 1 is the middle slice, and no pick sits on the thin first/last slice).
     """
-    label = np.asarray(label)
-    other = tuple(a for a in range(label.ndim) if a != axis)
-    present = np.nonzero(((label > 0) & (label != IGNORE)).any(axis=other))[0]
-    if present.size == 0:
-        raise ValueError("the label volume has no foreground to paint")
-    lo, hi = int(present[0]), int(present[-1])
+    lo, hi = structure_extent(label, axis)
     length = hi - lo + 1
     picks = [lo + int(np.floor(length * (j + 0.5) / k)) for j in range(k)]
     return sorted(set(min(hi, p) for p in picks))
@@ -73,12 +78,8 @@ def even_slices(label: np.ndarray, axis: int, k: int) -> list[int]:
 def end_slices(label: np.ndarray, axis: int) -> list[int]:
     """The first slice past each end of the structure along `axis` (inside the volume): what a clinician
     marks as empty with "Clear slice" after scrolling to where the structure stops."""
-    label = np.asarray(label)
-    other = tuple(a for a in range(label.ndim) if a != axis)
-    present = np.nonzero(((label > 0) & (label != IGNORE)).any(axis=other))[0]
-    if present.size == 0:
-        raise ValueError("the label volume has no foreground to bound")
-    return [i for i in (int(present[0]) - 1, int(present[-1]) + 1) if 0 <= i < label.shape[axis]]
+    lo, hi = structure_extent(label, axis)
+    return [i for i in (lo - 1, hi + 1) if 0 <= i < np.shape(label)[axis]]
 
 
 def sparse_label(label: np.ndarray, axis: int, indices: list[int]) -> np.ndarray:

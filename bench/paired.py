@@ -4,9 +4,10 @@
 
 Each OUT is a `--out` folder of bench.label_efficiency (its results.json). Rows are paired by their job
 (seed / budget / row), so only the seeds both folders ran count; `--budget-as sparse-10x3-ends=sparse-10x3`
-pairs a variant's budget with another of the base (the same volumes and seeds, more painted). Printed: one markdown table per folder
-pair with plain and flip+auto held-out Dice, validation Dice (plain, with `--validate`), the paired
-difference (variant - base, mean ± std over seeds, and per seed) and the mean training seconds.
+pairs a variant's budget with another of the base (the same volumes and seeds, more painted). Printed: one
+markdown table per folder pair with plain and flip+auto held-out Dice, validation Dice (plain, with
+`--validate`), the paired difference (variant - base, mean ± std over seeds, and per seed) and the mean
+training seconds.
 """
 
 from __future__ import annotations
