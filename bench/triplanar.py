@@ -82,7 +82,7 @@ def train_multiplanar(net, cfg, info, images, labels, steps: int, lr: float, see
         slices.build_slices(images, labels, a, cfg.max_size, int(info["multiple"]), True, cfg.context_slices)
         for a in range(3)
     ]
-    spatial = dict(flip=cfg.flip, rot90=cfg.rot90, rotate_deg=cfg.rotate_deg, scale_range=cfg.scale_range)
+    spatial = cfg.spatial_augment()
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     net.train()
     losses = []

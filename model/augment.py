@@ -1,8 +1,8 @@
 """Batched torch augmentations.
 
 Spatial transforms come in pairs: one draw of parameters per sample (flip, 90-degree turns, small
-rotation, scale = crop/zoom, shift), applied as one affine warp to the image (bilinear) and to its
-label (nearest, IGNORE where the warp leaves the slice). Intensity transforms change only voxel
+rotation, scale = crop/zoom, shift, and optionally a smooth elastic displacement), applied as one warp
+to the image (bilinear) and to its label (nearest, IGNORE where the warp leaves the slice). Intensity transforms change only voxel
 values, so two intensity views of a slice stay pixel-aligned for the local contrastive stage.
 All randomness comes from the `torch.Generator` passed in, so a resumed run can restore it.
 """
@@ -47,11 +47,30 @@ def spatial_params(
     return theta
 
 
-def warp(theta: torch.Tensor, images: torch.Tensor | None = None, labels: torch.Tensor | None = None):
-    """Apply the same per-sample affine to images (n, C, H, W) and labels (n, H, W)."""
+def elastic_displacement(
+    n: int, size: tuple[int, int], g: torch.Generator, magnitude: float, control_points: int = 5
+) -> torch.Tensor:
+    """(n, H, W, 2) smooth random displacement in normalised coordinates (the image spans -1..1).
+
+    Each of `control_points` x `control_points` knots moves by a normal draw of std `magnitude`; bicubic
+    interpolation between them keeps the field smooth, so a structure bends instead of tearing."""
+    knots = torch.randn(n, 2, control_points, control_points, generator=g) * magnitude
+    field = F.interpolate(knots, size=size, mode="bicubic", align_corners=True)
+    return field.permute(0, 2, 3, 1)
+
+
+def warp(
+    theta: torch.Tensor,
+    images: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    displacement: torch.Tensor | None = None,
+):
+    """Apply the same per-sample affine (then displacement, if given) to images (n, C, H, W) and labels (n, H, W)."""
     ref = images if images is not None else labels[:, None]
     theta = theta.to(ref.device, torch.float32)
     grid = F.affine_grid(theta, [ref.shape[0], 1, *ref.shape[-2:]], align_corners=False)
+    if displacement is not None:
+        grid = grid + displacement.to(ref.device, torch.float32)
     out_images = out_labels = None
     if images is not None:
         out_images = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
@@ -63,10 +82,14 @@ def warp(theta: torch.Tensor, images: torch.Tensor | None = None, labels: torch.
     return out_images, out_labels
 
 
-def random_spatial(images, labels=None, *, g: torch.Generator, **params):
-    """Paired random spatial transform: one draw per sample, applied to image and label alike."""
+def random_spatial(images, labels=None, *, g: torch.Generator, elastic: float = 0.0, **params):
+    """Paired random spatial transform: one draw per sample, applied to image and label alike.
+
+    `elastic` > 0 adds a smooth displacement of that std (see elastic_displacement); at 0 nothing more is
+    drawn from g, so runs without it repeat exactly."""
     theta = spatial_params(images.shape[0], g, **params)
-    return warp(theta, images, labels)
+    displacement = elastic_displacement(images.shape[0], images.shape[-2:], g, elastic) if elastic > 0 else None
+    return warp(theta, images, labels, displacement)
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from model.schedule import LR_DECAYS
+
 # The training stages in the order model.train runs them, with the words the UI shows for them.
 STAGE_LABELS = {
     "global": "global contrastive pretraining (every slice, no labels)",
@@ -21,6 +23,7 @@ STAGE_LABELS = {
 }
 STAGES = tuple(STAGE_LABELS)
 GROWING_STAGES = ("finetune", "pseudo")  # their epochs grow with the painted slices (TrainConfig.paint_growth)
+SEGMENTING_STAGES = ("finetune", "pseudo")  # they train the segmentation the model ends with (TrainConfig.lr_decay)
 LOCAL_MODES = ("stride", "block", "exact")
 DEVICES = ("auto", "cpu", "cuda")
 TRISTATE = ("auto", "on", "off")
@@ -69,6 +72,7 @@ LATER_STAGE_FIELDS = frozenset(
         "num_classes",
         "dice_weight",
         "weight_decay",
+        "lr_decay",
         "augment",
         "refresh_budget_s",
         "cleanup",
@@ -155,6 +159,9 @@ class TrainConfig:
     finetune_lr: float = 1e-4
     dice_weight: float = 1.0
     weight_decay: float = 1e-5
+    # Learning rate over each fine-tune and self-training stage: "constant", or "poly" (each stage's lr x
+    # (1 - step / steps) ^ 0.9, nnU-Net's), so the stage ends on small steps; steps a time budget cuts count.
+    lr_decay: str = "constant"
     # Fine-tune and self-training epochs grow with the painted slices, for schedules of fixed steps sized
     # for a few painted slices: x1 up to paint_growth_slices painted slices, then in proportion, at most
     # paint_growth_max times (None = never). A time budget still caps the steps.
@@ -196,6 +203,8 @@ class TrainConfig:
     rot90: bool = False  # anatomy has a canonical orientation; off unless asked
     rotate_deg: float = 15.0
     scale_range: tuple[float, float] = (0.85, 1.15)
+    # std of a smooth random displacement of each training slice, in half-image units (0 = off)
+    elastic: float = 0.0
     intensity: bool = True
     # ---- runtime ----------------------------------------------------------------------------
     seed: int = 0
@@ -284,6 +293,10 @@ class TrainConfig:
                 f"patch_size must be a multiple of {2 ** len(self.widths)} and at least "
                 f"{2 ** (len(self.widths) + 1)} for {len(self.widths)} U-Net levels, or null"
             )
+        if self.lr_decay not in LR_DECAYS:
+            problems.append(f"lr_decay must be one of {', '.join(LR_DECAYS)}, got {self.lr_decay!r}")
+        if not 0 <= self.elastic <= 0.5:
+            problems.append(f"elastic must be in [0, 0.5] (a displacement std in half-image units), got {self.elastic}")
         if not 0 <= self.patch_foreground <= 1:
             problems.append(f"patch_foreground must be in [0, 1], got {self.patch_foreground}")
         for name in ("budget_s", "refresh_budget_s"):
@@ -306,6 +319,16 @@ class TrainConfig:
     @property
     def in_channels(self) -> int:
         return 2 * self.context_slices + 1 + int(self.position_channel)
+
+    def spatial_augment(self) -> dict[str, Any]:
+        """The keyword arguments of model.augment.random_spatial that this config asks for."""
+        return dict(
+            flip=self.flip,
+            rot90=self.rot90,
+            rotate_deg=self.rotate_deg,
+            scale_range=self.scale_range,
+            elastic=self.elastic,
+        )
 
     def schedule(self, stage: str) -> Schedule:
         """Whether `stage` runs, and for how long."""

@@ -16,6 +16,17 @@ import time
 from collections.abc import Callable
 
 PROBE_STEPS = 5
+LR_DECAYS = ("constant", "poly")
+POLY_EXPONENT = 0.9  # nnU-Net's
+
+
+def lr_factor(mode: str, done: int, total: int) -> float:
+    """What a stage's learning rate is multiplied by for its step number done + 1 of total.
+
+    "poly" is nnU-Net's (1 - done / total) ** 0.9: full at the first step, small but not 0 at the last."""
+    if mode == "constant" or total <= 0:
+        return 1.0
+    return max(0.0, 1.0 - done / total) ** POLY_EXPONENT
 
 
 class StageClock:

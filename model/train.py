@@ -31,7 +31,7 @@ from data.errors import InvalidInput, SlicewiseError
 from data.io import read_volume
 from model import checkpoint, distributed, slices
 from model.augment import random_cutout, random_intensity, random_spatial
-from model.config import GROWING_STAGES, RUNTIME_FIELDS, STAGES, TrainConfig
+from model.config import GROWING_STAGES, RUNTIME_FIELDS, SEGMENTING_STAGES, STAGES, TrainConfig
 from model.device import Runtime, autocast, prepare_input, prepare_model, runtime_for
 from model.heads import GlobalHead, LocalHead
 from model.inference import MIRROR_VIEWS, predict_array, softmax_sum
@@ -41,7 +41,7 @@ from model.progress import FILE_NAME as PROGRESS_FILE
 from model.progress import ProgressWriter, write_error
 from model.pseudo_labels import volume_pseudo_labels
 from model.regularizer import make_branch
-from model.schedule import Budget
+from model.schedule import Budget, lr_factor
 from model.unet import UNet
 
 IGNORE = slices.IGNORE
@@ -142,6 +142,15 @@ def _batch(pool: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
     return pool[torch.randint(0, len(pool), (n,), generator=g)]
 
 
+def scale_lr(opt: torch.optim.Optimizer, factor: float) -> float:
+    """Set every group's learning rate to its stage's starting rate x factor -> the first group's new rate.
+
+    The starting rate is kept in the group ("base_lr"), so it survives a checkpoint and a resume."""
+    for group in opt.param_groups:
+        group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
+    return opt.param_groups[0]["lr"]
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, data: TrainData, runtime: Runtime):
         self.cfg, self.data, self.runtime = cfg, data, runtime
@@ -174,7 +183,7 @@ class Trainer:
         self.encode = torch.compile(encode) if runtime.compile else encode
         self.pseudo: tuple[torch.Tensor, torch.Tensor] | None = None  # (slice indices, labels) of the pseudo stage
         self.consistency_seen: list[float] = []  # confident share of each consistency batch, per epoch
-        self.spatial = dict(flip=cfg.flip, rot90=cfg.rot90, rotate_deg=cfg.rotate_deg, scale_range=cfg.scale_range)
+        self.spatial = cfg.spatial_augment()
 
     def optimizer(self, stage: str) -> torch.optim.Optimizer:
         cfg = self.cfg
@@ -521,9 +530,12 @@ def train(cfg: TrainConfig) -> dict:
             if first_epoch * steps < stage_total:
                 progress.event("stage", stage=stage, epoch=first_epoch, epochs=math.ceil(stage_total / steps))
             ep, ended = first_epoch, first_epoch * steps >= stage_total
+            decay = cfg.lr_decay if stage in SEGMENTING_STAGES else "constant"
             while not ended:
                 t0, losses = time.monotonic(), []
                 for st in range(steps):
+                    if decay != "constant":
+                        stage_metrics["final_lr"] = scale_lr(opt, lr_factor(decay, ep * steps + st, stage_total))
                     opt.zero_grad(set_to_none=True)
                     loss = trainer.step(functools.partial(trainer.loss, stage))
                     loss.backward()

@@ -4,7 +4,8 @@ import math
 
 import torch
 
-from model.augment import random_intensity, random_spatial, spatial_params, warp
+from model.augment import elastic_displacement, random_intensity, random_spatial, spatial_params, warp
+from model.config import TrainConfig
 
 IGNORE = 255
 
@@ -75,3 +76,53 @@ def test_intensity_views_keep_every_pixel_in_place():
         assert (along.diff(dim=1) >= -1e-5).all()
     full = random_intensity(x, g=g)
     assert full.shape == x.shape and torch.isfinite(full).all()
+
+
+def test_without_elastic_the_draws_are_the_affine_ones():
+    """elastic=0 draws nothing more, so runs from before the option repeat exactly."""
+    x = torch.randn(4, 1, 32, 32)
+    a, _ = random_spatial(x, g=torch.Generator().manual_seed(9), elastic=0.0)
+    b, _ = warp(spatial_params(4, torch.Generator().manual_seed(9)), x)
+    torch.testing.assert_close(a, b)
+
+
+def test_a_constant_displacement_is_a_shift():
+    """Naive reference: a field that moves every pixel by d samples like the affine with translation d."""
+    x = torch.randn(3, 2, 32, 32)
+    labels = blobs(3, 32)
+    identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]).repeat(3, 1, 1)
+    d = torch.tensor([0.25, -0.125])  # exactly 4 and -2 pixels: (x, y) in half-image units
+    shifted = identity.clone()
+    shifted[:, :, 2] = d
+    img_a, lab_a = warp(identity, x, labels, displacement=d.expand(3, 32, 32, 2))
+    img_b, lab_b = warp(shifted, x, labels)
+    torch.testing.assert_close(img_a, img_b)
+    assert torch.equal(lab_a, lab_b)
+
+
+def test_elastic_field_is_smooth_and_of_the_asked_size():
+    g = torch.Generator().manual_seed(2)
+    field = elastic_displacement(64, (48, 48), g, magnitude=0.1, control_points=5)
+    assert field.shape == (64, 48, 48, 2)
+    corners = field[:, [0, 0, -1, -1], [0, -1, 0, -1]]  # the corner knots are kept exactly
+    assert 0.08 < corners.std().item() < 0.12
+    # neighbouring pixels move almost alike: knots 12 pixels apart make a step about 1/8 of the mean
+    step = (field[:, 1:] - field[:, :-1]).abs().mean()
+    assert step < 0.25 * field.abs().mean()  # pixel noise would step about 1.1x its mean
+
+
+def test_elastic_warp_keeps_image_and_label_together():
+    labels = blobs()
+    images = labels[:, None].float() * 10.0
+    out_img, out_lab = random_spatial(images, labels, g=torch.Generator().manual_seed(4), elastic=0.05)
+    plain_img, _ = random_spatial(images, labels, g=torch.Generator().manual_seed(4))
+    inside = out_lab != IGNORE
+    derived = torch.round(out_img[:, 0] / 10.0).long()
+    assert (derived[inside] == out_lab[inside]).float().mean() > 0.97
+    assert not torch.allclose(out_img, plain_img)  # the field moved the pixels beyond the affine
+
+
+def test_the_config_hands_its_spatial_settings_to_the_augmentation():
+    cfg = TrainConfig(elastic=0.05, rotate_deg=30.0, scale_range=(0.7, 1.4))
+    assert cfg.spatial_augment() == dict(flip=True, rot90=False, rotate_deg=30.0, scale_range=(0.7, 1.4), elastic=0.05)
+    random_spatial(torch.randn(2, 1, 16, 16), g=torch.Generator().manual_seed(0), **cfg.spatial_augment())

@@ -52,6 +52,9 @@ def test_frozen():
         ({"images": ["a"], "labels": ["a", "b"]}, "label volumes"),
         ({"num_classes": 1}, "num_classes"),
         ({"finetune_steps": 0}, "finetune_steps"),
+        ({"elastic": -0.1}, "elastic"),
+        ({"lr_decay": "cosine"}, "lr_decay"),
+        ({"elastic": 0.9}, "elastic"),
     ],
 )
 def test_invalid_values(bad, message):

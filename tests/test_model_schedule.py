@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from test_model_train import sparse_dataset
 
 from model.config import preset
-from model.schedule import Budget, StageClock
-from model.train import train
+from model.schedule import Budget, StageClock, lr_factor
+from model.train import scale_lr, train
 
 
 class FakeClock:
@@ -98,15 +99,60 @@ def test_budgeted_training_run_stops_before_the_nominal_steps(tmp_path):
         local_stage=False,
         finetune_epochs=2,
         finetune_steps=nominal // 2,
-        budget_s=5.0,
+        budget_s=10.0,
+        lr_decay="poly",
     )
     metrics = train(cfg)
     stage = metrics["stages"]["finetune"]
-    assert 1 <= stage["steps_run"] < nominal and 0 < stage["budget_s"] <= 5.0
+    assert 1 <= stage["steps_run"] < nominal and 0 < stage["budget_s"] <= 10.0
+    # the decay follows the steps the budget plans (from the 5th step on), not the nominal 100,000
+    if stage["steps_run"] >= 10:
+        assert stage["final_lr"] < 0.5 * cfg.finetune_lr
     assert stage.get("stopped_by_budget") or stage["planned_steps"] == stage["steps_run"]
     events = [json.loads(line) for line in (tmp_path / "m" / "progress.jsonl").read_text().splitlines()]
     steps = [e for e in events if e["event"] == "step"]
-    assert all(e["eta_s"] is not None and e["eta_s"] <= 5.0 for e in steps)
+    assert all(e["eta_s"] is not None and e["eta_s"] <= 10.0 for e in steps)
     progress = [e["progress"] for e in events]
     assert progress == sorted(progress) and events[-1]["event"] == "done" and events[-1]["progress"] == 1.0
     assert (tmp_path / "m" / "model.pt").exists()
+
+
+def test_poly_decay_is_nnunets_formula_and_constant_is_one():
+    total = 40
+    for done in range(total):
+        assert lr_factor("poly", done, total) == pytest.approx((1 - done / total) ** 0.9)
+        assert lr_factor("constant", done, total) == 1.0
+    assert lr_factor("poly", 0, total) == 1.0 and 0 < lr_factor("poly", total - 1, total) < 0.05
+
+
+def test_scale_lr_keeps_each_groups_starting_rate():
+    a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([{"params": [a], "lr": 1e-3}, {"params": [b], "lr": 1e-2}])
+    assert scale_lr(opt, 0.5) == pytest.approx(5e-4)
+    assert scale_lr(opt, 0.25) == pytest.approx(2.5e-4)  # of the start, not of the last rate
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([2.5e-4, 2.5e-3])
+    again = torch.optim.Adam([{"params": [a], "lr": 9.0}, {"params": [b], "lr": 9.0}])
+    again.load_state_dict(opt.state_dict())  # a resumed stage goes on from the same start
+    assert scale_lr(again, 1.0) == pytest.approx(1e-3)
+
+
+def test_a_decayed_run_ends_each_segmenting_stage_on_its_last_factor(tmp_path):
+    images, labels = sparse_dataset(tmp_path / "data", painted=2)
+    common = dict(
+        images=images,
+        labels=labels,
+        device="cpu",
+        global_stage=False,
+        local_stage=False,
+        pseudo_stage=True,
+        finetune_epochs=2,
+        finetune_steps=5,
+        pseudo_epochs=1,
+        pseudo_steps=4,
+    )
+    cfg = preset("quick", out_dir=str(tmp_path / "poly"), lr_decay="poly", **common)
+    stages = train(cfg)["stages"]
+    assert stages["finetune"]["final_lr"] == pytest.approx(cfg.finetune_lr * lr_factor("poly", 9, 10))
+    assert stages["pseudo"]["final_lr"] == pytest.approx(cfg.pseudo_lr * lr_factor("poly", 3, 4))
+    constant = train(preset("quick", out_dir=str(tmp_path / "constant"), **common))["stages"]
+    assert "final_lr" not in constant["finetune"] and "final_lr" not in constant["pseudo"]
