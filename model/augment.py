@@ -2,8 +2,9 @@
 
 Spatial transforms come in pairs: one draw of parameters per sample (flip, 90-degree turns, small
 rotation, scale = crop/zoom, shift, and optionally a smooth elastic displacement), applied as one warp
-to the image (bilinear) and to its label (nearest, IGNORE where the warp leaves the slice). Intensity transforms change only voxel
-values, so two intensity views of a slice stay pixel-aligned for the local contrastive stage.
+to the image (bilinear) and to its label (nearest, IGNORE where the warp leaves the slice). Intensity
+transforms change only voxel values, so two intensity views of a slice stay pixel-aligned for the local
+contrastive stage.
 All randomness comes from the `torch.Generator` passed in, so a resumed run can restore it.
 """
 

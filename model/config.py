@@ -160,7 +160,9 @@ class TrainConfig:
     dice_weight: float = 1.0
     weight_decay: float = 1e-5
     # Learning rate over each fine-tune and self-training stage: "constant", or "poly" (each stage's lr x
-    # (1 - step / steps) ^ 0.9, nnU-Net's), so the stage ends on small steps; steps a time budget cuts count.
+    # (1 - step / steps) ^ 0.9, nnU-Net's), so the stage ends on small steps; under a time budget the steps
+    # are those the budget plans. Off: it gained along axis 2 only and lost at 5 %
+    # (docs/benchmarks/lr_decay_and_augmentation.md).
     lr_decay: str = "constant"
     # Fine-tune and self-training epochs grow with the painted slices, for schedules of fixed steps sized
     # for a few painted slices: x1 up to paint_growth_slices painted slices, then in proportion, at most
@@ -203,7 +205,8 @@ class TrainConfig:
     rot90: bool = False  # anatomy has a canonical orientation; off unless asked
     rotate_deg: float = 15.0
     scale_range: tuple[float, float] = (0.85, 1.15)
-    # std of a smooth random displacement of each training slice, in half-image units (0 = off)
+    # std of a smooth random displacement of each training slice, in half-image units (0 = off; it lost
+    # along axis 1 and gained along axis 2, docs/benchmarks/lr_decay_and_augmentation.md)
     elastic: float = 0.0
     intensity: bool = True
     # ---- runtime ----------------------------------------------------------------------------
