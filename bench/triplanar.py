@@ -82,7 +82,7 @@ def train_multiplanar(net, cfg, info, images, labels, steps: int, lr: float, see
         slices.build_slices(images, labels, a, cfg.max_size, int(info["multiple"]), True, cfg.context_slices)
         for a in range(3)
     ]
-    spatial = cfg.spatial_augment()
+    spatial = cfg.spatial_augment("finetune")
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     net.train()
     losses = []

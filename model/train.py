@@ -183,7 +183,8 @@ class Trainer:
         self.encode = torch.compile(encode) if runtime.compile else encode
         self.pseudo: tuple[torch.Tensor, torch.Tensor] | None = None  # (slice indices, labels) of the pseudo stage
         self.consistency_seen: list[float] = []  # confident share of each consistency batch, per epoch
-        self.spatial = cfg.spatial_augment()
+        self.spatial = cfg.spatial_augment("finetune")
+        self.global_spatial = cfg.spatial_augment("global")
 
     def optimizer(self, stage: str) -> torch.optim.Optimizer:
         cfg = self.cfg
@@ -236,7 +237,7 @@ class Trainer:
             x = self._unlabeled_images(_batch(torch.arange(len(s)), cfg.global_batch, self.g))
             views = []
             for _ in range(2):
-                v, _ = random_spatial(x, g=self.g, **self.spatial)
+                v, _ = random_spatial(x, g=self.g, **self.global_spatial)
                 views.append(prepare_input(self._on_image_channels(random_intensity, v), rt))
             with autocast(rt):
                 z1 = self.global_head(self.encode(views[0]))

@@ -124,5 +124,9 @@ def test_elastic_warp_keeps_image_and_label_together():
 
 def test_the_config_hands_its_spatial_settings_to_the_augmentation():
     cfg = TrainConfig(elastic=0.05, rotate_deg=30.0, scale_range=(0.7, 1.4))
-    assert cfg.spatial_augment() == dict(flip=True, rot90=False, rotate_deg=30.0, scale_range=(0.7, 1.4), elastic=0.05)
-    random_spatial(torch.randn(2, 1, 16, 16), g=torch.Generator().manual_seed(0), **cfg.spatial_augment())
+    later = dict(flip=True, rot90=False, rotate_deg=30.0, scale_range=(0.7, 1.4), elastic=0.05)
+    for stage in ("local", "finetune", "pseudo"):
+        assert cfg.spatial_augment(stage) == later
+    assert cfg.spatial_augment("global") == {**later, "elastic": 0.0}  # the global stage's views never bend
+    assert "elastic" not in TrainConfig.fields_shaping_global()
+    random_spatial(torch.randn(2, 1, 16, 16), g=torch.Generator().manual_seed(0), **cfg.spatial_augment("pseudo"))
