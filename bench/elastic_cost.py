@@ -15,16 +15,15 @@ import functools
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-from bench.common import machine
+from bench.common import SHARED_DATA, machine
 from model.config import preset
 from model.device import runtime_for
 from model.train import Trainer, load_data
 
-HIPPO = Path(__file__).resolve().parents[2] / "shared" / "data" / "hippocampus"
+HIPPO = SHARED_DATA / "hippocampus"
 
 
 def _trainer(images, labels, elastic: float, out: str) -> Trainer:
