@@ -73,6 +73,7 @@ LATER_STAGE_FIELDS = frozenset(
         "dice_weight",
         "weight_decay",
         "lr_decay",
+        "weight_average",
         "elastic",  # the global stage's views never bend (TrainConfig.spatial_augment)
         "augment",
         "refresh_budget_s",
@@ -165,6 +166,9 @@ class TrainConfig:
     # are those the budget plans. Off: it gained along axis 2 only and lost at 5 %
     # (docs/benchmarks/lr_decay_and_augmentation.md).
     lr_decay: str = "constant"
+    # Each fine-tune and self-training stage ends on an exponential moving average of its weights with this
+    # decay (model/weight_average.py) instead of its last step's; 0 = off.
+    weight_average: float = 0.0
     # Fine-tune and self-training epochs grow with the painted slices, for schedules of fixed steps sized
     # for a few painted slices: x1 up to paint_growth_slices painted slices, then in proportion, at most
     # paint_growth_max times (None = never). A time budget still caps the steps.
@@ -299,6 +303,10 @@ class TrainConfig:
             )
         if self.lr_decay not in LR_DECAYS:
             problems.append(f"lr_decay must be one of {', '.join(LR_DECAYS)}, got {self.lr_decay!r}")
+        if not 0 <= self.weight_average < 1:
+            problems.append(
+                f"weight_average must be in [0, 1) (an average's decay per step; 0 = off), got {self.weight_average}"
+            )
         if not 0 <= self.elastic <= 0.5:
             problems.append(f"elastic must be in [0, 0.5] (a displacement std in half-image units), got {self.elastic}")
         if not 0 <= self.patch_foreground <= 1:

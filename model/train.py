@@ -43,6 +43,7 @@ from model.pseudo_labels import volume_pseudo_labels
 from model.regularizer import make_branch
 from model.schedule import Budget, lr_factor
 from model.unet import UNet
+from model.weight_average import WeightAverage
 
 IGNORE = slices.IGNORE
 
@@ -184,6 +185,7 @@ class Trainer:
         self.pseudo: tuple[torch.Tensor, torch.Tensor] | None = None  # (slice indices, labels) of the pseudo stage
         self.consistency_seen: list[float] = []  # confident share of each consistency batch, per epoch
         self.spatial = cfg.spatial_augment("finetune")
+        self.average = WeightAverage(self.unet, cfg.weight_average) if cfg.weight_average > 0 else None
         self.global_spatial = cfg.spatial_augment("global")
 
     def optimizer(self, stage: str) -> torch.optim.Optimizer:
@@ -404,6 +406,7 @@ class Trainer:
             "global_head": checkpoint.cpu_state(self.global_head),
             "local_head": checkpoint.cpu_state(self.local_head),
             "branch": checkpoint.cpu_state(self.branch) if self.branch is not None else None,
+            "weight_average": self.average.state() if self.average is not None else None,
             "optimizer": opt.state_dict() if opt is not None else {},
             "rng": {"generator": self.g.get_state(), "torch": torch.get_rng_state()},
             "metrics": metrics,
@@ -417,6 +420,8 @@ class Trainer:
         self.local_head.load_state_dict(saved["local_head"])
         if self.branch is not None and saved.get("branch"):
             self.branch.load_state_dict(saved["branch"])
+        if self.average is not None:
+            self.average.load(saved.get("weight_average"))
         self.g.set_state(saved["rng"]["generator"])
         torch.set_rng_state(saved["rng"]["torch"])
         if distributed.active():  # the checkpoint holds rank 0's stream: every rank goes on with its own
@@ -532,6 +537,7 @@ def train(cfg: TrainConfig) -> dict:
                 progress.event("stage", stage=stage, epoch=first_epoch, epochs=math.ceil(stage_total / steps))
             ep, ended = first_epoch, first_epoch * steps >= stage_total
             decay = cfg.lr_decay if stage in SEGMENTING_STAGES else "constant"
+            average = trainer.average if stage in SEGMENTING_STAGES else None
             while not ended:
                 t0, losses = time.monotonic(), []
                 for st in range(steps):
@@ -541,6 +547,8 @@ def train(cfg: TrainConfig) -> dict:
                     loss = trainer.step(functools.partial(trainer.loss, stage))
                     loss.backward()
                     opt.step()
+                    if average is not None:
+                        average.update()
                     losses.append(float(loss.detach()))
                     stage_done = ep * steps + st + 1
                     if clock is not None:
@@ -566,6 +574,8 @@ def train(cfg: TrainConfig) -> dict:
                     trainer.consistency_seen.clear()
                 if clock is not None:
                     stage_metrics["epochs"] = math.ceil(stage_total / steps)
+                if ended and average is not None:  # before the checkpoint, which then holds the average
+                    stage_metrics["averaged_steps"] = average.finish()
                 if ended and stage == "global" and main:  # before the checkpoint that marks the stage done
                     checkpoint.save(
                         {
