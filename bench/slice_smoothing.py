@@ -7,7 +7,7 @@ every kept model in it, every validation and test volume is predicted once, with
 test-time augmentation, as the product predicts), and the softmax of each slice is averaged with its
 neighbours' along the model's slicing axis by a Gaussian of `sigma` slices (`smooth_along`) before the
 argmax. A 2D network labels each slice on its own, so along that axis alone nothing makes neighbouring
-slices agree. Each variant then gets the product's "auto" clean-up, chosen per variant on the painted voxels
+slices agree. The weights are the product's (`predict_smooth`, model/inference.py). Each variant then gets the product's "auto" clean-up, chosen per variant on the painted voxels
 of the model's labelled volumes, as bench.label_efficiency_eval does for flip+auto. Sigma 0 is that
 benchmark's flip+auto.
 
@@ -29,14 +29,8 @@ from bench.common import SHARED_DATA
 from bench.error_split import results_of
 from data.io import read_volume
 from data.mask_cleanup import choose_cleanup
-from model.inference import load_predictor, predict_array
+from model.inference import load_predictor, predict_array, smoothing_weights
 from model.train import dice_per_class
-
-
-def gaussian_weights(sigma: float) -> np.ndarray:
-    radius = max(1, int(np.ceil(3 * sigma)))
-    w = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    return w / w.sum()
 
 
 def smooth_along(probs: np.ndarray, axis: int, sigma: float) -> np.ndarray:
@@ -44,7 +38,7 @@ def smooth_along(probs: np.ndarray, axis: int, sigma: float) -> np.ndarray:
     slices repeat past the volume's ends. sigma 0 returns probs unchanged."""
     if sigma <= 0:
         return probs
-    w = gaussian_weights(sigma)
+    w = smoothing_weights(sigma).numpy()
     radius = len(w) // 2
     moved = np.moveaxis(probs.astype(np.float32), axis + 1, 1)
     padded = np.concatenate([moved[:, :1].repeat(radius, 1), moved, moved[:, -1:].repeat(radius, 1)], axis=1)

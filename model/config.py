@@ -29,6 +29,7 @@ DEVICES = ("auto", "cpu", "cuda")
 TRISTATE = ("auto", "on", "off")
 BRANCHES = ("none", "cpc", "recon")  # model/regularizer.py
 PSEUDO_SCOPES = ("painted", "all")
+MAX_SMOOTH = 4.0  # predict_smooth, in slices: a wider Gaussian would blur the structure's ends away
 # 3D clean-up of predicted masks (data/mask_cleanup.py): "auto" decides per class on the painted voxels of
 # the model's predictions of painted volumes (model/postprocess.py), "all" always keeps the largest
 # component and fills holes, "off" never cleans
@@ -47,6 +48,7 @@ RUNTIME_FIELDS = frozenset(
         "predict_chunk_pixels",
         "predict_flip",
         "predict_flip_budget_s",
+        "predict_smooth",
         "defer_cleanup",
         "speed_cache",
     }
@@ -229,6 +231,9 @@ class TrainConfig:
     # machine, timed on the volume's first slices, adds at most predict_flip_budget_s to the volume.
     predict_flip: str = "auto"
     predict_flip_budget_s: float = 15.0
+    # A 2D network labels each slice on its own: the softmax is averaged along the slicing axis with a
+    # Gaussian of this many slices before the argmax (model/inference.py smooth_slices); 0 = off.
+    predict_smooth: float = 0.0
     cleanup: str = "auto"  # one of CLEANUP_MODES
     cleanup_volumes: int = 3  # "auto" decides on at most this many painted volumes
     # "auto" clean-up decided by the caller from the predictions it makes anyway (the server predicts every
@@ -272,6 +277,8 @@ class TrainConfig:
             problems.append(f"paint_growth_max must be >= 1, got {self.paint_growth_max}")
         if not 0 <= self.context_slices <= 8:
             problems.append(f"context_slices must be 0..8, got {self.context_slices}")
+        if not 0 <= self.predict_smooth <= MAX_SMOOTH:
+            problems.append(f"predict_smooth must be 0 (off) to {MAX_SMOOTH} slices, got {self.predict_smooth}")
         if not self.predict_flip_budget_s >= 0:
             problems.append(f"predict_flip_budget_s must be >= 0, got {self.predict_flip_budget_s}")
         if self.axis not in ("auto", 0, 1, 2):

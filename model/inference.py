@@ -7,6 +7,7 @@ once, so a 512x512x600 CT never has all its logits in memory.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,13 +35,16 @@ def predict_array(
     flip: bool | str = False,
     flip_budget_s: float = 15.0,
     report: dict | None = None,
+    smooth: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(labels uint8 of array.shape, probs float16 (K, *array.shape) or None).
 
     `flip`: test-time augmentation, the softmax averaged over the slice as it is and mirrored along each
     in-plane axis (training augments with the same flips), at three times the cost. True / "on" always,
     False / "off" never, "auto" when the two mirrors, extrapolated from the time of the first chunk on this
-    machine, add at most `flip_budget_s` to the volume. `report`, when given, is filled with what was done."""
+    machine, add at most `flip_budget_s` to the volume. `smooth` > 0: the softmax of each slice is averaged
+    with its neighbours' along the slicing axis (`smooth_slices`) before the argmax, probabilities included;
+    each chunk is run with the neighbours it needs. `report`, when given, is filled with what was done."""
     flip_mode = {True: "on", False: "off"}.get(flip, flip)
     if flip_mode not in ("auto", "on", "off"):
         raise ValueError(f"flip must be True, False, 'auto', 'on' or 'off', got {flip!r}")
@@ -58,9 +62,12 @@ def predict_array(
     per_chunk = max(1, chunk_pixels // (where.size[0] * where.size[1]))
     flipping = flip_mode == "on"
     reason = {"on": "asked for", "off": "switched off"}.get(flip_mode, "")
+    weights = smoothing_weights(smooth)
+    radius = len(weights) // 2
     for start in range(0, n, per_chunk):
         stop = min(n, start + per_chunk)
-        x = _network_input(array, info, start, stop, where, stats)
+        lo, hi = max(0, start - radius), min(n, stop + radius)
+        x = _network_input(array, info, lo, hi, where, stats)
         if flip_mode == "auto" and start == 0:
             softmax_sum(net, x[:1], runtime, MIRROR_VIEWS[:1])  # warm-up, so that the timing below is the chunk's
         began = time.perf_counter()
@@ -74,6 +81,8 @@ def predict_array(
                 mirrored, more = softmax_sum(net, x, runtime, MIRROR_VIEWS[1:])
                 total, views = total + mirrored, views + more
         p = slices.from_network(total / views, where)
+        if radius:
+            p = smooth_slices(p, weights, lo, start, stop, n)
         labels_view[start:stop] = p.argmax(dim=1).to(torch.uint8).cpu().numpy()
         if return_probs:
             probs_view[:, start:stop] = p.transpose(0, 1).to(torch.float16).cpu().numpy()
@@ -91,6 +100,28 @@ def _network_input(array, info: dict[str, Any], start: int, stop: int, where, st
     x = slices.to_network(stats.apply(slices.slab(array, axis, lo, hi)), where, stats.background)
     x = slices.with_context(x, lo, start, stop, n, context)
     return slices.with_position(x, torch.arange(start, stop), n) if info.get("position") else x
+
+
+def smoothing_weights(sigma: float) -> torch.Tensor:
+    """A normalised Gaussian of `sigma` slices cut at 3 sigma (at least one neighbour each side); empty
+    for sigma 0."""
+    if sigma <= 0:
+        return torch.zeros(0)
+    radius = max(1, math.ceil(3 * sigma))
+    w = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float64) / sigma) ** 2)
+    return (w / w.sum()).float()
+
+
+def smooth_slices(p: torch.Tensor, weights: torch.Tensor, lo: int, start: int, stop: int, n: int) -> torch.Tensor:
+    """Slices start..stop-1 of a volume's n slices, each the `weights`-average of its neighbours' softmax;
+    p (N, K, H, W) holds slices lo..lo+N-1, every neighbour the weights reach, and past the volume's ends
+    its first and last slice stand in."""
+    radius = len(weights) // 2
+    here = torch.arange(start, stop)
+    out = torch.zeros((stop - start, *p.shape[1:]), dtype=p.dtype, device=p.device)
+    for d, w in zip(range(-radius, radius + 1), weights.tolist()):
+        out += w * p[(here + d).clamp(0, n - 1) - lo]
+    return out
 
 
 MIRROR_VIEWS = ((), (2,), (3,))  # as it is, mirrored left-right, mirrored up-down (dims of an N, C, H, W batch)
@@ -147,6 +178,7 @@ class Predictor:
             flip=self.config.predict_flip if flip is None else flip,
             flip_budget_s=self.config.predict_flip_budget_s,
             report=report,
+            smooth=self.config.predict_smooth,
         )
         if self.cleanup is not None and clean:
             labels = self.cleanup.apply(labels)

@@ -45,7 +45,16 @@ def decide_cleanup(
         if not (label != IGNORE).any():
             continue
         image = np.asarray(read_volume(image_path).array)
-        pred, _ = predict_array(net, image, info, runtime, num_classes, cfg.predict_chunk_pixels, flip=cfg.predict_flip)
+        pred, _ = predict_array(
+            net,
+            image,
+            info,
+            runtime,
+            num_classes,
+            cfg.predict_chunk_pixels,
+            flip=cfg.predict_flip,
+            smooth=cfg.predict_smooth,
+        )
         predictions.append(pred)
         painted.append(label)
     return decide_from(predictions, painted, num_classes)

@@ -139,3 +139,64 @@ def test_model_files_that_kept_flip_as_a_bool_still_load():
     assert TrainConfig.from_dict({"predict_flip": False}).predict_flip == "off"
     with pytest.raises(ValueError, match="predict_flip must be one of"):
         TrainConfig(predict_flip="yes")
+
+
+def naive_smoothed(probs: np.ndarray, axis: int, sigma: float) -> np.ndarray:
+    """Each slice's softmax averaged with its neighbours' by a Gaussian cut at 3 sigma, end slices repeated."""
+    import math
+
+    radius = max(1, math.ceil(3 * sigma))
+    weights = [math.exp(-0.5 * (d / sigma) ** 2) for d in range(-radius, radius + 1)]
+    n = probs.shape[axis + 1]
+    out = np.zeros(probs.shape, dtype=np.float64)
+    for i in range(n):
+        index = [slice(None)] * probs.ndim
+        index[axis + 1] = i
+        for d, w in zip(range(-radius, radius + 1), weights):
+            out[tuple(index)] += w / sum(weights) * np.take(probs, min(n - 1, max(0, i + d)), axis=axis + 1)
+    return out
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_smoothing_averages_each_slices_softmax_with_its_neighbours_across_chunks(axis):
+    torch.manual_seed(0)
+    net = Spy(UNet(1, 3, (4, 8, 16)).eval())
+    volume = np.random.default_rng(1).normal(size=(13, 11, 9)).astype(np.float32)
+    rt = runtime_for("cpu", "off", "off", "off")
+    plain_labels, plain = predict_array(net, volume, info(axis, 16), rt, 3, chunk_pixels=10**9, return_probs=True)
+    net.shapes.clear()
+    # chunks of 2 slices: every chunk needs neighbours from the chunks beside it
+    labels, smoothed = predict_array(
+        net, volume, info(axis, 16), rt, 3, chunk_pixels=2 * 16 * 16, return_probs=True, smooth=1.0
+    )
+    expected = naive_smoothed(plain.astype(np.float64), axis, 1.0)
+    np.testing.assert_allclose(smoothed.astype(np.float32), expected, rtol=0, atol=2e-3)
+    assert (labels == expected.argmax(axis=0)).mean() > 0.99  # float16 ties aside
+    # each chunk of 2 ran with up to 3 neighbours on each side, and no more
+    assert max(s[0] for s in net.shapes) <= 2 + 2 * 3 and min(s[0] for s in net.shapes) >= 2
+    np.testing.assert_array_equal(predict_array(net, volume, info(axis, 16), rt, 3, smooth=0.0)[0], plain_labels)
+
+
+def test_a_models_predict_smooth_reaches_its_predictions_and_bad_values_are_refused(tmp_path):
+    volume = np.random.default_rng(2).normal(size=(9, 20, 22)).astype(np.float32)
+    probs = {}
+    for sigma in (0.0, 1.5):
+        cfg = preset("quick", predict_smooth=sigma, predict_flip="off")
+        torch.manual_seed(0)
+        net = UNet(cfg.in_channels, 3, cfg.widths)
+        folder = tmp_path / str(sigma)
+        checkpoint.save(
+            {
+                "format": checkpoint.MODEL_FORMAT,
+                "state_dict": checkpoint.cpu_state(net),
+                "config": cfg.to_dict(),
+                "num_classes": 3,
+                "slices": {**info(0, 24, 128, 8), "context": cfg.context_slices},
+            },
+            folder / "model.pt",
+        )
+        probs[sigma] = load_predictor(folder, device="cpu").predict(volume, return_probs=True)[1].astype(np.float64)
+    np.testing.assert_allclose(probs[1.5], naive_smoothed(probs[0.0], 0, 1.5), rtol=0, atol=2e-3)
+    for bad in (-1.0, 5.0):
+        with pytest.raises(ValueError, match="predict_smooth"):
+            preset("quick", predict_smooth=bad)
