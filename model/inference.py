@@ -44,7 +44,7 @@ def predict_array(
     False / "off" never, "auto" when the two mirrors, extrapolated from the time of the first chunk on this
     machine, add at most `flip_budget_s` to the volume. `smooth` > 0: the softmax of each slice is averaged
     with its neighbours' along the slicing axis (`smooth_slices`) before the argmax, probabilities included;
-    each chunk is run with the neighbours it needs. `report`, when given, is filled with what was done."""
+    a chunk's last slices wait for the next chunk's first. `report`, when given, is filled with what was done."""
     flip_mode = {True: "on", False: "off"}.get(flip, flip)
     if flip_mode not in ("auto", "on", "off"):
         raise ValueError(f"flip must be True, False, 'auto', 'on' or 'off', got {flip!r}")
@@ -64,10 +64,16 @@ def predict_array(
     reason = {"on": "asked for", "off": "switched off"}.get(flip_mode, "")
     weights = smoothing_weights(smooth)
     radius = len(weights) // 2
+    held, held_lo, written = None, 0, 0  # smoothing: softmax of slices held_lo.. kept for their neighbours
+
+    def write(p: torch.Tensor, a: int, b: int) -> None:
+        labels_view[a:b] = p.argmax(dim=1).to(torch.uint8).cpu().numpy()
+        if return_probs:
+            probs_view[:, a:b] = p.transpose(0, 1).to(torch.float16).cpu().numpy()
+
     for start in range(0, n, per_chunk):
         stop = min(n, start + per_chunk)
-        lo, hi = max(0, start - radius), min(n, stop + radius)
-        x = _network_input(array, info, lo, hi, where, stats)
+        x = _network_input(array, info, start, stop, where, stats)
         if flip_mode == "auto" and start == 0:
             softmax_sum(net, x[:1], runtime, MIRROR_VIEWS[:1])  # warm-up, so that the timing below is the chunk's
         began = time.perf_counter()
@@ -81,12 +87,17 @@ def predict_array(
                 mirrored, more = softmax_sum(net, x, runtime, MIRROR_VIEWS[1:])
                 total, views = total + mirrored, views + more
         p = slices.from_network(total / views, where)
-        if radius:
-            p = smooth_slices(p, weights, lo, start, stop, n)
-        labels_view[start:stop] = p.argmax(dim=1).to(torch.uint8).cpu().numpy()
-        if return_probs:
-            probs_view[:, start:stop] = p.transpose(0, 1).to(torch.float16).cpu().numpy()
-        del p, total
+        del total
+        if not radius:
+            write(p, start, stop)
+            continue
+        # a slice is written once the slices `radius` past it are known; each is run through the network once
+        held = p if held is None else torch.cat([held, p])
+        ready = n if stop == n else stop - radius
+        if ready > written:
+            write(smooth_slices(held, weights, held_lo, written, ready, n), written, ready)
+            keep_from = max(0, ready - radius)
+            held, held_lo, written = held[keep_from - held_lo :], keep_from, ready
     if report is not None:
         report.update(flip=flipping, flip_reason=reason)
     return labels, probs
