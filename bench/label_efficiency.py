@@ -367,12 +367,9 @@ class Bench:
     def test(self):
         if self._test is None:
             self._test = [
-                (
-                    n,
-                    np.asarray(self.read_volume(self.image(n)).array),
-                    np.asarray(self.read_volume(self.label(n)).array),
-                )
+                (n, np.asarray(image.array), np.asarray(self.read_volume(self.label(n)).array), image.spacing)
                 for n in self.split["test"]
+                for image in [self.read_volume(self.image(n))]
             ]
         return self._test
 

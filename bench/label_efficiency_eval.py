@@ -22,7 +22,7 @@ def evaluate(
     the app knows), and their combinations with `flip`.
 
     labelled_paths: (image, painted label, full truth) of each labelled volume; test_volumes: (name, image,
-    truth) arrays of the test volumes."""
+    truth, spacing) of the test volumes: two arrays and the image's mm per voxel axis."""
     from data.io import read_volume
     from data.mask_cleanup import Cleanup, choose_cleanup
     from model.inference import load_predictor
@@ -30,18 +30,20 @@ def evaluate(
 
     predictor = load_predictor(model_dir, device)
 
-    def base(image):
+    def base(image, spacing):
         return {
-            "plain": predictor.predict(image, flip=False, clean=False)[0],
-            "flip": predictor.predict(image, flip=True, clean=False)[0],
+            "plain": predictor.predict(image, spacing, flip=False, clean=False)[0],
+            "flip": predictor.predict(image, spacing, flip=True, clean=False)[0],
         }
 
     labelled = []
     for image_path, label_path, truth_path in labelled_paths:
         name = Path(image_path).name
-        image = np.asarray(read_volume(image_path).array)
+        image = read_volume(image_path)
         painted = np.asarray(read_volume(label_path).array)
-        labelled.append((name, base(image), painted, np.asarray(read_volume(truth_path).array)))
+        labelled.append(
+            (name, base(np.asarray(image.array), image.spacing), painted, np.asarray(read_volume(truth_path).array))
+        )
     every = Cleanup.everything(NUM_CLASSES)
     auto = {
         key: choose_cleanup([b[key] for _, b, _, _ in labelled], [p for _, _, p, _ in labelled], NUM_CLASSES)
@@ -59,8 +61,8 @@ def evaluate(
         }
 
     test: dict[str, dict[str, list[float]]] = {}
-    for name, image, truth in test_volumes:
-        for variant, pred in variants(base(image)).items():
+    for name, image, truth, spacing in test_volumes:
+        for variant, pred in variants(base(image, spacing)).items():
             test.setdefault(variant, {})[name] = dice_per_class(pred, truth, NUM_CLASSES)
     own: dict[str, dict[str, list[float]]] = {}
     for name, b, _, truth in labelled:

@@ -4,12 +4,13 @@
 
 Each OUT_DIR is a `--keep-models` folder of bench.label_efficiency (its results.json names the split). For
 every kept model in it, every validation and test volume is predicted once, with the mirrors (flip
-test-time augmentation, as the product predicts), and the softmax of each slice is averaged with its
-neighbours' along the model's slicing axis by a Gaussian of `sigma` slices (`smooth_along`) before the
+test-time augmentation, as the product predicts) and without the model's own smoothing, and the softmax of
+each slice is averaged with its neighbours' along the model's slicing axis by a Gaussian of std `sigma` mm
+(`smooth_along`, in slices of the volume's spacing, with the weights `predict_smooth_mm` uses) before the
 argmax. A 2D network labels each slice on its own, so along that axis alone nothing makes neighbouring
-slices agree. The weights are the product's (`predict_smooth`, model/inference.py). Each variant then gets the product's "auto" clean-up, chosen per variant on the painted voxels
-of the model's labelled volumes, as bench.label_efficiency_eval does for flip+auto. Sigma 0 is that
-benchmark's flip+auto.
+slices agree. Each variant then gets the product's "auto" clean-up, chosen per variant on the painted
+voxels of the model's labelled volumes, as bench.label_efficiency_eval does for flip+auto. Sigma 0 is that
+benchmark's flip+auto for a model that does not smooth.
 
 Printed: per model the mean Dice of each sigma on the validation and the test volumes, then per OUT_DIR
 the mean ± std over its models of each sigma minus sigma 0 (paired: same model, same volumes). Choose a
@@ -29,7 +30,7 @@ from bench.common import SHARED_DATA
 from bench.error_split import results_of
 from data.io import read_volume
 from data.mask_cleanup import choose_cleanup
-from model.inference import load_predictor, predict_array, smoothing_weights
+from model.inference import load_predictor, predict_array, smoothing_slices, smoothing_weights
 from model.train import dice_per_class
 
 
@@ -57,20 +58,26 @@ def evaluate_model(run_dir: Path, split: dict, sigmas: list[float], data: Path) 
     k = predictor.num_classes
     config = json.loads((run_dir / "config.json").read_text())
 
-    def labels_by_sigma(image: np.ndarray) -> dict[float, np.ndarray]:
+    def labels_by_sigma(volume) -> dict[float, np.ndarray]:
+        image = np.asarray(volume.array)
         labels, probs = predict_array(
             predictor.net, image, predictor.info, predictor.runtime, k, return_probs=True, flip=True
         )
         # sigma 0 keeps the argmax of the float32 softmax, as the product's labels are; the probabilities
         # come back as float16, whose rounding can flip a near tie
-        return {s: smooth_along(probs, axis, s).argmax(axis=0).astype(np.uint8) if s else labels for s in sigmas}
+        return {
+            s: smooth_along(probs, axis, smoothing_slices(s, volume.spacing, axis)).argmax(axis=0).astype(np.uint8)
+            if s
+            else labels
+            for s in sigmas
+        }
 
     painted_preds: dict[float, list[np.ndarray]] = {s: [] for s in sigmas}
     painted = []
     for image_path, label_path in zip(config["images"], config["labels"]):
         if not label_path:
             continue
-        for s, pred in labels_by_sigma(np.asarray(read_volume(image_path).array)).items():
+        for s, pred in labels_by_sigma(read_volume(image_path)).items():
             painted_preds[s].append(pred)
         painted.append(np.asarray(read_volume(label_path).array))
     cleanups = {s: choose_cleanup(painted_preds[s], painted, k)[0] for s in sigmas}
@@ -78,7 +85,7 @@ def evaluate_model(run_dir: Path, split: dict, sigmas: list[float], data: Path) 
     for part in ("val", "test"):
         scores[part] = {s: [] for s in sigmas}
         for name in split[part]:
-            image = np.asarray(read_volume(str(data / "imagesTr" / name)).array)
+            image = read_volume(str(data / "imagesTr" / name))
             truth = np.asarray(read_volume(str(data / "labelsTr" / name)).array)
             for s, pred in labels_by_sigma(image).items():
                 scores[part][s].append(float(np.mean(dice_per_class(cleanups[s].apply(pred), truth, k))))
@@ -88,7 +95,7 @@ def evaluate_model(run_dir: Path, split: dict, sigmas: list[float], data: Path) 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dirs", type=Path, nargs="+")
-    parser.add_argument("--sigmas", default="0.5,1,2", help="Gaussian widths in slices, besides 0")
+    parser.add_argument("--sigmas", default="0.5,1,2", help="Gaussian stds in mm, besides 0")
     parser.add_argument("--data", type=Path, default=SHARED_DATA / "hippocampus")
     parser.add_argument("--json", type=Path, help="write every model's scores here")
     args = parser.parse_args(argv)

@@ -1,10 +1,11 @@
-"""What smoothing along the slicing axis (`predict_smooth`) adds to predicting a volume, on this machine.
+"""What smoothing along the slicing axis (`predict_smooth_mm`) adds to predicting a volume, on this machine.
 
     python -m bench.smoothing_cost [--shapes 35x51x35,60x512x512] [--repeats 3] [--threads 1]
 
 The `cpu` preset's U-Net with random weights (inference time does not depend on the weights) predicts a
-random volume of each shape along axis 0 with the preset's chunking, mirrors off, with `predict_smooth`
-0 and 1 interleaved so both see the same machine load. Prints the median time of each and their ratio.
+random volume of each shape along axis 0 with the preset's chunking, mirrors off, with the preset's
+`predict_smooth_mm` on a 1 mm grid and without, interleaved, so both see the same machine load. Prints the
+median time of each and their ratio.
 Run it again under `ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2` to see a CPU without AVX-512.
 """
 
@@ -20,7 +21,7 @@ import torch
 from bench.common import machine
 from model.config import preset
 from model.device import runtime_for
-from model.inference import predict_array
+from model.inference import predict_array, smoothing_slices
 from model.slices import training_size
 from model.unet import UNet
 
@@ -49,7 +50,8 @@ def main(argv: list[str] | None = None) -> None:
         size = training_size([shape], 0, cfg.max_size, 2 ** len(cfg.widths))
         info = {"axis": 0, "size": size, "max_size": cfg.max_size, "multiple": 2 ** len(cfg.widths)}
         info["context"] = cfg.context_slices
-        times: dict[float, list[float]] = {0.0: [], cfg.predict_smooth: []}
+        sigma = smoothing_slices(cfg.predict_smooth_mm, (1.0, 1.0, 1.0), 0)
+        times: dict[float, list[float]] = {0.0: [], sigma: []}
         for i in range(args.repeats + 1):
             for sigma in times:
                 t0 = time.perf_counter()
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         off, on = (statistics.median(v) for v in times.values())
         print(
             f"{text}: median of {args.repeats}, smoothing off {off * 1000:.1f} ms, "
-            f"predict_smooth={cfg.predict_smooth:g} {on * 1000:.1f} ms, ratio {on / off:.3f}"
+            f"predict_smooth_mm={cfg.predict_smooth_mm:g} {on * 1000:.1f} ms, ratio {on / off:.3f}"
         )
 
 

@@ -113,6 +113,13 @@ def _network_input(array, info: dict[str, Any], start: int, stop: int, where, st
     return slices.with_position(x, torch.arange(start, stop), n) if info.get("position") else x
 
 
+def smoothing_slices(sigma_mm: float, spacing, axis: int) -> float:
+    """The Gaussian's std in slices along `axis` for one of `sigma_mm`; 0 (off) without a spacing."""
+    if not sigma_mm or spacing is None:
+        return 0.0
+    return float(sigma_mm) / float(spacing[axis])
+
+
 def smoothing_weights(sigma: float) -> torch.Tensor:
     """A normalised Gaussian of `sigma` slices cut at 3 sigma (at least one neighbour each side); empty
     for sigma 0."""
@@ -175,8 +182,8 @@ class Predictor:
         `flip` (default: the model's `predict_flip`) averages over mirrored slices; `clean` applies the
         model's 3D clean-up to the labels (the probabilities stay as the network gave them).
 
-        `spacing` is accepted for the API's sake; slices are not resampled, the model saw the
-        training volumes at their own voxel grid.
+        `spacing` (mm per voxel axis) sizes the model's `predict_smooth_mm` in slices; without it nothing
+        is smoothed. Slices are not resampled: the model saw the training volumes at their own voxel grid.
         """
         labels, probs = predict_array(
             self.net,
@@ -189,7 +196,7 @@ class Predictor:
             flip=self.config.predict_flip if flip is None else flip,
             flip_budget_s=self.config.predict_flip_budget_s,
             report=report,
-            smooth=self.config.predict_smooth,
+            smooth=smoothing_slices(self.config.predict_smooth_mm, spacing, int(self.info["axis"])),
         )
         if self.cleanup is not None and clean:
             labels = self.cleanup.apply(labels)

@@ -22,7 +22,7 @@ from data.volume import IGNORE
 from model.cleanup_decision import decide_from
 from model.config import TrainConfig
 from model.device import Runtime
-from model.inference import predict_array
+from model.inference import predict_array, smoothing_slices
 
 
 def decide_cleanup(
@@ -44,7 +44,8 @@ def decide_cleanup(
         label = np.asarray(read_volume(label_path).array)
         if not (label != IGNORE).any():
             continue
-        image = np.asarray(read_volume(image_path).array)
+        volume = read_volume(image_path)
+        image = np.asarray(volume.array)
         pred, _ = predict_array(
             net,
             image,
@@ -53,7 +54,7 @@ def decide_cleanup(
             num_classes,
             cfg.predict_chunk_pixels,
             flip=cfg.predict_flip,
-            smooth=cfg.predict_smooth,
+            smooth=smoothing_slices(cfg.predict_smooth_mm, volume.spacing, int(info["axis"])),
         )
         predictions.append(pred)
         painted.append(label)

@@ -99,14 +99,12 @@ def test_sigma_0_of_a_kept_model_is_the_benchmarks_flip_and_auto_score(tmp_path,
     scores = json.loads((tmp_path / "s.json").read_text())[str(folder)]["runs/seed0/sparse-2x1/full+pseudo"]
     assert set(scores["test"]) == {"0.0", "1.0"}
     labelled = [(image, label, str(data / "labelsTr" / Path(image).name)) for image, label in zip(images, labels)]
-    test = [
-        (
-            n,
-            np.asarray(read_volume(str(data / "imagesTr" / n)).array),
-            np.asarray(read_volume(str(data / "labelsTr" / n)).array),
+    test = []
+    for n in names[3:4]:
+        image = read_volume(str(data / "imagesTr" / n))
+        test.append(
+            (n, np.asarray(image.array), np.asarray(read_volume(str(data / "labelsTr" / n)).array), image.spacing)
         )
-        for n in names[3:4]
-    ]
     _, summary = evaluate(run_dir, "cpu", labelled, test)
     assert scores["test"]["0.0"] == pytest.approx(summary["flip+auto"]["test_dice_mean"], abs=1e-9)
     assert "test sigma 1 - 0:" in capsys.readouterr().out

@@ -13,7 +13,7 @@ def test_it_prints_both_times_and_their_ratio_per_shape(capsys):
     for shape, line in zip(("9x20x24", "5x40x40"), lines):
         assert line.startswith(shape)
         off, on, ratio = (
-            float(x) for x in re.findall(r"off ([\d.]+) ms, predict_smooth=1 ([\d.]+) ms, ratio ([\d.]+)", line)[0]
+            float(x) for x in re.findall(r"off ([\d.]+) ms, predict_smooth_mm=1 ([\d.]+) ms, ratio ([\d.]+)", line)[0]
         )
         assert off > 0 and on > 0 and ratio == pytest.approx(on / off, abs=0.01)
 

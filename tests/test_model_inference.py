@@ -180,26 +180,30 @@ def test_smoothing_averages_each_slices_softmax_with_its_neighbours_across_chunk
     np.testing.assert_allclose(one.astype(np.float32), smoothed.astype(np.float32), rtol=0, atol=2e-3)
 
 
-def test_a_models_predict_smooth_reaches_its_predictions_and_bad_values_are_refused(tmp_path):
+def test_a_models_predict_smooth_mm_is_sized_by_the_volumes_spacing_and_bad_values_are_refused(tmp_path):
     volume = np.random.default_rng(2).normal(size=(9, 20, 22)).astype(np.float32)
-    probs = {}
-    for sigma in (0.0, 1.5):
-        cfg = preset("quick", predict_smooth=sigma, predict_flip="off")
-        torch.manual_seed(0)
-        net = UNet(cfg.in_channels, 3, cfg.widths)
-        folder = tmp_path / str(sigma)
-        checkpoint.save(
-            {
-                "format": checkpoint.MODEL_FORMAT,
-                "state_dict": checkpoint.cpu_state(net),
-                "config": cfg.to_dict(),
-                "num_classes": 3,
-                "slices": {**info(0, 24, 128, 8), "context": cfg.context_slices},
-            },
-            folder / "model.pt",
-        )
-        probs[sigma] = load_predictor(folder, device="cpu").predict(volume, return_probs=True)[1].astype(np.float64)
-    np.testing.assert_allclose(probs[1.5], naive_smoothed(probs[0.0], 0, 1.5), rtol=0, atol=2e-3)
+    cfg = preset("quick", predict_smooth_mm=3.0, predict_flip="off")
+    torch.manual_seed(0)
+    net = UNet(cfg.in_channels, 3, cfg.widths)
+    checkpoint.save(
+        {
+            "format": checkpoint.MODEL_FORMAT,
+            "state_dict": checkpoint.cpu_state(net),
+            "config": cfg.to_dict(),
+            "num_classes": 3,
+            "slices": {**info(0, 24, 128, 8), "context": cfg.context_slices},
+        },
+        tmp_path / "model.pt",
+    )
+    predictor = load_predictor(tmp_path, device="cpu")
+    plain = predictor.predict(volume, return_probs=True)[1].astype(np.float64)  # no spacing: nothing smoothed
+    unsmoothed = predict_array(predictor.net, volume, predictor.info, predictor.runtime, 3, return_probs=True)[1]
+    np.testing.assert_array_equal(plain, unsmoothed.astype(np.float64))
+    # 3 mm along the slicing axis (0): 1.5 slices of 2 mm, 0.5 of 6 mm; the in-plane spacing plays no part
+    for slice_mm, in_plane in ((2.0, 0.5), (6.0, 9.0)):
+        probs = predictor.predict(volume, (slice_mm, in_plane, in_plane), return_probs=True)[1]
+        expected = naive_smoothed(plain, 0, 3.0 / slice_mm)
+        np.testing.assert_allclose(probs.astype(np.float64), expected, rtol=0, atol=2e-3)
     for bad in (-1.0, 5.0):
-        with pytest.raises(ValueError, match="predict_smooth"):
-            preset("quick", predict_smooth=bad)
+        with pytest.raises(ValueError, match="predict_smooth_mm"):
+            preset("quick", predict_smooth_mm=bad)
