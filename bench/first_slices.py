@@ -203,8 +203,8 @@ def train_and_score(task: dict) -> dict:
     predictor = load_predictor(folder / "model", "cpu")
     dice = {}
     for name in task["work"] + task["eval"]:
-        image, truth, _ = read(data, name)
-        pred, _ = predictor.predict(image)
+        image, truth, volume = read(data, name)
+        pred, _ = predictor.predict(image, volume.spacing)
         dice[name] = float(np.mean(dice_per_class(pred, truth, NUM_CLASSES)))
     shutil.rmtree(folder, ignore_errors=True)
     return {"dice": dice, "train_s": round(train_s, 1), "total_s": round(time.monotonic() - t0, 1)}

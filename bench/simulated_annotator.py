@@ -184,8 +184,8 @@ class Bench:
             probs, labels = {}, {}
             work_dice, eval_dice = [], []
             for name in self.work_names + self.eval_names:
-                _, image, truth, _ = self.vols[name]
-                pred, p = predictor.predict(image, return_probs=name in self.work_names)
+                _, image, truth, volume = self.vols[name]
+                pred, p = predictor.predict(image, volume.spacing, return_probs=name in self.work_names)
                 (work_dice if name in self.work_names else eval_dice).append(dice_mean(pred, truth))
                 if name in self.work_names:
                     probs[name], labels[name] = np.asarray(p, dtype=np.float32), pred
