@@ -77,6 +77,18 @@ def put_slice(labels: np.ndarray, axis: int, index: int, mask: np.ndarray) -> No
     labels[tuple(where)] = mask
 
 
+def impose_paint(labels: np.ndarray, painted: np.ndarray | None) -> np.ndarray:
+    """`labels` with every painted voxel of the sparse label volume `painted` (IGNORE = not painted) set to
+    its painted value: the mask a clinician gets back holds what they painted, voxel for voxel. A new array;
+    `painted` None returns `labels` unchanged."""
+    if painted is None:
+        return labels
+    labels, painted = np.asarray(labels), np.asarray(painted)
+    if painted.shape != labels.shape:
+        raise InvalidInput(f"painted labels of shape {painted.shape} do not fit a mask of shape {labels.shape}")
+    return np.where(painted != IGNORE, painted, labels).astype(labels.dtype, copy=False)
+
+
 def painted_mask(labels: np.ndarray, axis: int) -> np.ndarray:
     """Bool per index along `axis`: that slice is painted, i.e. fully annotated (holds no IGNORE pixel)."""
     labels = np.asarray(labels)

@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from data.annotations import impose_paint
 from data.mask_cleanup import Cleanup
+from data.volume import IGNORE
 from model import checkpoint, cleanup_decision, slices
 from model.config import TrainConfig
 from model.device import Runtime, autocast, prepare_input, prepare_model, runtime_for
@@ -36,6 +38,7 @@ def predict_array(
     flip_budget_s: float = 15.0,
     report: dict | None = None,
     smooth: float = 0.0,
+    painted: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(labels uint8 of array.shape, probs float16 (K, *array.shape) or None).
 
@@ -44,7 +47,11 @@ def predict_array(
     False / "off" never, "auto" when the two mirrors, extrapolated from the time of the first chunk on this
     machine, add at most `flip_budget_s` to the volume. `smooth` > 0: the softmax of each slice is averaged
     with its neighbours' along the slicing axis (`smooth_slices`) before the argmax, probabilities included;
-    a chunk's last slices wait for the next chunk's first. `report`, when given, is filled with what was done."""
+    a chunk's last slices wait for the next chunk's first. `report`, when given, is filled with what was done.
+
+    `painted`: a sparse label volume of array.shape (IGNORE where not painted). Its voxels are certain: their
+    softmax is the painted class's one-hot before the smoothing, so a painted slice pulls its neighbours' as
+    any slice does, and the labels returned hold every painted value exactly."""
     flip_mode = {True: "on", False: "off"}.get(flip, flip)
     if flip_mode not in ("auto", "on", "off"):
         raise ValueError(f"flip must be True, False, 'auto', 'on' or 'off', got {flip!r}")
@@ -58,6 +65,7 @@ def predict_array(
     probs = np.empty((num_classes, *array.shape), dtype=np.float16) if return_probs else None
     labels_view = np.moveaxis(labels, axis, 0)
     probs_view = np.moveaxis(probs, axis + 1, 1) if return_probs else None
+    painted_view = None if painted is None else np.moveaxis(_check_painted(painted, array.shape), axis, 0)
     n = array.shape[axis]
     per_chunk = max(1, chunk_pixels // (where.size[0] * where.size[1]))
     flipping = flip_mode == "on"
@@ -88,6 +96,8 @@ def predict_array(
                 total, views = total + mirrored, views + more
         p = slices.from_network(total / views, where)
         del total
+        if painted_view is not None:
+            p = with_painted(p, painted_view[start:stop])
         if not radius:
             write(p, start, stop)
             continue
@@ -100,7 +110,28 @@ def predict_array(
             held, held_lo, written = held[keep_from - held_lo :], keep_from, ready
     if report is not None:
         report.update(flip=flipping, flip_reason=reason)
+    if painted is not None:
+        labels = impose_paint(labels, painted)
     return labels, probs
+
+
+def _check_painted(painted, shape) -> np.ndarray:
+    painted = np.asarray(painted)
+    if painted.shape != tuple(shape):
+        raise ValueError(f"painted labels of shape {painted.shape} do not fit the volume's shape {tuple(shape)}")
+    return painted
+
+
+def with_painted(p: torch.Tensor, painted: np.ndarray) -> torch.Tensor:
+    """Softmax p (N, K, H, W) of N slices with each painted pixel of `painted` (N, H, W; IGNORE = not painted)
+    replaced by its class's one-hot; a painted value the model has no class for leaves the pixel as it was."""
+    k = p.shape[1]
+    lab = torch.from_numpy(np.ascontiguousarray(painted)).to(device=p.device, dtype=torch.long)
+    known = (lab != IGNORE) & (lab < k)
+    if not bool(known.any()):
+        return p
+    onehot = torch.nn.functional.one_hot(lab.clamp(max=k - 1), k).permute(0, 3, 1, 2).to(p.dtype)
+    return torch.where(known[:, None], onehot, p)
 
 
 def _network_input(array, info: dict[str, Any], start: int, stop: int, where, stats) -> torch.Tensor:
@@ -176,6 +207,7 @@ class Predictor:
         flip: bool | str | None = None,
         clean: bool = True,
         report: dict | None = None,
+        painted: np.ndarray | None = None,
     ):
         """Labels (uint8, same (i, j, k) shape) and, when asked, float16 probabilities (K, i, j, k).
 
@@ -184,6 +216,9 @@ class Predictor:
 
         `spacing` (mm per voxel axis) sizes the model's `predict_smooth_mm` in slices; without it nothing
         is smoothed. Slices are not resampled: the model saw the training volumes at their own voxel grid.
+
+        `painted` (a sparse label volume of the same shape, IGNORE where not painted): the painted voxels are
+        taken as certain (see `predict_array`) and the labels returned, cleaned or not, hold them exactly.
         """
         labels, probs = predict_array(
             self.net,
@@ -197,9 +232,10 @@ class Predictor:
             flip_budget_s=self.config.predict_flip_budget_s,
             report=report,
             smooth=smoothing_slices(self.config.predict_smooth_mm, spacing, int(self.info["axis"])),
+            painted=painted,
         )
         if self.cleanup is not None and clean:
-            labels = self.cleanup.apply(labels)
+            labels = impose_paint(self.cleanup.apply(labels), painted)
         return labels, probs
 
     def embed(self, volume_array: np.ndarray) -> np.ndarray:

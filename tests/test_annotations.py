@@ -158,3 +158,20 @@ def test_mask_to_png_refuses_non_2d_or_out_of_range():
         mask_to_png(np.zeros((2, 3, 4), np.uint8))
     with pytest.raises(InvalidInput):
         mask_to_png(np.full((2, 3), 256, np.int32))
+
+
+def test_impose_paint_sets_every_painted_voxel_and_nothing_else():
+    from data.annotations import impose_paint
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, size=(4, 5, 6)).astype(np.uint8)
+    painted = np.full(labels.shape, IGNORE, dtype=np.uint8)
+    painted[1] = rng.integers(0, 3, size=(5, 6))
+    painted[:, 2, :] = 4  # crossing slices of another axis, a value the labels never had
+    out = impose_paint(labels, painted)
+    for index in np.ndindex(labels.shape):
+        assert out[index] == (labels[index] if painted[index] == IGNORE else painted[index])
+    assert out.dtype == labels.dtype and out is not labels
+    assert impose_paint(labels, None) is labels
+    with pytest.raises(InvalidInput, match="do not fit"):
+        impose_paint(labels, painted[:, :, :-1])

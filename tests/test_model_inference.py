@@ -207,3 +207,78 @@ def test_a_models_predict_smooth_mm_is_sized_by_the_volumes_spacing_and_bad_valu
     for bad in (-1.0, 5.0):
         with pytest.raises(ValueError, match="predict_smooth_mm"):
             preset("quick", predict_smooth_mm=bad)
+
+
+def painted_slices(shape, axis, indices, num_classes, seed=3) -> np.ndarray:
+    """A sparse label volume (IGNORE elsewhere) whose slices `indices` along `axis` hold random classes."""
+    from data.volume import IGNORE
+
+    rng = np.random.default_rng(seed)
+    painted = np.full(shape, IGNORE, dtype=np.uint8)
+    moved = np.moveaxis(painted, axis, 0)
+    for i in indices:
+        moved[i] = rng.integers(0, num_classes, size=moved.shape[1:])
+    return painted
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_painted_voxels_are_certain_before_the_smoothing_and_kept_exactly(axis):
+    from data.volume import IGNORE
+
+    torch.manual_seed(0)
+    net = UNet(1, 3, (4, 8, 16)).eval()
+    volume = np.random.default_rng(1).normal(size=(13, 11, 9)).astype(np.float32)
+    rt = runtime_for("cpu", "off", "off", "off")
+    plain = predict_array(net, volume, info(axis, 16), rt, 3, chunk_pixels=10**9, return_probs=True)[1]
+    painted = painted_slices(volume.shape, axis, [0, 4, 5], 3)
+    # a part of the paint with a value the model has no class for: kept in the labels, not in the softmax
+    np.moveaxis(painted, axis, 0)[4][:2] = 7
+    # the naive reference: one-hot at the painted voxels the model has a class for, then the Gaussian
+    certain = plain.astype(np.float64)
+    known = (painted != IGNORE) & (painted < 3)
+    for c in range(3):
+        certain[c][known] = (painted[known] == c).astype(np.float64)
+    expected = naive_smoothed(certain, axis, 1.0)
+    expected_labels = np.where(painted != IGNORE, painted, expected.argmax(axis=0))
+    for chunk in (10**9, 2 * 16 * 16, 16 * 16):  # across chunk boundaries, one slice a chunk
+        labels, probs = predict_array(
+            net, volume, info(axis, 16), rt, 3, chunk_pixels=chunk, return_probs=True, smooth=1.0, painted=painted
+        )
+        np.testing.assert_allclose(probs.astype(np.float64), expected, rtol=0, atol=2e-3)
+        np.testing.assert_array_equal(labels[painted != IGNORE], painted[painted != IGNORE])
+        assert (labels == expected_labels).mean() > 0.99  # float16 ties aside
+    # the neighbours of a painted slice move towards it: nothing painted, nothing moves
+    unpainted = predict_array(net, volume, info(axis, 16), rt, 3, smooth=1.0, painted=np.full_like(painted, IGNORE))
+    np.testing.assert_array_equal(unpainted[0], predict_array(net, volume, info(axis, 16), rt, 3, smooth=1.0)[0])
+    with pytest.raises(ValueError, match="do not fit"):
+        predict_array(net, volume, info(axis, 16), rt, 3, painted=painted[:-1])
+
+
+def test_the_predictors_clean_up_never_removes_a_painted_voxel(tmp_path):
+    from data.mask_cleanup import Cleanup
+    from data.volume import IGNORE
+
+    volume = np.random.default_rng(2).normal(size=(9, 20, 22)).astype(np.float32)
+    cfg = preset("quick", predict_flip="off")
+    torch.manual_seed(0)
+    net = UNet(cfg.in_channels, 3, cfg.widths)
+    checkpoint.save(
+        {
+            "format": checkpoint.MODEL_FORMAT,
+            "state_dict": checkpoint.cpu_state(net),
+            "config": cfg.to_dict(),
+            "num_classes": 3,
+            "slices": {**info(0, 24, 128, 8), "context": cfg.context_slices},
+        },
+        tmp_path / "model.pt",
+    )
+    predictor = load_predictor(tmp_path, device="cpu")
+    predictor.cleanup = Cleanup.everything(3)
+    # two single voxels of class 1 on painted slices of class 2: the clean-up alone keeps one part of a class
+    painted = np.full(volume.shape, IGNORE, dtype=np.uint8)
+    painted[3:6] = 2
+    painted[4, 1, 1] = painted[4, 18, 20] = 1
+    cleaned_alone = predictor.cleanup.apply(np.where(painted != IGNORE, painted, predictor.predict(volume)[0]))
+    assert (cleaned_alone[3:6] != painted[3:6]).any()
+    labels = predictor.predict(volume, painted=painted)[0]
+    np.testing.assert_array_equal(labels[3:6], painted[3:6])
