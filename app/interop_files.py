@@ -10,14 +10,12 @@ import os
 import tempfile
 from pathlib import Path
 
-from app.predictions import safe_name
+from app.predictions import SEG_NRRD_NAME, safe_name
 from data.errors import InvalidInput, NotFound
 from data.mask_files import painted_masks, read_mask_file
 from data.nnunet import write_nnunet_zip
 from data.slicer_seg import write_seg_nrrd
 from data.store import Workspace
-
-SEG_NRRD_NAME = "prediction.seg.nrrd"
 
 
 def import_annotations(
@@ -45,15 +43,12 @@ def import_annotations(
 
 def prediction_seg_nrrd(ws: Workspace, predictions, volume_id: int) -> Path:
     """The active model's prediction as a Slicer .seg.nrrd, written beside the cached NIfTI on first request."""
-    import numpy as np
+    volume = ws.get_volume(volume_id)
 
-    folder, _ = predictions.ready_folder(volume_id)
-    path = folder / SEG_NRRD_NAME
-    if not path.exists():
-        volume = ws.get_volume(volume_id)
-        labels = np.load(folder / "labels.npy")
+    def write(labels, path):
         write_seg_nrrd(labels, ws.load_volume(volume["id"]), ws.get_project(volume["project_id"])["labels"], path)
-    return path
+
+    return predictions.export_file(volume["id"], SEG_NRRD_NAME, write)
 
 
 def nnunet_zip(ws: Workspace, project_id: int) -> tuple[Path, str]:

@@ -1,19 +1,29 @@
 """Predicted masks, cached per (volume, model version), and everything read from them.
 
-    <workspace>/predictions/<model_id>/<volume_id>/prediction.nii.gz   the mask in the upload's exact geometry
-                                                  /labels.npy          the same voxels, memory-mapped for slices
+    <workspace>/predictions/<model_id>/<volume_id>/labels.npy          the model's mask, memory-mapped for slices
+                                                  /prediction.nii.gz   the mask to download, in the upload's exact
+                                                                       geometry, with the volume's painted slices
+                                                  /painted.json        which saves of the paint it holds
                                                   /uncertainty.npz     mean entropy per slice, per axis, and
                                                                        the fraction of each slice's voxels whose
                                                                        label changed since the model before
                                                   /prediction.dcm      DICOM-SEG, written on first request
+                                                  /prediction.seg.nrrd Slicer's, written on first request
 
 Files are written atomically before the prediction row says "ready", so a crash leaves either no
 prediction or a complete one. Inference runs in the server process (model.inference only).
+
+What the viewer overlays, the suggestions and the scores read is the model's own mask (labels.npy): on a
+painted slice it shows where the model disagrees with the paint. Every file to download holds the volume's
+painted slices as they are saved now, voxel for voxel, over the model's mask: a slice painted or corrected
+after the model was trained is in the download at once, without a retrain. A download made after the paint
+changed writes the files again (`export_folder`).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import threading
 import zipfile
@@ -25,7 +35,7 @@ import numpy as np
 from app import suggest
 from app.speed import speed_cache
 from data import io as volume_io
-from data.annotations import take_slice
+from data.annotations import impose_paint, take_slice
 from data.atomic import atomic_write
 from data.errors import Conflict, NotFound
 from data.store import Workspace
@@ -37,6 +47,8 @@ MASK_NAME = "prediction.nii.gz"
 LABELS_NAME = "labels.npy"
 UNCERTAINTY_NAME = "uncertainty.npz"
 SEG_NAME = "prediction.dcm"
+SEG_NRRD_NAME = "prediction.seg.nrrd"
+PAINT_NAME = "painted.json"
 READY = "ready"
 MAX_PROBS_BYTES = 1 << 30
 
@@ -49,7 +61,7 @@ class Predictions:
         self._predictors: OrderedDict[int, object] = OrderedDict()
         # one inference at a time: on a 2-core machine two would only slow each other (and the API) down
         self._compute_lock = threading.Lock()
-        self._seg_lock = threading.Lock()
+        self._export_lock = threading.Lock()  # the files to download of any prediction
 
     # ---------------------------------------------------------------- computing
 
@@ -115,8 +127,9 @@ class Predictions:
     def _write(self, folder: Path, volume: dict, model: dict, labels: np.ndarray, signals: dict) -> None:
         """The mask files of one prediction; `signals` are the entropy scores per slice, if computed."""
         folder.mkdir(parents=True, exist_ok=True)
-        volume_io.write_mask(labels, like=self.workspace.load_volume(volume["id"]), path=folder / MASK_NAME)
         save_npy(folder / LABELS_NAME, labels)
+        with self._export_lock:
+            self._write_exports(folder, volume["id"], labels)
         signals = {k: v for k, v in signals.items() if not k.startswith("disagree")}
         previous = self._previous_labels(volume, model)
         if previous is not None:  # "mix" weighs in where the new model changed its mind
@@ -124,7 +137,42 @@ class Predictions:
         if signals:
             with atomic_write(folder / UNCERTAINTY_NAME) as tmp, open(tmp, "wb") as f:
                 np.savez(f, **signals)
-        (folder / SEG_NAME).unlink(missing_ok=True)  # a stale DICOM-SEG of an earlier run
+
+    def _write_exports(self, folder: Path, volume_id: int, labels: np.ndarray) -> None:
+        """The NIfTI to download: the model's labels with the volume's paint now; the other formats are made
+        from it again on request. Called with the export lock held."""
+        stamp = self._paint_stamp(volume_id)  # read before the paint itself: a save in between is seen next time
+        exported = impose_paint(labels, self.workspace.label_volume(volume_id))
+        volume_io.write_mask(exported, like=self.workspace.load_volume(volume_id), path=folder / MASK_NAME)
+        for stale in (SEG_NAME, SEG_NRRD_NAME):
+            (folder / stale).unlink(missing_ok=True)
+        with atomic_write(folder / PAINT_NAME) as tmp:
+            Path(tmp).write_text(stamp)
+
+    def _paint_stamp(self, volume_id: int) -> str:
+        """Which saves of which slices the volume's paint is made of now."""
+        rows = self.workspace.list_annotations(volume_id)
+        return json.dumps([[a["axis"], a["index"], a["version"], a["updated"]] for a in rows])
+
+    def export_folder(self, volume_id: int) -> tuple[Path, dict]:
+        """ready_folder, with its NIfTI to download written again first when the volume's paint changed since."""
+        folder, model = self.ready_folder(volume_id)
+        with self._export_lock:
+            marker = folder / PAINT_NAME
+            current = marker.read_text() if marker.exists() else None
+            if current != self._paint_stamp(volume_id) or not (folder / MASK_NAME).exists():
+                self._write_exports(folder, volume_id, np.load(folder / LABELS_NAME))
+        return folder, model
+
+    def export_file(self, volume_id: int, name: str, write) -> Path:
+        """A file to download in another format, `write(labels, path)` on first request after the paint last
+        changed; its labels are those of the NIfTI to download."""
+        folder, _ = self.export_folder(volume_id)
+        path = folder / name
+        with self._export_lock:
+            if not path.exists():
+                write(impose_paint(np.load(folder / LABELS_NAME), self.workspace.label_volume(volume_id)), path)
+        return path
 
     def settle_cleanup(self, model: dict, volumes: list[dict], computed: dict, keep_going=lambda: True) -> dict | None:
         """Decide a model's deferred "auto" clean-up (model/postprocess.py) from its own predictions of
@@ -237,7 +285,7 @@ class Predictions:
             return {a: data[f"{prefix}{a}"] for a in range(3)}
 
     def nifti_path(self, volume_id: int) -> Path:
-        folder, _ = self.ready_folder(volume_id)
+        folder, _ = self.export_folder(volume_id)
         return folder / MASK_NAME
 
     def dicom_seg_path(self, volume_id: int) -> Path:
@@ -247,16 +295,14 @@ class Predictions:
                 f"volume {volume['id']} was uploaded as NIfTI, so there is no DICOM series to attach a "
                 "DICOM-SEG to; download prediction.nii.gz instead"
             )
-        folder, _ = self.ready_folder(volume_id)
-        path = folder / SEG_NAME
-        with self._seg_lock:
-            if not path.exists():
-                labels = np.load(folder / LABELS_NAME)
-                project = self.workspace.get_project(volume["project_id"])
-                volume_io.write_mask_dicom_seg(
-                    labels, self.workspace.load_volume(volume["id"]), path, labels=project["labels"]
-                )
-        return path
+        project = self.workspace.get_project(volume["project_id"])
+
+        def write(labels, path):
+            volume_io.write_mask_dicom_seg(
+                labels, self.workspace.load_volume(volume["id"]), path, labels=project["labels"]
+            )
+
+        return self.export_file(volume["id"], SEG_NAME, write)
 
     def project_zip(self, project_id: int) -> tuple[bytes, str]:
         """All ready masks of the project's active model as one zip (NIfTI, one per volume)."""
@@ -269,7 +315,7 @@ class Predictions:
         with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:  # .nii.gz is compressed already
             for volume in self.workspace.list_volumes(project["id"]):
                 if self.is_ready(volume["id"], model["id"]):
-                    folder = Path(self.workspace.get_prediction(volume["id"], model["id"])["path"])
+                    folder, _ = self.export_folder(volume["id"])
                     archive.write(folder / MASK_NAME, f"{volume['id']:04d}_{safe_name(volume['name'])}.nii.gz")
                     written += 1
         if written == 0:

@@ -148,6 +148,46 @@ def _rgb_png(mask):
 # ------------------------------------------------------------------------------------------ jobs and models
 
 
+def test_downloads_hold_the_paint_saved_now_and_the_viewer_the_models_own_mask(api):
+    client, app, project, volumes, labels = api
+    vid, label = volumes[0]["id"], labels[0]
+    client.put(f"/api/volumes/{vid}/annotations/0/5", content=label[5].tobytes(), headers=RAW)
+    assert wait_job(client, train(client, project["id"], {"preset": "quick"})["id"])["state"] == "succeeded"
+    folder = Path(client.app.state.workspace.root)
+
+    def nifti() -> np.ndarray:
+        r = client.get(f"/api/volumes/{vid}/prediction.nii.gz")
+        assert r.status_code == 200, r.text
+        (folder / "dl.nii.gz").write_bytes(r.content)
+        return np.asarray(nib.load(folder / "dl.nii.gz").dataobj)
+
+    def model_slice(axis, index) -> np.ndarray:
+        return np.array(
+            Image.open(io.BytesIO(client.get(f"/api/volumes/{vid}/prediction/slices/{axis}/{index}.png").content))
+        )
+
+    model_mask = np.stack([model_slice(0, i) for i in range(SHAPE[0])])
+    assert not np.array_equal(model_mask[5], label[5])  # the untrained model does not repeat the paint
+    first = nifti()
+    np.testing.assert_array_equal(first[5], label[5])
+    np.testing.assert_array_equal(np.delete(first, 5, axis=0), np.delete(model_mask, 5, axis=0))
+    # a slice painted after the model was trained is in the next download, with no retrain, in every format
+    crossing = np.full((SHAPE[0], SHAPE[2]), 1, np.uint8)
+    crossing[:, :3] = 0
+    saved = client.put(f"/api/volumes/{vid}/annotations/1/6", content=crossing.tobytes(), headers=RAW)
+    assert saved.status_code == 200
+    second = nifti()
+    np.testing.assert_array_equal(second[:, 6, :], crossing)  # the newer save wins where the two slices cross
+    np.testing.assert_array_equal(np.delete(second[5], 6, axis=0), np.delete(label[5], 6, axis=0))
+    np.testing.assert_array_equal(model_slice(0, 5), model_mask[5])  # the viewer still shows the model's mask
+    with zipfile.ZipFile(io.BytesIO(client.get(f"/api/projects/{project['id']}/predictions.zip").content)) as z:
+        (folder / "z.nii.gz").write_bytes(z.read(next(n for n in z.namelist() if n.startswith(f"{vid:04d}_"))))
+    np.testing.assert_array_equal(np.asarray(nib.load(folder / "z.nii.gz").dataobj), second)
+    # the paint taken back: the download follows
+    assert client.delete(f"/api/volumes/{vid}/annotations/1/6", headers={"If-Match": '"1"'}).status_code == 200
+    np.testing.assert_array_equal(nifti(), first)
+
+
 def test_retrain_follow_events_predict_and_download(api):
     client, _, project, volumes, labels = api
     pid = project["id"]
@@ -193,7 +233,11 @@ def test_retrain_follow_events_predict_and_download(api):
         assert mask.shape == SHAPE and np.allclose(mask.affine, np.asarray(v.get("affine", mask.affine)))
         png_slice = client.get(f"/api/volumes/{v['id']}/prediction/slices/2/3.png")
         assert png_slice.status_code == 200 and png_slice.headers["X-Model-Id"] == str(models[0]["id"])
-        assert np.array_equal(np.array(Image.open(io.BytesIO(png_slice.content))), np.asarray(mask.dataobj)[:, :, 3])
+        # the viewer's slice is the model's own; the download holds the painted slice 0/5 of volume 0 over it
+        expected = np.array(Image.open(io.BytesIO(png_slice.content)))
+        if v["id"] == volumes[0]["id"]:
+            expected[5] = labels[0][5][:, 3]
+        assert np.array_equal(expected, np.asarray(mask.dataobj)[:, :, 3])
     assert client.get(f"/api/volumes/{volumes[0]['id']}/prediction/slices/0/99.png").status_code == 422
     dcm = client.get(f"/api/volumes/{volumes[0]['id']}/prediction.dcm")
     assert dcm.status_code == 409 and "NIfTI" in dcm.json()["detail"]
@@ -348,3 +392,10 @@ def test_dicom_upload_gets_a_dicom_seg(api, tmp_path, shared_data):
     assert seg.Modality == "SEG" and seg.FrameOfReferenceUID == source.FrameOfReferenceUID
     nifti = client.get(f"/api/volumes/{volume['id']}/prediction.nii.gz")
     assert nifti.status_code == 200
+    # the DICOM-SEG holds the painted slice exactly, read back onto the series' grid
+    from data.mask_files import read_mask_file
+
+    ws = client.app.state.workspace
+    (tmp_path / "seg.dcm").write_bytes(r.content)
+    back = read_mask_file(tmp_path / "seg.dcm", "seg.dcm", ws.load_volume(volume["id"]), project["labels"], None)
+    np.testing.assert_array_equal(back[:, :, shape[2] // 2], mask)
