@@ -105,7 +105,7 @@ def measure(shape: tuple[int, int, int], n_volumes: int, n_painted: int) -> dict
 
         report: dict = {}
         load_predictor(after, device="cpu", speed_cache=speed_cache(ws.root)).predict(
-            np.asarray(ws.volume_array(volumes[0]["id"])), report=report
+            np.asarray(ws.volume_array(volumes[0]["id"])), tuple(volumes[0]["spacing"]), report=report
         )
         out["flip"] = report
         return out

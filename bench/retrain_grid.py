@@ -243,13 +243,16 @@ def train_once(cfg, env_extra: dict, cap_s: float | None) -> dict:
 
 
 def held_out_dice(model_dir: Path, project: Project, speed_cache: Path) -> float:
-    from bench.retrain_timing import _read, dice_3d
+    from bench.retrain_timing import _read, dice_3d, read_image
     from model.inference import load_predictor
 
     predictor = load_predictor(model_dir, "cpu", speed_cache=speed_cache)
     return float(
         np.mean(
-            [dice_3d(predictor.predict(_read(Path(i)))[0], _read(Path(t)).astype(np.uint8)) for i, t in project.test]
+            [
+                dice_3d(predictor.predict(*read_image(Path(i)))[0], _read(Path(t)).astype(np.uint8))
+                for i, t in project.test
+            ]
         )
     )
 

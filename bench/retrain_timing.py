@@ -158,6 +158,14 @@ def _read(path: Path) -> np.ndarray:
     return np.asarray(nib.load(str(path)).dataobj)
 
 
+def read_image(path: Path) -> tuple[np.ndarray, tuple]:
+    """(voxels, mm per voxel axis): predictions smooth along the slicing axis by the spacing, as the app's do."""
+    from data.io import read_volume
+
+    volume = read_volume(str(path))
+    return np.asarray(volume.array), tuple(volume.spacing)
+
+
 def _busy() -> str:
     out = subprocess.run(["pgrep", "-f", "bench[./]label_efficiency"], capture_output=True, text=True).stdout.split()
     return f"bench/label_efficiency.py was running ({len(out)} processes)" if out else ""
@@ -240,10 +248,10 @@ class Run:
 
         if self._test is None:
             self._test = [
-                (_read(self.data / "imagesTr" / n), _read(self.data / "labelsTr" / n)) for n in self.test_names
+                (read_image(self.data / "imagesTr" / n), _read(self.data / "labelsTr" / n)) for n in self.test_names
             ]
         predictor = load_predictor(model_dir, "cpu")
-        return float(np.mean([dice_3d(predictor.predict(image)[0], truth) for image, truth in self._test]))
+        return float(np.mean([dice_3d(predictor.predict(*image)[0], truth) for image, truth in self._test]))
 
 
 def main(argv=None) -> int:
