@@ -127,8 +127,28 @@ def add_predict_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("inputs", nargs="+", type=Path, help="volumes to segment (NIfTI, DICOM folder or zip)")
     parser.add_argument("--out", required=True, type=Path, help="folder for the masks (<name>.nii.gz)")
     parser.add_argument("--probs", action="store_true", help="also write <name>_probs.npy: float16 (classes, i, j, k)")
+    parser.add_argument(
+        "--labels",
+        type=Path,
+        default=None,
+        help="folder of sparse label volumes named like the inputs (255 = not painted), as for train: their painted "
+        "voxels are kept exactly in the masks and taken as certain by the smoothing along the slicing axis",
+    )
     parser.add_argument("--device", choices=DEVICES, default="auto")
     return parser
+
+
+def painted_for(path: Path, labels_dir: Path | None, shape) -> np.ndarray | None:
+    """The sparse label volume named like `path` in `labels_dir`, if there is one; InvalidInput if it does not fit."""
+    if labels_dir is None:
+        return None
+    found = [p for p in _volumes_in(labels_dir) if volume_name(p) == volume_name(path)]
+    if not found:
+        return None
+    painted = np.asarray(read_volume(found[0]).array)
+    if painted.shape != tuple(shape):
+        raise InvalidInput(f"label volume {found[0]} has shape {painted.shape}, but the image has {tuple(shape)}")
+    return painted
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -142,7 +162,8 @@ def run_predict(args: argparse.Namespace) -> int:
     for path in args.inputs:
         try:
             volume = read_volume(path)
-            labels, probs = predictor.predict(volume.array, volume.spacing, return_probs=args.probs)
+            painted = painted_for(path, args.labels, volume.array.shape)
+            labels, probs = predictor.predict(volume.array, volume.spacing, return_probs=args.probs, painted=painted)
             mask_path = write_mask(labels, like=volume, path=args.out / f"{volume_name(path)}.nii.gz")
             print(f"{path} -> {mask_path}", flush=True)
             if probs is not None:

@@ -97,6 +97,27 @@ def test_train_then_predict_writes_masks_in_the_input_geometry(tmp_path, capfd):
         probs = np.load(tmp_path / "pred" / f"{cli.volume_name(source)}_probs.npy")
         assert probs.shape == (3, *volume.shape) and probs.dtype == np.float16
 
+    # given the painted label volumes, the masks keep every painted voxel; one that does not fit is refused
+    labels_dir = tmp_path / "d" / "labels"
+    painted_files = sorted(labels_dir.iterdir())
+    images = [tmp_path / "d" / "images" / f.name for f in painted_files] + [extra]
+    kept = tmp_path / "kept"
+    args = parser.parse_args(["--model", str(out), *map(str, images), "--out", str(kept), "--labels", str(labels_dir)])
+    assert cli.run_predict(args) == 0
+    for label_file in painted_files:
+        painted = np.asarray(read_volume(label_file).array)
+        mask = np.asarray(nib.load(kept / label_file.name).dataobj)
+        assert (painted != 255).any() and (painted == 255).any()
+        np.testing.assert_array_equal(mask[painted != 255], painted[painted != 255])
+    bad = tmp_path / "bad_labels"
+    bad.mkdir()
+    volume = read_volume(extra)
+    nib.save(nib.Nifti1Image(np.zeros((3, 3, 3), np.uint8), volume.affine), bad / extra.name)
+    capfd.readouterr()
+    args = parser.parse_args(["--model", str(out), str(extra), "--out", str(tmp_path / "x"), "--labels", str(bad)])
+    assert cli.run_predict(args) == 1
+    assert "has shape (3, 3, 3), but the image has" in capfd.readouterr().err
+
 
 def test_predict_without_a_model_is_a_clear_error(tmp_path, capsys):
     rc = cli.main(["predict", "--model", str(tmp_path / "nothing"), str(tmp_path / "x.nii.gz"), "--out", str(tmp_path)])
