@@ -6,16 +6,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from bench import painted_slices
 from bench.common import SHARED_DATA
-from data.io import read_volume, write_mask
 from data.volume import IGNORE
-from model import checkpoint
+from helpers_kept_models import paint_middle_slices, save_untrained_model
 from model.config import preset
 from model.train import dice_per_class
-from model.unet import UNet
 
 
 def test_unpainted_dice_leaves_the_painted_slices_out_of_both_masks():
@@ -40,28 +37,10 @@ def test_keeping_true_paint_never_lowers_the_dice_and_changes_nothing_elsewhere(
     folder = tmp_path / "bench"
     run_dir = folder / "runs" / "seed0" / "sparse-2x1" / "full+pseudo"
     run_dir.mkdir(parents=True)
-    images, labels = [], []
-    for name in names:
-        truth = read_volume(str(data / "labelsTr" / name))
-        sparse = np.full(truth.array.shape, IGNORE, np.uint8)
-        middle = truth.array.shape[1] // 2
-        sparse[:, middle] = np.asarray(truth.array)[:, middle]
-        write_mask(sparse, truth, run_dir / f"painted_{name}")
-        images.append(str(data / "imagesTr" / name))
-        labels.append(str(run_dir / f"painted_{name}"))
+    images, labels, _ = paint_middle_slices(data, names, run_dir, prefix="painted_")
     cfg = preset("quick", num_classes=3, axis=1, widths=(4, 8), bf16="off", images=images, labels=labels)
-    torch.manual_seed(0)
-    net = UNet(cfg.in_channels, 3, cfg.widths, cfg.bottleneck)
     info = {"axis": 1, "size": 48, "max_size": cfg.max_size, "multiple": 2, "context": cfg.context_slices}
-    model = {
-        "format": checkpoint.MODEL_FORMAT,
-        "state_dict": checkpoint.cpu_state(net),
-        "config": cfg.to_dict(),
-        "num_classes": 3,
-        "slices": info,
-        "cleanup": None,
-    }
-    checkpoint.save(model, run_dir / "model.pt")
+    save_untrained_model(run_dir / "model.pt", cfg, info)
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict()))
     assert painted_slices.main([str(folder), "--json", str(tmp_path / "p.json")]) == 0
     scores = json.loads((tmp_path / "p.json").read_text())[str(folder)]["runs/seed0/sparse-2x1/full+pseudo"]

@@ -8,17 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from bench import slice_smoothing
 from bench.common import SHARED_DATA
 from bench.label_efficiency_eval import evaluate
 from bench.slice_smoothing import smooth_along
-from data.io import read_volume, write_mask
-from data.volume import IGNORE
-from model import checkpoint
+from data.io import read_volume
+from helpers_kept_models import paint_middle_slices, save_untrained_model
 from model.config import preset
-from model.unet import UNet
 
 
 def naive_smooth(probs: np.ndarray, axis: int, sigma: float) -> np.ndarray:
@@ -70,28 +67,10 @@ def test_sigma_0_of_a_kept_model_is_the_benchmarks_flip_and_auto_score(tmp_path,
     folder = tmp_path / "bench"
     run_dir = folder / "runs" / "seed0" / "sparse-2x1" / "full+pseudo"
     run_dir.mkdir(parents=True)
-    images, labels = [], []
-    for name in names[:2]:
-        truth = read_volume(str(data / "labelsTr" / name))
-        sparse = np.full(truth.array.shape, IGNORE, np.uint8)
-        middle = truth.array.shape[1] // 2
-        sparse[:, middle] = np.asarray(truth.array)[:, middle]
-        write_mask(sparse, truth, run_dir / f"painted_{name}")
-        images.append(str(data / "imagesTr" / name))
-        labels.append(str(run_dir / f"painted_{name}"))
+    images, labels, _ = paint_middle_slices(data, names[:2], run_dir, prefix="painted_")
     cfg = preset("quick", num_classes=3, axis=1, widths=(4, 8), bf16="off", images=images, labels=labels)
-    torch.manual_seed(0)
-    net = UNet(cfg.in_channels, 3, cfg.widths, cfg.bottleneck)
     info = {"axis": 1, "size": 48, "max_size": cfg.max_size, "multiple": 2, "context": cfg.context_slices}
-    model = {
-        "format": checkpoint.MODEL_FORMAT,
-        "state_dict": checkpoint.cpu_state(net),
-        "config": cfg.to_dict(),
-        "num_classes": 3,
-        "slices": info,
-        "cleanup": None,
-    }
-    checkpoint.save(model, run_dir / "model.pt")
+    save_untrained_model(run_dir / "model.pt", cfg, info)
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict()))
     split = {"train": names[:2], "val": names[2:3], "test": names[3:4]}
     (folder / "results.json").write_text(json.dumps({"meta": {"split": split}, "runs": []}))

@@ -10,9 +10,8 @@ import torch
 
 from bench import triplanar as tp
 from bench.common import SHARED_DATA
-from data.io import read_volume, write_mask
 from data.volume import IGNORE
-from model import checkpoint
+from helpers_kept_models import paint_middle_slices, save_untrained_model
 from model.config import preset
 from model.device import runtime_for
 from model.unet import UNet
@@ -73,27 +72,12 @@ def test_a_tiny_run_on_a_kept_model_writes_results_and_the_table(tmp_path):
     folder = tmp_path / "bench"
     label_dir = folder / "labels" / "seed0" / "sparse-2x1"
     label_dir.mkdir(parents=True)
-    painted = {}
-    for name in names[:2]:
-        truth = read_volume(str(data / "labelsTr" / name))
-        sparse = np.full(truth.array.shape, IGNORE, np.uint8)
-        middle = truth.array.shape[1] // 2
-        sparse[:, middle] = np.asarray(truth.array)[:, middle]
-        write_mask(sparse, truth, label_dir / name)
-        painted[name] = [middle]
+    _, _, middles = paint_middle_slices(data, names[:2], label_dir)
+    painted = {name: [middle] for name, middle in zip(names[:2], middles)}
     cfg = preset("quick", num_classes=3, axis=1, widths=(4, 8), bf16="off")
-    net = UNet(cfg.in_channels, 3, cfg.widths, cfg.bottleneck)
     info = {"axis": 1, "size": 48, "max_size": cfg.max_size, "multiple": 2, "context": cfg.context_slices}
-    model = {
-        "format": checkpoint.MODEL_FORMAT,
-        "state_dict": checkpoint.cpu_state(net),
-        "config": cfg.to_dict(),
-        "num_classes": 3,
-        "slices": info,
-        "cleanup": None,
-    }
     (folder / "runs" / "seed0-run").mkdir(parents=True)
-    checkpoint.save(model, folder / "runs" / "seed0-run" / "model.pt")
+    save_untrained_model(folder / "runs" / "seed0-run" / "model.pt", cfg, info)
     run = {
         "job": "seed0-run",
         "kind": "row",

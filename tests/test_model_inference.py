@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers_kept_models import save_untrained_model
 from model import checkpoint
 from model.config import preset
 from model.device import runtime_for
@@ -183,18 +184,7 @@ def test_smoothing_averages_each_slices_softmax_with_its_neighbours_across_chunk
 def test_a_models_predict_smooth_mm_is_sized_by_the_volumes_spacing_and_bad_values_are_refused(tmp_path):
     volume = np.random.default_rng(2).normal(size=(9, 20, 22)).astype(np.float32)
     cfg = preset("quick", predict_smooth_mm=3.0, predict_flip="off")
-    torch.manual_seed(0)
-    net = UNet(cfg.in_channels, 3, cfg.widths)
-    checkpoint.save(
-        {
-            "format": checkpoint.MODEL_FORMAT,
-            "state_dict": checkpoint.cpu_state(net),
-            "config": cfg.to_dict(),
-            "num_classes": 3,
-            "slices": {**info(0, 24, 128, 8), "context": cfg.context_slices},
-        },
-        tmp_path / "model.pt",
-    )
+    save_untrained_model(tmp_path / "model.pt", cfg, {**info(0, 24, 128, 8), "context": cfg.context_slices})
     predictor = load_predictor(tmp_path, device="cpu")
     plain = predictor.predict(volume, return_probs=True)[1].astype(np.float64)  # no spacing: nothing smoothed
     unsmoothed = predict_array(predictor.net, volume, predictor.info, predictor.runtime, 3, return_probs=True)[1]
@@ -260,18 +250,7 @@ def test_the_predictors_clean_up_never_removes_a_painted_voxel(tmp_path):
 
     volume = np.random.default_rng(2).normal(size=(9, 20, 22)).astype(np.float32)
     cfg = preset("quick", predict_flip="off")
-    torch.manual_seed(0)
-    net = UNet(cfg.in_channels, 3, cfg.widths)
-    checkpoint.save(
-        {
-            "format": checkpoint.MODEL_FORMAT,
-            "state_dict": checkpoint.cpu_state(net),
-            "config": cfg.to_dict(),
-            "num_classes": 3,
-            "slices": {**info(0, 24, 128, 8), "context": cfg.context_slices},
-        },
-        tmp_path / "model.pt",
-    )
+    save_untrained_model(tmp_path / "model.pt", cfg, {**info(0, 24, 128, 8), "context": cfg.context_slices})
     predictor = load_predictor(tmp_path, device="cpu")
     predictor.cleanup = Cleanup.everything(3)
     # two single voxels of class 1 on painted slices of class 2: the clean-up alone keeps one part of a class
