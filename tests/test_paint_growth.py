@@ -41,9 +41,10 @@ def test_the_plan_grows_only_the_fine_tune_and_self_training_epochs():
     assert many["global"] == few["global"] and many["local"] == few["local"]
 
 
-def test_the_cpu_preset_doubles_at_five_percent_of_the_volumes_and_keeps_ten_by_three():
+def test_the_cpu_preset_quadruples_at_five_percent_of_the_volumes_and_keeps_ten_by_three():
     cfg = preset("cpu")
-    assert cfg.paint_growth(30) == 1.0 and cfg.paint_growth(100) == 1.0 and cfg.paint_growth(249) == 2.0
+    assert cfg.paint_growth(30) == 1.0 and cfg.paint_growth(60) == 1.0 and cfg.paint_growth(249) == 4.0
+    assert cfg.paint_growth(100) == pytest.approx(100 / 60)
 
 
 @pytest.mark.parametrize("bad", [{"paint_growth_slices": 0}, {"paint_growth_max": 0.5}])
