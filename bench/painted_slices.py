@@ -85,6 +85,29 @@ def summary(per_model: dict) -> list[str]:
     return rows
 
 
+def report_kept_models(
+    out_dirs: list[Path], evaluate, cells, table_head, summary, json_path: Path | None = None
+) -> dict:
+    """Scores every kept model under each OUT_DIR with `evaluate(run_dir)`, printing a line per model
+    (`cells(result)`) and per OUT_DIR a table (`table_head(out_dir)`, then `summary(per_model)`'s rows);
+    writes {out_dir: {run: result}} to `json_path` when given, and returns it."""
+    everything = {}
+    for out_dir in out_dirs:
+        runs = model_dirs(out_dir)
+        if not runs:
+            raise SystemExit(f"no kept model under {out_dir}/runs: run bench.label_efficiency with --keep-models")
+        per_model = {}
+        for run_dir in runs:
+            per_model[str(run_dir.relative_to(out_dir))] = result = evaluate(run_dir)
+            print(f"{out_dir.name} {run_dir.relative_to(out_dir)} {cells(result)}", flush=True)
+        everything[str(out_dir)] = per_model
+        print(f"\n{table_head(out_dir)}")
+        print("\n".join(summary(per_model)) + "\n")
+    if json_path:
+        json_path.write_text(json.dumps(everything, indent=1))
+    return everything
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dirs", type=Path, nargs="+")
@@ -94,21 +117,19 @@ def main(argv: list[str] | None = None) -> int:
     from bench.common import SHARED_DATA
 
     truth_dir = args.truth or SHARED_DATA / "hippocampus" / "labelsTr"
-    everything = {}
-    for out_dir in args.out_dirs:
-        runs = model_dirs(out_dir)
-        if not runs:
-            raise SystemExit(f"no kept model under {out_dir}/runs: run bench.label_efficiency with --keep-models")
-        per_model = {}
-        for run_dir in runs:
-            per_model[str(run_dir.relative_to(out_dir))] = result = evaluate_model(run_dir, truth_dir)
-            cells = ", ".join(f"{v} {result[v]['all']:.4f} / {result[v]['unpainted']:.4f}" for v in VARIANTS)
-            print(f"{out_dir.name} {run_dir.relative_to(out_dir)} (all / unpainted): {cells}", flush=True)
-        everything[str(out_dir)] = per_model
-        print(f"\n{out_dir}\n\n| voxels | variant | Dice | minus model (paired) | models |\n|---|---|---|---|---:|")
-        print("\n".join(summary(per_model)) + "\n")
-    if args.json:
-        args.json.write_text(json.dumps(everything, indent=1))
+    report_kept_models(
+        args.out_dirs,
+        lambda run_dir: evaluate_model(run_dir, truth_dir),
+        lambda result: (
+            "(all / unpainted): "
+            + ", ".join(f"{v} {result[v]['all']:.4f} / {result[v]['unpainted']:.4f}" for v in VARIANTS)
+        ),
+        lambda out_dir: (
+            f"{out_dir}\n\n| voxels | variant | Dice | minus model (paired) | models |\n|---|---|---|---|---:|"
+        ),
+        summary,
+        args.json,
+    )
     return 0
 
 

@@ -31,8 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from bench.label_efficiency_protocol import even_slices, sparse_label
-from bench.painted_slices import mean_std
-from bench.slice_smoothing import model_dirs
+from bench.painted_slices import mean_std, report_kept_models
 from data.annotations import impose_paint
 from data.io import read_volume
 from data.volume import IGNORE
@@ -163,23 +162,16 @@ def main(argv: list[str] | None = None) -> int:
     from bench.common import SHARED_DATA
 
     truth_dir = args.truth or SHARED_DATA / "hippocampus" / "labelsTr"
-    everything = {}
-    for out_dir in args.out_dirs:
-        runs = model_dirs(out_dir)
-        if not runs:
-            raise SystemExit(f"no kept model under {out_dir}/runs: run bench.label_efficiency with --keep-models")
-        per_model = {}
-        for run_dir in runs:
-            per_model[str(run_dir.relative_to(out_dir))] = result = evaluate_model(run_dir, truth_dir, args.volumes)
-            cells = ", ".join(f"{v} {result[v]:.4f}" for v in VARIANTS)
-            print(f"{out_dir.name} {run_dir.relative_to(out_dir)} ({args.volumes}): {cells}", flush=True)
-        everything[str(out_dir)] = per_model
-        print(
-            f"\n{out_dir} ({args.volumes} volumes)\n\n| mask | Dice | minus kept (paired) | models |\n|---|---|---|---:|"
-        )
-        print("\n".join(summary(per_model)) + "\n")
-    if args.json:
-        args.json.write_text(json.dumps(everything, indent=1))
+    report_kept_models(
+        args.out_dirs,
+        lambda run_dir: evaluate_model(run_dir, truth_dir, args.volumes),
+        lambda result: f"({args.volumes}): " + ", ".join(f"{v} {result[v]:.4f}" for v in VARIANTS),
+        lambda out_dir: (
+            f"{out_dir} ({args.volumes} volumes)\n\n| mask | Dice | minus kept (paired) | models |\n|---|---|---|---:|"
+        ),
+        summary,
+        args.json,
+    )
     return 0
 
 
