@@ -1,11 +1,12 @@
 """Untrained model files as training writes them, and painted slices of real hippocampus volumes: what the
 tests of inference and of the benchmarks that read bench.label_efficiency's `--keep-models` folders build on.
 
-    from helpers_kept_models import paint_middle_slices, save_untrained_model
+    from helpers_kept_models import kept_untrained_run, paint_middle_slices, save_untrained_model
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 from data.io import read_volume, write_mask
 from data.volume import IGNORE
 from model import checkpoint
-from model.config import TrainConfig
+from model.config import TrainConfig, preset
 from model.unet import UNet
 
 
@@ -47,3 +48,17 @@ def save_untrained_model(path: Path, cfg: TrainConfig, info: dict, num_classes: 
         "cleanup": None,
     }
     checkpoint.save(model, path)
+
+
+def kept_untrained_run(data: Path, names: list[str], folder: Path, prefix: str = "", **extra_config) -> Path:
+    """A `--keep-models` folder of bench.label_efficiency as the bench scripts read it: under `folder`, one run
+    (runs/seed0/sparse-2x1/full+pseudo) of an untrained quick-preset model along axis 1, trained (as it were)
+    on `names` with their middle slice painted; its config.json holds `extra_config` too -> the run's folder."""
+    run_dir = folder / "runs" / "seed0" / "sparse-2x1" / "full+pseudo"
+    run_dir.mkdir(parents=True)
+    images, labels, _ = paint_middle_slices(data, names, run_dir, prefix=prefix)
+    cfg = preset("quick", num_classes=3, axis=1, widths=(4, 8), bf16="off", images=images, labels=labels)
+    info = {"axis": 1, "size": 48, "max_size": cfg.max_size, "multiple": 2, "context": cfg.context_slices}
+    save_untrained_model(run_dir / "model.pt", cfg, info)
+    (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), **extra_config}))
+    return run_dir

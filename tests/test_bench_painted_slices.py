@@ -10,8 +10,7 @@ import pytest
 from bench import painted_slices
 from bench.common import SHARED_DATA
 from data.volume import IGNORE
-from helpers_kept_models import paint_middle_slices, save_untrained_model
-from model.config import preset
+from helpers_kept_models import kept_untrained_run
 from model.train import dice_per_class
 
 
@@ -35,13 +34,7 @@ def test_keeping_true_paint_never_lowers_the_dice_and_changes_nothing_elsewhere(
     data = SHARED_DATA / "hippocampus"
     names = sorted(p.name for p in (data / "labelsTr").glob("*.nii.gz"))[:2]
     folder = tmp_path / "bench"
-    run_dir = folder / "runs" / "seed0" / "sparse-2x1" / "full+pseudo"
-    run_dir.mkdir(parents=True)
-    images, labels, _ = paint_middle_slices(data, names, run_dir, prefix="painted_")
-    cfg = preset("quick", num_classes=3, axis=1, widths=(4, 8), bf16="off", images=images, labels=labels)
-    info = {"axis": 1, "size": 48, "max_size": cfg.max_size, "multiple": 2, "context": cfg.context_slices}
-    save_untrained_model(run_dir / "model.pt", cfg, info)
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict()))
+    kept_untrained_run(data, names, folder, prefix="painted_")
     assert painted_slices.main([str(folder), "--json", str(tmp_path / "p.json")]) == 0
     scores = json.loads((tmp_path / "p.json").read_text())[str(folder)]["runs/seed0/sparse-2x1/full+pseudo"]
     # the paint is the truth here: setting it can only mend voxels, and outside it nothing moves

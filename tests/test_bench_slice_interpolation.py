@@ -10,8 +10,7 @@ import pytest
 from bench import slice_interpolation as si
 from bench.common import SHARED_DATA
 from data.volume import IGNORE
-from helpers_kept_models import paint_middle_slices, save_untrained_model
-from model.config import preset
+from helpers_kept_models import kept_untrained_run
 
 
 def naive_signed_distance(mask: np.ndarray, spacing) -> np.ndarray:
@@ -99,14 +98,8 @@ def test_on_validation_volumes_painted_from_the_truth_the_fill_beats_an_untraine
     data = SHARED_DATA / "hippocampus"
     names = sorted(p.name for p in (data / "labelsTr").glob("*.nii.gz"))[:2]
     folder = tmp_path / "bench"
-    run_dir = folder / "runs" / "seed0" / "sparse-2x1" / "full+pseudo"
-    run_dir.mkdir(parents=True)
-    images, labels, _ = paint_middle_slices(data, names, run_dir)
     val_images = [str(data / "imagesTr" / n) for n in names]
-    cfg = preset("quick", num_classes=3, axis=1, widths=(4, 8), bf16="off", images=images, labels=labels)
-    info = {"axis": 1, "size": 48, "max_size": cfg.max_size, "multiple": 2, "context": cfg.context_slices}
-    save_untrained_model(run_dir / "model.pt", cfg, info)
-    (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "val_images": val_images}))
+    kept_untrained_run(data, names, folder, val_images=val_images)
     assert si.main([str(folder), "--json", str(tmp_path / "s.json")]) == 0
     scores = json.loads((tmp_path / "s.json").read_text())[str(folder)]["runs/seed0/sparse-2x1/full+pseudo"]
     # filled from the truth's own slices, the stretch between them is far better than an untrained network's

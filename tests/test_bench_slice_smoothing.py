@@ -14,8 +14,7 @@ from bench.common import SHARED_DATA
 from bench.label_efficiency_eval import evaluate
 from bench.slice_smoothing import smooth_along
 from data.io import read_volume
-from helpers_kept_models import paint_middle_slices, save_untrained_model
-from model.config import preset
+from helpers_kept_models import kept_untrained_run
 
 
 def naive_smooth(probs: np.ndarray, axis: int, sigma: float) -> np.ndarray:
@@ -65,13 +64,9 @@ def test_sigma_0_of_a_kept_model_is_the_benchmarks_flip_and_auto_score(tmp_path,
     data = SHARED_DATA / "hippocampus"
     names = sorted(p.name for p in (data / "labelsTr").glob("*.nii.gz"))[:4]
     folder = tmp_path / "bench"
-    run_dir = folder / "runs" / "seed0" / "sparse-2x1" / "full+pseudo"
-    run_dir.mkdir(parents=True)
-    images, labels, _ = paint_middle_slices(data, names[:2], run_dir, prefix="painted_")
-    cfg = preset("quick", num_classes=3, axis=1, widths=(4, 8), bf16="off", images=images, labels=labels)
-    info = {"axis": 1, "size": 48, "max_size": cfg.max_size, "multiple": 2, "context": cfg.context_slices}
-    save_untrained_model(run_dir / "model.pt", cfg, info)
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict()))
+    run_dir = kept_untrained_run(data, names[:2], folder, prefix="painted_")
+    config = json.loads((run_dir / "config.json").read_text())
+    images, labels = config["images"], config["labels"]
     split = {"train": names[:2], "val": names[2:3], "test": names[3:4]}
     (folder / "results.json").write_text(json.dumps({"meta": {"split": split}, "runs": []}))
     assert slice_smoothing.main([str(folder), "--sigmas", "1", "--json", str(tmp_path / "s.json")]) == 0
