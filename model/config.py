@@ -64,10 +64,11 @@ ARCHITECTURE_FIELDS = (
     "bottleneck",
     "num_classes",
     "context_slices",
+    "context_far",
     "position_channel",
 )  # a model continues only into the same network
 # what a model file written before a field existed was built with, where that differs from today's default
-BUILT_BEFORE_THE_FIELD = {"context_slices": 0}
+BUILT_BEFORE_THE_FIELD = {"context_slices": 0, "context_far": 0}
 # fields used only by stages after the global one, besides those named after their stage
 LATER_STAGE_FIELDS = frozenset(
     {
@@ -114,6 +115,9 @@ class TrainConfig:
     max_size: int = 256  # in-plane extents above this are resized down, never up
     # 2.5D: this many neighbouring slices on each side go with a slice into the network as extra channels
     context_slices: int = 1
+    # > context_slices: two more channels, the slices this far away on each side, so that a slice across a
+    # long structure sees where along it it lies (0 = none)
+    context_far: int = 0
     # The slice's place along the axis in its volume (-1 first slice .. 1 last) as one more input channel, which
     # the U-Net gives to its segmentation head only. Along the MSD hippocampus's axis 1 a slice is all one
     # class, and only its place tells which (docs/method.md).
@@ -161,6 +165,9 @@ class TrainConfig:
     finetune_steps: int | None = None
     finetune_batch: int = 8
     finetune_lr: float = 1e-4
+    # the encoder's and bottleneck's learning rate in fine-tune and self-training, as a share of the stage's:
+    # below 1 the painted slices move the pretrained features less than the decoder
+    finetune_encoder_lr_scale: float = 1.0
     dice_weight: float = 1.0
     weight_decay: float = 1e-5
     # Learning rate over each fine-tune and self-training stage: "constant", or "poly" (each stage's lr x
@@ -276,8 +283,12 @@ class TrainConfig:
             problems.append(f"paint_growth_slices must be >= 1 or None, got {self.paint_growth_slices}")
         if not self.paint_growth_max >= 1:
             problems.append(f"paint_growth_max must be >= 1, got {self.paint_growth_max}")
+        if not 0 < self.finetune_encoder_lr_scale <= 1:
+            problems.append(f"finetune_encoder_lr_scale must be in (0, 1], got {self.finetune_encoder_lr_scale}")
         if not 0 <= self.context_slices <= 8:
             problems.append(f"context_slices must be 0..8, got {self.context_slices}")
+        if self.context_far and not self.context_slices < self.context_far <= 32:
+            problems.append(f"context_far must be 0 (none) or context_slices+1..32, got {self.context_far}")
         if not 0 <= self.predict_smooth_mm <= MAX_SMOOTH_MM:
             problems.append(f"predict_smooth_mm must be 0 (off) to {MAX_SMOOTH_MM} mm, got {self.predict_smooth_mm}")
         if not self.predict_flip_budget_s >= 0:
@@ -338,7 +349,7 @@ class TrainConfig:
 
     @property
     def in_channels(self) -> int:
-        return 2 * self.context_slices + 1 + int(self.position_channel)
+        return len(context_offsets(self.context_slices, self.context_far)) + int(self.position_channel)
 
     def spatial_augment(self, stage: str) -> dict[str, Any]:
         """The keyword arguments of model.augment.random_spatial for `stage`.
@@ -513,6 +524,13 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # batch 4 ~70 epochs local, batch 8 120 epochs fine-tune. Meant for a GPU.
     "paper": dict(),
 }
+
+
+def context_offsets(context: int, far: int = 0) -> tuple[int, ...]:
+    """Where the input channels of a slice come from, as offsets along the axis: its `context` neighbours on
+    each side and, with `far` > context, the slices `far` away on each side."""
+    near = tuple(range(-context, context + 1))
+    return (-far, *near, far) if far > context else near
 
 
 def preset(name: str, **overrides: Any) -> TrainConfig:

@@ -137,10 +137,11 @@ def with_painted(p: torch.Tensor, painted: np.ndarray) -> torch.Tensor:
 def _network_input(array, info: dict[str, Any], start: int, stop: int, where, stats) -> torch.Tensor:
     """Slices start..stop-1 along the model's axis as its network takes them: each with its `context`
     neighbours and, for a model trained with it, its place in the volume."""
-    axis, context, n = int(info["axis"]), int(info.get("context", 0)), array.shape[int(info["axis"])]
-    lo, hi = slices.context_range(start, stop, n, context)
+    axis, n = int(info["axis"]), array.shape[int(info["axis"])]
+    context, far = int(info.get("context", 0)), int(info.get("context_far", 0))
+    lo, hi = slices.context_range(start, stop, n, context, far)
     x = slices.to_network(stats.apply(slices.slab(array, axis, lo, hi)), where, stats.background)
-    x = slices.with_context(x, lo, start, stop, n, context)
+    x = slices.with_context(x, lo, start, stop, n, context, far)
     return slices.with_position(x, torch.arange(start, stop), n) if info.get("position") else x
 
 

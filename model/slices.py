@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from data.annotations import most_painted_axis, painted_mask
 from data.errors import InvalidInput
 from data.volume import IGNORE
+from model.config import context_offsets
 
 _STATS_SAMPLE = 2_000_000  # voxels used for the percentiles; enough for stable statistics of any volume
 
@@ -150,6 +151,7 @@ class SliceSet:
     axis: int
     size: int
     context: int = 0  # neighbouring slices on each side given to the network as extra channels (2.5D)
+    far: int = 0  # and the slices this far away on each side (model.config.context_offsets)
     first: torch.Tensor | None = None  # (N,) index of the first slice of each slice's volume
     last: torch.Tensor | None = None  # (N,) and of its last
     position: bool = False  # one more channel: the slice's place in its volume (see with_position)
@@ -158,12 +160,13 @@ class SliceSet:
         return self.images.shape[0]
 
     def stack(self, idx: torch.Tensor) -> torch.Tensor:
-        """The network input of slices `idx`: (n, 2 * context + 1, S, S), each slice between its neighbours
-        of the same volume (repeated at the volume's ends), and with `position` the slice's place last."""
-        if not self.context:
+        """The network input of slices `idx`: (n, channels, S, S), each slice between its neighbours of the
+        same volume at `context_offsets` (the volume's end slice standing in past it), and with `position`
+        the slice's place last."""
+        offsets = torch.tensor(context_offsets(self.context, self.far))
+        if len(offsets) == 1:
             x = self.images[idx]
         else:
-            offsets = torch.arange(-self.context, self.context + 1)
             around = (idx[:, None] + offsets).clamp(self.first[idx][:, None], self.last[idx][:, None])
             x = self.images[around.flatten(), 0].view(len(idx), len(offsets), self.size, self.size)
         if not self.position:
@@ -180,9 +183,10 @@ def build_slices(
     partial: bool = False,
     context: int = 0,
     position: bool = False,
+    far: int = 0,
 ) -> SliceSet:
     """`partial`: a slice with any annotated pixel counts as labelled (training across painted slices, on
-    the lines they leave in this axis' slices), not only a fully painted one. `context`: see SliceSet."""
+    the lines they leave in this axis' slices), not only a fully painted one. `context`, `far`: see SliceSet."""
     labelled_along = annotated_mask if partial else painted_mask
     size = training_size([im.shape for im in images], axis, max_size, multiple)
     all_images, all_labels, painted, owner = [], [], [], []
@@ -210,19 +214,21 @@ def build_slices(
         axis=axis,
         size=size,
         context=context,
+        far=far,
         position=position,
         first=starts[owners],
         last=starts[owners + 1] - 1,
     )
 
 
-def with_context(x: torch.Tensor, lo: int, start: int, stop: int, n: int, context: int) -> torch.Tensor:
+def with_context(x: torch.Tensor, lo: int, start: int, stop: int, n: int, context: int, far: int = 0) -> torch.Tensor:
     """Network input of slices start..stop-1 of a volume of n slices, from `x` (m, 1, H, W), its slices
-    lo..lo+m-1 (which must include each neighbour within `context`, clamped to 0..n-1)."""
-    if not context:
+    lo..lo+m-1 (which must include every slice context_range names)."""
+    offsets = torch.tensor(context_offsets(context, far))
+    if len(offsets) == 1:
         return x
-    wanted = torch.arange(start, stop)[:, None] + torch.arange(-context, context + 1)
-    return x[(wanted.clamp(0, n - 1) - lo).flatten(), 0].view(stop - start, 2 * context + 1, *x.shape[-2:])
+    wanted = torch.arange(start, stop)[:, None] + offsets
+    return x[(wanted.clamp(0, n - 1) - lo).flatten(), 0].view(stop - start, len(offsets), *x.shape[-2:])
 
 
 def with_position(x: torch.Tensor, index: torch.Tensor, n: torch.Tensor | int) -> torch.Tensor:
@@ -235,9 +241,10 @@ def with_position(x: torch.Tensor, index: torch.Tensor, n: torch.Tensor | int) -
     return torch.cat([x.float(), channel], dim=1)
 
 
-def context_range(start: int, stop: int, n: int, context: int) -> tuple[int, int]:
+def context_range(start: int, stop: int, n: int, context: int, far: int = 0) -> tuple[int, int]:
     """The slices with_context needs for start..stop-1."""
-    return max(0, start - context), min(n, stop + context)
+    reach = max(context_offsets(context, far))
+    return max(0, start - reach), min(n, stop + reach)
 
 
 def check_labels(

@@ -95,6 +95,7 @@ def load_data(cfg: TrainConfig) -> TrainData:
         partial=cfg.partial_slices,
         context=cfg.context_slices,
         position=cfg.position_channel,
+        far=cfg.context_far,
     )
     if painted_needed and len(data.labeled) == 0:
         what = "annotated pixel" if cfg.partial_slices else "fully painted slice"
@@ -110,6 +111,7 @@ def load_data(cfg: TrainConfig) -> TrainData:
         "max_size": cfg.max_size,
         "multiple": multiple,
         "context": cfg.context_slices,
+        "context_far": cfg.context_far,
         "position": cfg.position_channel,
         "normalisation": "per volume: clip to percentiles 0.5-99.5, then z-score",
     }
@@ -152,6 +154,9 @@ def scale_lr(opt: torch.optim.Optimizer, factor: float) -> float:
     return opt.param_groups[0]["lr"]
 
 
+ENCODER_PREFIXES = ("encoder.", "bottleneck.")  # the UNet's parameters the global stage pretrains
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, data: TrainData, runtime: Runtime):
         self.cfg, self.data, self.runtime = cfg, data, runtime
@@ -191,7 +196,7 @@ class Trainer:
     def optimizer(self, stage: str) -> torch.optim.Optimizer:
         cfg = self.cfg
         if stage == "global":
-            params = [p for n, p in self.unet.named_parameters() if n.startswith(("encoder.", "bottleneck."))]
+            params = [p for n, p in self.unet.named_parameters() if n.startswith(ENCODER_PREFIXES)]
             params += list(self.global_head.parameters())
             return torch.optim.Adam(params, lr=cfg.global_lr, weight_decay=cfg.global_weight_decay)
         if stage == "local":
@@ -199,11 +204,16 @@ class Trainer:
             return torch.optim.Adam(
                 params + list(self.local_head.parameters()), lr=cfg.local_lr, weight_decay=cfg.weight_decay
             )
-        params = list(self.unet.parameters()) + (list(self.branch.parameters()) if self.branch is not None else [])
+        encoder = [p for n, p in self.unet.named_parameters() if n.startswith(ENCODER_PREFIXES)]
+        params = [p for n, p in self.unet.named_parameters() if not n.startswith(ENCODER_PREFIXES)]
+        params += list(self.branch.parameters()) if self.branch is not None else []
         if stage == "pseudo" and cfg.pseudo_contrastive_weight > 0:
             params += list(self.local_head.parameters())
         lr = cfg.pseudo_lr if stage == "pseudo" else cfg.finetune_lr
-        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+        if cfg.finetune_encoder_lr_scale == 1:
+            return torch.optim.Adam(encoder + params, lr=lr, weight_decay=cfg.weight_decay)
+        groups = [{"params": params, "lr": lr}, {"params": encoder, "lr": lr * cfg.finetune_encoder_lr_scale}]
+        return torch.optim.Adam(groups, lr=lr, weight_decay=cfg.weight_decay)
 
     def _images(self, idx: torch.Tensor) -> torch.Tensor:
         # Augment where the network runs: on a GPU, warping and blurring a batch on one CPU thread
