@@ -68,7 +68,7 @@ ARCHITECTURE_FIELDS = (
     "position_channel",
 )  # a model continues only into the same network
 # what a model file written before a field existed was built with, where that differs from today's default
-BUILT_BEFORE_THE_FIELD = {"context_slices": 0, "context_far": 0}
+BUILT_BEFORE_THE_FIELD = {"context_slices": 0}
 # fields used only by stages after the global one, besides those named after their stage
 LATER_STAGE_FIELDS = frozenset(
     {
