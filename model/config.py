@@ -235,7 +235,8 @@ class TrainConfig:
     # test-time augmentation: average the prediction over each slice and its two in-plane mirrors (3x the
     # inference cost). It and "auto" clean-up raised held-out Dice at 10 volumes x 3 painted slices along
     # every axis or left it level (docs/benchmarks/label_efficiency_axes.md). "auto" mirrors when this
-    # machine, timed on the volume's first slices, adds at most predict_flip_budget_s to the volume.
+    # machine, timed on the volume's first slices, adds at most predict_flip_budget_s to the volume, and only
+    # for a model trained with mirrors (`flip`): one trained without them mislabels mirrored slices.
     predict_flip: str = "auto"
     predict_flip_budget_s: float = 15.0
     # A 2D network labels each slice on its own: the softmax is averaged along the slicing axis with a
@@ -291,6 +292,11 @@ class TrainConfig:
             problems.append(f"context_far must be 0 (none) or context_slices+1..32, got {self.context_far}")
         if not 0 <= self.predict_smooth_mm <= MAX_SMOOTH_MM:
             problems.append(f"predict_smooth_mm must be 0 (off) to {MAX_SMOOTH_MM} mm, got {self.predict_smooth_mm}")
+        if self.predict_flip == "on" and not self.flip:
+            problems.append(
+                'predict_flip "on" averages mirrored slices, which a model trained without mirrors (flip false) '
+                'has never seen; use "auto" or "off"'
+            )
         if not self.predict_flip_budget_s >= 0:
             problems.append(f"predict_flip_budget_s must be >= 0, got {self.predict_flip_budget_s}")
         if self.axis not in ("auto", 0, 1, 2):
@@ -350,6 +356,11 @@ class TrainConfig:
     @property
     def in_channels(self) -> int:
         return len(context_offsets(self.context_slices, self.context_far)) + int(self.position_channel)
+
+    @property
+    def prediction_mirrors(self) -> str:
+        """predict_flip as inference applies it: never mirrors for a model trained without them."""
+        return self.predict_flip if self.flip else "off"
 
     def spatial_augment(self, stage: str) -> dict[str, Any]:
         """The keyword arguments of model.augment.random_spatial for `stage`.

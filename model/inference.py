@@ -212,7 +212,7 @@ class Predictor:
     ):
         """Labels (uint8, same (i, j, k) shape) and, when asked, float16 probabilities (K, i, j, k).
 
-        `flip` (default: the model's `predict_flip`) averages over mirrored slices; `clean` applies the
+        `flip` (default: the model's `predict_flip`, off for a model trained without mirrors) averages over mirrored slices; `clean` applies the
         model's 3D clean-up to the labels (the probabilities stay as the network gave them).
 
         `spacing` (mm per voxel axis) sizes the model's `predict_smooth_mm` in slices; without it nothing
@@ -229,7 +229,7 @@ class Predictor:
             self.num_classes,
             chunk_pixels=self.config.predict_chunk_pixels,
             return_probs=return_probs,
-            flip=self.config.predict_flip if flip is None else flip,
+            flip=self.config.prediction_mirrors if flip is None else flip,
             flip_budget_s=self.config.predict_flip_budget_s,
             report=report,
             smooth=smoothing_slices(self.config.predict_smooth_mm, spacing, int(self.info["axis"])),

@@ -53,7 +53,7 @@ def decide_cleanup(
             runtime,
             num_classes,
             cfg.predict_chunk_pixels,
-            flip=cfg.predict_flip,
+            flip=cfg.prediction_mirrors,
             smooth=smoothing_slices(cfg.predict_smooth_mm, volume.spacing, int(info["axis"])),
         )
         predictions.append(pred)

@@ -261,3 +261,20 @@ def test_the_predictors_clean_up_never_removes_a_painted_voxel(tmp_path):
     assert (cleaned_alone[3:6] != painted[3:6]).any()
     labels = predictor.predict(volume, painted=painted)[0]
     np.testing.assert_array_equal(labels[3:6], painted[3:6])
+
+
+def test_a_model_trained_without_mirrors_never_averages_mirrored_slices(tmp_path):
+    volume = np.random.default_rng(3).normal(size=(9, 20, 22)).astype(np.float32)
+    cfg = preset("quick", flip=False, predict_flip_budget_s=1e6)  # "auto" with room to mirror
+    assert cfg.predict_flip == "auto" and cfg.prediction_mirrors == "off"
+    assert preset("quick", predict_flip_budget_s=1e6).prediction_mirrors == "auto"
+    save_untrained_model(tmp_path / "model.pt", cfg, {**info(0, 24, 128, 8), "context": cfg.context_slices})
+    predictor = load_predictor(tmp_path, device="cpu")
+    report = {}
+    probs = predictor.predict(volume, return_probs=True, clean=False, report=report)[1]
+    run = (predictor.net, volume, predictor.info, predictor.runtime, 3)
+    np.testing.assert_array_equal(probs, predict_array(*run, return_probs=True, flip="off")[1])
+    assert not np.array_equal(probs, predict_array(*run, return_probs=True, flip="on")[1])
+    assert not report["flip"]
+    with pytest.raises(ValueError, match='predict_flip "on" averages mirrored slices'):
+        preset("quick", flip=False, predict_flip="on")
