@@ -159,7 +159,12 @@ PAPER_BUDGETS = [Budget("paper", fraction=f) for f in (0.05, 0.10, 0.20)]
 SPARSE_BUDGETS = [Budget("sparse", volumes=n, slices=k) for n, k in ((5, 2), (10, 3), (20, 5))]
 TEN_BY_THREE = Budget("sparse", volumes=10, slices=3)
 # Budgets outside every grid, run only when `--budgets` names them.
-EXTRA_BUDGETS = [Budget("sparse", volumes=10, slices=3, ends=True)]
+EXTRA_BUDGETS = [
+    Budget("sparse", volumes=10, slices=3, ends=True),
+    # more slices per volume, for the paint a slicing axis across the structure's long axis needs
+    Budget("sparse", volumes=10, slices=5),
+    Budget("sparse", volumes=10, slices=7),
+]
 
 
 def make_grid(which: str, seeds: int | None, deadline_min: float | None) -> Grid:

@@ -1,6 +1,7 @@
 """Paired validation Dice of kept models with the product's inference, for settings that change inference too.
 
-    python -m bench.product_val BASE_OUT VARIANT_OUT [--names base,variant] [--data DIR] [--json FILE]
+    python -m bench.product_val BASE_OUT VARIANT_OUT [--names base,variant] [--volumes val|test] [--data DIR]
+                                [--json FILE]
 
 Each OUT is a `--keep-models --validate` folder of bench.label_efficiency. bench.paired decides on the plain
 validation Dice that training records; a setting that also changes how the model predicts (its mirrors, its
@@ -8,6 +9,7 @@ clean-up) is judged here instead: each kept model predicts the split's validatio
 predicts them (`Predictor.predict` with the model's own `predict_flip`, smoothing by the volume's spacing and
 the decided clean-up) and is scored as the mean Dice over the classes. Models pair by their job (seed /
 budget / row); the table prints both means, the paired difference (mean ± std over the jobs) and each job's.
+`--volumes test` scores the held-out test volumes the same way, to report, never to decide.
 """
 
 from __future__ import annotations
@@ -43,9 +45,9 @@ def validation_dice(run_dir: Path, names: list[str], data: Path) -> float:
     return float(np.mean(per_volume))
 
 
-def scores_of(out: Path, data: Path) -> dict[str, float]:
+def scores_of(out: Path, data: Path, volumes: str = "val") -> dict[str, float]:
     results = json.loads((out / "results.json").read_text())
-    names = results["meta"]["split"]["val"]
+    names = results["meta"]["split"][volumes]
     return {job_of(d, out): validation_dice(d, names, data) for d in model_dirs(out)}
 
 
@@ -54,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("base", type=Path)
     parser.add_argument("variant", type=Path)
     parser.add_argument("--names", default="base,variant", help="comma-separated: the base's name, the variant's")
+    parser.add_argument("--volumes", choices=("val", "test"), default="val", help="the split's volumes to score")
     parser.add_argument("--data", type=Path, default=SHARED_DATA / "hippocampus")
     parser.add_argument("--json", type=Path, help="also write the per-job scores here")
     args = parser.parse_args(argv)
@@ -67,13 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     if splits[0] != splits[1]:
         print("the two folders ran on different splits; their models cannot be paired", file=sys.stderr)
         return 2
-    base, variant = scores_of(args.base, args.data), scores_of(args.variant, args.data)
+    base, variant = scores_of(args.base, args.data, args.volumes), scores_of(args.variant, args.data, args.volumes)
     jobs = sorted(set(base) & set(variant))
     if not jobs:
         print("no job has a kept model in both folders (run with --keep-models)", file=sys.stderr)
         return 2
     diff = [variant[j] - base[j] for j in jobs]
-    print(f"| validation, product inference | {names[0]} | {names[1]} | paired, {names[1]} - {names[0]} | per job |")
+    print(
+        f"| {'validation' if args.volumes == 'val' else 'held-out test'}, product inference | {names[0]} | {names[1]} | paired, {names[1]} - {names[0]} | per job |"
+    )
     print("|---|---|---|---|---|")
     b, v = [base[j] for j in jobs], [variant[j] for j in jobs]
     print(

@@ -101,7 +101,9 @@ def test_an_extra_budget_round_trips_and_keeps_its_own_key():
     job = protocol.Job("row", 1, ends, "full+pseudo")
     assert protocol.job_from_json(protocol.job_to_json(job)) == job
     grid = protocol.make_grid("cpu", None, None)
-    assert ends not in grid.budgets  # run only when --budgets names it
+    keys = [b.key for b in protocol.EXTRA_BUDGETS]
+    assert keys == ["sparse-10x3-ends", "sparse-10x5", "sparse-10x7"]
+    assert not set(keys) & {b.key for b in grid.budgets}  # run only when --budgets names them
     grid.budgets.append(ends)
     picked = protocol.select_jobs(protocol.plan_jobs(grid), "sparse-10x3-ends", "full+pseudo")
     assert [j.name for j in picked if j.kind == "row"] == [f"seed{s}/sparse-10x3-ends/full+pseudo" for s in range(3)]

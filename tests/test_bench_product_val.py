@@ -44,6 +44,16 @@ def test_scores_are_the_products_masks_against_the_truth_and_pair_by_job(tmp_pat
     assert scores["base"] == pytest.approx([float(np.mean(expected))], abs=1e-12)
     assert scores["variant"] == scores["base"]  # the same model: the paired difference is exactly 0
     assert "| +0.000 | +0.000 |" in capsys.readouterr().out
+    (tmp_path / "base" / "results.json").write_text(
+        json.dumps({"meta": {"split": {"train": [], "val": val, "test": val[:1]}}})
+    )
+    (tmp_path / "variant" / "results.json").write_text((tmp_path / "base" / "results.json").read_text())
+    assert (
+        product_val.main([str(tmp_path / "base"), str(tmp_path / "variant"), "--volumes", "test", "--json", str(out)])
+        == 0
+    )
+    assert json.loads(out.read_text())["base"] == pytest.approx([expected[0]], abs=1e-12)
+    assert "held-out test, product inference" in capsys.readouterr().out
 
 
 def test_folders_of_different_splits_are_refused(tmp_path, capsys):
