@@ -33,8 +33,8 @@ def job_of(run_dir: Path, out: Path) -> str:
     return "/".join(run_dir.relative_to(out / "runs").parts)
 
 
-def validation_dice(run_dir: Path, names: list[str], data: Path) -> float:
-    """Mean over `names` of each validation volume's mean class Dice, predicted as the product predicts."""
+def dice_as_predicted(run_dir: Path, names: list[str], data: Path) -> float:
+    """Mean over the volumes `names` of each one's mean class Dice, predicted as the product predicts."""
     predictor = load_predictor(run_dir, device="cpu")
     per_volume = []
     for name in names:
@@ -48,7 +48,7 @@ def validation_dice(run_dir: Path, names: list[str], data: Path) -> float:
 def scores_of(out: Path, data: Path, volumes: str = "val") -> dict[str, float]:
     results = json.loads((out / "results.json").read_text())
     names = results["meta"]["split"][volumes]
-    return {job_of(d, out): validation_dice(d, names, data) for d in model_dirs(out)}
+    return {job_of(d, out): dice_as_predicted(d, names, data) for d in model_dirs(out)}
 
 
 def main(argv: list[str] | None = None) -> int:
