@@ -212,8 +212,9 @@ class Predictor:
     ):
         """Labels (uint8, same (i, j, k) shape) and, when asked, float16 probabilities (K, i, j, k).
 
-        `flip` (default: the model's `predict_flip`, off for a model trained without mirrors) averages over mirrored slices; `clean` applies the
-        model's 3D clean-up to the labels (the probabilities stay as the network gave them).
+        `flip` (default: the model's `predict_flip`, off for a model trained without mirrors) averages over
+        mirrored slices; `clean` applies the model's 3D clean-up to the labels (the probabilities stay as the
+        network gave them).
 
         `spacing` (mm per voxel axis) sizes the model's `predict_smooth_mm` in slices; without it nothing
         is smoothed. Slices are not resampled: the model saw the training volumes at their own voxel grid.

@@ -332,7 +332,8 @@ class Trainer:
         self.unet.eval()
         if cfg.pseudo_volumes:
             # "auto" mirrors only when no time budget runs: under one, the time goes to labelling more volumes
-            mirrors = cfg.prediction_mirrors == "on" or (cfg.prediction_mirrors == "auto" and max_seconds is None)
+            mode = cfg.prediction_mirrors
+            mirrors = mode == "on" or (mode == "auto" and max_seconds is None)
             pool, labels, report = volume_pseudo_labels(
                 s,
                 pool,
