@@ -25,7 +25,6 @@ from model.device import Runtime, autocast, prepare_input, prepare_model, runtim
 from model.unet import UNet
 
 
-@torch.no_grad()
 def predict_array(
     net: torch.nn.Module,
     array: np.ndarray,
@@ -52,6 +51,40 @@ def predict_array(
     `painted`: a sparse label volume of array.shape (IGNORE where not painted). Its voxels are certain: their
     softmax is the painted class's one-hot before the smoothing, so a painted slice pulls its neighbours' as
     any slice does, and the labels returned hold every painted value exactly."""
+    (labels,), probs = predict_variants(
+        net,
+        array,
+        info,
+        runtime,
+        num_classes,
+        (painted,),
+        chunk_pixels,
+        return_probs,
+        flip,
+        flip_budget_s,
+        report,
+        smooth,
+    )
+    return labels, probs
+
+
+@torch.no_grad()
+def predict_variants(
+    net: torch.nn.Module,
+    array: np.ndarray,
+    info: dict[str, Any],
+    runtime: Runtime,
+    num_classes: int,
+    painted_variants: tuple[np.ndarray | None, ...],
+    chunk_pixels: int = 2_000_000,
+    return_probs: bool = False,
+    flip: bool | str = False,
+    flip_budget_s: float = 15.0,
+    report: dict | None = None,
+    smooth: float = 0.0,
+) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """predict_array for several paintings of one volume from one pass through the network: ([labels per
+    entry of `painted_variants`, each as predict_array gives it with that `painted`], probs of the first)."""
     flip_mode = {True: "on", False: "off"}.get(flip, flip)
     if flip_mode not in ("auto", "on", "off"):
         raise ValueError(f"flip must be True, False, 'auto', 'on' or 'off', got {flip!r}")
@@ -61,24 +94,16 @@ def predict_array(
     axis = int(info["axis"])
     where = slices.placement(array.shape, axis, int(info["max_size"]), int(info["multiple"]), int(info["size"]))
     stats = slices.intensity_stats(array)
-    labels = np.empty(array.shape, dtype=np.uint8)
-    probs = np.empty((num_classes, *array.shape), dtype=np.float16) if return_probs else None
-    labels_view = np.moveaxis(labels, axis, 0)
-    probs_view = np.moveaxis(probs, axis + 1, 1) if return_probs else None
-    painted_view = None if painted is None else np.moveaxis(_check_painted(painted, array.shape), axis, 0)
     n = array.shape[axis]
+    weights = smoothing_weights(smooth)
+    painted_variants = tuple(None if v is None else _check_painted(v, array.shape) for v in painted_variants)
+    outputs = [
+        _SlabWriter(array.shape, axis, num_classes, return_probs and i == 0, weights, painted)
+        for i, painted in enumerate(painted_variants)
+    ]
     per_chunk = max(1, chunk_pixels // (where.size[0] * where.size[1]))
     flipping = flip_mode == "on"
     reason = {"on": "asked for", "off": "switched off"}.get(flip_mode, "")
-    weights = smoothing_weights(smooth)
-    radius = len(weights) // 2
-    held, held_lo, written = None, 0, 0  # smoothing: softmax of slices held_lo.. kept for their neighbours
-
-    def write(p: torch.Tensor, a: int, b: int) -> None:
-        labels_view[a:b] = p.argmax(dim=1).to(torch.uint8).cpu().numpy()
-        if return_probs:
-            probs_view[:, a:b] = p.transpose(0, 1).to(torch.float16).cpu().numpy()
-
     for start in range(0, n, per_chunk):
         stop = min(n, start + per_chunk)
         x = _network_input(array, info, start, stop, where, stats)
@@ -96,23 +121,50 @@ def predict_array(
                 total, views = total + mirrored, views + more
         p = slices.from_network(total / views, where)
         del total
-        if painted_view is not None:
-            p = with_painted(p, painted_view[start:stop])
-        if not radius:
-            write(p, start, stop)
-            continue
-        # a slice is written once the slices `radius` past it are known; each is run through the network once
-        held = p if held is None else torch.cat([held, p])
-        ready = n if stop == n else stop - radius
-        if ready > written:
-            write(smooth_slices(held, weights, held_lo, written, ready, n), written, ready)
-            keep_from = max(0, ready - radius)
-            held, held_lo, written = held[keep_from - held_lo :], keep_from, ready
+        for output in outputs:
+            output.add(p, start, stop)
     if report is not None:
         report.update(flip=flipping, flip_reason=reason)
-    if painted is not None:
-        labels = impose_paint(labels, painted)
-    return labels, probs
+    return [output.result() for output in outputs], outputs[0].probs
+
+
+class _SlabWriter:
+    """The labels (and probs) of one painting of a volume, written chunk by chunk along the slicing axis.
+    With smoothing, a slice is written once the slices `radius` past it are known; each chunk's softmax
+    comes from the network once, whatever the number of writers."""
+
+    def __init__(self, shape, axis: int, num_classes: int, keep_probs: bool, weights: torch.Tensor, painted):
+        self.labels = np.empty(shape, dtype=np.uint8)
+        self.probs = np.empty((num_classes, *shape), dtype=np.float16) if keep_probs else None
+        self.labels_view = np.moveaxis(self.labels, axis, 0)
+        self.probs_view = np.moveaxis(self.probs, axis + 1, 1) if keep_probs else None
+        self.painted = painted
+        self.painted_view = None if painted is None else np.moveaxis(painted, axis, 0)
+        self.n, self.weights, self.radius = shape[axis], weights, len(weights) // 2
+        self.held, self.held_lo, self.written = None, 0, 0  # softmax of slices held_lo.. kept for their neighbours
+
+    def add(self, p: torch.Tensor, start: int, stop: int) -> None:
+        if self.painted_view is not None:
+            p = with_painted(p, self.painted_view[start:stop])
+        if not self.radius:
+            self._write(p, start, stop)
+            return
+        self.held = p if self.held is None else torch.cat([self.held, p])
+        ready = self.n if stop == self.n else stop - self.radius
+        if ready > self.written:
+            self._write(
+                smooth_slices(self.held, self.weights, self.held_lo, self.written, ready, self.n), self.written, ready
+            )
+            keep_from = max(0, ready - self.radius)
+            self.held, self.held_lo, self.written = self.held[keep_from - self.held_lo :], keep_from, ready
+
+    def _write(self, p: torch.Tensor, a: int, b: int) -> None:
+        self.labels_view[a:b] = p.argmax(dim=1).to(torch.uint8).cpu().numpy()
+        if self.probs_view is not None:
+            self.probs_view[:, a:b] = p.transpose(0, 1).to(torch.float16).cpu().numpy()
+
+    def result(self) -> np.ndarray:
+        return self.labels if self.painted is None else impose_paint(self.labels, self.painted)
 
 
 def _check_painted(painted, shape) -> np.ndarray:
@@ -239,6 +291,35 @@ class Predictor:
         if self.cleanup is not None and clean:
             labels = impose_paint(self.cleanup.apply(labels), painted)
         return labels, probs
+
+    def predict_with_paint(
+        self,
+        volume_array: np.ndarray,
+        painted: np.ndarray,
+        spacing=None,
+        return_probs: bool = False,
+        clean: bool = True,
+        report: dict | None = None,
+    ):
+        """(the model's own labels, the labels with `painted` taken as certain, probs of the first) from one
+        pass through the network: what `predict` gives without and with `painted`, at the cost of one."""
+        (labels, certain), probs = predict_variants(
+            self.net,
+            volume_array,
+            self.info,
+            self.runtime,
+            self.num_classes,
+            (None, painted),
+            chunk_pixels=self.config.predict_chunk_pixels,
+            return_probs=return_probs,
+            flip=self.config.prediction_mirrors,
+            flip_budget_s=self.config.predict_flip_budget_s,
+            report=report,
+            smooth=smoothing_slices(self.config.predict_smooth_mm, spacing, int(self.info["axis"])),
+        )
+        if self.cleanup is not None and clean:
+            labels, certain = self.cleanup.apply(labels), impose_paint(self.cleanup.apply(certain), painted)
+        return labels, certain, probs
 
     def embed(self, volume_array: np.ndarray) -> np.ndarray:
         """Per-slice bottleneck embeddings (n_slices, C) along the model's axis."""

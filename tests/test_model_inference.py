@@ -278,3 +278,27 @@ def test_a_model_trained_without_mirrors_never_averages_mirrored_slices(tmp_path
     assert not report["flip"]
     with pytest.raises(ValueError, match='predict_flip "on" averages mirrored slices'):
         preset("quick", flip=False, predict_flip="on")
+
+
+def test_predict_with_paint_gives_the_models_own_and_the_painted_labels_from_one_network_pass(tmp_path):
+    from data.mask_cleanup import Cleanup
+
+    volume = np.random.default_rng(4).normal(size=(11, 20, 22)).astype(np.float32)
+    cfg = preset("quick", predict_flip="on", predict_smooth_mm=2.0, predict_chunk_pixels=3 * 24 * 24)
+    save_untrained_model(tmp_path / "model.pt", cfg, {**info(0, 24, 128, 8), "context": cfg.context_slices})
+    predictor = load_predictor(tmp_path, device="cpu")
+    predictor.cleanup = Cleanup.everything(3)
+    painted = painted_slices(volume.shape, 0, [2, 7], 3)
+    spy = Spy(predictor.net)
+    predictor.net = spy
+    labels, certain, probs = predictor.predict_with_paint(volume, painted, spacing=(1.0, 1.0, 1.0), return_probs=True)
+    passes = len(spy.shapes)
+    alone = predictor.predict(volume, spacing=(1.0, 1.0, 1.0), return_probs=True)
+    assert len(spy.shapes) == 2 * passes  # the plain prediction costs what both together did
+    with_paint = predictor.predict(volume, spacing=(1.0, 1.0, 1.0), painted=painted)[0]
+    np.testing.assert_array_equal(labels, alone[0])
+    np.testing.assert_array_equal(probs, alone[1])  # the model's own softmax, not the painted one-hot
+    np.testing.assert_array_equal(certain, with_paint)
+    # the smoothing carries the paint into slices next to it
+    changed = set(np.flatnonzero((certain != labels).any(axis=(1, 2))))
+    assert {2, 7} < changed
