@@ -4,6 +4,8 @@
                                                   /prediction.nii.gz   the mask to download, in the upload's exact
                                                                        geometry, with the volume's painted slices
                                                   /painted.json        which saves of the paint it holds
+                                                  /labels_with_paint.npy  a painted volume's mask with the paint of
+                                                  /paint_used.json     these saves taken as certain (see below)
                                                   /uncertainty.npz     mean entropy per slice, per axis, and
                                                                        the fraction of each slice's voxels whose
                                                                        label changed since the model before
@@ -18,6 +20,13 @@ painted slice it shows where the model disagrees with the paint. Every file to d
 painted slices as they are saved now, voxel for voxel, over the model's mask: a slice painted or corrected
 after the model was trained is in the download at once, without a retrain. A download made after the paint
 changed writes the files again (`export_folder`).
+
+For a volume painted when it is predicted, the same pass through the network also gives its mask with that
+paint taken as certain (model.inference `predict_with_paint`): the painted slices pull their neighbours
+through the smoothing along the slicing axis, and the clean-up sees them. Its downloads start from that mask
+while every save it was made with is still there unchanged; once one of them is repainted or erased they
+start from the model's own mask again, until the next prediction (measured in
+docs/benchmarks/painted_slices.md).
 """
 
 from __future__ import annotations
@@ -49,6 +58,8 @@ UNCERTAINTY_NAME = "uncertainty.npz"
 SEG_NAME = "prediction.dcm"
 SEG_NRRD_NAME = "prediction.seg.nrrd"
 PAINT_NAME = "painted.json"
+WITH_PAINT_NAME = "labels_with_paint.npy"
+PAINT_USED_NAME = "paint_used.json"
 READY = "ready"
 MAX_PROBS_BYTES = 1 << 30
 
@@ -98,24 +109,48 @@ class Predictions:
             try:
                 volume = self.workspace.get_volume(volume_id)
                 if computed is not None:
-                    labels, probs = computed()
+                    labels, probs, with_paint, used = computed()
                 else:
-                    predictor = self._predictor(model)
-                    labels, probs = predictor.predict(
-                        np.asarray(self.workspace.volume_array(volume_id)),
-                        tuple(volume["spacing"]),
-                        return_probs=self.wants_probs(volume, predictor.num_classes),
-                    )
+                    labels, probs, with_paint, used = self._infer(volume, model)
                 signals = {}
                 if probs is not None:
                     entropy = suggest.entropy_map(probs, class_axis=class_axis(probs, labels.shape))
                     signals.update({f"axis{a}": suggest.slice_scores(entropy, a) for a in range(3)})
-                self._write(folder, volume, model, self._clean(model, np.asarray(labels, dtype=np.uint8)), signals)
+                if with_paint is not None:
+                    with_paint = (self._clean(model, np.asarray(with_paint, dtype=np.uint8)), used)
+                self._write(
+                    folder, volume, model, self._clean(model, np.asarray(labels, dtype=np.uint8)), signals, with_paint
+                )
             except Exception as exc:
                 log.exception("prediction of volume %s with model %s failed", volume_id, model["id"])
                 self.workspace.set_prediction(volume_id, model["id"], None, f"failed: {exc}"[:500])
                 raise
             return self.workspace.set_prediction(volume_id, model["id"], str(folder), READY)
+
+    def _infer(self, volume: dict, model: dict) -> tuple:
+        """(labels, probs, labels with the paint, which saves of the paint) of one volume, here; the last two
+        None for a volume with no paint. Nothing is cleaned yet."""
+        predictor = self._predictor(model)
+        array = np.asarray(self.workspace.volume_array(volume["id"]))
+        want_probs = self.wants_probs(volume, predictor.num_classes)
+        snapshot = self.paint_snapshot(volume["id"])
+        if snapshot is None:
+            labels, probs = predictor.predict(array, tuple(volume["spacing"]), return_probs=want_probs, clean=False)
+            return labels, probs, None, None
+        used, painted = snapshot
+        labels, with_paint, probs = predictor.predict_with_paint(
+            array, painted, tuple(volume["spacing"]), return_probs=want_probs, clean=False
+        )
+        return labels, probs, with_paint, used
+
+    def paint_snapshot(self, volume_id: int) -> tuple[str, np.ndarray] | None:
+        """(which saves, the sparse label volume) of the volume's paint now; None when nothing is painted, or
+        when a save came in while it was read (its mask is then made without the paint)."""
+        before = self._paint_stamp(volume_id)
+        painted = self.workspace.label_volume(volume_id)
+        if not (painted != IGNORE).any() or self._paint_stamp(volume_id) != before:
+            return None
+        return before, painted
 
     def _clean(self, model: dict, labels: np.ndarray) -> np.ndarray:
         """The model's 3D clean-up applied to raw predicted labels (none while it is still undecided)."""
@@ -124,12 +159,22 @@ class Predictions:
             return labels
         return predictor.cleanup.apply(labels)
 
-    def _write(self, folder: Path, volume: dict, model: dict, labels: np.ndarray, signals: dict) -> None:
-        """The mask files of one prediction; `signals` are the entropy scores per slice, if computed."""
+    def _write(
+        self, folder: Path, volume: dict, model: dict, labels: np.ndarray, signals: dict, with_paint=None
+    ) -> None:
+        """The mask files of one prediction; `signals` are the entropy scores per slice, if computed;
+        `with_paint`: (the labels with the paint taken as certain, which saves of it), for a painted volume."""
         folder.mkdir(parents=True, exist_ok=True)
         save_npy(folder / LABELS_NAME, labels)
+        (folder / PAINT_USED_NAME).unlink(missing_ok=True)  # first: without it the other file is never read
+        if with_paint is None:
+            (folder / WITH_PAINT_NAME).unlink(missing_ok=True)
+        else:
+            save_npy(folder / WITH_PAINT_NAME, with_paint[0])
+            with atomic_write(folder / PAINT_USED_NAME) as tmp:
+                Path(tmp).write_text(with_paint[1])
         with self._export_lock:
-            self._write_exports(folder, volume["id"], labels)
+            self._write_exports(folder, volume["id"])
         signals = {k: v for k, v in signals.items() if not k.startswith("disagree")}
         previous = self._previous_labels(volume, model)
         if previous is not None:  # "mix" weighs in where the new model changed its mind
@@ -138,16 +183,29 @@ class Predictions:
             with atomic_write(folder / UNCERTAINTY_NAME) as tmp, open(tmp, "wb") as f:
                 np.savez(f, **signals)
 
-    def _write_exports(self, folder: Path, volume_id: int, labels: np.ndarray) -> None:
-        """The NIfTI to download: the model's labels with the volume's paint now; the other formats are made
-        from it again on request. Called with the export lock held."""
+    def _write_exports(self, folder: Path, volume_id: int) -> None:
+        """The NIfTI to download (`download_labels`); the other formats are made from it again on request.
+        Called with the export lock held."""
         stamp = self._paint_stamp(volume_id)  # read before the paint itself: a save in between is seen next time
-        exported = impose_paint(labels, self.workspace.label_volume(volume_id))
+        exported = self.download_labels(folder, volume_id, stamp)
         volume_io.write_mask(exported, like=self.workspace.load_volume(volume_id), path=folder / MASK_NAME)
         for stale in (SEG_NAME, SEG_NRRD_NAME):
             (folder / stale).unlink(missing_ok=True)
         with atomic_write(folder / PAINT_NAME) as tmp:
             Path(tmp).write_text(stamp)
+
+    def download_labels(self, folder: Path, volume_id: int, stamp: str | None = None) -> np.ndarray:
+        """The mask to download from one prediction folder: its labels with the paint taken as certain while
+        every save they were made with is among the paint's saves `stamp` (default: now), else the model's
+        own labels; then the volume's paint now over them, voxel for voxel."""
+        stamp = self._paint_stamp(volume_id) if stamp is None else stamp
+        labels = folder / LABELS_NAME
+        used = folder / PAINT_USED_NAME
+        if used.exists() and (folder / WITH_PAINT_NAME).exists():
+            now = {tuple(row) for row in json.loads(stamp)}
+            if all(tuple(row) in now for row in json.loads(used.read_text())):
+                labels = folder / WITH_PAINT_NAME
+        return impose_paint(np.load(labels), self.workspace.label_volume(volume_id))
 
     def _paint_stamp(self, volume_id: int) -> str:
         """Which saves of which slices the volume's paint is made of now."""
@@ -161,7 +219,7 @@ class Predictions:
             marker = folder / PAINT_NAME
             current = marker.read_text() if marker.exists() else None
             if current != self._paint_stamp(volume_id) or not (folder / MASK_NAME).exists():
-                self._write_exports(folder, volume_id, np.load(folder / LABELS_NAME))
+                self._write_exports(folder, volume_id)
         return folder, model
 
     def export_file(self, volume_id: int, name: str, write) -> Path:
@@ -171,7 +229,7 @@ class Predictions:
         path = folder / name
         with self._export_lock:
             if not path.exists():
-                write(impose_paint(np.load(folder / LABELS_NAME), self.workspace.label_volume(volume_id)), path)
+                write(self.download_labels(folder, volume_id), path)
         return path
 
     def settle_cleanup(self, model: dict, volumes: list[dict], computed: dict, keep_going=lambda: True) -> dict | None:
@@ -205,7 +263,11 @@ class Predictions:
             if cleanup is not None:  # before the decision is saved: a crash in between redoes this, never skips it
                 for volume, raw in zip(used, raws):
                     folder = self.folder(model["id"], volume["id"])
-                    self._write(folder, volume, model, cleanup.apply(raw), read_signals(folder / UNCERTAINTY_NAME))
+                    with_paint = read_with_paint(folder)
+                    if with_paint is not None:
+                        with_paint = (cleanup.apply(with_paint[0]), with_paint[1])
+                    signals = read_signals(folder / UNCERTAINTY_NAME)
+                    self._write(folder, volume, model, cleanup.apply(raw), signals, with_paint)
             save_decision(model["path"], cleanup, report)
             predictor.cleanup, predictor.cleanup_pending = cleanup, False
         return report
@@ -330,6 +392,13 @@ def class_axis(probs: np.ndarray, shape: tuple[int, ...]) -> int:
     if probs.ndim == 4 and tuple(probs.shape[:3]) == tuple(shape):
         return 3
     raise ValueError(f"probabilities of shape {probs.shape} do not match a volume of shape {shape}")
+
+
+def read_with_paint(folder: Path) -> tuple[np.ndarray, str] | None:
+    """(labels with the paint taken as certain, which saves of it) of a prediction folder, or None."""
+    if not (folder / PAINT_USED_NAME).exists() or not (folder / WITH_PAINT_NAME).exists():
+        return None
+    return np.load(folder / WITH_PAINT_NAME), (folder / PAINT_USED_NAME).read_text()
 
 
 def read_signals(path: Path) -> dict[str, np.ndarray]:

@@ -226,15 +226,19 @@ class RayRunner(JobRunner):
                 pass  # gone already, or stuck: the kill below ends it (its trainer dies with it)
         self._end(run, -signal.SIGTERM)
 
-    def predict_many(self, model_path: Path, volumes: list[tuple[int, object, tuple, bool]]) -> dict:
-        """Start one Ray task per volume (volume id, array, spacing, want probs) -> {volume id: a callable
-        that waits for its (labels, probs)}: the volumes are predicted across the cluster at once."""
+    def predict_many(self, model_path: Path, volumes: list[tuple[int, object, tuple, bool, object]]) -> dict:
+        """Start one Ray task per volume (volume id, array, spacing, want probs, its paint or None) -> {volume
+        id: a callable that waits for its (labels, probs, labels with the paint or None)}: the volumes are
+        predicted across the cluster at once."""
         ray = self.connect()
         task = ray.remote(ray_training.predict_on_worker).options(
             **self.resources({"device": "auto"}), name="slicewise-predict"
         )
         model = ray.put(Path(model_path).read_bytes())
-        refs = {vid: task.remote(model, ray.put(array), spacing, probs) for vid, array, spacing, probs in volumes}
+        refs = {
+            vid: task.remote(model, ray.put(array), spacing, probs, None if painted is None else ray.put(painted))
+            for vid, array, spacing, probs, painted in volumes
+        }
         return {vid: (lambda ref=ref: ray.get(ref, timeout=3600)) for vid, ref in refs.items()}
 
     def kill_leftover(self, pid: int, config_path: Path) -> bool:

@@ -221,8 +221,9 @@ def own_group_dying_with_parent() -> None:
         pass  # not Linux: cancel still ends the group
 
 
-def predict_on_worker(model_bytes: bytes, array, spacing: tuple, want_probs: bool):
-    """A Ray task: one volume's (labels, probs) with the model given as its model.pt bytes."""
+def predict_on_worker(model_bytes: bytes, array, spacing: tuple, want_probs: bool, painted=None):
+    """A Ray task: one volume's (labels, probs, labels with `painted` taken as certain or None) with the model
+    given as its model.pt bytes."""
     import numpy as np
 
     from model.inference import load_predictor
@@ -232,5 +233,11 @@ def predict_on_worker(model_bytes: bytes, array, spacing: tuple, want_probs: boo
         path.write_bytes(model_bytes)
         predictor = load_predictor(path, device="auto")
         # the server applies the model's clean-up (app/predictions.py), which may be decided after training
-        labels, probs = predictor.predict(np.asarray(array), tuple(spacing), return_probs=want_probs, clean=False)
-    return np.asarray(labels, dtype=np.uint8), probs
+        array, spacing = np.asarray(array), tuple(spacing)
+        if painted is None:
+            labels, probs = predictor.predict(array, spacing, return_probs=want_probs, clean=False)
+            return np.asarray(labels, dtype=np.uint8), probs, None
+        labels, with_paint, probs = predictor.predict_with_paint(
+            array, np.asarray(painted), spacing, return_probs=want_probs, clean=False
+        )
+    return np.asarray(labels, dtype=np.uint8), probs, np.asarray(with_paint, dtype=np.uint8)

@@ -87,15 +87,27 @@ def remote_predictions(
     if not pending or not runner.fans_out_predictions:
         return {}
     num_classes = int((model.get("config") or {}).get("num_classes") or 1)
+    snapshots = {v["id"]: predictions.paint_snapshot(v["id"]) for v in pending}
     try:
         inputs = [
-            (v["id"], workspace.volume_array(v["id"]), tuple(v["spacing"]), predictions.wants_probs(v, num_classes))
+            (
+                v["id"],
+                workspace.volume_array(v["id"]),
+                tuple(v["spacing"]),
+                predictions.wants_probs(v, num_classes),
+                None if snapshots[v["id"]] is None else snapshots[v["id"]][1],
+            )
             for v in pending
         ]
-        return runner.predict_many(Path(model["path"]) / "model.pt", inputs)
+        waits = runner.predict_many(Path(model["path"]) / "model.pt", inputs)
     except SlicewiseError as exc:
         log.warning("predicting on the runner's workers failed (%s); predicting here", exc)
         return {}
+    # what Predictions.predict_volume takes: (labels, probs, labels with the paint, which saves of it)
+    return {
+        vid: (lambda wait=wait, used=snapshots[vid] and snapshots[vid][0]: (*wait(), used))
+        for vid, wait in waits.items()
+    }
 
 
 def cancelled_message(model: dict | None) -> str:

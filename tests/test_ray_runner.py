@@ -29,6 +29,8 @@ import pytest
 
 from app.ray_runner import run_name
 from app.ray_training import run_root
+from data.annotations import impose_paint
+from data.volume import IGNORE
 from helpers_ray import ray_cluster
 from helpers_retrain import LABELS, synthetic_nifti
 from helpers_server import running_server, wait_job
@@ -134,6 +136,12 @@ def test_loop_over_http_trains_in_a_ray_worker_that_cannot_see_the_workspace(tmp
         mask = nib.load(tmp_path / "pred.nii.gz")
         assert mask.shape == label.shape and set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2}
         model = client.get(f"/api/projects/{project_id}/models").json()[0]
+        # the Ray task also gave the mask with the paint taken as certain, and the download starts from it
+        folder = workspace / "predictions" / str(model["id"]) / str(volume_id)
+        painted = np.full(label.shape, IGNORE, np.uint8)
+        painted[[4, 7]] = label[[4, 7]]
+        with_paint = impose_paint(np.load(folder / "labels_with_paint.npy"), painted)
+        np.testing.assert_array_equal(np.asarray(mask.dataobj), with_paint)
         assert model["active"] and model["annotated_slices"] == 2
         config = json.loads((workspace / "jobs" / str(job["id"]) / "model" / "config.json").read_text())
         assert config["out_dir"] == str(workspace / "jobs" / str(job["id"]) / "model")  # the server's paths again
