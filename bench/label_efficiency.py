@@ -73,6 +73,7 @@ from bench.label_efficiency_protocol import (
     Budget,
     Grid,
     Job,
+    across_slice,
     end_slices,
     even_slices,
     job_from_json,
@@ -85,6 +86,7 @@ from bench.label_efficiency_protocol import (
     volume_names,
 )
 from bench.label_efficiency_report import render_markdown, write_markdown
+from data.volume import IGNORE
 from model.config import DEVICES
 
 DEFAULT_DATA = SHARED_DATA / "hippocampus"
@@ -179,11 +181,16 @@ class Bench:
                 if budget.ends:
                     idx = sorted(idx + end_slices(truth, self.args.axis))
                 path = folder / name
+                sparse = sparse_label(truth, self.args.axis, idx)
+                if budget.across:
+                    other, index = across_slice(truth, self.args.axis)
+                    crossing = sparse_label(truth, other, [index])
+                    sparse = np.where(crossing != IGNORE, crossing, sparse).astype(np.uint8)
                 if not path.exists():
                     from data.io import write_mask
 
-                    write_mask(sparse_label(truth, self.args.axis, idx), truth_vol, path)
-                painted[name] = idx
+                    write_mask(sparse, truth_vol, path)
+                painted[name] = idx if not budget.across else {"axis": idx, "across": [other, index]}
                 label_paths.append(str(path))
         unlabeled = [self.image(n) for n in self.split["train"] if n not in set(chosen)]
         return [self.image(n) for n in chosen], label_paths, unlabeled, painted

@@ -82,6 +82,13 @@ def end_slices(label: np.ndarray, axis: int) -> list[int]:
     return [i for i in (lo - 1, hi + 1) if 0 <= i < np.shape(label)[axis]]
 
 
+def across_slice(label: np.ndarray, axis: int) -> tuple[int, int]:
+    """(axis, index) of the slice painted across a `sparse-NxK+across` budget's slices along `axis`: the
+    middle of the structure along the next axis."""
+    other = (axis + 1) % 3
+    return other, even_slices(label, other, 1)[0]
+
+
 def sparse_label(label: np.ndarray, axis: int, indices: list[int]) -> np.ndarray:
     """A label volume that is 255 everywhere except the given whole slices along `axis`."""
     label = np.asarray(label)
@@ -102,18 +109,25 @@ class Budget:
     volumes: int = 0  # sparse N
     slices: int = 0  # sparse k
     ends: bool = False  # sparse: also the first empty slice past each end of the structure, cleared
+    across: bool = False  # sparse: also the middle slice of the structure along the next axis, (axis + 1) % 3
 
     @property
     def key(self) -> str:
         if self.protocol == "paper":
             return f"paper-{round(self.fraction * 100)}pct"
-        return f"sparse-{self.volumes}x{self.slices}" + ("-ends" if self.ends else "")
+        return (
+            f"sparse-{self.volumes}x{self.slices}" + ("-ends" if self.ends else "") + ("+across" if self.across else "")
+        )
 
     @property
     def label(self) -> str:
         if self.protocol == "paper":
             return f"{round(self.fraction * 100)} % volumes"
-        return f"{self.volumes} vol x {self.slices} slices" + (" + 2 cleared ends" if self.ends else "")
+        return (
+            f"{self.volumes} vol x {self.slices} slices"
+            + (" + 2 cleared ends" if self.ends else "")
+            + (" + 1 across" if self.across else "")
+        )
 
     @property
     def reference_key(self):
@@ -164,6 +178,9 @@ EXTRA_BUDGETS = [
     # more slices per volume, for the paint a slicing axis across the structure's long axis needs
     Budget("sparse", volumes=10, slices=5),
     Budget("sparse", volumes=10, slices=7),
+    # paint in two planes, as a clinician might in a viewer that shows three: the trainer slices along the
+    # most painted one, and the other slice reaches it as lines (TrainConfig.pseudo_paint_lines)
+    Budget("sparse", volumes=10, slices=3, across=True),
 ]
 
 

@@ -145,6 +145,14 @@ def _batch(pool: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
     return pool[torch.randint(0, len(pool), (n,), generator=g)]
 
 
+def holds_paint(labels: torch.Tensor, idx: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """Bool per slice of `idx`: it holds a painted pixel (where a slice painted along another axis crosses it);
+    in chunks, so that no copy of every slice's labels is made."""
+    return torch.cat(
+        [(labels[c] != IGNORE).flatten(1).any(dim=1) for c in idx.split(chunk)] or [torch.zeros(0, dtype=torch.bool)]
+    )
+
+
 def scale_lr(opt: torch.optim.Optimizer, factor: float) -> float:
     """Set every group's learning rate to its stage's starting rate x factor -> the first group's new rate.
 
@@ -326,8 +334,12 @@ class Trainer:
         that time is used up."""
         cfg, s = self.cfg, self.data.slices
         pool = s.unlabeled
+        lines = holds_paint(s.labels, pool) if cfg.pseudo_paint_lines else None
         if cfg.pseudo_scope == "painted":
-            pool = pool[torch.isin(s.volume_index[pool], s.volume_index[s.labeled].unique())]
+            with_paint = s.volume_index[s.labeled]
+            if lines is not None:
+                with_paint = torch.cat([with_paint, s.volume_index[pool[lines]]])
+            pool = pool[torch.isin(s.volume_index[pool], with_paint.unique())]
         was_training = self.unet.training
         self.unet.eval()
         if cfg.pseudo_volumes:
@@ -347,6 +359,9 @@ class Trainer:
         else:
             pool, labels, report = self._slice_pseudo_labels(pool, max_seconds)
         self.unet.train(was_training)
+        if cfg.pseudo_paint_lines:
+            painted = s.labels[pool]
+            labels = torch.where(painted != IGNORE, painted, labels)
         keep = (labels != IGNORE).flatten(1).any(dim=1)
         self.pseudo = (pool[keep], labels[keep])
         return {"pool_slices": len(pool), "slices": int(keep.sum()), **report}

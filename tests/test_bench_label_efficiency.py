@@ -102,7 +102,7 @@ def test_an_extra_budget_round_trips_and_keeps_its_own_key():
     assert protocol.job_from_json(protocol.job_to_json(job)) == job
     grid = protocol.make_grid("cpu", None, None)
     keys = [b.key for b in protocol.EXTRA_BUDGETS]
-    assert keys == ["sparse-10x3-ends", "sparse-10x5", "sparse-10x7"]
+    assert keys == ["sparse-10x3-ends", "sparse-10x5", "sparse-10x7", "sparse-10x3+across"]
     assert not set(keys) & {b.key for b in grid.budgets}  # run only when --budgets names them
     grid.budgets.append(ends)
     picked = protocol.select_jobs(protocol.plan_jobs(grid), "sparse-10x3-ends", "full+pseudo")
@@ -155,6 +155,19 @@ def test_no_stage_sees_a_test_volume(shared_data, tmp_path):
     sparse = np.asarray(bench.read_volume(labels[0]).array)
     painted_slices = [i for i in range(sparse.shape[0]) if (sparse[i] != 255).all()]
     assert painted_slices == painted[name] and len(painted_slices) == 2
+    # "+across": the same slices along axis 0, and the structure's middle slice along axis 1 over them
+    across = protocol.Budget("sparse", volumes=5, slices=2, across=True)
+    images, labels, _, painted = bench.labels_for(0, across)
+    crossed = np.asarray(bench.read_volume(labels[0]).array)
+    truth = np.asarray(bench.read_volume(bench.label(name)).array)
+    assert painted[name] == {"axis": painted_slices, "across": [1, protocol.even_slices(truth, 1, 1)[0]]}
+    assert [i for i in range(crossed.shape[0]) if (crossed[i] != 255).all()] == painted_slices
+    middle = painted[name]["across"][1]
+    assert (crossed[:, middle] == truth[:, middle]).all()
+    elsewhere = np.ones(crossed.shape, bool)
+    elsewhere[painted_slices] = False
+    elsewhere[:, middle] = False
+    assert (crossed[elsewhere] == 255).all() and (crossed[painted_slices] == truth[painted_slices]).all()
 
 
 def test_select_jobs_keeps_the_global_stages_its_rows_need():

@@ -62,6 +62,51 @@ def test_only_confident_pixels_of_unpainted_slices_become_labels(data, tmp_path,
     assert info["confident_fraction"] == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("lines", [True, False])
+def test_slices_painted_along_another_axis_are_self_training_targets_where_they_cross(data, tmp_path, lines):
+    import nibabel as nib
+    import numpy as np
+
+    images, labels = data
+    first = nib.load(labels[0])
+    crossed = np.asarray(first.dataobj).copy()
+    crossed[:, :, 5] = 2  # a slice along axis 2 painted over volume 0's two axis-0 slices
+    other = np.full(nib.load(images[1]).shape, IGNORE, np.uint8)
+    other[:, 7, :] = 0  # volume 1: one slice along axis 1 cleared, nothing along axis 0
+    for path, array in ((tmp_path / "crossed.nii.gz", crossed), (tmp_path / "other.nii.gz", other)):
+        nib.save(nib.Nifti1Image(array, first.affine), path)
+    cfg = preset(
+        "quick",
+        images=images[:2],
+        labels=[str(tmp_path / "crossed.nii.gz"), str(tmp_path / "other.nii.gz")],
+        unlabeled=images[2:],
+        out_dir=str(tmp_path / "m"),
+        device="cpu",
+        pseudo_stage=True,
+        pseudo_paint_lines=lines,
+    )
+    trainer = Trainer(cfg, load_data(cfg), runtime_for("cpu", "off", "off", "off"))
+    trainer.net = FixedLogits()
+    trainer.make_pseudo_labels()
+    s = trainer.data.slices
+    assert s.axis == 0 and len(s.labeled) == 2  # volume 0's two slices, the only fully painted ones
+    pool, targets = trainer.pseudo
+    painted = s.labels[pool]
+    crossing = painted != IGNORE
+    left = torch.zeros_like(crossing)
+    left[:, :, : s.size // 2] = True  # where the network is sure of class 1
+    assert (crossing & left).any()
+    if not lines:
+        assert set(s.volume_index[pool].tolist()) == {0}
+        assert (targets[crossing & left] == 1).all()  # the network's guesses, not the paint
+        return
+    assert set(s.volume_index[pool].tolist()) == {0, 1}  # volume 1's paint crosses its axis-0 slices
+    assert crossing.flatten(1).any(dim=1).all()  # every unpainted axis-0 slice of both crosses their paint
+    assert torch.equal(targets[crossing], painted[crossing])  # as painted, though the network says class 1
+    assert (targets[crossing] != 1).all()
+    assert (targets[~crossing & left] == 1).all()  # elsewhere the network's confident pixels, as before
+
+
 def test_a_batch_mixes_painted_and_pseudo_labelled_slices(data, tmp_path):
     trainer = _trainer(data, tmp_path, pseudo_batch=8, pseudo_fraction=0.25)
     trainer.net = FixedLogits()
