@@ -5,7 +5,7 @@ volume names are read)."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -279,11 +279,7 @@ def plan_jobs(grid: Grid) -> list[Job]:
 
 def job_to_json(job: Job) -> str:
     d = {k: getattr(job, k) for k in ("kind", "seed", "row", "mode", "local_epochs", "local_steps", "table")}
-    d["budget"] = (
-        None
-        if job.budget is None
-        else {k: getattr(job.budget, k) for k in ("protocol", "fraction", "volumes", "slices", "ends")}
-    )
+    d["budget"] = None if job.budget is None else {f.name: getattr(job.budget, f.name) for f in fields(Budget)}
     return json.dumps(d)
 
 

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         for i in range(args.repeats + 1):
             for sigma in times:
                 t0 = time.perf_counter()
-                predict_array(net, volume, info, runtime, 3, cfg.predict_chunk_pixels, smooth=sigma)
+                predict_array(net, volume, info, runtime, 3, chunk_pixels=cfg.predict_chunk_pixels, smooth=sigma)
                 if i:  # the first round warms up
                     times[sigma].append(time.perf_counter() - t0)
         off, on = (statistics.median(v) for v in times.values())

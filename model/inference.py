@@ -31,40 +31,17 @@ def predict_array(
     info: dict[str, Any],
     runtime: Runtime,
     num_classes: int,
-    chunk_pixels: int = 2_000_000,
-    return_probs: bool = False,
-    flip: bool | str = False,
-    flip_budget_s: float = 15.0,
-    report: dict | None = None,
-    smooth: float = 0.0,
+    *,
     painted: np.ndarray | None = None,
+    **options,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(labels uint8 of array.shape, probs float16 (K, *array.shape) or None).
-
-    `flip`: test-time augmentation, the softmax averaged over the slice as it is and mirrored along each
-    in-plane axis (training augments with the same flips), at three times the cost. True / "on" always,
-    False / "off" never, "auto" when the two mirrors, extrapolated from the time of the first chunk on this
-    machine, add at most `flip_budget_s` to the volume. `smooth` > 0: the softmax of each slice is averaged
-    with its neighbours' along the slicing axis (`smooth_slices`) before the argmax, probabilities included;
-    a chunk's last slices wait for the next chunk's first. `report`, when given, is filled with what was done.
+    """(labels uint8 of array.shape, probs float16 (K, *array.shape) or None); `options` as
+    `predict_variants` takes them.
 
     `painted`: a sparse label volume of array.shape (IGNORE where not painted). Its voxels are certain: their
     softmax is the painted class's one-hot before the smoothing, so a painted slice pulls its neighbours' as
     any slice does, and the labels returned hold every painted value exactly."""
-    (labels,), probs = predict_variants(
-        net,
-        array,
-        info,
-        runtime,
-        num_classes,
-        (painted,),
-        chunk_pixels,
-        return_probs,
-        flip,
-        flip_budget_s,
-        report,
-        smooth,
-    )
+    (labels,), probs = predict_variants(net, array, info, runtime, num_classes, (painted,), **options)
     return labels, probs
 
 
@@ -76,6 +53,7 @@ def predict_variants(
     runtime: Runtime,
     num_classes: int,
     painted_variants: tuple[np.ndarray | None, ...],
+    *,
     chunk_pixels: int = 2_000_000,
     return_probs: bool = False,
     flip: bool | str = False,
@@ -83,8 +61,16 @@ def predict_variants(
     report: dict | None = None,
     smooth: float = 0.0,
 ) -> tuple[list[np.ndarray], np.ndarray | None]:
-    """predict_array for several paintings of one volume from one pass through the network: ([labels per
-    entry of `painted_variants`, each as predict_array gives it with that `painted`], probs of the first)."""
+    """Several paintings of one volume predicted from one pass through the network: ([labels per entry of
+    `painted_variants`, each as predict_array gives it with that `painted`], probs of the first or None).
+
+    `flip`: test-time augmentation, the softmax averaged over the slice as it is and mirrored along each
+    in-plane axis (training augments with the same flips), at three times the cost. True / "on" always,
+    False / "off" never, "auto" when the two mirrors, extrapolated from the time of the first chunk on this
+    machine, add at most `flip_budget_s` to the volume. `smooth` > 0: the softmax of each slice is averaged
+    with its neighbours' along the slicing axis (`smooth_slices`) before the argmax, probabilities included;
+    a chunk's last slices wait for the next chunk's first. `report`, when given, is filled with what was done.
+    At most `chunk_pixels` input pixels go through the network at once."""
     flip_mode = {True: "on", False: "off"}.get(flip, flip)
     if flip_mode not in ("auto", "on", "off"):
         raise ValueError(f"flip must be True, False, 'auto', 'on' or 'off', got {flip!r}")

@@ -52,7 +52,7 @@ def decide_cleanup(
             info,
             runtime,
             num_classes,
-            cfg.predict_chunk_pixels,
+            chunk_pixels=cfg.predict_chunk_pixels,
             flip=cfg.prediction_mirrors,
             smooth=smoothing_slices(cfg.predict_smooth_mm, volume.spacing, int(info["axis"])),
         )

@@ -655,7 +655,7 @@ def validate(trainer: Trainer, data: TrainData, cfg: TrainConfig) -> dict:
     per_volume = {}
     for name, image, label in data.val:
         pred, _ = predict_array(
-            trainer.net, image, data.info, trainer.runtime, data.num_classes, cfg.predict_chunk_pixels
+            trainer.net, image, data.info, trainer.runtime, data.num_classes, chunk_pixels=cfg.predict_chunk_pixels
         )
         per_volume[name] = dice_per_class(pred, label, data.num_classes)
     per_class = np.mean(list(per_volume.values()), axis=0).tolist()

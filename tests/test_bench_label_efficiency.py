@@ -98,8 +98,9 @@ def test_end_slices_are_the_empty_slices_next_to_the_structure(axis):
 def test_an_extra_budget_round_trips_and_keeps_its_own_key():
     ends = protocol.EXTRA_BUDGETS[0]
     assert ends.ends and ends.key == "sparse-10x3-ends" != protocol.TEN_BY_THREE.key
-    job = protocol.Job("row", 1, ends, "full+pseudo")
-    assert protocol.job_from_json(protocol.job_to_json(job)) == job
+    for budget in protocol.EXTRA_BUDGETS:  # every field travels to the job's process
+        job = protocol.Job("row", 1, budget, "full+pseudo")
+        assert protocol.job_from_json(protocol.job_to_json(job)) == job
     grid = protocol.make_grid("cpu", None, None)
     keys = [b.key for b in protocol.EXTRA_BUDGETS]
     assert keys == ["sparse-10x3-ends", "sparse-10x5", "sparse-10x7", "sparse-10x3+across"]
