@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from app.predictions import LABELS_NAME, Predictions
+from app.predictions import LABELS_NAME, WITH_PAINT_NAME, Predictions
 from app.views import cleanup_words
 from data.mask_cleanup import choose_cleanup
 from data.store import Workspace
@@ -62,6 +62,10 @@ class Counting:
         self.calls += 1
         return self.predictor.predict(*args, **kwargs)
 
+    def predict_with_paint(self, *args, **kwargs):
+        self.calls += 1
+        return self.predictor.predict_with_paint(*args, **kwargs)
+
 
 def test_training_leaves_a_deferred_decision_open(tmp_path):
     cfg = preset("quick", num_classes=2, defer_cleanup=True, images=[], out_dir=str(tmp_path))
@@ -79,6 +83,10 @@ def test_the_server_decides_from_its_own_predictions_and_cleans_every_mask(tmp_p
     predictor = predictions._predictor(model)
     assert predictor.cleanup_pending and predictor.cleanup is None
     raw = [predictor.predict(np.asarray(ws.volume_array(v["id"])), clean=False)[0] for v in volumes]
+    painted = ws.label_volume(volumes[0]["id"])
+    raw_with_paint = predictor.predict_with_paint(np.asarray(ws.volume_array(volumes[0]["id"])), painted, clean=False)[
+        1
+    ]
     counting = Counting(predictor)
     predictions._predictors[model["id"]] = counting
 
@@ -93,6 +101,10 @@ def test_the_server_decides_from_its_own_predictions_and_cleans_every_mask(tmp_p
     for volume, labels in zip(volumes, raw):
         written = np.load(predictions.folder(model["id"], volume["id"]) / LABELS_NAME)
         np.testing.assert_array_equal(written, expected.apply(labels))
+    # the painted volume's mask with its paint certain is cleaned by the same decision
+    with_paint = np.load(predictions.folder(model["id"], volumes[0]["id"]) / WITH_PAINT_NAME)
+    np.testing.assert_array_equal(with_paint, expected.apply(raw_with_paint))
+    assert not (predictions.folder(model["id"], volumes[1]["id"]) / WITH_PAINT_NAME).exists()  # nothing painted
     saved = json.loads((folder / DECISION_FILE).read_text())
     assert saved["cleanup"] == expected.to_dict()
     assert "clean-up decided on 1 painted volume" in cleanup_words(report)
