@@ -195,8 +195,9 @@ class TrainConfig:
     pseudo_fraction: float = 0.5  # share of each batch drawn from pseudo-labelled slices
     pseudo_scope: str = "painted"  # "painted": the volumes with paint; "all": every training volume
     # True: where a slice painted along another axis crosses an unpainted slice, its painted pixels are
-    # that slice's self-training targets, whatever the network predicts there (no effect with one axis)
-    pseudo_paint_lines: bool = True
+    # that slice's self-training targets, whatever the network predicts there (no effect with one axis).
+    # Off: level along axes 0 and 2, -0.014 +- 0.037 along axis 1 (docs/benchmarks/mixed_planes.md)
+    pseudo_paint_lines: bool = False
     # True: label whole volumes, mirrors averaged, with the 3D clean-up the paint chooses (model/pseudo_labels.py)
     pseudo_volumes: bool = False
     # > 0: self-training also runs the local contrastive loss on its batches, so confident pseudo-labelled
