@@ -328,7 +328,8 @@ class Trainer:
     # ---- self-training -----------------------------------------------------------------------------
     @torch.no_grad()
     def make_pseudo_labels(self, max_seconds: float | None = None) -> dict:
-        """Label the unpainted slices with the current network; keep only confident pixels.
+        """Label the unpainted slices with the current network; keep only confident pixels. With
+        `pseudo_paint_lines`, pixels painted on slices along another axis are the targets as painted.
 
         With `max_seconds`, slices (or volumes, with `pseudo_volumes`) are labelled in a random order until
         that time is used up."""
