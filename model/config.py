@@ -28,7 +28,7 @@ LOCAL_MODES = ("stride", "block", "exact")
 DEVICES = ("auto", "cpu", "cuda")
 TRISTATE = ("auto", "on", "off")
 BRANCHES = ("none", "cpc", "recon")  # model/regularizer.py
-PSEUDO_SCOPES = ("painted", "all")
+PSEUDO_SCOPES = ("painted", "all", "auto")
 MAX_SMOOTH_MM = 4.0  # predict_smooth_mm: a wider Gaussian would blur a small structure's ends away
 # 3D clean-up of predicted masks (data/mask_cleanup.py): "auto" decides per class on the painted voxels of
 # the model's predictions of painted volumes (model/postprocess.py), "all" always keeps the largest
@@ -193,7 +193,9 @@ class TrainConfig:
     pseudo_lr: float = 5e-4
     pseudo_threshold: float = 0.9
     pseudo_fraction: float = 0.5  # share of each batch drawn from pseudo-labelled slices
-    pseudo_scope: str = "painted"  # "painted": the volumes with paint; "all": every training volume
+    # "painted": the unpainted slices of the volumes with paint; "all": of every training volume; "auto":
+    # "painted" unless those slices are fewer than the painted ones (volumes painted whole), then "all"
+    pseudo_scope: str = "painted"
     # True: where a slice painted along another axis crosses an unpainted slice, its painted pixels are
     # that slice's self-training targets, whatever the network predicts there (no effect with one axis).
     # Off: level along axes 0 and 2, -0.014 +- 0.037 along axis 1 (docs/benchmarks/mixed_planes.md)
@@ -402,7 +404,7 @@ class TrainConfig:
             self.global_stage
             or self.branch != "none"
             or self.consistency_weight > 0
-            or (self.pseudo_stage and self.pseudo_scope == "all")
+            or (self.pseudo_stage and self.pseudo_scope != "painted")
         )
 
     @classmethod

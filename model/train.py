@@ -336,11 +336,15 @@ class Trainer:
         cfg, s = self.cfg, self.data.slices
         pool = s.unlabeled
         lines = holds_paint(s.labels, pool) if cfg.pseudo_paint_lines else None
-        if cfg.pseudo_scope == "painted":
+        scope = cfg.pseudo_scope
+        if scope != "all":
             with_paint = s.volume_index[s.labeled]
             if lines is not None:
                 with_paint = torch.cat([with_paint, s.volume_index[pool[lines]]])
-            pool = pool[torch.isin(s.volume_index[pool], with_paint.unique())]
+            of_painted = pool[torch.isin(s.volume_index[pool], with_paint.unique())]
+            # volumes painted whole leave nothing to self-train on but the volumes nobody painted
+            scope = "all" if scope == "auto" and len(of_painted) < len(s.labeled) else "painted"
+            pool = pool if scope == "all" else of_painted
         was_training = self.unet.training
         self.unet.eval()
         if cfg.pseudo_volumes:
@@ -365,7 +369,7 @@ class Trainer:
             labels = torch.where(painted != IGNORE, painted, labels)
         keep = (labels != IGNORE).flatten(1).any(dim=1)
         self.pseudo = (pool[keep], labels[keep])
-        return {"pool_slices": len(pool), "slices": int(keep.sum()), **report}
+        return {"scope": scope, "pool_slices": len(pool), "slices": int(keep.sum()), **report}
 
     def _slice_pseudo_labels(self, pool: torch.Tensor, max_seconds: float | None):
         cfg, s, rt = self.cfg, self.data.slices, self.runtime

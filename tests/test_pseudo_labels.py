@@ -152,6 +152,35 @@ def test_bad_pseudo_settings_are_refused(bad):
         preset("quick", **bad)
 
 
+def test_auto_scope_keeps_the_painted_volumes_while_they_leave_enough_to_label(data, tmp_path):
+    trainer = _trainer(data, tmp_path, pseudo_scope="auto")
+    trainer.net = FixedLogits()
+    s = trainer.data.slices
+    unpainted_of_painted = int(((s.volume_index == 0).sum())) - len(s.labeled)
+    assert unpainted_of_painted >= len(s.labeled)  # 2 painted slices, the rest of volume 0 unpainted
+    info = trainer.make_pseudo_labels()
+    assert info["scope"] == "painted" and info["pool_slices"] == unpainted_of_painted
+    assert set(s.volume_index[trainer.pseudo[0]].tolist()) == {0}
+
+
+def test_auto_scope_turns_to_every_volume_when_the_painted_ones_are_painted_whole(data, tmp_path):
+    # every slice of volume 0 crosses paint (partial_slices across the painted axis): nothing of the painted
+    # volume is left to label, so "auto" labels the volumes nobody painted instead of training on paint alone
+    trainer = _trainer(data, tmp_path, axis=1, partial_slices=True, pseudo_scope="auto")
+    trainer.net = FixedLogits()
+    s = trainer.data.slices
+    assert len(s.labeled) == int((s.volume_index == 0).sum())
+    info = trainer.make_pseudo_labels()
+    assert info["scope"] == "all"
+    assert info["pool_slices"] == len(s.unlabeled) == int((s.volume_index != 0).sum()) > 0
+    assert set(s.volume_index[trainer.pseudo[0]].tolist()) == {1, 2}
+
+
+def test_auto_scope_reads_the_unpainted_volumes():
+    assert preset("quick", global_stage=False, pseudo_stage=True, pseudo_scope="auto").reads_unpainted
+    assert not preset("quick", global_stage=False, pseudo_stage=True, pseudo_scope="painted").reads_unpainted
+
+
 def test_nothing_left_to_pseudo_label_gives_painted_only_batches(data, tmp_path):
     # trained across the painted slices (partial_slices), every slice of the painted volume has a painted
     # line: the "painted" scope has no unpainted slice to label, and the stage trains on paint alone
@@ -159,7 +188,12 @@ def test_nothing_left_to_pseudo_label_gives_painted_only_batches(data, tmp_path)
     trainer.net = FixedLogits()
     s = trainer.data.slices
     assert len(s.labeled) == int((s.volume_index == 0).sum()) > 0  # every slice of volume 0 crosses paint
-    assert trainer.make_pseudo_labels() == {"pool_slices": 0, "slices": 0, "confident_fraction": 0.0}
+    assert trainer.make_pseudo_labels() == {
+        "scope": "painted",
+        "pool_slices": 0,
+        "slices": 0,
+        "confident_fraction": 0.0,
+    }
     x, y = trainer._pseudo_batch()
     assert x.shape[0] == y.shape[0] == 4
     assert set(trainer.data.slices.volume_index[s.labeled].tolist()) == {0}
