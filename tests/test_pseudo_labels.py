@@ -156,7 +156,7 @@ def test_auto_scope_keeps_the_painted_volumes_while_they_leave_enough_to_label(d
     trainer = _trainer(data, tmp_path, pseudo_scope="auto")
     trainer.net = FixedLogits()
     s = trainer.data.slices
-    unpainted_of_painted = int(((s.volume_index == 0).sum())) - len(s.labeled)
+    unpainted_of_painted = int((s.volume_index == 0).sum()) - len(s.labeled)
     assert unpainted_of_painted >= len(s.labeled)  # 2 painted slices, the rest of volume 0 unpainted
     info = trainer.make_pseudo_labels()
     assert info["scope"] == "painted" and info["pool_slices"] == unpainted_of_painted
