@@ -1,6 +1,7 @@
 """Where a model's Dice goes: finding the structure (foreground against background) or telling its classes apart.
 
     python -m bench.error_split RUN_DIR [--volumes val|test] [--limit 10] [--by-position] [--strips]
+                                [--ceilings] [--product]
 
 RUN_DIR is a kept model of bench.label_efficiency (`--keep-models`; the folder holding model.pt) inside a
 `--out` folder, whose results.json names the split. For each volume of the split, the model's plain
@@ -16,6 +17,14 @@ the true structure's extent along that axis (0 = its first slice, 1 = its last; 
 outside it) and its false-positive, missed and confused voxels are summed per bin over the volumes.
 `--strips` prints, for each volume, the majority class of every slice along that axis for the truth and
 the prediction (`.` = no structure): where the predicted structure starts, stops and changes class.
+`--ceilings` adds two scores that use the truth, to size a fix before building one (never a result):
+- cut to the true extent: the class Dice with every predicted voxel outside the true structure's first..last
+  slice along the model's axis removed (what perfect knowledge of where the structure ends would give);
+- classes in one cut: the class Dice with the predicted foreground relabelled so that one class lies before a
+  single cut along that axis and the other after it, the cut and order that agree with most predicted voxels
+  (uses the prediction alone; for two classes that follow each other along the axis, as the MSD hippocampus's).
+`--product` predicts as the product does (the model's flips, smoothing along the slicing axis and clean-up)
+instead of the plain network output.
 """
 
 from __future__ import annotations
@@ -80,6 +89,29 @@ def position_table(counts: dict[str, np.ndarray], edges=POSITION_EDGES) -> str:
     return "\n".join(lines)
 
 
+def cut_to_extent(pred: np.ndarray, truth: np.ndarray, axis: int) -> np.ndarray:
+    """`pred` with every slice along `axis` outside the truth's structure extent set to background."""
+    lo, hi = structure_extent(truth, axis)
+    inside = np.zeros(pred.shape[axis], dtype=bool)
+    inside[lo : hi + 1] = True
+    shape = [-1 if a == axis else 1 for a in range(pred.ndim)]
+    return np.where(inside.reshape(shape), pred, 0).astype(pred.dtype)
+
+
+def classes_in_one_cut(pred: np.ndarray, axis: int) -> np.ndarray:
+    """The foreground of a two-class `pred` relabelled as class a before one cut along `axis` and class b
+    from it on, (a, b) = (1, 2) or (2, 1) and the cut chosen to keep the most predicted labels."""
+    other = tuple(a for a in range(pred.ndim) if a != axis)
+    ones = np.concatenate([[0], np.cumsum((pred == 1).sum(axis=other))])
+    twos = np.concatenate([[0], np.cumsum((pred == 2).sum(axis=other))])
+    n = pred.shape[axis]
+    kept_12 = ones + (twos[n] - twos)  # class 1 before cut c, class 2 from c on
+    kept_21 = twos + (ones[n] - ones)
+    first, cut = (1, int(np.argmax(kept_12))) if kept_12.max() >= kept_21.max() else (2, int(np.argmax(kept_21)))
+    before = (np.arange(n) < cut).reshape([-1 if a == axis else 1 for a in range(pred.ndim)])
+    return np.where(pred > 0, np.where(before, first, 3 - first), 0).astype(pred.dtype)
+
+
 def class_strip(labels: np.ndarray, axis: int) -> str:
     """The majority foreground class of each slice along `axis` as a digit, `.` where there is none."""
     out = []
@@ -105,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=SHARED_DATA / "hippocampus")
     parser.add_argument("--by-position", action="store_true", help="wrong voxels by place along the slicing axis")
     parser.add_argument("--strips", action="store_true", help="each slice's majority class, truth and prediction")
+    parser.add_argument("--ceilings", action="store_true", help="class Dice cut to the true extent / in one cut")
+    parser.add_argument("--product", action="store_true", help="predict with the model's flips and clean-up")
     args = parser.parse_args(argv)
     if not (args.run_dir / "model.pt").is_file():
         raise SystemExit(f"{args.run_dir / 'model.pt'} does not exist: run bench.label_efficiency with --keep-models")
@@ -112,21 +146,32 @@ def main(argv: list[str] | None = None) -> int:
     predictor = load_predictor(args.run_dir, device="cpu")
     rows, by_place, strips = [], None, []
     axis = int(predictor.info["axis"])
-    print(f"| {args.volumes} volume | foreground Dice | class Dice | confused |\n|---|---|---|---|")
+    columns = ["foreground", "classes", "confused"] + (["cut to extent", "one cut"] if args.ceilings else [])
+    if args.ceilings and predictor.num_classes != 3:
+        raise SystemExit("--ceilings needs a model with two classes")
+    header = " | ".join(["foreground Dice", "class Dice", "confused"] + columns[3:])
+    print(f"| {args.volumes} volume | {header} |\n|---|" + "---|" * len(columns))
     for name in names:
-        image = np.asarray(read_volume(str(args.data / "imagesTr" / name)).array)
+        volume = read_volume(str(args.data / "imagesTr" / name))
+        image = np.asarray(volume.array)
         truth = np.asarray(read_volume(str(args.data / "labelsTr" / name)).array)
-        pred, _ = predict_array(predictor.net, image, predictor.info, predictor.runtime, predictor.num_classes)
+        if args.product:
+            pred = predictor.predict(image, volume.spacing)[0]
+        else:
+            pred, _ = predict_array(predictor.net, image, predictor.info, predictor.runtime, predictor.num_classes)
         scores = split_scores(pred, truth, predictor.num_classes)
+        if args.ceilings:
+            scores["cut to extent"] = split_scores(cut_to_extent(pred, truth, axis), truth, 3)["classes"]
+            scores["one cut"] = split_scores(classes_in_one_cut(pred, axis), truth, 3)["classes"]
         rows.append(scores)
         if args.by_position:
             counts = position_errors(pred, truth, axis)
             by_place = counts if by_place is None else {k: by_place[k] + v for k, v in counts.items()}
         if args.strips:
             strips.append(f"{name}\n  truth       {class_strip(truth, axis)}\n  prediction  {class_strip(pred, axis)}")
-        print(f"| {name} | {scores['foreground']:.3f} | {scores['classes']:.3f} | {scores['confused']:.3f} |")
-    mean = {k: float(np.mean([r[k] for r in rows])) for k in ("foreground", "classes", "confused")}
-    print(f"| mean of {len(rows)} | {mean['foreground']:.3f} | {mean['classes']:.3f} | {mean['confused']:.3f} |")
+        print(f"| {name} | " + " | ".join(f"{scores[k]:.3f}" for k in columns) + " |")
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in columns}
+    print(f"| mean of {len(rows)} | " + " | ".join(f"{mean[k]:.3f}" for k in columns) + " |")
     if strips:
         print(f"\nMajority class of each slice along axis {axis} (. = no structure):\n")
         print("\n".join(strips))
