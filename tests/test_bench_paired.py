@@ -9,12 +9,12 @@ import pytest
 from bench import paired
 
 
-def _folder(tmp_path, name, dice, split=("a", "b"), budget="sparse-10x3"):
-    runs = [{"job": "seed0/global", "kind": "global"}]
+def _runs(dice, budget="sparse-10x3", row="full+pseudo"):
+    runs = []
     for seed, (plain, flipped, val) in dice.items():
         runs.append(
             {
-                "job": f"seed{seed}/{budget}/full+pseudo",
+                "job": f"seed{seed}/{budget}/{row}",
                 "kind": "row",
                 "train_wall_s": 100.0 + seed,
                 "test_dice_mean": plain,
@@ -22,6 +22,11 @@ def _folder(tmp_path, name, dice, split=("a", "b"), budget="sparse-10x3"):
                 "variants": {"plain": {"test_dice_mean": plain}, "flip+auto": {"test_dice_mean": flipped}},
             }
         )
+    return runs
+
+
+def _folder(tmp_path, name, dice, split=("a", "b"), budget="sparse-10x3", extra_runs=()):
+    runs = [{"job": "seed0/global", "kind": "global"}, *_runs(dice, budget), *extra_runs]
     folder = tmp_path / name
     folder.mkdir()
     (folder / "results.json").write_text(json.dumps({"meta": {"split": {"test": list(split)}}, "runs": runs}))
@@ -59,3 +64,24 @@ def test_budget_as_pairs_a_variant_budget_with_the_base_one(tmp_path, capsys):
     assert "Paired jobs (2)" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         paired.main([str(base), str(ends), "--budget-as", "sparse-10x3-ends"])
+
+
+def test_rows_pairs_two_rows_of_one_folder_by_seed_and_budget_one_table_per_budget(tmp_path, capsys):
+    supervised = _runs({0: (0.5, 0.6, 0.5), 1: (0.6, 0.7, 0.6)}, row="supervised")
+    supervised += _runs({0: (0.7, 0.72, 0.7)}, budget="sparse-20x5", row="supervised")
+    full_20x5 = _runs({0: (0.8, 0.8, 0.8)}, budget="sparse-20x5")
+    folder = _folder(tmp_path, "one", {0: (0.6, 0.65, 0.5), 1: (0.62, 0.8, 0.7)}, extra_runs=supervised + full_20x5)
+    base = paired.load_rows(folder, only_row="supervised")[1]
+    variant = paired.load_rows(folder, only_row="full+pseudo")[1]
+    assert sorted(base) == sorted(variant) == ["seed0/sparse-10x3", "seed0/sparse-20x5", "seed1/sparse-10x3"]
+    table = paired.compare(paired.of_budget(base, "sparse-10x3"), paired.of_budget(variant, "sparse-10x3"))
+    assert table["flip+auto test"]["diff"] == pytest.approx([0.05, 0.10])
+    assert paired.main([str(folder), str(folder), "--rows", "supervised,full+pseudo"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "## full+pseudo against supervised, sparse-10x3" in out
+        and "## full+pseudo against supervised, sparse-20x5" in out
+    )
+    assert "| flip+auto test | 0.720 | 0.800 | +0.080 | +0.080 |" in out
+    with pytest.raises(SystemExit):
+        paired.main([str(folder), str(folder), "--rows", "supervised"])
