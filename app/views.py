@@ -100,7 +100,11 @@ def cleanup_words(report: dict) -> str:
     if not report.get("volumes"):
         return f"masks not cleaned up: {report.get('reason', 'nothing to decide on')}"
     parts = []
-    for label, decision in sorted(report["classes"].items(), key=lambda item: int(item[0])):
+    classes = {label: d for label, d in report["classes"].items() if label.isdigit()}
+    along = (report["classes"].get("order") or {}).get("axis")
+    if along is not None:
+        parts.append(f"classes put in order along voxel axis {along}, as the paint shows them")
+    for label, decision in sorted(classes.items(), key=lambda item: int(item[0])):
         steps = " + ".join(CLEANUP_STEP_WORDS.get(s, s) for s in decision["steps"]) or "none"
         parts.append(
             f"label {label}: {steps} (painted-voxel Dice {decision['dice_before']} -> {decision['dice_after']})"

@@ -7,6 +7,9 @@ decided per class on volumes with a known answer (`choose_cleanup`): a step is k
 not lower that class's mean Dice there. The answer may be partial (painted slices, the rest IGNORE):
 Dice then counts only the annotated voxels, which is how the app decides without a labelled set.
 
+Before those steps, a structure whose classes follow each other along an axis, as the paint shows them,
+is relabelled into one run of slices per class along it (data/class_order.py).
+
 Connectivity is face-only (6 neighbours in 3D): two voxels touching along an edge or a corner are
 separate components, and a hole is background not reachable from the border through faces.
 """
@@ -18,9 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from data.class_order import choose_axis, in_order
 from data.volume import IGNORE
 
 STEPS = ("largest", "fill")
+ALONG_KEY = "classes_along"  # in a stored decision, beside the class numbers
 
 
 def _image(mask: np.ndarray) -> sitk.Image:
@@ -48,28 +53,39 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Cleanup:
-    """Which steps run for which class; classes not named are left as predicted."""
+    """Which steps run for which class; classes not named are left as predicted. With `classes_along` set, the
+    named classes are first put in one run each along that voxel axis (data/class_order.py)."""
 
     steps: dict[int, tuple[str, ...]]
+    classes_along: int | None = None
 
     def to_dict(self) -> dict:
-        return {str(c): list(s) for c, s in sorted(self.steps.items())}
+        out: dict = {str(c): list(s) for c, s in sorted(self.steps.items())}
+        if self.classes_along is not None:
+            out[ALONG_KEY] = self.classes_along
+        return out
 
     @classmethod
     def from_dict(cls, d: dict | None) -> Cleanup:
+        d = dict(d or {})
+        along = d.pop(ALONG_KEY, None)
+        if along is not None and along not in (0, 1, 2):
+            raise ValueError(f"{ALONG_KEY} must be a voxel axis 0, 1 or 2, got {along!r}")
         steps = {}
-        for key, names in (d or {}).items():
+        for key, names in d.items():
             bad = [n for n in names if n not in STEPS]
             if bad:
                 raise ValueError(f"unknown clean-up step(s) {bad} for class {key}; known: {', '.join(STEPS)}")
             steps[int(key)] = tuple(n for n in STEPS if n in names)
-        return cls(steps)
+        return cls(steps, along)
 
     @classmethod
     def everything(cls, num_classes: int) -> Cleanup:
         return cls({c: STEPS for c in range(1, num_classes)})
 
     def apply(self, labels: np.ndarray) -> np.ndarray:
+        if self.classes_along is not None:
+            labels = in_order(labels, self.classes_along, tuple(sorted(self.steps)))
         return clean_labels(labels, self.steps)
 
 
@@ -99,13 +115,21 @@ def class_dice(pred: np.ndarray, truth: np.ndarray, label: int) -> float:
     return 1.0 if total == 0 else 2.0 * int((p & t).sum()) / total
 
 
-def choose_cleanup(predictions: list[np.ndarray], truths: list[np.ndarray], num_classes: int) -> tuple[Cleanup, dict]:
+def choose_cleanup(
+    predictions: list[np.ndarray], truths: list[np.ndarray], num_classes: int, order: bool = True
+) -> tuple[Cleanup, dict]:
     """Per class, try the steps in order on the validation pairs and keep each one that does not lower
-    the class's mean Dice. Returns the decision and the Dice before and after for each class."""
+    the class's mean Dice. Returns the decision and the Dice before and after for each class. With `order`,
+    the truths first decide whether the classes are put in order along an axis (data/class_order.py);
+    the report's "order" then says along which axis (or none) and how well each axis fits."""
     if len(predictions) != len(truths) or not predictions:
         raise ValueError("choose_cleanup needs one truth per prediction and at least one pair")
+    along, order_report = choose_axis(truths, num_classes) if order else (None, None)
+    if along is not None:
+        classes = tuple(range(1, num_classes))
+        predictions = [in_order(p, along, classes) for p in predictions]
     chosen: dict[int, tuple[str, ...]] = {}
-    report = {}
+    report: dict = {}
     for label in range(1, num_classes):
         kept: tuple[str, ...] = ()
         before = float(np.mean([class_dice(p, t, label) for p, t in zip(predictions, truths)]))
@@ -119,4 +143,6 @@ def choose_cleanup(predictions: list[np.ndarray], truths: list[np.ndarray], num_
                 kept, best = trial, score
         chosen[label] = kept
         report[str(label)] = {"dice_before": round(before, 4), "dice_after": round(best, 4), "steps": list(kept)}
-    return Cleanup(chosen), report
+    if order:
+        report["order"] = {"axis": along, "axes": order_report}
+    return Cleanup(chosen, along), report
