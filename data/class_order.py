@@ -4,7 +4,8 @@ A 2D network labels each slice on its own, so on slices that cross the boundary 
 can call a patch of one class by the other's name far from the boundary. Where the paint shows that the
 classes lie in runs along an axis, each predicted volume's structure is relabelled into one run per class
 along it (`in_order`). Whether and along which axis is decided from the paint alone (`choose_axis`): only a
-painted slice that crosses the axis shows where one class stops and the next begins.
+painted slice that crosses the axis shows where one class stops and the next begins. The axis is a voxel
+axis taken to mean the same in every volume of a project, as the model's slicing axis already is.
 (docs/benchmarks/classes_in_order.md)
 """
 
