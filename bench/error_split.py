@@ -38,6 +38,7 @@ import numpy as np
 
 from bench.common import SHARED_DATA
 from bench.label_efficiency_protocol import structure_extent
+from data.class_order import in_order
 from data.io import read_volume
 from model.inference import load_predictor, predict_array
 
@@ -100,16 +101,9 @@ def cut_to_extent(pred: np.ndarray, truth: np.ndarray, axis: int) -> np.ndarray:
 
 def classes_in_one_cut(pred: np.ndarray, axis: int) -> np.ndarray:
     """The foreground of a two-class `pred` relabelled as class a before one cut along `axis` and class b
-    from it on, (a, b) = (1, 2) or (2, 1) and the cut chosen to keep the most predicted labels."""
-    other = tuple(a for a in range(pred.ndim) if a != axis)
-    ones = np.concatenate([[0], np.cumsum((pred == 1).sum(axis=other))])
-    twos = np.concatenate([[0], np.cumsum((pred == 2).sum(axis=other))])
-    n = pred.shape[axis]
-    kept_12 = ones + (twos[n] - twos)  # class 1 before cut c, class 2 from c on
-    kept_21 = twos + (ones[n] - ones)
-    first, cut = (1, int(np.argmax(kept_12))) if kept_12.max() >= kept_21.max() else (2, int(np.argmax(kept_21)))
-    before = (np.arange(n) < cut).reshape([-1 if a == axis else 1 for a in range(pred.ndim)])
-    return np.where(pred > 0, np.where(before, first, 3 - first), 0).astype(pred.dtype)
+    from it on, (a, b) = (1, 2) or (2, 1) and the cut chosen to keep the most predicted labels (the product's
+    clean-up step of data/class_order.py, along the model's own axis)."""
+    return in_order(pred, axis, (1, 2))
 
 
 def class_strip(labels: np.ndarray, axis: int) -> str:
