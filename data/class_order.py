@@ -17,7 +17,8 @@ from data.annotations import painted_mask
 from data.volume import IGNORE
 
 # the share of the painted structure that must lie in its class's run for the step to be chosen: a
-# clinician's brush may stray by a voxel or two at a boundary; other anatomy is far below (most 0.9)
+# clinician's brush may stray by a voxel or two at a boundary, while the hippocampus's paint fits its two
+# other axes at most 0.92 (docs/benchmarks/classes_in_order.md)
 MIN_SHARE = 0.98
 
 
