@@ -201,8 +201,11 @@ class TrainConfig:
     # that slice's self-training targets, whatever the network predicts there (no effect with one axis).
     # Off: level along axes 0 and 2, -0.014 +- 0.037 along axis 1 (docs/benchmarks/mixed_planes.md)
     pseudo_paint_lines: bool = False
-    # True: label whole volumes, mirrors averaged, with the 3D clean-up the paint chooses (model/pseudo_labels.py)
-    pseudo_volumes: bool = False
+    # "on": label whole volumes, mirrors averaged, with the 3D clean-up the paint chooses (model/pseudo_labels.py);
+    # "auto": only when that clean-up puts the classes in order along an axis the paint shows, a mistake a
+    # slice alone cannot see (docs/benchmarks/pseudo_labels_in_order.md). true / false of older configs
+    # read as "on" / "off".
+    pseudo_volumes: str = "off"
     # > 0: self-training also runs the local contrastive loss on its batches, so confident pseudo-labelled
     # pixels join the painted ones as anchors and positives (loss = CE + Dice + this x local contrastive)
     pseudo_contrastive_weight: float = 0.0
@@ -257,12 +260,14 @@ class TrainConfig:
     defer_cleanup: bool = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.pseudo_volumes, bool):
+            object.__setattr__(self, "pseudo_volumes", "on" if self.pseudo_volumes else "off")
         problems = []
         if self.local_mode not in LOCAL_MODES:
             problems.append(f"local_mode must be one of {LOCAL_MODES}, got {self.local_mode!r}")
         if self.device not in DEVICES:
             problems.append(f"device must be one of {DEVICES}, got {self.device!r}")
-        for name in ("channels_last", "compile", "bf16", "predict_flip"):
+        for name in ("channels_last", "compile", "bf16", "predict_flip", "pseudo_volumes"):
             if getattr(self, name) not in TRISTATE:
                 problems.append(f"{name} must be one of {TRISTATE}, got {getattr(self, name)!r}")
         if self.branch not in BRANCHES:

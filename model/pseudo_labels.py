@@ -1,4 +1,5 @@
-"""Pseudo-labels made volume by volume (`pseudo_volumes=True`), for the self-training stage.
+"""Pseudo-labels made volume by volume (`pseudo_volumes` "on", or "auto" where the paint orders the classes),
+for the self-training stage.
 
 The slice-by-slice labeller (Trainer.make_pseudo_labels) keeps every confident pixel, islands and holes
 included, and the network then learns them back. Here each volume's slices are predicted with the
@@ -17,6 +18,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from data.class_order import choose_axis
 from data.volume import IGNORE
 from model.cleanup_decision import decide_from
 from model.slices import SliceSet
@@ -82,6 +84,15 @@ def volume_pseudo_labels(
         "changed_by_cleanup": changed,
     }
     return idx, labels, report
+
+
+def paint_orders_classes(s: SliceSet, num_classes: int) -> bool:
+    """Whether the paint chooses an axis along which the "auto" clean-up puts the classes in order
+    (data/class_order.py): a patch of one class called by the other's name far from their boundary is
+    plain only in the whole volume."""
+    painted = s.volume_index[s.labeled].unique().tolist()
+    along, _ = choose_axis([s.labels[_slices_of(s, v)].numpy() for v in painted], num_classes)
+    return along is not None
 
 
 def _slices_of(s: SliceSet, volume: int) -> torch.Tensor:

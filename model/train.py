@@ -39,7 +39,7 @@ from model.losses import ce_dice, confident_ce, local_contrastive, nt_xent
 from model.postprocess import decide_cleanup
 from model.progress import FILE_NAME as PROGRESS_FILE
 from model.progress import ProgressWriter, write_error
-from model.pseudo_labels import volume_pseudo_labels
+from model.pseudo_labels import paint_orders_classes, volume_pseudo_labels
 from model.regularizer import make_branch
 from model.schedule import Budget, lr_factor
 from model.unet import UNet
@@ -331,7 +331,7 @@ class Trainer:
         """Label the unpainted slices with the current network; keep only confident pixels. With
         `pseudo_paint_lines`, pixels painted on slices along another axis are the targets as painted.
 
-        With `max_seconds`, slices (or volumes, with `pseudo_volumes`) are labelled in a random order until
+        With `max_seconds`, slices (or whole volumes, per `pseudo_volumes`) are labelled in a random order until
         that time is used up."""
         cfg, s = self.cfg, self.data.slices
         pool = s.unlabeled
@@ -347,7 +347,10 @@ class Trainer:
             pool = pool if scope == "all" else of_painted
         was_training = self.unet.training
         self.unet.eval()
-        if cfg.pseudo_volumes:
+        whole = cfg.pseudo_volumes == "on" or (
+            cfg.pseudo_volumes == "auto" and paint_orders_classes(s, self.data.num_classes)
+        )
+        if whole:
             # "auto" mirrors only when no time budget runs: under one, the time goes to labelling more volumes
             mode = cfg.prediction_mirrors
             mirrors = mode == "on" or (mode == "auto" and max_seconds is None)
@@ -369,7 +372,7 @@ class Trainer:
             labels = torch.where(painted != IGNORE, painted, labels)
         keep = (labels != IGNORE).flatten(1).any(dim=1)
         self.pseudo = (pool[keep], labels[keep])
-        return {"scope": scope, "pool_slices": len(pool), "slices": int(keep.sum()), **report}
+        return {"scope": scope, "whole_volumes": whole, "pool_slices": len(pool), "slices": int(keep.sum()), **report}
 
     def _slice_pseudo_labels(self, pool: torch.Tensor, max_seconds: float | None):
         cfg, s, rt = self.cfg, self.data.slices, self.runtime

@@ -7,9 +7,9 @@ import torch
 from test_model_train import sparse_dataset
 
 from model import checkpoint
-from model.config import preset
+from model.config import TrainConfig, preset
 from model.device import runtime_for
-from model.pseudo_labels import volume_pseudo_labels
+from model.pseudo_labels import paint_orders_classes, volume_pseudo_labels
 from model.slices import SliceSet
 from model.train import IGNORE, Trainer, load_data, stage_plan, train
 
@@ -190,6 +190,7 @@ def test_nothing_left_to_pseudo_label_gives_painted_only_batches(data, tmp_path)
     assert len(s.labeled) == int((s.volume_index == 0).sum()) > 0  # every slice of volume 0 crosses paint
     assert trainer.make_pseudo_labels() == {
         "scope": "painted",
+        "whole_volumes": False,
         "pool_slices": 0,
         "slices": 0,
         "confident_fraction": 0.0,
@@ -314,6 +315,65 @@ def test_auto_flips_mirror_pseudo_labels_only_without_a_time_budget(data, tmp_pa
     trainer = _trainer(data, tmp_path, pseudo_volumes=True, predict_flip="auto")
     trainer.net = MirrorEquivariant()
     assert trainer.make_pseudo_labels(budget)["mirrors"] is mirrors
+
+
+# ---- pseudo_volumes "auto": whole volumes exactly when the paint puts the classes in order ------------
+def _head_then_body() -> torch.Tensor:
+    """Class 1 then class 2 side by side along in-plane axis 2 on every slice of the structure."""
+    truth = torch.zeros(6, 16, 16, dtype=torch.uint8)
+    truth[1:5, 4:10, 4:7] = 1
+    truth[1:5, 4:10, 7:10] = 2
+    return truth
+
+
+def test_paint_orders_classes_only_where_painted_slices_show_two_classes_in_runs():
+    assert paint_orders_classes(_toy_set(_head_then_body()), 3)
+    assert not paint_orders_classes(_toy_set(_cube()), 3)  # one class painted: no order to see
+    ring = _head_then_body()
+    ring[1:5, 4:10, 4:10] = 2
+    ring[1:5, 6:8, 6:8] = 1  # class 1 inside class 2, as a ventricle in its wall: no axis fits
+    assert not paint_orders_classes(_toy_set(ring), 3)
+
+
+def test_older_configs_with_true_or_false_read_as_on_or_off():
+    assert TrainConfig(pseudo_volumes=True).pseudo_volumes == "on"
+    assert TrainConfig(pseudo_volumes=False).pseudo_volumes == "off"
+    with pytest.raises(ValueError, match="pseudo_volumes must be one of"):
+        TrainConfig(pseudo_volumes="sometimes")
+
+
+def _paint_every_painted_slice(trainer, pattern: torch.Tensor) -> None:
+    s = trainer.data.slices
+    s.labels[s.labeled] = pattern.to(torch.uint8)
+
+
+def test_auto_pseudo_volumes_label_slice_by_slice_when_the_paint_shows_no_order(data, tmp_path):
+    results = {}
+    for mode in ("off", "auto"):
+        trainer = _trainer(data, tmp_path / mode, pseudo_volumes=mode, pseudo_threshold=0.9)
+        size = trainer.data.slices.size
+        one_class = torch.zeros(size, size)
+        one_class[size // 4 : size // 2, size // 4 : size // 2] = 1
+        _paint_every_painted_slice(trainer, one_class)
+        trainer.net = FixedLogits()
+        info = trainer.make_pseudo_labels()
+        results[mode] = (info, *trainer.pseudo)
+    (_, pool_off, labels_off), (auto, pool_auto, labels_auto) = results["off"], results["auto"]
+    assert not auto["whole_volumes"] and "volumes" not in auto
+    assert torch.equal(pool_off, pool_auto) and torch.equal(labels_off, labels_auto)
+
+
+def test_auto_pseudo_volumes_label_whole_volumes_when_the_paint_orders_the_classes(data, tmp_path):
+    trainer = _trainer(data, tmp_path, pseudo_volumes="auto", pseudo_threshold=0.9)
+    size = trainer.data.slices.size
+    head_then_body = torch.zeros(size, size)
+    head_then_body[size // 4 : size // 2, size // 4 : size // 2] = 1
+    head_then_body[size // 4 : size // 2, size // 2 : 3 * size // 4] = 2
+    _paint_every_painted_slice(trainer, head_then_body)
+    trainer.net = MirrorEquivariant()
+    info = trainer.make_pseudo_labels()
+    assert info["whole_volumes"] and info["volumes"] == 1
+    assert info["cleanup"]["classes"]["order"]["axis"] == 2  # the in-plane axis the classes follow
 
 
 def test_pseudo_contrastive_weight_trains_the_local_head_on_painted_and_pseudo_pixels(data, tmp_path):
