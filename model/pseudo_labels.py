@@ -59,7 +59,9 @@ def volume_pseudo_labels(
 
     decided_on = [v for v in first.tolist() if v in raw]
     cleanup, decision = decide_from(
-        [raw[v][0] for v in decided_on], [s.labels[_slices_of(s, v)].numpy() for v in decided_on], num_classes
+        [raw[v][0][(slice(None), *_unpadded(s, v))] for v in decided_on],
+        [_paint_of(s, v) for v in decided_on],
+        num_classes,
     )
     kept_idx, kept_labels, confident, changed, voxels = [], [], 0, 0, 0
     in_pool = torch.zeros(len(s), dtype=torch.bool)
@@ -91,10 +93,29 @@ def paint_orders_classes(s: SliceSet, num_classes: int) -> bool:
     (data/class_order.py): a patch of one class called by the other's name far from their boundary is
     plain only in the whole volume."""
     painted = s.volume_index[s.labeled].unique().tolist()
-    along, _ = choose_axis([s.labels[_slices_of(s, v)].numpy() for v in painted], num_classes)
+    along, _ = choose_axis([_paint_of(s, v) for v in painted], num_classes)
     return along is not None
 
 
 def _slices_of(s: SliceSet, volume: int) -> torch.Tensor:
     where = (s.volume_index == volume).nonzero(as_tuple=True)[0]
     return torch.arange(int(where[0]), int(where[-1]) + 1)
+
+
+def _unpadded(s: SliceSet, volume: int) -> tuple[slice, slice]:
+    """The in-plane part of a painted volume's slices that is the volume, not the padding around it: a
+    painted slice is annotated everywhere inside the volume, so its annotated pixels span that part.
+    Without it the padding (IGNORE) leaves no slice fully painted, and nothing the paint shows across the
+    slicing axis, such as the classes' order, can be decided."""
+    idx = _slices_of(s, volume)
+    mine = s.labels[idx[torch.isin(idx, s.labeled)]]
+    inside = (mine != IGNORE).any(dim=0)
+    rows, cols = inside.any(dim=1).nonzero()[:, 0], inside.any(dim=0).nonzero()[:, 0]
+    if not len(rows):
+        return slice(None), slice(None)
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+
+
+def _paint_of(s: SliceSet, volume: int) -> np.ndarray:
+    """The volume's paint (slices, rows, cols) without the padding."""
+    return s.labels[_slices_of(s, volume)].numpy()[(slice(None), *_unpadded(s, volume))]

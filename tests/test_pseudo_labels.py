@@ -201,12 +201,17 @@ def test_nothing_left_to_pseudo_label_gives_painted_only_batches(data, tmp_path)
 
 
 # ---- pseudo_volumes: whole volumes, mirrors averaged, the 3D clean-up the paint chooses --------------
-def _toy_set(painted_truth: torch.Tensor) -> SliceSet:
+def _toy_set(painted_truth: torch.Tensor, pad: int = 0) -> SliceSet:
     """Two volumes of 6 slices (16 x 16): volume 0 painted on slices 1 and 4 with `painted_truth`
-    (6, 16, 16), volume 1 without paint."""
+    (6, 16, 16), volume 1 without paint. `pad`: that many pixels around each slice are padding (IGNORE
+    on the painted slices too), as SliceSet pads a volume smaller than the training square."""
     n, size = 6, 16
     labels = torch.full((2 * n, size, size), IGNORE, dtype=torch.uint8)
     labels[[1, 4]] = painted_truth[[1, 4]]
+    if pad:
+        inside = torch.zeros(size, size, dtype=torch.bool)
+        inside[pad:-pad, pad:-pad] = True
+        labels[:, ~inside] = IGNORE
     painted = torch.zeros(2 * n, dtype=torch.bool)
     painted[[1, 4]] = True
     owners = torch.arange(2).repeat_interleave(n)
@@ -326,8 +331,23 @@ def _head_then_body() -> torch.Tensor:
     return truth
 
 
+@pytest.mark.parametrize("pad", [0, 2])
+def test_paint_orders_classes_in_padded_slices(pad):
+    assert paint_orders_classes(_toy_set(_head_then_body(), pad), 3)
+
+
+def test_volume_pseudo_labels_put_a_misnamed_patch_in_the_order_the_paint_shows():
+    s = _toy_set(_head_then_body(), pad=2)
+    predicted = torch.cat([_head_then_body(), _head_then_body()])
+    predicted[2, 4:10, 9] = 1  # slice 2 calls a strip of body "head", far from their boundary, confidently
+    idx, labels, report = volume_pseudo_labels(
+        s, s.unlabeled, _probabilities(predicted, torch.full(predicted.shape, 0.95)), 3, 0.9
+    )
+    assert report["cleanup"]["classes"]["order"]["axis"] == 2
+    assert (dict(zip(idx.tolist(), labels))[2][4:10, 9] == 2).all()
+
+
 def test_paint_orders_classes_only_where_painted_slices_show_two_classes_in_runs():
-    assert paint_orders_classes(_toy_set(_head_then_body()), 3)
     assert not paint_orders_classes(_toy_set(_cube()), 3)  # one class painted: no order to see
     ring = _head_then_body()
     ring[1:5, 4:10, 4:10] = 2
