@@ -67,14 +67,19 @@ def volume_pseudo_labels(
     in_pool = torch.zeros(len(s), dtype=torch.bool)
     in_pool[pool] = True
     for v, (label, conf) in raw.items():
-        cleaned = cleanup.apply(label) if cleanup is not None else label
+        box = (slice(None), *_unpadded(s, v))
+        inside = np.zeros(label.shape, dtype=bool)
+        inside[box] = True
+        cleaned = label.copy()
+        if cleanup is not None:
+            cleaned[box] = cleanup.apply(label[box])
         moved = cleaned != label
-        pseudo = np.where((conf >= threshold) | moved, cleaned, IGNORE).astype(np.uint8)
+        pseudo = np.where(inside & ((conf >= threshold) | moved), cleaned, IGNORE).astype(np.uint8)
         idx = _slices_of(s, v)
-        wanted = in_pool[idx]
-        confident += int((pseudo[wanted.numpy()] != IGNORE).sum())
-        changed += int(moved[wanted.numpy()].sum())
-        voxels += int(wanted.sum()) * s.size * s.size
+        wanted = in_pool[idx].numpy()
+        confident += int((pseudo[wanted] != IGNORE).sum())
+        changed += int(moved[wanted].sum())
+        voxels += int(inside[wanted].sum())
         kept_idx.append(idx[wanted])
         kept_labels.append(torch.from_numpy(pseudo)[wanted])
     idx = torch.cat(kept_idx) if kept_idx else torch.empty(0, dtype=torch.long)
@@ -103,17 +108,14 @@ def _slices_of(s: SliceSet, volume: int) -> torch.Tensor:
 
 
 def _unpadded(s: SliceSet, volume: int) -> tuple[slice, slice]:
-    """The in-plane part of a painted volume's slices that is the volume, not the padding around it: a
-    painted slice is annotated everywhere inside the volume, so its annotated pixels span that part.
-    Without it the padding (IGNORE) leaves no slice fully painted, and nothing the paint shows across the
-    slicing axis, such as the classes' order, can be decided."""
-    idx = _slices_of(s, volume)
-    mine = s.labels[idx[torch.isin(idx, s.labeled)]]
-    inside = (mine != IGNORE).any(dim=0)
-    rows, cols = inside.any(dim=1).nonzero()[:, 0], inside.any(dim=0).nonzero()[:, 0]
-    if not len(rows):
+    """The in-plane part of a volume's slices that is the volume, not the padding around it. The padding
+    is never decided on, cleaned or labelled: its paint is IGNORE, so no slice would be fully painted
+    there, and the network, never trained on it, may call it structure in one piece larger than the
+    structure itself (which "largest" would then keep instead)."""
+    if s.inside is None:
         return slice(None), slice(None)
-    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+    top, left, height, width = (int(n) for n in s.inside[volume])
+    return slice(top, top + height), slice(left, left + width)
 
 
 def _paint_of(s: SliceSet, volume: int) -> np.ndarray:

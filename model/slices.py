@@ -155,6 +155,8 @@ class SliceSet:
     first: torch.Tensor | None = None  # (N,) index of the first slice of each slice's volume
     last: torch.Tensor | None = None  # (N,) and of its last
     position: bool = False  # one more channel: the slice's place in its volume (see with_position)
+    # (V, 4) per volume: top, left, height, width of its slices inside the padding; None: no padding known
+    inside: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -189,10 +191,11 @@ def build_slices(
     the lines they leave in this axis' slices), not only a fully painted one. `context`, `far`: see SliceSet."""
     labelled_along = annotated_mask if partial else painted_mask
     size = training_size([im.shape for im in images], axis, max_size, multiple)
-    all_images, all_labels, painted, owner = [], [], [], []
+    all_images, all_labels, painted, owner, inside = [], [], [], [], []
     for v, (image, label) in enumerate(zip(images, labels)):
         stats = intensity_stats(image)
         where = placement(image.shape, axis, max_size, multiple, size)
+        inside.append((*where.offset, *where.resized))
         all_images.append(to_network(stats.apply(slab(image, axis)), where, stats.background).half())
         n = image.shape[axis]
         if label is None:
@@ -218,6 +221,7 @@ def build_slices(
         position=position,
         first=starts[owners],
         last=starts[owners + 1] - 1,
+        inside=torch.tensor(inside, dtype=torch.long),
     )
 
 

@@ -225,6 +225,7 @@ def _toy_set(painted_truth: torch.Tensor, pad: int = 0) -> SliceSet:
         size=size,
         first=owners * n,
         last=owners * n + n - 1,
+        inside=torch.tensor([[pad, pad, size - 2 * pad, size - 2 * pad]] * 2) if pad else None,
     )
 
 
@@ -345,6 +346,32 @@ def test_volume_pseudo_labels_put_a_misnamed_patch_in_the_order_the_paint_shows(
     )
     assert report["cleanup"]["classes"]["order"]["axis"] == 2
     assert (dict(zip(idx.tolist(), labels))[2][4:10, 9] == 2).all()
+
+
+def test_volume_pseudo_labels_leave_the_padding_out_however_sure_the_network_is_there():
+    s = _toy_set(_cube(), pad=2)
+    predicted = torch.cat([_cube(), _cube()])
+    frame = torch.ones(16, 16, dtype=torch.bool)
+    frame[2:-2, 2:-2] = False
+    predicted[:, frame] = 1  # structure all over the padding, in one piece larger than the real one
+    idx, labels, report = volume_pseudo_labels(
+        s, s.unlabeled, _probabilities(predicted, torch.full(predicted.shape, 0.95)), 3, 0.9
+    )
+    assert report["cleanup"]["classes"]["1"]["steps"] == ["largest", "fill"]
+    assert (labels[:, frame] == IGNORE).all()
+    by_slice = dict(zip(idx.tolist(), labels))
+    assert (by_slice[2][4:10, 4:10] == 1).all() and (by_slice[8][4:10, 4:10] == 1).all()  # kept, both volumes
+
+
+def test_a_sliceset_knows_where_each_volume_sits_inside_its_padding():
+    import numpy as np
+
+    from model.slices import build_slices
+
+    images = [np.zeros((4, 20, 10), np.float32), np.zeros((4, 30, 30), np.float32)]
+    s = build_slices(images, [None, None], axis=0, max_size=64, multiple=16)
+    assert s.size == 32
+    assert s.inside.tolist() == [[6, 11, 20, 10], [1, 1, 30, 30]]
 
 
 def test_paint_orders_classes_only_where_painted_slices_show_two_classes_in_runs():
