@@ -197,6 +197,9 @@ class TrainConfig:
     # "painted" unless those slices are fewer than the painted ones (volumes painted whole), then "all".
     # "auto" failed its rule at 5 %: -0.003 +- 0.007 along axis 1 (docs/benchmarks/self_training_scope.md)
     pseudo_scope: str = "painted"
+    # True: the slice-by-slice labeller also keeps the network's confident guesses in the padding around each
+    # volume's slices (never painted, cropped off every mask); False: only the volume's own pixels are labelled
+    pseudo_label_padding: bool = True
     # True: where a slice painted along another axis crosses an unpainted slice, its painted pixels are
     # that slice's self-training targets, whatever the network predicts there (no effect with one axis).
     # Off: level along axes 0 and 2, -0.014 +- 0.037 along axis 1 (docs/benchmarks/mixed_planes.md)

@@ -161,6 +161,18 @@ class SliceSet:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def within_volume(self, idx: torch.Tensor) -> torch.Tensor:
+        """(n, S, S) bool: the pixels of slices `idx` that are their volume, not the padding around it
+        (all True when `inside` is not known)."""
+        mask = torch.ones((len(idx), self.size, self.size), dtype=torch.bool)
+        if self.inside is None:
+            return mask
+        top, left, height, width = self.inside[self.volume_index[idx]].unbind(dim=1)
+        rows = torch.arange(self.size)
+        down = (rows >= top[:, None]) & (rows < (top + height)[:, None])
+        across = (rows >= left[:, None]) & (rows < (left + width)[:, None])
+        return mask & down[:, :, None] & across[:, None, :]
+
     def stack(self, idx: torch.Tensor) -> torch.Tensor:
         """The network input of slices `idx`: (n, channels, S, S), each slice between its neighbours of the
         same volume at `context_offsets` (the volume's end slice standing in past it), and with `position`

@@ -389,8 +389,16 @@ class Trainer:
             conf, label = torch.softmax(logits.float(), dim=1).max(dim=1)
             out.append(torch.where(conf >= cfg.pseudo_threshold, label, IGNORE).to(torch.uint8).cpu())
         labels = torch.cat(out) if out else torch.empty((0, s.size, s.size), dtype=torch.uint8)
+        pool = pool[:labelled]
+        within = s.within_volume(pool)
+        kept = labels != IGNORE
+        in_padding = int((kept & ~within).sum())
+        if not cfg.pseudo_label_padding:
+            labels = torch.where(within, labels, IGNORE)
         confident = float((labels != IGNORE).float().mean()) if len(labels) else 0.0
-        return pool[:labelled], labels, {"confident_fraction": round(confident, 4)}
+        # of the confident pixels, the share in the padding (labelled there only with pseudo_label_padding)
+        padding_share = in_padding / int(kept.sum()) if int(kept.sum()) else 0.0
+        return pool, labels, {"confident_fraction": round(confident, 4), "padding_share": round(padding_share, 4)}
 
     def _softmax(self, views, idx: torch.Tensor) -> torch.Tensor:
         total, n = softmax_sum(self.net, self._images(idx), self.runtime, views)

@@ -194,6 +194,7 @@ def test_nothing_left_to_pseudo_label_gives_painted_only_batches(data, tmp_path)
         "pool_slices": 0,
         "slices": 0,
         "confident_fraction": 0.0,
+        "padding_share": 0.0,
     }
     x, y = trainer._pseudo_batch()
     assert x.shape[0] == y.shape[0] == 4
@@ -438,3 +439,35 @@ def test_pseudo_contrastive_weight_trains_the_local_head_on_painted_and_pseudo_p
 def test_negative_pseudo_contrastive_weight_is_refused():
     with pytest.raises(ValueError, match="pseudo_contrastive_weight"):
         preset("quick", pseudo_contrastive_weight=-0.5)
+
+
+def test_within_volume_marks_each_slice_s_volume_and_not_its_padding():
+    import numpy as np
+
+    from model.slices import build_slices
+
+    images = [np.zeros((2, 20, 10), np.float32), np.zeros((3, 30, 30), np.float32)]
+    s = build_slices(images, [None, None], axis=0, max_size=64, multiple=16)
+    mask = s.within_volume(torch.tensor([1, 2]))  # the last slice of volume 0, the first of volume 1
+    expected = torch.zeros(2, 32, 32, dtype=torch.bool)
+    expected[0, 6:26, 11:21] = True
+    expected[1, 1:31, 1:31] = True
+    assert torch.equal(mask, expected)
+
+
+@pytest.mark.parametrize("keep_padding", [True, False])
+def test_slice_by_slice_labels_leave_the_padding_out_unless_asked(data, tmp_path, keep_padding):
+    trainer = _trainer(data, tmp_path, pseudo_threshold=0.9, pseudo_label_padding=keep_padding)
+    trainer.net = FixedLogits()
+    info = trainer.make_pseudo_labels()
+    s = trainer.data.slices
+    pool, labels = trainer.pseudo
+    within = s.within_volume(pool)
+    assert not within.all()  # these volumes are not square: their slices are padded
+    half = s.size // 2
+    left = torch.zeros_like(within)
+    left[:, :, :half] = True
+    expected_labelled = left if keep_padding else left & within
+    assert torch.equal(labels != IGNORE, expected_labelled)
+    assert (labels[expected_labelled] == 1).all()
+    assert info["padding_share"] == pytest.approx(float((left & ~within).sum() / left.sum()), abs=1e-4)
