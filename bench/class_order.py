@@ -11,6 +11,11 @@ three sets, each scored as the mean Dice over the classes against the full truth
 - `painted`: the model's painted volumes as a clinician downloads them (paint taken as certain).
 Nothing is retrained: one raw prediction per volume, both decisions applied to it. Printed per model, then
 per OUT the mean ± std of off, on and the paired on − off with each model's difference.
+
+    python -m bench.class_order --pair BASE_JSON VARIANT_JSON
+
+scores nothing: it pairs two `--json` files by seed and budget (one kept model each; the row may differ, as in
+full − supervised) and prints variant − base for every set, with and without the step.
 """
 
 from __future__ import annotations
@@ -75,11 +80,20 @@ def evaluate_model(run_dir: Path, split: dict, data: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("outs", type=Path, nargs="+")
+    parser.add_argument("outs", type=Path, nargs="*")
     parser.add_argument("--rows", default="full+pseudo", help="comma-separated rows of the kept models to score")
     parser.add_argument("--data", type=Path, default=SHARED_DATA / "hippocampus")
     parser.add_argument("--json", type=Path, help="also write every model's scores here")
+    parser.add_argument("--pair", type=Path, nargs=2, metavar=("BASE_JSON", "VARIANT_JSON"))
     args = parser.parse_args(argv)
+    if args.pair:
+        if args.outs:
+            parser.error("--pair scores nothing: give it two --json files and no OUT")
+        base, variant = (by_seed_and_budget(path, parser) for path in args.pair)
+        print(render_pairs(base, variant))
+        return 0
+    if not args.outs:
+        parser.error("give at least one OUT folder to score, or --pair BASE_JSON VARIANT_JSON")
     rows = set(args.rows.split(","))
     everything = {}
     for out in args.outs:
@@ -109,6 +123,39 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(everything, indent=1))
     return 0
+
+
+def by_seed_and_budget(path: Path, parser: argparse.ArgumentParser) -> dict[str, dict]:
+    """{"seed/budget": scores} of a --json file; each seed and budget must have one kept model."""
+    if not path.is_file():
+        parser.error(f"{path} does not exist: give files written by --json")
+    models = {}
+    for per_model in json.loads(path.read_text()).values():
+        for job, scores in per_model.items():
+            key = "/".join(job.split("/")[:2])
+            if key in models:
+                parser.error(f"{path} holds two models of {key}: pair files with one row each")
+            models[key] = scores
+    return models
+
+
+def render_pairs(base: dict[str, dict], variant: dict[str, dict]) -> str:
+    jobs = sorted(set(base) & set(variant))
+    if not jobs:
+        return "no seed and budget in both files"
+    lines = [
+        f"{len(jobs)} paired models ({', '.join(jobs)})\n",
+        "| set | step | base | variant | variant − base | per model |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in SETS:
+        for way in reversed(WAYS):
+            a = [base[j][s][way] for j in jobs]
+            b = [variant[j][s][way] for j in jobs]
+            diff = [y - x for x, y in zip(a, b)]
+            each = ", ".join(f"{d:+.3f}" for d in diff)
+            lines.append(f"| {s} | {way} | {_pm(a)} | {_pm(b)} | {_pm(diff, signed=True)} | {each} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -47,3 +47,26 @@ def test_no_kept_model_of_the_rows_asked_is_an_error(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps({"meta": {"split": {"val": [], "test": []}}}))
     with pytest.raises(SystemExit):
         class_order.main([str(tmp_path)])
+
+
+def _scores(val_on: float) -> dict:
+    return {"axis": 1, "shares": {}, **{s: {"off": 0.5, "on": val_on if s == "val" else 0.6} for s in class_order.SETS}}
+
+
+def test_pair_reads_two_json_files_by_seed_and_budget_whatever_the_row(tmp_path, capsys):
+    base = {"b": {f"seed{i}/sparse-10x3/supervised": _scores(0.70 + i / 100) for i in range(3)}}
+    variant = {"v": {f"seed{i}/sparse-10x3/full+pseudo": _scores(0.80) for i in (1, 2, 3)}}
+    (tmp_path / "b.json").write_text(json.dumps(base))
+    (tmp_path / "v.json").write_text(json.dumps(variant))
+    assert class_order.main(["--pair", str(tmp_path / "b.json"), str(tmp_path / "v.json")]) == 0
+    out = capsys.readouterr().out
+    assert "2 paired models (seed1/sparse-10x3, seed2/sparse-10x3)" in out  # seed 0 and seed 3 have no pair
+    assert "| val | on | 0.715 ± 0.007 | 0.800 ± 0.000 | +0.085 ± 0.007 | +0.090, +0.080 |" in out
+    assert "| test | off | 0.500 ± 0.000 | 0.500 ± 0.000 | +0.000 ± 0.000 | +0.000, +0.000 |" in out
+
+
+def test_pair_refuses_a_file_with_two_models_of_one_seed(tmp_path):
+    two_rows = {"b": {"seed0/sparse-10x3/supervised": _scores(0.7), "seed0/sparse-10x3/full+pseudo": _scores(0.8)}}
+    (tmp_path / "b.json").write_text(json.dumps(two_rows))
+    with pytest.raises(SystemExit):
+        class_order.main(["--pair", str(tmp_path / "b.json"), str(tmp_path / "b.json")])
