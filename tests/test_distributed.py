@@ -106,6 +106,9 @@ def train_rank(rank: int, port: int, folder: str, config: dict) -> None:
     try:
         metrics = train(preset("quick", **config, out_dir=str(Path(folder) / f"out{rank}")))
         (Path(folder) / f"metrics{rank}.json").write_text(json.dumps(metrics))
+        # as model/ray_ddp.py does: a rank that tears the group down while the other still talks to it can
+        # abort that one ("terminate called without an active exception", seen once under heavy load)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
