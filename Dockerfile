@@ -11,7 +11,7 @@ ENV GRADIO_ANALYTICS_ENABLED=False \
     PYTHONUNBUFFERED=1
 
 WORKDIR /opt/slicewise
-COPY pyproject.toml README.md requirements.lock ./
+COPY pyproject.toml README.md requirements-pip.lock requirements.lock ./
 COPY scripts ./scripts
 COPY app ./app
 COPY model ./model

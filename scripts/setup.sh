@@ -22,6 +22,9 @@ if [ ! -x .venv/bin/python ] || [ ! -x .venv/bin/pip ]; then
 fi
 pip=(.venv/bin/pip install --quiet --disable-pip-version-check)
 quiet() { grep -v "^WARNING: Location" || true; }
+# pip first, from its own lock: the pip a new venv bundles (23.2 with Python 3.11) rejects a hash-locked package
+# that another wants with an extra (pip-audit's CacheControl[filecache]) once the index holds a newer release
+"${pip[@]}" --require-hashes -r requirements-pip.lock 2>&1 | quiet
 if [ -n "${TORCH_INDEX_URL:-}" ]; then
     "${pip[@]}" torch==2.13.0 --index-url "$TORCH_INDEX_URL" 2>&1 | quiet
     without_torch="$(mktemp)"

@@ -67,3 +67,17 @@ def test_the_lock_pins_every_dependency_of_pyproject_with_hashes(lock_name, extr
     assert len(locked) > len(wanted)  # the transitive dependencies are in it too
     setup = (ROOT / "scripts" / "setup.sh").read_text()
     assert "--require-hashes" in setup and lock_name in setup
+
+
+def test_setup_brings_pip_to_its_locked_version_before_any_other_lock():
+    """A new venv's bundled pip (23.2 on Python 3.11) fails the test lock's hash check on an extra
+    (CacheControl[filecache]) once the index holds a newer CacheControl: setup.sh installs the locked pip first."""
+    pip_lock = locked_versions(ROOT / "requirements-pip.lock")
+    assert list(pip_lock) == ["pip"]
+    assert tuple(int(part) for part in pip_lock["pip"].split(".")[:2]) >= (23, 3)
+    for lock_name in ("requirements.lock", "requirements-ray.lock", "requirements-test.lock"):
+        assert locked_versions(ROOT / lock_name).get("pip", pip_lock["pip"]) == pip_lock["pip"], lock_name
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    first_install = setup.index("--require-hashes -r ")
+    assert setup[first_install:].startswith("--require-hashes -r requirements-pip.lock")
+    assert "requirements-pip.lock" in (ROOT / "Dockerfile").read_text()
