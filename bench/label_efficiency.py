@@ -80,6 +80,7 @@ from bench.label_efficiency_protocol import (
     labeled_order,
     make_grid,
     paper_count,
+    parse_seeds,
     plan_jobs,
     select_jobs,
     sparse_label,
@@ -433,7 +434,9 @@ def parse_args(argv=None):
     p.add_argument(
         "--md", default=None, help="markdown table (default docs/benchmarks/label_efficiency.md for the cpu grid)"
     )
-    p.add_argument("--seeds", type=int, default=None, help="training seeds (default 3)")
+    p.add_argument(
+        "--seeds", default=None, help="training seeds: a count (default 3: 0-2), a range (3-5) or a list (0,4)"
+    )
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--n-val", type=int, default=20)
     p.add_argument("--n-test", type=int, default=40)
@@ -512,7 +515,11 @@ def parse_overrides(items: list[str]) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    grid = make_grid("full" if args.full else "quick" if args.quick else "cpu", args.seeds, args.deadline_min)
+    try:
+        seeds = parse_seeds(args.seeds) if args.seeds else None
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    grid = make_grid("full" if args.full else "quick" if args.quick else "cpu", seeds, args.deadline_min)
     grid.overrides.update(parse_overrides(args.set))
     bench = Bench(args, grid)
     if args.run_job:  # worker: one job, its record next to its run

@@ -184,7 +184,25 @@ EXTRA_BUDGETS = [
 ]
 
 
-def make_grid(which: str, seeds: int | None, deadline_min: float | None) -> Grid:
+def parse_seeds(text: str) -> list[int]:
+    """--seeds: "6" is seeds 0-5, "3-5" is 3, 4 and 5, "0,4" is 0 and 4 (so seeds can be added to an earlier
+    run's table without training its seeds again)."""
+    try:
+        if "," in text:
+            seeds = [int(part) for part in text.split(",")]
+        elif "-" in text:
+            first, last = (int(part) for part in text.split("-"))
+            seeds = list(range(first, last + 1))
+        else:
+            seeds = list(range(int(text)))
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: give a count (3), a range (3-5) or a list (0,4)") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {text!r}: give at least one seed, none negative or repeated")
+    return seeds
+
+
+def make_grid(which: str, seeds: list[int] | None, deadline_min: float | None) -> Grid:
     if which == "quick":
         return Grid(
             "quick",
@@ -198,7 +216,7 @@ def make_grid(which: str, seeds: int | None, deadline_min: float | None) -> Grid
             (1, 2),
             deadline_min,
         )
-    s = list(range(seeds or 3))
+    s = list(seeds) if seeds else [0, 1, 2]
     if which == "full":
         return Grid("full", "paper", s, s, s, s, SPARSE_BUDGETS + PAPER_BUDGETS, TEN_BY_THREE, (10, 50), deadline_min)
     return Grid(

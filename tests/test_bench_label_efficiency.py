@@ -265,3 +265,17 @@ def test_append_keeps_earlier_runs_and_skips_their_jobs(tmp_path, shared_data):
         "seed0/global",
         "seed1/sparse-10x3/supervised",
     ]
+
+
+def test_seeds_can_be_a_count_a_range_or_a_list_and_a_range_plans_only_its_seeds():
+    assert protocol.parse_seeds("3") == [0, 1, 2]
+    assert protocol.parse_seeds("3-5") == [3, 4, 5]
+    assert protocol.parse_seeds("0,4") == [0, 4]
+    for bad in ("", "x", "5-3", "1,1", "-1", "0-"):
+        with pytest.raises(ValueError, match="--seeds"):
+            protocol.parse_seeds(bad)
+    jobs = protocol.select_jobs(
+        protocol.plan_jobs(protocol.make_grid("cpu", [3, 4, 5], None)), "sparse-10x3", "full+pseudo"
+    )
+    assert {j.seed for j in jobs} == {3, 4, 5}
+    assert [j.name for j in jobs if j.kind == "global"] == ["seed3/global", "seed4/global", "seed5/global"]
