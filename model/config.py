@@ -199,8 +199,8 @@ class TrainConfig:
     pseudo_scope: str = "painted"
     # True: the slice-by-slice labeller also keeps the network's confident guesses in the padding around each
     # volume's slices (never painted, cropped off every mask); False: only the volume's own pixels are labelled.
-    # False failed its rule: paired validation -0.003 along axis 0, +0.027 along axis 2, 3 seeds each, float32
-    # (docs/benchmarks/pseudo_labels_padding.md)
+    # False failed its rule: paired validation -0.003 along axis 0 and +0.014 along axis 2 (6 seeds each),
+    # -0.007 along axis 1 (3 seeds), float32 (docs/benchmarks/pseudo_labels_padding.md)
     pseudo_label_padding: bool = True
     # True: where a slice painted along another axis crosses an unpainted slice, its painted pixels are
     # that slice's self-training targets, whatever the network predicts there (no effect with one axis).
