@@ -27,6 +27,9 @@ SEGMENTING_STAGES = ("finetune", "pseudo")  # they train the segmentation the mo
 LOCAL_MODES = ("stride", "block", "exact")
 DEVICES = ("auto", "cpu", "cuda")
 TRISTATE = ("auto", "on", "off")
+# bf16: "on"/"off" force autocast, "auto" takes it where the hardware computes bf16 natively, "rounded" trains
+# in float32 with each convolution's operands rounded to bf16 (model/bf16_rounding.py)
+BF16_MODES = (*TRISTATE, "rounded")
 BRANCHES = ("none", "cpc", "recon")  # model/regularizer.py
 PSEUDO_SCOPES = ("painted", "all", "auto")
 MAX_SMOOTH_MM = 4.0  # predict_smooth_mm: a wider Gaussian would blur a small structure's ends away
@@ -273,9 +276,11 @@ class TrainConfig:
             problems.append(f"local_mode must be one of {LOCAL_MODES}, got {self.local_mode!r}")
         if self.device not in DEVICES:
             problems.append(f"device must be one of {DEVICES}, got {self.device!r}")
-        for name in ("channels_last", "compile", "bf16", "predict_flip", "pseudo_volumes"):
+        for name in ("channels_last", "compile", "predict_flip", "pseudo_volumes"):
             if getattr(self, name) not in TRISTATE:
                 problems.append(f"{name} must be one of {TRISTATE}, got {getattr(self, name)!r}")
+        if self.bf16 not in BF16_MODES:
+            problems.append(f"bf16 must be one of {BF16_MODES}, got {self.bf16!r}")
         if self.branch not in BRANCHES:
             problems.append(f"branch must be one of {BRANCHES}, got {self.branch!r}")
         if not self.branch_weight >= 0:

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from data.atomic import atomic_write_bytes
+from model.bf16_rounding import RoundConvolutionsToBf16
 
 SWITCHES = ("channels_last", "compile", "bf16")
 # oneDNN ISA names in increasing order (ONEDNN_MAX_CPU_ISA); bf16 is native from AVX512_CORE_BF16 on
@@ -238,6 +239,7 @@ class Runtime:
     compile: bool
     autocast_dtype: torch.dtype | None
     reasons: dict[str, str] = field(default_factory=dict, compare=False)
+    bf16_rounding: bool = False  # float32 with convolution operands rounded to bf16 (model/bf16_rounding.py)
 
     def describe(self) -> dict:
         return {
@@ -245,6 +247,7 @@ class Runtime:
             "channels_last": self.channels_last,
             "compile": self.compile,
             "autocast": str(self.autocast_dtype).replace("torch.", "") if self.autocast_dtype else None,
+            "bf16_rounding": self.bf16_rounding,
             "why": dict(self.reasons),
         }
 
@@ -259,7 +262,8 @@ def runtime_for(
 ) -> Runtime:
     """The runtime for these settings; "auto" ones follow `choose_switches` (measuring into `cache` if needed)."""
     dev = pick_device(device)
-    settings = {"channels_last": channels_last, "compile": compile, "bf16": bf16}
+    rounding = bf16 == "rounded"
+    settings = {"channels_last": channels_last, "compile": compile, "bf16": "off" if rounding else bf16}
     needs_choice = any(v not in ("on", "off") for v in settings.values())
     path = Path(cache) if cache else None
     defaults, why = choose_switches(dev, path, measure) if needs_choice else ({}, {})
@@ -269,10 +273,15 @@ def runtime_for(
             values[name], reasons[name] = setting == "on", f"forced {setting} by the config"
         else:
             values[name], reasons[name] = defaults[name], why[name]
-    return Runtime(dev, values["channels_last"], values["compile"], torch.bfloat16 if values["bf16"] else None, reasons)
+    if rounding:
+        reasons["bf16"] = "forced rounded by the config: float32 with convolution operands rounded to bf16"
+    dtype = torch.bfloat16 if values["bf16"] else None
+    return Runtime(dev, values["channels_last"], values["compile"], dtype, reasons, bf16_rounding=rounding)
 
 
 def autocast(runtime: Runtime):
+    if runtime.bf16_rounding:
+        return RoundConvolutionsToBf16()
     if runtime.autocast_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=runtime.device.type, dtype=runtime.autocast_dtype)

@@ -1,0 +1,75 @@
+"""Float32 training with convolution operands rounded to bf16 (bf16="rounded")."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import device
+from model.bf16_rounding import RoundConvolutionsToBf16, round_to_bf16
+from model.config import TrainConfig
+from model.unet import UNet
+
+
+def _naive_bf16(x: torch.Tensor) -> torch.Tensor:
+    """Round float32 to bf16 by hand: keep the top 16 bits, round to nearest, ties to even."""
+    bits = x.detach().contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    lsb = (bits >> 16) & 1
+    rounded = ((bits + 0x7FFF + lsb) >> 16) << 16
+    return rounded.to(torch.int64).where(rounded < 2**31, rounded - 2**32).to(torch.int32).view(torch.float32)
+
+
+def test_rounding_matches_a_naive_round_to_nearest_even():
+    torch.manual_seed(0)
+    x = torch.randn(10_000) * torch.logspace(-6, 6, 10_000)
+    x = torch.cat([x, torch.tensor([1.0 + 2**-8, 1.0 + 3 * 2**-8, -(1.0 + 2**-8)])])  # exact ties
+    assert torch.equal(round_to_bf16(x), _naive_bf16(x))
+    assert not torch.equal(round_to_bf16(x), x)
+
+
+def test_convolutions_compute_on_rounded_operands_in_float32():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 12, 10)
+    conv, up = torch.nn.Conv2d(3, 5, 3, padding=1), torch.nn.ConvTranspose2d(3, 4, 2, stride=2)
+    with RoundConvolutionsToBf16():
+        y, z = conv(x), up(x)
+    assert y.dtype == torch.float32
+    r = _naive_bf16
+    assert torch.equal(y, F.conv2d(r(x), r(conv.weight), r(conv.bias), padding=1))
+    assert torch.equal(z, F.conv_transpose2d(r(x), r(up.weight), r(up.bias), stride=2))
+    assert not torch.equal(y, conv(x))  # outside the mode nothing is rounded
+
+
+def test_gradients_pass_the_rounding_unchanged():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    with RoundConvolutionsToBf16():
+        (conv(x) ** 2).sum().backward()
+    # reference: the same loss with the rounded operands as plain float32 leaves
+    xr, wr, br = (_naive_bf16(t).requires_grad_() for t in (x, conv.weight, conv.bias))
+    (F.conv2d(xr, wr, br, padding=1) ** 2).sum().backward()
+    assert torch.allclose(x.grad, xr.grad) and torch.allclose(conv.weight.grad, wr.grad)
+    assert torch.allclose(conv.bias.grad, br.grad)
+    assert conv.weight.grad.dtype == torch.float32
+
+
+def test_runtime_rounded_trains_a_unet_in_float32():
+    rt = device.runtime_for("cpu", channels_last="off", compile="off", bf16="rounded")
+    assert rt.bf16_rounding and rt.autocast_dtype is None
+    assert rt.describe()["bf16_rounding"] and "rounded" in rt.describe()["why"]["bf16"]
+    net = UNet(1, 2, (4, 8))
+    x = torch.randn(2, 1, 16, 16)
+    with device.autocast(rt):
+        out = net(x)
+    assert out.dtype == torch.float32 and not torch.equal(out, net(x))
+    out.mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+    assert not device.runtime_for("cpu", compile="off", bf16="off").bf16_rounding
+
+
+def test_config_accepts_rounded_and_names_the_choices():
+    assert TrainConfig(bf16="rounded").bf16 == "rounded"
+    with pytest.raises(ValueError, match="bf16 must be one of .*rounded"):
+        TrainConfig(bf16="round")
+    with pytest.raises(ValueError, match="compile must be one of"):
+        TrainConfig(compile="rounded")
