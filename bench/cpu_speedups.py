@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench.cpu_speedups [--steps 12] [--rounds 3]
 
-Variants: float32 baseline, channels_last, bf16 autocast, both, torch.compile (+bf16). Each variant
+Variants: float32 baseline, channels_last, bf16 autocast, both, torch.compile (+bf16), float32 with convolution
+operands rounded to bf16 (`--variants` picks some; the baseline always runs). Each variant
 runs a fine-tune step (CE + Dice, batch = finetune_batch) and a local-stage step (two views, local
 contrastive loss) at 64x64 (the hippocampus slice size) with the cpu preset's widths. Variants are
 interleaved over several rounds and the median step time is kept, so a busy machine biases no one.
@@ -37,7 +38,9 @@ VARIANTS = {
     "channels_last + bf16": dict(channels_last="on", compile="off", bf16="on"),
     "torch.compile": dict(channels_last="off", compile="on", bf16="off"),
     "torch.compile + bf16": dict(channels_last="off", compile="on", bf16="on"),
+    "float32 + bf16 rounding": dict(channels_last="off", compile="off", bf16="rounded"),
 }
+BASELINE = "float32 (baseline)"
 
 
 class Bench:
@@ -126,11 +129,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "cpu_speedups.md")
+    parser.add_argument("--variants", default="", help="comma-separated names of VARIANTS (default: all)")
     args = parser.parse_args()
+    names = (
+        [BASELINE, *(n for n in args.variants.split(",") if n and n != BASELINE)] if args.variants else list(VARIANTS)
+    )
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
 
     loads = [load_average()]
-    benches = {name: Bench(sw, args.size) for name, sw in VARIANTS.items()}
-    times = {name: {"finetune": [], "local": []} for name in VARIANTS}
+    benches = {name: Bench(VARIANTS[name], args.size) for name in names}
+    times = {name: {"finetune": [], "local": []} for name in names}
     for _ in range(args.rounds):
         for name, b in benches.items():
             b.finetune_step(), b.local_step()  # warm-up after switching variants
@@ -139,9 +149,9 @@ def main() -> None:
         loads.append(load_average())
 
     cfg = preset("cpu")
-    base = {k: statistics.median(v) for k, v in times["float32 (baseline)"].items()}
+    base = {k: statistics.median(v) for k, v in times[BASELINE].items()}
     rows = []
-    for name in VARIANTS:
+    for name in names:
         ft, lc = statistics.median(times[name]["finetune"]), statistics.median(times[name]["local"])
         rows.append(
             f"| {name} | {1000 * ft:.0f} | {base['finetune'] / ft:.2f}x | {1000 * lc:.0f} | "
@@ -154,7 +164,7 @@ def main() -> None:
     }
     run_s = {
         name: benches[name].compile_s + sum(run_steps[k] * statistics.median(times[name][k]) for k in run_steps)
-        for name in VARIANTS
+        for name in names
     }
     best = min(run_s, key=run_s.get)
     from model.device import choose_switches
