@@ -1,9 +1,13 @@
-"""Float32 training that sees bf16's rounding: a cheap stand-in for bf16 autocast on CPUs without native bf16.
+"""Float32 training that sees bf16's rounding: cheap stand-ins for bf16 autocast on CPUs without native bf16.
 
-Inside `RoundConvolutionsToBf16`, every convolution (1D/2D/3D, transposed too) gets its input, weight and
-bias rounded to the nearest bf16 value and then computes in float32. Gradients pass the rounding unchanged
-(straight-through), so the optimiser still updates float32 weights with float32 gradients. Where bf16 autocast
-runs emulated (many times slower than float32), this costs a few elementwise casts per convolution.
+Where bf16 autocast runs emulated (many times slower than float32), these cost a few elementwise casts per
+layer. Two strengths, both computing in float32 (`bf16_mode` picks one):
+
+* `RoundConvolutionsToBf16` ("rounded"): every convolution's input, weight and bias is rounded to the nearest
+  bf16 value; gradients pass the rounding unchanged (straight-through).
+* `EmulateBf16Autocast` ("emulated"): the layers bf16 autocast runs in bf16 here (convolutions, linear layers,
+  matrix products) get their operands rounded and their outputs too, by plain casts, so the backward pass
+  rounds the gradients at the same places autocast's bf16 backward stores them.
 """
 
 from __future__ import annotations
@@ -22,6 +26,16 @@ CONVOLUTIONS = frozenset(
         F.conv_transpose3d,
     }
 )
+# what CPU autocast casts to bf16 among the ops a slicewise network calls
+AUTOCAST_BF16_OPS = CONVOLUTIONS | {
+    F.linear,
+    torch.matmul,
+    torch.Tensor.matmul,
+    torch.Tensor.__matmul__,
+    torch.mm,
+    torch.bmm,
+    torch.addmm,
+}
 
 
 def round_to_bf16(x: torch.Tensor) -> torch.Tensor:
@@ -32,10 +46,34 @@ def round_to_bf16(x: torch.Tensor) -> torch.Tensor:
     return x + (rounded - x).detach() if x.requires_grad else rounded
 
 
+def cast_through_bf16(x: torch.Tensor) -> torch.Tensor:
+    """`x` rounded to bf16 and back by plain casts: the gradient is rounded to bf16 on its way back too."""
+    if not x.is_floating_point() or x.dtype == torch.bfloat16:
+        return x
+    return x.to(torch.bfloat16).to(x.dtype)
+
+
+def _map_tensors(fn, args, kwargs):
+    args = tuple(fn(a) if isinstance(a, torch.Tensor) else a for a in args)
+    return args, {k: fn(v) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+
+
 class RoundConvolutionsToBf16(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in CONVOLUTIONS:
-            args = tuple(round_to_bf16(a) if isinstance(a, torch.Tensor) else a for a in args)
-            kwargs = {k: round_to_bf16(v) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+            args, kwargs = _map_tensors(round_to_bf16, args, kwargs)
         return func(*args, **kwargs)
+
+
+class EmulateBf16Autocast(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func not in AUTOCAST_BF16_OPS:
+            return func(*args, **kwargs)
+        args, kwargs = _map_tensors(cast_through_bf16, args, kwargs)
+        out = func(*args, **kwargs)
+        return cast_through_bf16(out) if isinstance(out, torch.Tensor) else out
+
+
+BF16_STAND_INS = {"rounded": RoundConvolutionsToBf16, "emulated": EmulateBf16Autocast}

@@ -1,11 +1,12 @@
-"""Float32 training with convolution operands rounded to bf16 (bf16="rounded")."""
+"""Float32 stand-ins for bf16 autocast: convolution operands rounded (bf16="rounded"), and operands, outputs
+and gradients rounded where autocast stores bf16 (bf16="emulated")."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from model import device
-from model.bf16_rounding import RoundConvolutionsToBf16, round_to_bf16
+from model.bf16_rounding import EmulateBf16Autocast, RoundConvolutionsToBf16, round_to_bf16
 from model.config import TrainConfig
 from model.unet import UNet
 
@@ -55,8 +56,8 @@ def test_gradients_pass_the_rounding_unchanged():
 
 def test_runtime_rounded_trains_a_unet_in_float32():
     rt = device.runtime_for("cpu", channels_last="off", compile="off", bf16="rounded")
-    assert rt.bf16_rounding and rt.autocast_dtype is None
-    assert rt.describe()["bf16_rounding"] and "rounded" in rt.describe()["why"]["bf16"]
+    assert rt.bf16_rounding == "rounded" and rt.autocast_dtype is None
+    assert rt.describe()["bf16_rounding"] == "rounded" and "rounded" in rt.describe()["why"]["bf16"]
     net = UNet(1, 2, (4, 8))
     x = torch.randn(2, 1, 16, 16)
     with device.autocast(rt):
@@ -67,9 +68,73 @@ def test_runtime_rounded_trains_a_unet_in_float32():
     assert not device.runtime_for("cpu", compile="off", bf16="off").bf16_rounding
 
 
-def test_config_accepts_rounded_and_names_the_choices():
+def test_emulation_rounds_operands_and_outputs_of_convolutions_linear_layers_and_products():
+    torch.manual_seed(0)
+    x, a, b = torch.randn(2, 3, 12, 10), torch.randn(7, 9), torch.randn(9, 5)
+    conv, up, lin = (
+        torch.nn.Conv2d(3, 5, 3, padding=1),
+        torch.nn.ConvTranspose2d(3, 4, 2, stride=2),
+        torch.nn.Linear(9, 4),
+    )
+    with EmulateBf16Autocast():
+        y, z, l, m, relu = conv(x), up(x), lin(a), a @ b, torch.relu(a)
+    r = _naive_bf16
+    assert y.dtype == z.dtype == l.dtype == m.dtype == torch.float32
+    assert torch.equal(y, r(F.conv2d(r(x), r(conv.weight), r(conv.bias), padding=1)))
+    assert torch.equal(z, r(F.conv_transpose2d(r(x), r(up.weight), r(up.bias), stride=2)))
+    assert torch.equal(l, r(F.linear(r(a), r(lin.weight), r(lin.bias))))
+    assert torch.equal(m, r(r(a) @ r(b)))
+    assert torch.equal(relu, torch.relu(a))  # elementwise ops are left alone
+    assert not torch.equal(m, a @ b)
+
+
+def test_emulation_rounds_the_gradients_where_it_rounds_the_values():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    with EmulateBf16Autocast():
+        out = conv(x)
+    (out**2).sum().backward()
+    # reference: conv in float32 on rounded leaves, fed the rounded output gradient; leaf gradients rounded
+    r = _naive_bf16
+    xr, wr, br = (r(t).requires_grad_() for t in (x, conv.weight, conv.bias))
+    y = F.conv2d(xr, wr, br, padding=1)
+    y.backward(r(2 * r(y.detach())))
+    assert torch.equal(x.grad, r(xr.grad)) and torch.equal(conv.weight.grad, r(wr.grad))
+    assert torch.equal(conv.bias.grad, r(br.grad))
+    assert not torch.equal(x.grad, xr.grad)
+
+
+def test_emulation_matches_bf16_autocast_on_a_convolution():
+    torch.manual_seed(0)
+    x, conv = torch.randn(2, 8, 16, 16), torch.nn.Conv2d(8, 16, 3, padding=1)
+    with torch.no_grad(), EmulateBf16Autocast():
+        emulated = conv(x)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        native = conv(x)
+    assert native.dtype == torch.bfloat16
+    # both sum float32 products of bf16 operands and round once; only the summation order may differ
+    assert torch.allclose(emulated, native.float(), rtol=2**-8, atol=1e-6)
+    assert (emulated == native.float()).float().mean() > 0.99
+
+
+def test_runtime_emulated_trains_a_unet_in_float32():
+    rt = device.runtime_for("cpu", channels_last="off", compile="off", bf16="emulated")
+    assert rt.bf16_rounding == "emulated" and rt.autocast_dtype is None
+    assert rt.describe()["bf16_rounding"] == "emulated" and "emulated" in rt.describe()["why"]["bf16"]
+    net = UNet(1, 2, (4, 8))
+    x = torch.randn(2, 1, 16, 16)
+    with device.autocast(rt):
+        out = net(x)
+    assert out.dtype == torch.float32 and torch.equal(out, _naive_bf16(out))  # the head's output is rounded
+    out.mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+def test_config_accepts_the_stand_ins_and_names_the_choices():
     assert TrainConfig(bf16="rounded").bf16 == "rounded"
-    with pytest.raises(ValueError, match="bf16 must be one of .*rounded"):
+    assert TrainConfig(bf16="emulated").bf16 == "emulated"
+    with pytest.raises(ValueError, match="bf16 must be one of .*rounded.*emulated"):
         TrainConfig(bf16="round")
     with pytest.raises(ValueError, match="compile must be one of"):
         TrainConfig(compile="rounded")
