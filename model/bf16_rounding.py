@@ -8,6 +8,9 @@ layer. Two strengths, both computing in float32 (`bf16_mode` picks one):
 * `EmulateBf16Autocast` ("emulated"): the layers bf16 autocast runs in bf16 here (convolutions, linear layers,
   matrix products) get their operands rounded and their outputs too, by plain casts, so the backward pass
   rounds the gradients at the same places autocast's bf16 backward stores them.
+* `EmulateBf16Everywhere` ("emulated-all"): as "emulated", and the output of every other floating-point op
+  (normalisation, activation, pooling, padding, concatenation) is rounded too, as when all activations are
+  bf16 tensors.
 """
 
 from __future__ import annotations
@@ -76,4 +79,19 @@ class EmulateBf16Autocast(TorchFunctionMode):
         return cast_through_bf16(out) if isinstance(out, torch.Tensor) else out
 
 
-BF16_STAND_INS = {"rounded": RoundConvolutionsToBf16, "emulated": EmulateBf16Autocast}
+class EmulateBf16Everywhere(EmulateBf16Autocast):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in AUTOCAST_BF16_OPS:
+            return super().__torch_function__(func, types, args, kwargs)
+        out = func(*args, **(kwargs or {}))
+        # an in-place op hands back its input, which must stay the tensor the caller holds
+        if isinstance(out, torch.Tensor) and not any(out is a for a in args):
+            return cast_through_bf16(out)
+        return out
+
+
+BF16_STAND_INS = {
+    "rounded": RoundConvolutionsToBf16,
+    "emulated": EmulateBf16Autocast,
+    "emulated-all": EmulateBf16Everywhere,
+}

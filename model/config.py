@@ -27,9 +27,9 @@ SEGMENTING_STAGES = ("finetune", "pseudo")  # they train the segmentation the mo
 LOCAL_MODES = ("stride", "block", "exact")
 DEVICES = ("auto", "cpu", "cuda")
 TRISTATE = ("auto", "on", "off")
-# bf16: "on"/"off" force autocast, "auto" takes it where the hardware computes bf16 natively, "rounded" and
-# "emulated" train in float32 rounding to bf16 at each layer (model/bf16_rounding.py)
-BF16_MODES = (*TRISTATE, "rounded", "emulated")
+# bf16: "on"/"off" force autocast, "auto" takes it where the hardware computes bf16 natively, "rounded",
+# "emulated" and "emulated-all" train in float32 rounding to bf16 at each layer (model/bf16_rounding.py)
+BF16_MODES = (*TRISTATE, "rounded", "emulated", "emulated-all")
 BRANCHES = ("none", "cpc", "recon")  # model/regularizer.py
 PSEUDO_SCOPES = ("painted", "all", "auto")
 MAX_SMOOTH_MM = 4.0  # predict_smooth_mm: a wider Gaussian would blur a small structure's ends away

@@ -235,6 +235,7 @@ def choose_switches(
 STAND_IN_WORDS = {
     "rounded": "with convolution operands rounded to bf16",
     "emulated": "rounding as bf16 autocast does: layer operands, outputs and gradients",
+    "emulated-all": "rounding operands, outputs and gradients of every op to bf16",
 }
 
 
