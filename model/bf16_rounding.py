@@ -8,12 +8,14 @@ layer. Two strengths, both computing in float32 (`bf16_mode` picks one):
 * `EmulateBf16Autocast` ("emulated"): the layers bf16 autocast runs in bf16 here (convolutions, linear layers,
   matrix products) get their operands rounded and their outputs too, by plain casts, so the backward pass
   rounds the gradients at the same places autocast's bf16 backward stores them.
-* `EmulateBf16Everywhere` ("emulated-all"): as "emulated", and the output of every other floating-point op
-  (normalisation, activation, pooling, padding, concatenation) is rounded too, as when all activations are
-  bf16 tensors.
+* `EmulateBf16Everywhere` ("emulated-all"): as "emulated", and every other op whose inputs autocast would
+  hold in bf16 (normalisation, activation, pooling, padding, concatenation after a convolution) has its
+  output rounded too; ops on float32 inputs (an intensity augmentation before the network) are left alone.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -79,15 +81,52 @@ class EmulateBf16Autocast(TorchFunctionMode):
         return cast_through_bf16(out) if isinstance(out, torch.Tensor) else out
 
 
-class EmulateBf16Everywhere(EmulateBf16Autocast):
+class EmulateBf16Everywhere(TorchFunctionMode):
+    """Rounds as if every tensor that bf16 autocast would hold in bf16 were bf16: the outputs of
+    `AUTOCAST_BF16_OPS`, and the outputs of any other op whose floating-point tensor inputs are all such
+    tensors (autocast promotes a mix of bf16 and float32 to float32, and leaves float32-only ops alone).
+    Parameters are not counted: they are float32, and a normalisation layer keeps its bf16 input's dtype."""
+
+    def __enter__(self):
+        self.bf16_valued: dict[int, weakref.ref] = {}  # id -> the tensor; an entry leaves with its tensor
+        return super().__enter__()
+
+    def _is_bf16_valued(self, tensors: list) -> bool:
+        # a normalisation's float32 weight does not lift its bf16 input to float32 under autocast
+        floats = [t for t in tensors if t.is_floating_point() and not isinstance(t, torch.nn.Parameter)]
+        return bool(floats) and all(self._held(t) for t in floats)
+
+    def _held(self, t: torch.Tensor) -> bool:
+        ref = self.bf16_valued.get(id(t))
+        return ref is not None and ref() is t
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
         if func in AUTOCAST_BF16_OPS:
-            return super().__torch_function__(func, types, args, kwargs)
-        out = func(*args, **(kwargs or {}))
+            args, kwargs = _map_tensors(cast_through_bf16, args, kwargs)
+            return self._mark(cast_through_bf16(func(*args, **kwargs)))
+        inputs = _tensors_in((args, kwargs))
+        out = func(*args, **kwargs)
         # an in-place op hands back its input, which must stay the tensor the caller holds
-        if isinstance(out, torch.Tensor) and not any(out is a for a in args):
-            return cast_through_bf16(out)
+        if not isinstance(out, torch.Tensor) or any(out is t for t in inputs):
+            return out
+        return self._mark(cast_through_bf16(out)) if self._is_bf16_valued(inputs) else out
+
+    def _mark(self, out):
+        if isinstance(out, torch.Tensor) and out.is_floating_point():
+            key, held = id(out), self.bf16_valued
+            held[key] = weakref.ref(out, lambda _, key=key: held.pop(key, None))
         return out
+
+
+def _tensors_in(obj) -> list:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        return [t for item in obj for t in _tensors_in(item)]
+    return []
 
 
 BF16_STAND_INS = {

@@ -79,13 +79,21 @@ def test_rounding_every_op_tracks_a_bf16_autocast_step_closest():
     assert everywhere[1] < 0.75 * layers[1]
 
 
-def test_rounding_every_op_keeps_in_place_results_and_rounds_the_rest():
-    x = torch.randn(64)
+def test_rounding_every_op_follows_what_autocast_would_hold_in_bf16():
+    torch.manual_seed(0)
+    x, lin = torch.randn(16, 8), torch.nn.Linear(8, 8)
     with EmulateBf16Everywhere():
-        same = torch.relu_(x)
-        doubled = x * 1.001
-    assert same is x
-    assert torch.equal(doubled, _naive_bf16(doubled)) and not torch.equal(doubled, x * 1.001)
+        augmented = x * 1.001  # float32 in, float32 out, as under autocast
+        h = lin(x)  # bf16 under autocast
+        activated, normalised = torch.tanh(h), F.layer_norm(h, (8,))  # bf16 in, bf16 out
+        mixed = h + augmented  # bf16 + float32 promotes to float32
+        same = torch.relu_(h)
+    r = _naive_bf16
+    assert torch.equal(augmented, x * 1.001) and not torch.equal(augmented, r(augmented))
+    for t in (activated, normalised):
+        assert torch.equal(t, r(t))
+    assert not torch.equal(mixed, r(mixed))
+    assert same is h
 
 
 @pytest.mark.parametrize("mode", ["rounded", "emulated", "emulated-all"])
