@@ -81,7 +81,7 @@ class EmulateBf16Autocast(TorchFunctionMode):
         return cast_through_bf16(out) if isinstance(out, torch.Tensor) else out
 
 
-class EmulateBf16Everywhere(TorchFunctionMode):
+class EmulateBf16Everywhere(EmulateBf16Autocast):
     """Rounds as if every tensor that bf16 autocast would hold in bf16 were bf16: the outputs of
     `AUTOCAST_BF16_OPS`, and the outputs of any other op whose floating-point tensor inputs are all such
     tensors (autocast promotes a mix of bf16 and float32 to float32, and leaves float32-only ops alone).
@@ -103,8 +103,7 @@ class EmulateBf16Everywhere(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in AUTOCAST_BF16_OPS:
-            args, kwargs = _map_tensors(cast_through_bf16, args, kwargs)
-            return self._mark(cast_through_bf16(func(*args, **kwargs)))
+            return self._mark(super().__torch_function__(func, types, args, kwargs))
         inputs = _tensors_in((args, kwargs))
         out = func(*args, **kwargs)
         # an in-place op hands back its input, which must stay the tensor the caller holds
