@@ -235,7 +235,7 @@ def choose_switches(
 STAND_IN_WORDS = {
     "rounded": "with convolution operands rounded to bf16",
     "emulated": "rounding as bf16 autocast does: layer operands, outputs and gradients",
-    "emulated-all": "rounding operands, outputs and gradients of every op to bf16",
+    "emulated-all": "rounding to bf16 everything bf16 autocast would hold in bf16, gradients included",
 }
 
 
@@ -246,7 +246,7 @@ class Runtime:
     compile: bool
     autocast_dtype: torch.dtype | None
     reasons: dict[str, str] = field(default_factory=dict, compare=False)
-    bf16_rounding: str | None = None  # "rounded" / "emulated": a float32 stand-in for bf16 (model/bf16_rounding.py)
+    bf16_rounding: str | None = None  # a float32 stand-in for bf16, a key of BF16_STAND_INS (model/bf16_rounding.py)
 
     def describe(self) -> dict:
         return {
