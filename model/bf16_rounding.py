@@ -1,7 +1,7 @@
 """Float32 training that sees bf16's rounding: cheap stand-ins for bf16 autocast on CPUs without native bf16.
 
 Where bf16 autocast runs emulated (many times slower than float32), these cost a few elementwise casts per
-layer. Two strengths, both computing in float32 (`bf16_mode` picks one):
+layer. Three strengths, all computing in float32 (the config's `bf16` value picks one, BF16_STAND_INS):
 
 * `RoundConvolutionsToBf16` ("rounded"): every convolution's input, weight and bias is rounded to the nearest
   bf16 value; gradients pass the rounding unchanged (straight-through).
@@ -92,7 +92,6 @@ class EmulateBf16Everywhere(EmulateBf16Autocast):
         return super().__enter__()
 
     def _is_bf16_valued(self, tensors: list) -> bool:
-        # a normalisation's float32 weight does not lift its bf16 input to float32 under autocast
         floats = [t for t in tensors if t.is_floating_point() and not isinstance(t, torch.nn.Parameter)]
         return bool(floats) and all(self._held(t) for t in floats)
 
