@@ -2,11 +2,9 @@
 
     .venv/bin/python -m bench.cpu_speedups [--steps 12] [--rounds 3]
 
-Variants: float32 baseline, channels_last, bf16 autocast, both, torch.compile (+bf16), float32 with convolution
-operands rounded to bf16, float32 emulating bf16 autocast's rounding (`--variants` picks some; the baseline
-always runs). Each variant
-runs a fine-tune step (CE + Dice, batch = finetune_batch) and a local-stage step (two views, local
-contrastive loss) at 64x64 (the hippocampus slice size) with the cpu preset's widths. Variants are
+Variants: float32 baseline, channels_last, bf16 autocast, both, torch.compile (+bf16) (`--variants` picks
+some; the baseline always runs). Each variant runs a fine-tune step (CE + Dice, batch = finetune_batch) and a
+local-stage step (two views, local contrastive loss) at 64x64 (the hippocampus slice size) with the cpu preset's widths. Variants are
 interleaved over several rounds and the median step time is kept, so a busy machine biases no one.
 This is the long version of the measurement model/device.py makes once per machine (and keeps in the
 workspace's speed.json) to choose the switches; it also covers torch.compile.
@@ -39,8 +37,6 @@ VARIANTS = {
     "channels_last + bf16": dict(channels_last="on", compile="off", bf16="on"),
     "torch.compile": dict(channels_last="off", compile="on", bf16="off"),
     "torch.compile + bf16": dict(channels_last="off", compile="on", bf16="on"),
-    "float32 + bf16 rounding": dict(channels_last="off", compile="off", bf16="rounded"),
-    "float32 + bf16 emulation": dict(channels_last="off", compile="off", bf16="emulated"),
 }
 BASELINE = "float32 (baseline)"
 

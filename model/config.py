@@ -27,9 +27,6 @@ SEGMENTING_STAGES = ("finetune", "pseudo")  # they train the segmentation the mo
 LOCAL_MODES = ("stride", "block", "exact")
 DEVICES = ("auto", "cpu", "cuda")
 TRISTATE = ("auto", "on", "off")
-# bf16: "on"/"off" force autocast, "auto" takes it where the hardware computes bf16 natively, "rounded",
-# "emulated" and "emulated-all" train in float32 rounding to bf16 at each layer (model/bf16_rounding.py)
-BF16_MODES = (*TRISTATE, "rounded", "emulated", "emulated-all")
 BRANCHES = ("none", "cpc", "recon")  # model/regularizer.py
 PSEUDO_SCOPES = ("painted", "all", "auto")
 MAX_SMOOTH_MM = 4.0  # predict_smooth_mm: a wider Gaussian would blur a small structure's ends away
@@ -276,11 +273,9 @@ class TrainConfig:
             problems.append(f"local_mode must be one of {LOCAL_MODES}, got {self.local_mode!r}")
         if self.device not in DEVICES:
             problems.append(f"device must be one of {DEVICES}, got {self.device!r}")
-        for name in ("channels_last", "compile", "predict_flip", "pseudo_volumes"):
+        for name in ("channels_last", "compile", "bf16", "predict_flip", "pseudo_volumes"):
             if getattr(self, name) not in TRISTATE:
                 problems.append(f"{name} must be one of {TRISTATE}, got {getattr(self, name)!r}")
-        if self.bf16 not in BF16_MODES:
-            problems.append(f"bf16 must be one of {BF16_MODES}, got {self.bf16!r}")
         if self.branch not in BRANCHES:
             problems.append(f"branch must be one of {BRANCHES}, got {self.branch!r}")
         if not self.branch_weight >= 0:

@@ -28,7 +28,6 @@ from pathlib import Path
 import torch
 
 from data.atomic import atomic_write_bytes
-from model.bf16_rounding import BF16_STAND_INS
 
 SWITCHES = ("channels_last", "compile", "bf16")
 # oneDNN ISA names in increasing order (ONEDNN_MAX_CPU_ISA); bf16 is native from AVX512_CORE_BF16 on
@@ -232,13 +231,6 @@ def choose_switches(
     return values, reasons
 
 
-STAND_IN_WORDS = {
-    "rounded": "with convolution operands rounded to bf16",
-    "emulated": "rounding as bf16 autocast does: layer operands, outputs and gradients",
-    "emulated-all": "rounding to bf16 everything bf16 autocast would hold in bf16, gradients included",
-}
-
-
 @dataclass(frozen=True)
 class Runtime:
     device: torch.device
@@ -246,7 +238,6 @@ class Runtime:
     compile: bool
     autocast_dtype: torch.dtype | None
     reasons: dict[str, str] = field(default_factory=dict, compare=False)
-    bf16_rounding: str | None = None  # a float32 stand-in for bf16, a key of BF16_STAND_INS (model/bf16_rounding.py)
 
     def describe(self) -> dict:
         return {
@@ -254,7 +245,6 @@ class Runtime:
             "channels_last": self.channels_last,
             "compile": self.compile,
             "autocast": str(self.autocast_dtype).replace("torch.", "") if self.autocast_dtype else None,
-            "bf16_rounding": self.bf16_rounding,
             "why": dict(self.reasons),
         }
 
@@ -269,8 +259,7 @@ def runtime_for(
 ) -> Runtime:
     """The runtime for these settings; "auto" ones follow `choose_switches` (measuring into `cache` if needed)."""
     dev = pick_device(device)
-    rounding = bf16 if bf16 in BF16_STAND_INS else None
-    settings = {"channels_last": channels_last, "compile": compile, "bf16": "off" if rounding else bf16}
+    settings = {"channels_last": channels_last, "compile": compile, "bf16": bf16}
     needs_choice = any(v not in ("on", "off") for v in settings.values())
     path = Path(cache) if cache else None
     defaults, why = choose_switches(dev, path, measure) if needs_choice else ({}, {})
@@ -280,15 +269,11 @@ def runtime_for(
             values[name], reasons[name] = setting == "on", f"forced {setting} by the config"
         else:
             values[name], reasons[name] = defaults[name], why[name]
-    if rounding:
-        reasons["bf16"] = f"forced {rounding} by the config: float32 {STAND_IN_WORDS[rounding]}"
     dtype = torch.bfloat16 if values["bf16"] else None
-    return Runtime(dev, values["channels_last"], values["compile"], dtype, reasons, bf16_rounding=rounding)
+    return Runtime(dev, values["channels_last"], values["compile"], dtype, reasons)
 
 
 def autocast(runtime: Runtime):
-    if runtime.bf16_rounding:
-        return BF16_STAND_INS[runtime.bf16_rounding]()
     if runtime.autocast_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=runtime.device.type, dtype=runtime.autocast_dtype)

@@ -10,13 +10,13 @@ from bench import cpu_speedups
 def test_variants_subset_always_includes_the_baseline(tmp_path, monkeypatch):
     out = tmp_path / "speed.md"
     argv = ["cpu_speedups", "--steps", "1", "--rounds", "1", "--size", "16", "--out", str(out)]
-    monkeypatch.setattr(sys, "argv", [*argv, "--variants", "float32 + bf16 rounding,float32 + bf16 emulation"])
+    monkeypatch.setattr(sys, "argv", [*argv, "--variants", "channels_last,bf16 autocast"])
     cpu_speedups.main()
     rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and "ms" not in line]
     assert [r.split(" | ")[0] for r in rows] == [
         "| float32 (baseline)",
-        "| float32 + bf16 rounding",
-        "| float32 + bf16 emulation",
+        "| channels_last",
+        "| bf16 autocast",
     ]
     assert rows[0].split(" | ")[2] == "1.00x"
 
