@@ -4,8 +4,9 @@
 
 Variants: float32 baseline, channels_last, bf16 autocast, both, torch.compile (+bf16) (`--variants` picks
 some; the baseline always runs). Each variant runs a fine-tune step (CE + Dice, batch = finetune_batch) and a
-local-stage step (two views, local contrastive loss) at 64x64 (the hippocampus slice size) with the cpu preset's widths. Variants are
-interleaved over several rounds and the median step time is kept, so a busy machine biases no one.
+local-stage step (two views, local contrastive loss) at 64x64 (the hippocampus slice size) with the cpu
+preset's widths. Variants are interleaved over several rounds and the median step time is kept, so a busy
+machine biases no one.
 This is the long version of the measurement model/device.py makes once per machine (and keeps in the
 workspace's speed.json) to choose the switches; it also covers torch.compile.
 """
